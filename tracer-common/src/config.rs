@@ -1,0 +1,72 @@
+//! The load-time configuration: one global (`CONFIG`) set with `EbpfLoader::override_global`.
+
+/// Byte offsets of the kernel struct fields the programs read, taken from the running kernel's
+/// BTF at load time (a poor man's CO-RE: aya's Rust programs have no field relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sk_buff.head` (unsigned char *).
+    pub skb_head: u32,
+    /// `sk_buff.network_header` (u16, offset from head).
+    pub skb_network_header: u32,
+    /// `sk_buff.dev` (struct net_device *).
+    pub skb_dev: u32,
+    /// `sk_buff.sk` (struct sock *), used when the skb has no device yet.
+    pub skb_sk: u32,
+    /// `net_device.ifindex` (int).
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net` (struct net *).
+    pub dev_net: u32,
+    /// `sock.__sk_common.skc_net.net` (struct net *).
+    pub sk_net: u32,
+    /// `net.ns.inum` (unsigned int): the network namespace's inode number.
+    pub net_inum: u32,
+    /// `xt_table.name` (char[]), for the legacy table verdict probe.
+    pub xt_table_name: u32,
+    /// `nft_chain.table` (struct nft_table *), for the nf_tables verdict probe.
+    pub nft_chain_table: u32,
+    /// `nft_chain.name` (char *).
+    pub nft_chain_name: u32,
+    /// `nft_table.name` (char *).
+    pub nft_table_name: u32,
+    /// `nft_pktinfo.skb` (struct sk_buff *).
+    pub nft_pktinfo_skb: u32,
+    /// Argument index of the `struct sk_buff *` in `ipt_do_table` (it moved in 5.17).
+    pub ipt_skb_arg: u32,
+}
+
+/// Filters and switches. Addresses and ports are in network byte order, as in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The DNS Service IP (the address clients query before DNAT); 0 means any.
+    pub service_ip: u32,
+    /// Only this pod IP, as client or endpoint; 0 means any.
+    pub pod_ip: u32,
+    /// The DNS port (53), network order.
+    pub dns_port: u16,
+    /// The Service port, network order.
+    pub service_port: u16,
+    /// Non-zero: only namespaces listed in the `NETNS_FILTER` map are traced.
+    pub netns_filter: u32,
+    /// Non-zero: export a record for every query, answered ones included (`--all`).
+    pub export_all: u32,
+    /// Answers slower than this are exported (nanoseconds).
+    pub slow_ns: u64,
+    /// Offsets of kernel struct fields.
+    pub offsets: KernelOffsets,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_pinned() {
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 56);
+        assert_eq!(core::mem::size_of::<Config>(), 32 + 56);
+    }
+}

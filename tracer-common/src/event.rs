@@ -1,0 +1,74 @@
+//! Records the kernel exports through the ring buffer. One fixed-size record keeps the reader
+//! simple; the kernel writes them only for failed, slow or asked-for queries, so size is not hot.
+
+use crate::flow::Slot;
+
+/// What a record says.
+pub mod kind {
+    /// An answer reached its client (exported when slow, after a drop, or with `--all`).
+    pub const ANSWERED: u32 = 1;
+    /// A DNS packet was freed with a drop reason (`skb:kfree_skb`).
+    pub const DROP: u32 = 2;
+    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`).
+    pub const ICMP: u32 = 3;
+    /// A socket refused the packet (`udp:udp_fail_queue_rcv_skb`, `sock:sock_rcvqueue_full`).
+    pub const SOCKET_DROP: u32 = 4;
+    /// A pending query was pushed out of its slot by a newer one: not answered so far.
+    pub const EVICTED: u32 = 5;
+    /// A query left a client (only with `--all`).
+    pub const QUERY: u32 = 6;
+    /// NAT rewrote a DNS packet (kprobe/fentry tier: `nf_nat_manip_pkt`).
+    pub const NAT: u32 = 7;
+    /// Conntrack confirmed (or refused) a DNS packet's entry (`__nf_conntrack_confirm` return).
+    pub const CONFIRM: u32 = 8;
+    /// An iptables/nftables table dropped a DNS packet (`ipt_do_table`, `nft_do_chain` return).
+    pub const VERDICT: u32 = 9;
+}
+
+/// Bytes of a netfilter table or chain name carried by `VERDICT` records.
+pub const NAME_LEN: usize = 32;
+
+/// One exported record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// When it happened (bpf_ktime_get_ns, CLOCK_MONOTONIC).
+    pub ts: u64,
+    /// `kind::*`.
+    pub kind: u32,
+    /// Network namespace (inode number) where it happened.
+    pub netns: u32,
+    /// Interface index in that namespace (0 when the packet had no device).
+    pub ifindex: u32,
+    /// DROP/SOCKET_DROP: `enum skb_drop_reason` value; ICMP: type << 8 | code; VERDICT: the
+    /// netfilter verdict; CONFIRM: the confirm result; NAT: the manip type (0 SRC, 1 DST).
+    pub reason: u32,
+    /// DROP: the code address that freed the packet; VERDICT: 1 legacy xtables, 2 nf_tables.
+    pub location: u64,
+    /// The packet as it was at this point. For QUERY/ANSWERED/EVICTED, the query's slot below
+    /// holds the path; here `packet` is the packet the event saw.
+    pub packet: crate::flow::Packet,
+    /// DROP/ICMP/SOCKET_DROP/VERDICT/NAT: the packet's DNS question; ANSWERED/EVICTED/QUERY: the
+    /// query's slot (times, endpoint, question).
+    pub slot: Slot,
+    /// VERDICT: the table name; NAT: the rewritten packet's addresses packed into the first 12 bytes.
+    pub name: [u8; NAME_LEN],
+    /// VERDICT: the chain name (nf_tables only).
+    pub chain: [u8; NAME_LEN],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_pinned() {
+        assert_eq!(
+            core::mem::size_of::<Event>(),
+            8 + 16 + 8 + 16 + core::mem::size_of::<Slot>() + 2 * NAME_LEN
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Per-query state and packet summaries.
+
+/// Bytes of the DNS question copied from the packet: the wire-format name, then type and class.
+pub const QUESTION_LEN: usize = 64;
+
+/// Slots in the per-query table; a power of two (the index is a masked hash).
+pub const SLOTS: u32 = 4096;
+
+/// The addresses of one packet (network byte order, as on the wire) and its DNS header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    /// IPv4 source address.
+    pub saddr: u32,
+    /// IPv4 destination address.
+    pub daddr: u32,
+    /// UDP source port.
+    pub sport: u16,
+    /// UDP destination port.
+    pub dport: u16,
+    /// DNS transaction id.
+    pub dns_id: u16,
+    /// DNS flags (QR, opcode, rcode ...), host order.
+    pub dns_flags: u16,
+}
+
+/// A slot's state.
+pub mod state {
+    /// Never used, or the query was answered and the slot may be reused.
+    pub const FREE: u16 = 0;
+    /// Query seen, no answer yet.
+    pub const PENDING: u16 = 1;
+}
+
+/// Slot flags.
+pub mod flag {
+    /// A drop of this query or of its answer was exported: export the answer if it still comes.
+    pub const DROPPED: u16 = 1;
+    /// An ICMP error was sent about this query.
+    pub const ICMP: u16 = 2;
+}
+
+/// One query in flight, kept in the kernel from the moment the client sends it until its answer
+/// reaches the client. Indexed by a hash of (client address, client port, DNS id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The query as the client sent it (destination: the Service IP, or a pod IP).
+    pub query: Packet,
+    /// `state::*`.
+    pub state: u16,
+    /// `flag::*`.
+    pub flags: u16,
+    /// Network namespace of the client's link (its node-side interface).
+    pub client_netns: u32,
+    /// Interface index of the client's node-side link.
+    pub client_ifindex: u32,
+    /// The endpoint (pod IP) the query was delivered to after DNAT, 0 until seen.
+    pub endpoint_ip: u32,
+    /// Interface index of the endpoint's node-side link.
+    pub endpoint_ifindex: u32,
+    /// When the query left the client (bpf_ktime_get_ns).
+    pub t_query: u64,
+    /// When it reached the endpoint's link, 0 until seen.
+    pub t_endpoint: u64,
+    /// When the endpoint's answer left it, 0 until seen.
+    pub t_reply: u64,
+    /// The question, raw: the wire-format name, then type and class; zero padded.
+    pub question: [u8; QUESTION_LEN],
+}
+
+impl Slot {
+    /// An empty slot (also the array map's initial value).
+    pub const EMPTY: Slot = Slot {
+        query: Packet { saddr: 0, daddr: 0, sport: 0, dport: 0, dns_id: 0, dns_flags: 0 },
+        state: state::FREE,
+        flags: 0,
+        client_netns: 0,
+        client_ifindex: 0,
+        endpoint_ip: 0,
+        endpoint_ifindex: 0,
+        t_query: 0,
+        t_endpoint: 0,
+        t_reply: 0,
+        question: [0; QUESTION_LEN],
+    };
+}
+
+/// The slot index of a query: FNV-1a over (client address, client port, DNS id), masked.
+#[inline(always)]
+pub fn slot_index(client_ip: u32, client_port: u16, dns_id: u16) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in client_ip.to_ne_bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    for b in client_port.to_ne_bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    for b in dns_id.to_ne_bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    h & (SLOTS - 1)
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Slot {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_pinned() {
+        assert_eq!(core::mem::size_of::<Packet>(), 16);
+        assert_eq!(core::mem::size_of::<Slot>(), 16 + 20 + 4 + 24 + QUESTION_LEN);
+    }
+
+    #[test]
+    fn slot_index_stays_in_table_and_spreads() {
+        let a = slot_index(0x0a_f4_00_05, 40000, 1);
+        let b = slot_index(0x0a_f4_00_05, 40000, 2);
+        assert!(a < SLOTS && b < SLOTS);
+        assert_ne!(a, b);
+    }
+}

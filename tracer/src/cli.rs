@@ -1,0 +1,116 @@
+//! Every command-line type of the tracer.
+
+use std::net::Ipv4Addr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Follows Kubernetes DNS queries through the Service IP, conntrack and DNAT, and says where each
+/// one that got no answer died.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A simulated Kubernetes node in network namespaces, with real DNS pods and faults.
+    Lab(LabArgs),
+}
+
+/// Where kube-proxy's iptables rules live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// iptables-nft: rules in nf_tables (`table ip nat`, ...).
+    Nft,
+    /// iptables-legacy: rules in the xtables kernel tables.
+    Legacy,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  tracer lab up --backend nft\n  tracer lab fault filter-drop\n  tracer lab fault clear\n  tracer lab down")]
+pub struct LabArgs {
+    /// Prefix of every namespace, interface and process name the lab creates.
+    #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl", global = true)]
+    pub prefix: String,
+    #[command(subcommand)]
+    pub action: LabAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Build the node (cleaning what a killed run left first).
+    Up {
+        /// Where kube-proxy's rules live.
+        #[arg(long, value_enum, default_value_t = Backend::Nft)]
+        backend: Backend,
+        /// Number of client pods.
+        #[arg(long, default_value_t = 1)]
+        clients: u8,
+    },
+    /// Remove every namespace, interface, rule and process the lab made.
+    Down,
+    /// Show the lab's pods, addresses, backend and active faults.
+    Status,
+    /// Break the node in one real way, or `clear` every fault.
+    Fault(FaultArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// The fault to inject.
+    #[arg(value_enum)]
+    pub name: FaultName,
+    /// Only this DNS pod (0 or 1), where the fault is per pod; default: as the fault describes.
+    #[arg(long)]
+    pub pod: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultName {
+    /// A DROP for DNS to the pods after DNAT (filter FORWARD), on one pod (`--pod`) or both.
+    FilterDrop,
+    /// kube-proxy's REJECT for a DNS service with no endpoints.
+    NoEndpoints,
+    /// Stale kube-proxy rules in the other iptables backend that mis-NAT or drop DNS.
+    MixedBackend,
+    /// New flows dropped because the conntrack table is full.
+    ConntrackFull,
+    /// The DNS server in a pod stopped.
+    PodDown,
+    /// A DNS pod's link down.
+    PodLinkDown,
+    /// A UDP conntrack entry keeps sending a client to an endpoint that was removed.
+    StaleConntrack,
+    /// Parallel A and AAAA queries from one socket, as glibc sends them.
+    ConntrackRace,
+    /// Remove every fault and restore full answers.
+    Clear,
+}
+
+/// Parses `IP[:PORT]`.
+pub fn parse_ip_port(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    match s.split_once(':') {
+        Some((ip, port)) => Ok((
+            ip.parse().map_err(|e| format!("bad address {ip:?}: {e}"))?,
+            Some(port.parse().map_err(|e| format!("bad port {port:?}: {e}"))?),
+        )),
+        None => Ok((s.parse().map_err(|e| format!("bad address {s:?}: {e}"))?, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_port_parses_and_rejects_garbage() {
+        assert_eq!(parse_ip_port("10.96.0.10"), Ok(("10.96.0.10".parse().unwrap(), None)));
+        assert_eq!(parse_ip_port("10.96.0.10:5353"), Ok(("10.96.0.10".parse().unwrap(), Some(5353))));
+        assert!(parse_ip_port("10.96.0").is_err());
+        assert!(parse_ip_port("10.96.0.10:99999").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+use anyhow::Context as _;
+use clap::Parser as _;
+use tracer::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Lab(args) => tracer::lab::run(args).context("lab"),
+    }
+}

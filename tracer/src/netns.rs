@@ -1,0 +1,55 @@
+//! Running code inside another network namespace.
+//!
+//! `setns(2)` changes the namespace of the calling thread only, so each call runs its closure on a
+//! fresh thread that enters the namespace and exits afterwards: the caller's threads (and the tokio
+//! runtime's) never leave the tracer's own namespace, where tracefs and the BPF links live.
+
+use std::{
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Where `ip netns` keeps named namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to open network namespace {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("failed to enter network namespace {path}: {source}")]
+    Enter { path: PathBuf, source: nix::Error },
+    #[error("the thread running in network namespace {path} panicked")]
+    Panicked { path: PathBuf },
+}
+
+/// The path of a named namespace (`ip netns add NAME`).
+pub fn named(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// The namespace's inode number: the id the kernel reports as `net->ns.inum`.
+pub fn inode(path: &Path) -> Result<u32, Error> {
+    let meta = std::fs::metadata(path)
+        .map_err(|source| Error::Open { path: path.to_owned(), source })?;
+    // Namespace inode numbers are 32-bit in the kernel (`unsigned int inum`).
+    Ok(meta.ino() as u32)
+}
+
+/// Runs `f` on a new thread that has entered the namespace at `path`.
+pub fn run_in<T, F>(path: &Path, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let file = File::open(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
+    let owned = path.to_owned();
+    let handle = std::thread::spawn(move || -> Result<T, Error> {
+        setns(&file, CloneFlags::CLONE_NEWNET)
+            .map_err(|source| Error::Enter { path: owned, source })?;
+        Ok(f())
+    });
+    handle.join().map_err(|_| Error::Panicked { path: path.to_owned() })?
+}

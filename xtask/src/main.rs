@@ -1,0 +1,86 @@
+//! Project tasks: `cargo xtask setup|demo|test|lint`.
+//!
+//! # Layout
+//! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker, bpffs
+//!   and tracefs mounts), idempotently; the other tasks run it first.
+//! - `demo`: the README's main job on the lab.
+//! - `test`: unit tests and the scenario tests under tests/, one at a time (they share the kernel).
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build, run and test the tracer.
+    Setup,
+    /// Set up, bring the lab up, show DNS answered, break it, trace it, tear it down.
+    Demo,
+    /// Set up and run every test (unit and scenario), as root.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// rustfmt and clippy on the host crates; clippy on the eBPF crate on its own.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+        Task::Test { filter } => {
+            setup::run()?;
+            test(filter.as_deref())
+        }
+        Task::Lint => lint(),
+    }
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` from the toolchain running xtask.
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn test(filter: Option<&str>) -> anyhow::Result<()> {
+    // Release, like the demo and the binary users run: one build serves all three. The scenario
+    // tests change kernel state (namespaces, conntrack, rules), so one test at a time.
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--no-fail-fast"]);
+    cmd.args(["--", "--test-threads=1"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    sh(&mut cmd)
+}
+
+fn lint() -> anyhow::Result<()> {
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo()
+        .args(["clippy", "--release", "-p", "tracer-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .env("RUSTC_BOOTSTRAP", "1"))
+}
