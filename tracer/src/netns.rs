@@ -38,18 +38,20 @@ pub fn inode(path: &Path) -> Result<u32, Error> {
     Ok(meta.ino() as u32)
 }
 
-/// Runs `f` on a new thread that has entered the namespace at `path`.
+/// Runs `f` on a new (scoped) thread that has entered the namespace at `path`, so `f` may borrow
+/// from the caller (the loader attaches programs it owns from inside a pod's namespace).
 pub fn run_in<T, F>(path: &Path, f: F) -> Result<T, Error>
 where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
+    T: Send,
+    F: FnOnce() -> T + Send,
 {
     let file = File::open(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
-    let owned = path.to_owned();
-    let handle = std::thread::spawn(move || -> Result<T, Error> {
-        setns(&file, CloneFlags::CLONE_NEWNET)
-            .map_err(|source| Error::Enter { path: owned, source })?;
-        Ok(f())
-    });
-    handle.join().map_err(|_| Error::Panicked { path: path.to_owned() })?
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || -> Result<T, Error> {
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|source| Error::Enter { path: path.to_owned(), source })?;
+            Ok(f())
+        });
+        handle.join().map_err(|_| Error::Panicked { path: path.to_owned() })?
+    })
 }
