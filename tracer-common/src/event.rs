@@ -43,7 +43,8 @@ pub struct Event {
     /// DROP/SOCKET_DROP: `enum skb_drop_reason` value; ICMP: type << 8 | code; VERDICT: the
     /// netfilter verdict; CONFIRM: the confirm result; NAT: the manip type (0 SRC, 1 DST).
     pub reason: u32,
-    /// DROP: the code address that freed the packet; VERDICT: 1 legacy xtables, 2 nf_tables.
+    /// DROP: the code address that freed the packet; VERDICT: 1 legacy xtables, 2 nf_tables;
+    /// SOCKET_DROP: 1 `udp_fail_queue_rcv_skb`, 2 `sock_rcvqueue_full`.
     pub location: u64,
     /// The packet as it was at this point. For QUERY/ANSWERED/EVICTED, the query's slot below
     /// holds the path; here `packet` is the packet the event saw.
@@ -51,7 +52,8 @@ pub struct Event {
     /// DROP/ICMP/SOCKET_DROP/VERDICT/NAT: the packet's DNS question; ANSWERED/EVICTED/QUERY: the
     /// query's slot (times, endpoint, question).
     pub slot: Slot,
-    /// VERDICT: the table name; NAT: the rewritten packet's addresses packed into the first 12 bytes.
+    /// VERDICT: the table name; NAT: the rewritten packet's source and destination addresses
+    /// in the first 8 bytes.
     pub name: [u8; NAME_LEN],
     /// VERDICT: the chain name (nf_tables only).
     pub chain: [u8; NAME_LEN],

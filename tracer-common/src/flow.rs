@@ -51,8 +51,8 @@ pub struct Slot {
     pub state: u16,
     /// `flag::*`.
     pub flags: u16,
-    /// Network namespace of the client's link (its node-side interface).
-    pub client_netns: u32,
+    /// Times the client sent the same query again (same socket and id) before an answer.
+    pub retries: u32,
     /// Interface index of the client's node-side link.
     pub client_ifindex: u32,
     /// The endpoint (pod IP) the query was delivered to after DNAT, 0 until seen.
@@ -75,7 +75,7 @@ impl Slot {
         query: Packet { saddr: 0, daddr: 0, sport: 0, dport: 0, dns_id: 0, dns_flags: 0 },
         state: state::FREE,
         flags: 0,
-        client_netns: 0,
+        retries: 0,
         client_ifindex: 0,
         endpoint_ip: 0,
         endpoint_ifindex: 0,

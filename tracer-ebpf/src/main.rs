@@ -1,12 +1,17 @@
+//! The tracer's kernel side.
+//!
+//! # Layout
+//! - `maps`: every map, and the load-time `CONFIG` global.
+//! - `parse`: bounds-checked header reads (TC packets, `sk_buff` pointers).
+//! - `emit`: ring-buffer records and the per-query slot table.
+//! - `probes/`: one file per pipeline stage: device (TC), netfilter, nat, conntrack, drop, socket.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-
-#[btf_tracepoint(function = "kfree_skb")]
-pub fn drop_kfree_skb(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
+mod emit;
+mod maps;
+mod parse;
+mod probes;
 
 #[cfg(not(test))]
 #[panic_handler]

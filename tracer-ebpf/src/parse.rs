@@ -1,0 +1,189 @@
+//! Bounds-checked header reads: from a TC packet (direct access) and from an `sk_buff` pointer
+//! (probe reads, for tracepoints and kprobes).
+
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use tracer_common::flow::{Packet, QUESTION_LEN};
+
+use crate::maps::config;
+
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_UDP: u8 = 17;
+/// DNS header: id, flags, four counts.
+pub const DNS_HEADER_LEN: usize = 12;
+
+/// What a packet turned out to be.
+pub enum Parsed {
+    /// Not UDP to or from the DNS port: not ours.
+    Other,
+    /// A DNS packet: its summary, and where its question starts.
+    Dns { packet: Packet, question_off: usize },
+    /// UDP on the DNS port, but too short or fragmented to read: counted, never guessed at.
+    Malformed,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Parses an Ethernet frame seen by TC.
+#[inline(always)]
+pub fn tc_packet(ctx: &TcContext) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Parsed::Other };
+    // SAFETY: bounds checked by ptr_at.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return Parsed::Other;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return Parsed::Other };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    if ip.proto != IPPROTO_UDP {
+        return Parsed::Other;
+    }
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    if !(Ipv4Hdr::LEN..=60).contains(&ihl) {
+        return Parsed::Other;
+    }
+    let udp_off = EthHdr::LEN + ihl;
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_off) else { return Parsed::Other };
+    // SAFETY: bounds checked by ptr_at.
+    let udp = unsafe { &*udp };
+    let port = config().dns_port;
+    let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
+    if sport != port && dport != port {
+        return Parsed::Other;
+    }
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Parsed::Malformed;
+    }
+    let dns_off = udp_off + UdpHdr::LEN;
+    let Some(dns) = ptr_at::<[u8; DNS_HEADER_LEN]>(ctx, dns_off) else { return Parsed::Malformed };
+    // SAFETY: bounds checked by ptr_at.
+    let dns = unsafe { &*dns };
+    Parsed::Dns {
+        packet: Packet {
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr: u32::from_ne_bytes(ip.dst_addr),
+            sport,
+            dport,
+            dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
+            dns_flags: u16::from_ne_bytes([dns[2], dns[3]]),
+        },
+        question_off: dns_off + DNS_HEADER_LEN,
+    }
+}
+
+/// Copies up to `QUESTION_LEN` bytes of the question into `dst`, zero-filling the rest.
+#[inline(always)]
+pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) {
+    if ctx.load_bytes(off, dst).is_err() {
+        *dst = [0; QUESTION_LEN];
+    }
+}
+
+#[inline(always)]
+fn read<T>(src: *const u8) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(src as *const T).ok() }
+}
+
+/// Where a kernel packet was: its namespace and interface.
+pub struct Place {
+    /// Network namespace inode (0 when unknown).
+    pub netns: u32,
+    /// Interface index (0 when the packet had no device).
+    pub ifindex: u32,
+}
+
+/// Reads the namespace and interface of an `sk_buff` (through `skb->dev`, else `skb->sk`).
+#[inline(always)]
+pub fn skb_place(skb: *const u8) -> Place {
+    let o = &config().offsets;
+    let dev: *const u8 = read(skb.wrapping_add(o.skb_dev as usize)).unwrap_or(core::ptr::null());
+    let (net, ifindex): (*const u8, u32) = if !dev.is_null() {
+        (
+            read(dev.wrapping_add(o.dev_net as usize)).unwrap_or(core::ptr::null()),
+            read::<i32>(dev.wrapping_add(o.dev_ifindex as usize)).unwrap_or(0) as u32,
+        )
+    } else {
+        let sk: *const u8 = read(skb.wrapping_add(o.skb_sk as usize)).unwrap_or(core::ptr::null());
+        if sk.is_null() {
+            (core::ptr::null(), 0)
+        } else {
+            (read(sk.wrapping_add(o.sk_net as usize)).unwrap_or(core::ptr::null()), 0)
+        }
+    };
+    let netns = if net.is_null() { 0 } else { read(net.wrapping_add(o.net_inum as usize)).unwrap_or(0) };
+    Place { netns, ifindex }
+}
+
+/// Parses the IPv4/UDP/DNS headers of an `sk_buff` at its network header, and copies the question.
+#[inline(always)]
+pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
+    let o = &config().offsets;
+    let Some(head) = read::<*const u8>(skb.wrapping_add(o.skb_head as usize)) else {
+        return Parsed::Other;
+    };
+    let Some(nh) = read::<u16>(skb.wrapping_add(o.skb_network_header as usize)) else {
+        return Parsed::Other;
+    };
+    if head.is_null() || nh == u16::MAX {
+        return Parsed::Other;
+    }
+    let ip_ptr = head.wrapping_add(nh as usize);
+    let Some(ip) = read::<Ipv4Hdr>(ip_ptr) else { return Parsed::Other };
+    if ip.vihl >> 4 != 4 || ip.proto != IPPROTO_UDP {
+        return Parsed::Other;
+    }
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    if !(Ipv4Hdr::LEN..=60).contains(&ihl) {
+        return Parsed::Other;
+    }
+    let Some(udp) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl)) else { return Parsed::Other };
+    let port = config().dns_port;
+    let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
+    if sport != port && dport != port {
+        return Parsed::Other;
+    }
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return Parsed::Malformed;
+    }
+    let dns_ptr = ip_ptr.wrapping_add(ihl + UdpHdr::LEN);
+    let Some(dns) = read::<[u8; DNS_HEADER_LEN]>(dns_ptr) else { return Parsed::Malformed };
+    // The question may end before QUESTION_LEN: userspace bounds it by the UDP length.
+    *question = read(dns_ptr.wrapping_add(DNS_HEADER_LEN)).unwrap_or([0; QUESTION_LEN]);
+    Parsed::Dns {
+        packet: Packet {
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr: u32::from_ne_bytes(ip.dst_addr),
+            sport,
+            dport,
+            dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
+            dns_flags: u16::from_ne_bytes([dns[2], dns[3]]),
+        },
+        question_off: 0,
+    }
+}
+
+/// Whether a packet passes the pod filter (`--pod-ip`).
+#[inline(always)]
+pub fn wanted(packet: &Packet) -> bool {
+    let pod = config().pod_ip;
+    pod == 0 || packet.saddr == pod || packet.daddr == pod
+}
+
+/// The client side of a DNS packet: (address, port) of whoever sent the query.
+#[inline(always)]
+pub fn client_of(packet: &Packet) -> (u32, u16) {
+    if packet.dport == config().dns_port {
+        (packet.saddr, packet.sport)
+    } else {
+        (packet.daddr, packet.dport)
+    }
+}

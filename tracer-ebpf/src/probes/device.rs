@@ -1,0 +1,151 @@
+//! Device stage: TC on the node side of every pod link. Ingress sees what a pod sends (queries
+//! from clients, answers from DNS pods), egress what a pod receives (queries after DNAT, answers
+//! after un-DNAT). The healthy fast path only updates the query's slot and per-CPU counters.
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use tracer_common::{
+    counter,
+    event::kind,
+    flow::{Packet, flag, state},
+};
+
+use crate::{
+    emit::{now, scratch, send, slot_for_new, slot_of},
+    maps::{LATENCY, config, count},
+    parse::{self, Parsed},
+};
+
+/// The verdict of an observer: let the next program (or the stack) decide.
+const NEXT: i32 = TC_ACT_UNSPEC;
+
+#[classifier]
+pub fn device_tc_ingress(ctx: TcContext) -> i32 {
+    try_device(&ctx, true)
+}
+
+#[classifier]
+pub fn device_tc_egress(ctx: TcContext) -> i32 {
+    try_device(&ctx, false)
+}
+
+#[inline(always)]
+fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
+    match parse::tc_packet(ctx) {
+        Parsed::Other => {}
+        Parsed::Malformed => count(counter::PARSE_ERRORS),
+        Parsed::Dns { packet, question_off } => {
+            if parse::wanted(&packet) {
+                let is_query = packet.dport == config().dns_port;
+                match (ingress, is_query) {
+                    (true, true) => query_sent(ctx, &packet, question_off),
+                    (false, true) => query_at_endpoint(ctx, &packet),
+                    (true, false) => answer_from_endpoint(&packet),
+                    (false, false) => answer_delivered(ctx, &packet),
+                }
+            }
+        }
+    }
+    NEXT
+}
+
+/// A client sent a query: take its slot. A pending query found there is reported first.
+#[inline(always)]
+fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
+    count(counter::QUERIES);
+    let Some(slot) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else { return };
+    let same = slot.query.saddr == packet.saddr
+        && slot.query.sport == packet.sport
+        && slot.query.dns_id == packet.dns_id;
+    if slot.state == state::PENDING {
+        if same {
+            // A retry of the same query (same socket and id): latency counts from the first send.
+            slot.retries += 1;
+            return;
+        }
+        count(counter::EVICTED);
+        if let Some(e) = scratch(kind::EVICTED, &slot.query) {
+            e.slot = *slot;
+            send(e);
+        }
+    }
+    slot.query = *packet;
+    slot.state = state::PENDING;
+    slot.flags = 0;
+    slot.retries = 0;
+    // SAFETY: the TC context's skb is valid for the program's run.
+    slot.client_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    slot.endpoint_ip = 0;
+    slot.endpoint_ifindex = 0;
+    slot.t_query = now();
+    slot.t_endpoint = 0;
+    slot.t_reply = 0;
+    parse::tc_question(ctx, question_off, &mut slot.question);
+    if config().export_all != 0 {
+        if let Some(e) = scratch(kind::QUERY, packet) {
+            e.ifindex = slot.client_ifindex;
+            e.slot = *slot;
+            send(e);
+        }
+    }
+}
+
+/// The query reached a DNS pod's link, after DNAT.
+#[inline(always)]
+fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
+    count(counter::AT_ENDPOINT);
+    match slot_of(packet.saddr, packet.sport, packet.dns_id) {
+        Some(slot) if slot.state == state::PENDING => {
+            slot.endpoint_ip = packet.daddr;
+            // SAFETY: as above.
+            slot.endpoint_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            slot.t_endpoint = now();
+        }
+        _ => count(counter::UNMATCHED),
+    }
+}
+
+/// A DNS pod sent its answer.
+#[inline(always)]
+fn answer_from_endpoint(packet: &Packet) {
+    count(counter::FROM_ENDPOINT);
+    match slot_of(packet.daddr, packet.dport, packet.dns_id) {
+        Some(slot) if slot.state == state::PENDING => slot.t_reply = now(),
+        _ => count(counter::UNMATCHED),
+    }
+}
+
+/// The answer reached the client that asked: the query is done.
+#[inline(always)]
+fn answer_delivered(ctx: &TcContext, packet: &Packet) {
+    let Some(slot) = slot_of(packet.daddr, packet.dport, packet.dns_id) else {
+        count(counter::UNMATCHED);
+        return;
+    };
+    if slot.state != state::PENDING {
+        count(counter::UNMATCHED);
+        return;
+    }
+    count(counter::ANSWERED);
+    let t = now();
+    let latency_us = (t - slot.t_query) / 1000;
+    let bucket = if latency_us == 0 { 0 } else { 63 - latency_us.leading_zeros() };
+    let bucket = bucket.min(tracer_common::counter::LATENCY_BUCKETS - 1);
+    if let Some(b) = LATENCY.get_ptr_mut(bucket) {
+        // SAFETY: per-CPU value.
+        unsafe { *b += 1 };
+    }
+    slot.state = state::FREE;
+    let slow = t - slot.t_query > config().slow_ns;
+    if slow {
+        count(counter::SLOW);
+    }
+    if slow || slot.flags & (flag::DROPPED | flag::ICMP) != 0 || config().export_all != 0 {
+        if let Some(e) = scratch(kind::ANSWERED, packet) {
+            e.ts = t;
+            // SAFETY: as above.
+            e.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            e.slot = *slot;
+            send(e);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Drop stage: every DNS packet the kernel frees with a drop reason (`skb:kfree_skb`), and every
+//! ICMP error it sends about one (`icmp:icmp_send`: REJECT rules, closed ports). Both fire only
+//! when something goes wrong, so they export a record each time.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracer_common::{
+    counter,
+    event::{Event, kind},
+    flow::{QUESTION_LEN, flag, state},
+};
+
+use crate::{
+    emit::{scratch, send, slot_of},
+    maps::{NETNS_FILTER, config, count},
+    parse::{self, Parsed},
+};
+
+/// `enum skb_drop_reason`: SKB_NOT_DROPPED_YET and SKB_CONSUMED are not drops.
+const SKB_CONSUMED: u32 = 1;
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drop_kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    if reason <= SKB_CONSUMED {
+        return 0;
+    }
+    if let Some(e) = skb_record(skb, kind::DROP, counter::DROPS, flag::DROPPED) {
+        e.reason = reason;
+        e.location = location;
+        send(e);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "icmp_send")]
+pub fn drop_icmp_send(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(const struct sk_buff *skb, int type, int code): skb is the packet refused.
+    let skb: *const u8 = ctx.arg(0);
+    let icmp_type: u32 = ctx.arg(1);
+    let code: u32 = ctx.arg(2);
+    if let Some(e) = skb_record(skb, kind::ICMP, counter::ICMP, flag::ICMP) {
+        e.reason = (icmp_type << 8) | (code & 0xff);
+        send(e);
+    }
+    0
+}
+
+/// Parses `skb`; for a wanted DNS packet, counts it, marks its query's slot with `mark` and
+/// returns a record holding the packet and the query's path so far (or the packet's question).
+#[inline(always)]
+pub fn skb_record(skb: *const u8, kind: u32, counter: u32, mark: u16) -> Option<&'static mut Event> {
+    let mut question = [0u8; QUESTION_LEN];
+    let packet = match parse::skb_packet(skb, &mut question) {
+        Parsed::Dns { packet, .. } => packet,
+        Parsed::Malformed => {
+            count(counter::PARSE_ERRORS);
+            return None;
+        }
+        Parsed::Other => return None,
+    };
+    if !parse::wanted(&packet) {
+        return None;
+    }
+    let place = parse::skb_place(skb);
+    // SAFETY: lookup in a hash map of plain values.
+    if config().netns_filter != 0 && unsafe { NETNS_FILTER.get(&place.netns) }.is_none() {
+        return None;
+    }
+    count(counter);
+    let e = scratch(kind, &packet)?;
+    e.netns = place.netns;
+    e.ifindex = place.ifindex;
+    let (client_ip, client_port) = parse::client_of(&packet);
+    match slot_of(client_ip, client_port, packet.dns_id) {
+        Some(slot) if slot.state == state::PENDING => {
+            slot.flags |= mark;
+            e.slot = *slot;
+        }
+        _ => e.slot.question = question,
+    }
+    Some(e)
+}
