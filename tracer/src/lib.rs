@@ -5,6 +5,8 @@
 //! - `cli`: every command-line type.
 //! - `netns`: running code inside another network namespace.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
+//! - `node`: the node's state without eBPF (iptables backend, kube-proxy, conntrack), as findings.
 pub mod cli;
 pub mod lab;
 pub mod netns;
+pub mod node;

@@ -1,0 +1,1132 @@
+//! The conntrack table over ctnetlink: statistics, UDP entries, bulk create and delete, and the
+//! NEW/DESTROY event stream.
+//!
+//! Every function works on the network namespace of the calling thread: a netlink socket belongs to
+//! the namespace of the thread that opened it. To look into another namespace, call these inside
+//! [`crate::netns::run_in`]. An [`Events`] subscription keeps the namespace it was opened in, so it
+//! may be opened inside `run_in` and then read from any thread.
+//!
+//! Messages are built and parsed with `netlink-packet-netfilter`; the statistics messages
+//! (`IPCTNL_MSG_CT_GET_STATS_CPU`, `IPCTNL_MSG_CT_GET_STATS`) come back from it as raw attributes,
+//! decoded here.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    path::PathBuf,
+};
+
+use netlink_packet_core::{
+    DecodeError, DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Status,
+        Tuple as NlTuple,
+    },
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use serde::Serialize;
+
+// include/uapi/linux/netfilter/nfnetlink_conntrack.h
+const IPCTNL_MSG_CT_NEW: u8 = 0;
+const IPCTNL_MSG_CT_GET: u8 = 1;
+const IPCTNL_MSG_CT_DELETE: u8 = 2;
+const IPCTNL_MSG_CT_GET_STATS_CPU: u8 = 4;
+const IPCTNL_MSG_CT_GET_STATS: u8 = 5;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+const CTA_STATS_FOUND: u16 = 2;
+const CTA_STATS_INVALID: u16 = 4;
+const CTA_STATS_INSERT: u16 = 8;
+const CTA_STATS_INSERT_FAILED: u16 = 9;
+const CTA_STATS_DROP: u16 = 10;
+const CTA_STATS_EARLY_DROP: u16 = 11;
+const CTA_STATS_ERROR: u16 = 12;
+const CTA_STATS_SEARCH_RESTART: u16 = 13;
+const CTA_STATS_CLASH_RESOLVE: u16 = 14;
+const CTA_STATS_CHAIN_TOOLONG: u16 = 15;
+const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
+const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
+// include/uapi/linux/netfilter/nfnetlink.h
+const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// NETLINK_CAP_ACK (include/uapi/linux/netlink.h): error acks without the request echoed back.
+const NETLINK_CAP_ACK: libc::c_int = 10;
+
+/// Requests per `sendmsg` in bulk operations. Each request gets its own ack skb (about 1 KiB of
+/// receive buffer each), so a batch must fit the receive buffer set in [`Ctnetlink::open`].
+const BATCH: usize = 512;
+/// Receive buffer of the ctnetlink sockets (set with `SO_RCVBUFFORCE`, we are root).
+const RCVBUF: usize = 8 << 20;
+/// Size of one receive call: dumps and event bursts come as multi-message datagrams.
+const RECV_LEN: usize = 256 << 10;
+
+/// Where the namespace's conntrack sizes live (read in the calling thread's namespace).
+const BUCKETS_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_buckets";
+
+/// What went wrong talking to ctnetlink.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to open a ctnetlink socket: {source}")]
+    Socket { source: io::Error },
+    #[error("failed to send {what} to ctnetlink: {source}")]
+    Send {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("failed to receive the answer to {what} from ctnetlink: {source}")]
+    Recv {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("failed to decode the answer to {what} from ctnetlink: {source}")]
+    Decode {
+        what: &'static str,
+        source: DecodeError,
+    },
+    #[error("ctnetlink refused {what}: {source}")]
+    Refused {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("the answer to {what} from ctnetlink lacks {field}")]
+    Missing {
+        what: &'static str,
+        field: &'static str,
+    },
+    #[error("failed to read {path}: {source}")]
+    ReadProc { path: PathBuf, source: io::Error },
+    #[error("failed to parse {path}: {value:?} is not a number")]
+    ParseProc { path: PathBuf, value: String },
+}
+
+/// One direction of a connection as conntrack stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Tuple {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number (17 for UDP).
+    pub proto: u8,
+    /// Source port (0 for protocols without ports).
+    pub sport: u16,
+    /// Destination port (0 for protocols without ports).
+    pub dport: u16,
+}
+
+/// The `IPS_*` status bits that matter for DNS (include/uapi/linux/netfilter/nf_conntrack_common.h).
+pub mod status {
+    /// A packet was seen in the reply direction.
+    pub const SEEN_REPLY: u32 = 1 << 1;
+    /// The entry is assured: never early-dropped when the table is full.
+    pub const ASSURED: u32 = 1 << 2;
+    /// The entry is in the hash table.
+    pub const CONFIRMED: u32 = 1 << 3;
+    /// Source NAT applies.
+    pub const SRC_NAT: u32 = 1 << 4;
+    /// Destination NAT applies (a Service IP was rewritten to an endpoint).
+    pub const DST_NAT: u32 = 1 << 5;
+    /// The entry is being removed.
+    pub const DYING: u32 = 1 << 9;
+}
+
+/// One conntrack entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The direction of the first packet (for DNS: client -> Service IP).
+    pub orig: Tuple,
+    /// The expected answer (after DNAT: endpoint -> client).
+    pub reply: Tuple,
+    /// `IPS_*` bits, see [`status`].
+    pub status: u32,
+    /// Seconds left before the entry expires; absent in DESTROY events.
+    pub timeout: Option<u32>,
+    /// Connection mark.
+    pub mark: u32,
+    /// The kernel's id of the entry (stable while it lives).
+    pub id: Option<u32>,
+    /// Conntrack zone (0 when absent).
+    pub zone: u16,
+}
+
+impl Entry {
+    /// Whether the entry is assured (not early-dropped by a full table).
+    pub fn assured(&self) -> bool {
+        self.status & status::ASSURED != 0
+    }
+
+    /// Whether a reply was ever seen: an unreplied UDP/53 entry is a query nobody answered.
+    pub fn seen_reply(&self) -> bool {
+        self.status & status::SEEN_REPLY != 0
+    }
+
+    /// Whether the destination was NATed (orig dst differs from reply src).
+    pub fn dnat(&self) -> bool {
+        self.status & status::DST_NAT != 0 || self.orig.dst != self.reply.src
+    }
+}
+
+/// Per-CPU conntrack statistics (`conntrack -S`), one per possible CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CpuStats {
+    /// The CPU number (for a sum: the number of CPUs summed).
+    pub cpu: u16,
+    /// Lookups that found an entry.
+    pub found: u32,
+    /// Packets conntrack could not track (malformed, or no helper accepted them).
+    pub invalid: u32,
+    /// Entries inserted.
+    pub insert: u32,
+    /// Inserts that failed (a clash that could not be resolved).
+    pub insert_failed: u32,
+    /// New flows dropped because the table was full (or an unresolved clash dropped the packet).
+    pub drop: u32,
+    /// Entries evicted to make room in a full table.
+    pub early_drop: u32,
+    /// ICMP errors that could not be matched, and other errors.
+    pub error: u32,
+    /// Lookups restarted because the hash table changed under them.
+    pub search_restart: u32,
+    /// Insert clashes resolved (parallel A/AAAA queries from one socket).
+    pub clash_resolve: u32,
+    /// Inserts refused because a hash chain was too long.
+    pub chaintoolong: u32,
+}
+
+impl CpuStats {
+    /// The sum over all CPUs; `cpu` holds the number of CPUs summed.
+    pub fn sum(all: &[CpuStats]) -> CpuStats {
+        let mut total = CpuStats {
+            cpu: all.len() as u16,
+            ..CpuStats::default()
+        };
+        for s in all {
+            total.found = total.found.wrapping_add(s.found);
+            total.invalid = total.invalid.wrapping_add(s.invalid);
+            total.insert = total.insert.wrapping_add(s.insert);
+            total.insert_failed = total.insert_failed.wrapping_add(s.insert_failed);
+            total.drop = total.drop.wrapping_add(s.drop);
+            total.early_drop = total.early_drop.wrapping_add(s.early_drop);
+            total.error = total.error.wrapping_add(s.error);
+            total.search_restart = total.search_restart.wrapping_add(s.search_restart);
+            total.clash_resolve = total.clash_resolve.wrapping_add(s.clash_resolve);
+            total.chaintoolong = total.chaintoolong.wrapping_add(s.chaintoolong);
+        }
+        total
+    }
+
+    /// What changed since `earlier` (counters are 32-bit in the kernel and may wrap).
+    pub fn delta(&self, earlier: &CpuStats) -> CpuStats {
+        CpuStats {
+            cpu: self.cpu,
+            found: self.found.wrapping_sub(earlier.found),
+            invalid: self.invalid.wrapping_sub(earlier.invalid),
+            insert: self.insert.wrapping_sub(earlier.insert),
+            insert_failed: self.insert_failed.wrapping_sub(earlier.insert_failed),
+            drop: self.drop.wrapping_sub(earlier.drop),
+            early_drop: self.early_drop.wrapping_sub(earlier.early_drop),
+            error: self.error.wrapping_sub(earlier.error),
+            search_restart: self.search_restart.wrapping_sub(earlier.search_restart),
+            clash_resolve: self.clash_resolve.wrapping_sub(earlier.clash_resolve),
+            chaintoolong: self.chaintoolong.wrapping_sub(earlier.chaintoolong),
+        }
+    }
+
+    /// `(name, value)` pairs in the order `conntrack -S` prints them.
+    pub fn fields(&self) -> [(&'static str, u32); 10] {
+        [
+            ("found", self.found),
+            ("invalid", self.invalid),
+            ("insert", self.insert),
+            ("insert_failed", self.insert_failed),
+            ("drop", self.drop),
+            ("early_drop", self.early_drop),
+            ("error", self.error),
+            ("search_restart", self.search_restart),
+            ("clash_resolve", self.clash_resolve),
+            ("chaintoolong", self.chaintoolong),
+        ]
+    }
+}
+
+/// The size of the namespace's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Table {
+    /// Entries in this namespace.
+    pub count: u32,
+    /// `nf_conntrack_max`: global, and the limit each namespace's count is checked against.
+    pub max: u32,
+    /// Hash buckets (`nf_conntrack_buckets`).
+    pub buckets: u32,
+}
+
+/// The per-CPU statistics of the calling thread's namespace.
+pub fn stats() -> Result<Vec<CpuStats>, Error> {
+    const WHAT: &str = "the per-CPU statistics request";
+    let mut nl = Ctnetlink::open()?;
+    let replies = nl.request(WHAT, IPCTNL_MSG_CT_GET_STATS_CPU, NLM_F_DUMP, Vec::new())?;
+    let mut out = Vec::new();
+    for reply in replies {
+        if let NetfilterMessageInner::Conntrack(ConntrackMessage::Other { attributes, .. }) =
+            &reply.inner
+        {
+            out.push(parse_cpu_stats(reply.header.res_id, attributes));
+        }
+    }
+    Ok(out)
+}
+
+/// The number of entries in the calling thread's namespace.
+pub fn count() -> Result<u32, Error> {
+    Ok(global_stats()?.0)
+}
+
+/// Count, max and buckets of the calling thread's namespace.
+pub fn table() -> Result<Table, Error> {
+    let (count, max) = global_stats()?;
+    Ok(Table {
+        count,
+        max,
+        buckets: read_proc_u32(BUCKETS_PATH)?,
+    })
+}
+
+/// `(count, max)` from `IPCTNL_MSG_CT_GET_STATS`.
+fn global_stats() -> Result<(u32, u32), Error> {
+    const WHAT: &str = "the global statistics request";
+    let mut nl = Ctnetlink::open()?;
+    let replies = nl.request(WHAT, IPCTNL_MSG_CT_GET_STATS, 0, Vec::new())?;
+    let attributes = replies
+        .iter()
+        .find_map(|r| match &r.inner {
+            NetfilterMessageInner::Conntrack(ConntrackMessage::Other { attributes, .. }) => {
+                Some(attributes)
+            }
+            _ => None,
+        })
+        .ok_or(Error::Missing {
+            what: WHAT,
+            field: "a statistics message",
+        })?;
+    let get = |kind, field| {
+        attributes
+            .iter()
+            .find(|a| a.kind() == kind)
+            .and_then(|a| be_u32(&nla_value(a)))
+            .ok_or(Error::Missing { what: WHAT, field })
+    };
+    Ok((
+        get(CTA_STATS_GLOBAL_ENTRIES, "CTA_STATS_GLOBAL_ENTRIES")?,
+        get(CTA_STATS_GLOBAL_MAX_ENTRIES, "CTA_STATS_GLOBAL_MAX_ENTRIES")?,
+    ))
+}
+
+/// Reads a number from a file under /proc/sys (in the calling thread's namespace).
+pub(crate) fn read_proc_u32(path: &str) -> Result<u32, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadProc {
+        path: path.into(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| Error::ParseProc {
+        path: path.into(),
+        value: text.trim().to_owned(),
+    })
+}
+
+/// Every IPv4 entry of the calling thread's namespace.
+pub fn dump() -> Result<Vec<Entry>, Error> {
+    const WHAT: &str = "the table dump";
+    let mut nl = Ctnetlink::open()?;
+    let replies = nl.request(WHAT, IPCTNL_MSG_CT_GET, NLM_F_DUMP, Vec::new())?;
+    Ok(replies
+        .iter()
+        .filter_map(entry_of)
+        .filter(|e| e.orig.src.is_ipv4())
+        .collect())
+}
+
+/// The UDP entries whose original destination port is `port` (53 for DNS).
+pub fn dump_udp(port: u16) -> Result<Vec<Entry>, Error> {
+    Ok(dump()?
+        .into_iter()
+        .filter(|e| e.orig.proto == libc::IPPROTO_UDP as u8 && e.orig.dport == port)
+        .collect())
+}
+
+/// Creates ASSURED, SEEN_REPLY UDP entries `src -> dst` (reply `dst -> src`) that live `timeout_s`
+/// seconds, in bulk: [`BATCH`] requests per `sendmsg`, every ack checked. Fast enough to fill a
+/// namespace's table (262144 entries in a few seconds), which is how the lab makes a full table: in a
+/// non-initial namespace `nf_conntrack_max` is read-only, while the namespace's count is checked
+/// against the global maximum, and assured entries are never early-dropped.
+///
+/// Returns how many entries were created. Entries that already exist (`EEXIST`) and entries a full
+/// table refused (`ENOMEM`) are skipped and not counted; any other refusal is an error.
+pub fn create_udp_assured(
+    entries: impl Iterator<Item = (SocketAddrV4, SocketAddrV4)>,
+    timeout_s: u32,
+) -> Result<usize, Error> {
+    const WHAT: &str = "a bulk conntrack create";
+    let mut nl = Ctnetlink::open()?;
+    let messages = entries.map(|(src, dst)| {
+        let attributes = vec![
+            ConntrackAttribute::CtaTupleOrig(nl_tuple(src, dst)),
+            ConntrackAttribute::CtaTupleReply(nl_tuple(dst, src)),
+            // CONFIRMED too, as conntrack-tools sends it: the kernel marks a created entry confirmed
+            // before applying the status, and refuses (EBUSY) a status that would clear the bit.
+            ConntrackAttribute::CtaStatus(Status::from_bits_retain(
+                status::ASSURED | status::SEEN_REPLY | status::CONFIRMED,
+            )),
+            ConntrackAttribute::CtaTimeout(timeout_s),
+        ];
+        (IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL, attributes)
+    });
+    let outcome = nl.bulk(WHAT, messages, &[libc::EEXIST, libc::ENOMEM])?;
+    Ok(outcome.ok)
+}
+
+/// Deletes every IPv4 entry of the calling thread's namespace for which `matches` is true (by
+/// original tuple and id, batched). Entries that vanished meanwhile are not counted. Returns how
+/// many were deleted.
+pub fn delete_matching(matches: impl Fn(&Entry) -> bool) -> Result<usize, Error> {
+    const WHAT: &str = "a bulk conntrack delete";
+    let doomed: Vec<Entry> = dump()?.into_iter().filter(|e| matches(e)).collect();
+    let mut nl = Ctnetlink::open()?;
+    let messages = doomed.iter().map(|e| {
+        let mut attributes = vec![ConntrackAttribute::CtaTupleOrig(nl_tuple_of(&e.orig))];
+        if let Some(id) = e.id {
+            attributes.push(ConntrackAttribute::Other(DefaultNla::new(
+                CTA_ID,
+                id.to_be_bytes().to_vec(),
+            )));
+        }
+        (IPCTNL_MSG_CT_DELETE, 0, attributes)
+    });
+    Ok(nl.bulk(WHAT, messages, &[libc::ENOENT])?.ok)
+}
+
+/// Removes every IPv4 entry of the calling thread's namespace (`conntrack -F -f ipv4`).
+pub fn flush() -> Result<(), Error> {
+    let mut nl = Ctnetlink::open()?;
+    nl.request("a table flush", IPCTNL_MSG_CT_DELETE, NLM_F_ACK, Vec::new())
+        .map(drop)
+}
+
+/// What kind of change an [`Event`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// An entry was confirmed (inserted into the table): NAT is already decided.
+    New,
+    /// An entry was removed (expired, deleted or flushed).
+    Destroy,
+}
+
+/// One conntrack event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// New or destroy.
+    pub kind: EventKind,
+    /// The entry; for a DNATed DNS query `orig.dst` is the Service IP and `reply.src` the endpoint.
+    pub entry: Entry,
+}
+
+/// A subscription to the NEW and DESTROY events of the namespace it was opened in.
+pub struct Events {
+    socket: Socket,
+    buf: Vec<u8>,
+    lost: u64,
+}
+
+impl Events {
+    /// Subscribes in the calling thread's namespace (open it inside [`crate::netns::run_in`] for
+    /// another one; the subscription may then be moved to and read from any thread).
+    pub fn subscribe() -> Result<Events, Error> {
+        let socket = Ctnetlink::socket()?;
+        for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY] {
+            socket
+                .add_membership(group)
+                .map_err(|source| Error::Socket { source })?;
+        }
+        Ok(Events {
+            socket,
+            buf: vec![0; RECV_LEN],
+            lost: 0,
+        })
+    }
+
+    /// Makes [`Events::recv`] return at once when nothing is pending (for polling the fd).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> Result<(), Error> {
+        self.socket
+            .set_non_blocking(nonblocking)
+            .map_err(|source| Error::Socket { source })
+    }
+
+    /// Waits for the next datagram (unless non-blocking) and returns the events in it. Returns an
+    /// empty list when non-blocking and nothing is pending, or when the receive buffer overran: the
+    /// kernel then dropped events, and [`Events::lost`] counts the overrun.
+    pub fn recv(&mut self) -> Result<Vec<Event>, Error> {
+        const WHAT: &str = "an event subscription";
+        let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.lost += 1;
+                return Ok(Vec::new());
+            }
+            Err(source) => return Err(Error::Recv { what: WHAT, source }),
+        };
+        let mut events = Vec::new();
+        for msg in split(&self.buf[..n.min(self.buf.len())]) {
+            let msg = msg.map_err(|source| Error::Decode { what: WHAT, source })?;
+            let kind = match msg.header.message_type & 0xff {
+                t if t == IPCTNL_MSG_CT_NEW as u16 => EventKind::New,
+                t if t == IPCTNL_MSG_CT_DELETE as u16 => EventKind::Destroy,
+                _ => continue,
+            };
+            if let NetlinkPayload::InnerMessage(inner) = &msg.payload
+                && let Some(entry) = entry_of(inner)
+            {
+                events.push(Event { kind, entry });
+            }
+        }
+        Ok(events)
+    }
+
+    /// How many times the receive buffer overran and the kernel dropped events.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+}
+
+impl AsRawFd for Events {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl AsFd for Events {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is owned by `self.socket` and lives as long as `self`.
+        unsafe { BorrowedFd::borrow_raw(self.socket.as_raw_fd()) }
+    }
+}
+
+/// How a bulk operation went.
+struct BulkOutcome {
+    /// Requests acked without error.
+    ok: usize,
+}
+
+/// A ctnetlink socket with its sequence counter and receive buffer.
+struct Ctnetlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Ctnetlink {
+    fn socket() -> Result<Socket, Error> {
+        let err = |source| Error::Socket { source };
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(err)?;
+        socket.bind_auto().map_err(err)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(err)?;
+        set_sockopt(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            RCVBUF as libc::c_int,
+        )
+        .map_err(err)?;
+        set_sockopt(&socket, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1).map_err(err)?;
+        Ok(socket)
+    }
+
+    fn open() -> Result<Ctnetlink, Error> {
+        Ok(Ctnetlink {
+            socket: Self::socket()?,
+            seq: 0,
+            buf: vec![0; RECV_LEN],
+        })
+    }
+
+    /// Serializes one request into `out` and returns its sequence number.
+    fn push(
+        &mut self,
+        out: &mut Vec<u8>,
+        message_type: u8,
+        flags: u16,
+        attributes: Vec<ConntrackAttribute>,
+    ) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let inner = match message_type {
+            IPCTNL_MSG_CT_NEW => ConntrackMessage::New(attributes),
+            IPCTNL_MSG_CT_GET => ConntrackMessage::Get(attributes),
+            IPCTNL_MSG_CT_DELETE => ConntrackMessage::Delete(attributes),
+            other => ConntrackMessage::Other {
+                message_type: other,
+                attributes: Vec::new(),
+            },
+        };
+        let mut msg = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                inner,
+            )),
+        );
+        msg.finalize();
+        let start = out.len();
+        out.resize(start + msg.buffer_len(), 0);
+        msg.serialize(&mut out[start..]);
+        self.seq
+    }
+
+    /// Sends one request and collects its answers: every message up to `NLMSG_DONE` for a dump,
+    /// up to the ack otherwise.
+    fn request(
+        &mut self,
+        what: &'static str,
+        message_type: u8,
+        flags: u16,
+        attributes: Vec<ConntrackAttribute>,
+    ) -> Result<Vec<NetfilterMessage>, Error> {
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        let seq = self.push(
+            &mut out,
+            message_type,
+            flags | if dump { 0 } else { NLM_F_ACK },
+            attributes,
+        );
+        self.socket
+            .send(&out, 0)
+            .map_err(|source| Error::Send { what, source })?;
+        let mut replies = Vec::new();
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|source| Error::Recv { what, source })?;
+            for msg in split(&self.buf[..n.min(self.buf.len())]) {
+                let msg = msg.map_err(|source| Error::Decode { what, source })?;
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::Error(e) => match e.code {
+                        Some(code) => {
+                            return Err(Error::Refused {
+                                what,
+                                source: io::Error::from_raw_os_error(-code.get()),
+                            });
+                        }
+                        None => return Ok(replies),
+                    },
+                    NetlinkPayload::InnerMessage(inner) => {
+                        replies.push(inner);
+                        // A non-dump GET_STATS answers with one message and then the ack.
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends requests in batches of [`BATCH`] per `sendmsg`, each with `NLM_F_ACK`, and checks every
+    /// ack before the next batch. Errors listed in `tolerated` are skipped; any other fails.
+    fn bulk(
+        &mut self,
+        what: &'static str,
+        mut messages: impl Iterator<Item = (u8, u16, Vec<ConntrackAttribute>)>,
+        tolerated: &[i32],
+    ) -> Result<BulkOutcome, Error> {
+        let mut outcome = BulkOutcome { ok: 0 };
+        let mut out = Vec::with_capacity(BATCH * 128);
+        loop {
+            out.clear();
+            let first = self.seq.wrapping_add(1);
+            let mut sent = 0usize;
+            for (message_type, flags, attributes) in messages.by_ref().take(BATCH) {
+                self.push(&mut out, message_type, flags | NLM_F_ACK, attributes);
+                sent += 1;
+            }
+            if sent == 0 {
+                return Ok(outcome);
+            }
+            self.socket
+                .send(&out, 0)
+                .map_err(|source| Error::Send { what, source })?;
+            let mut acked = 0usize;
+            while acked < sent {
+                let n = self
+                    .socket
+                    .recv(&mut &mut self.buf[..], 0)
+                    .map_err(|source| Error::Recv { what, source })?;
+                for msg in split(&self.buf[..n.min(self.buf.len())]) {
+                    let msg = msg.map_err(|source| Error::Decode { what, source })?;
+                    if msg.header.sequence_number.wrapping_sub(first) as usize >= sent {
+                        continue;
+                    }
+                    if let NetlinkPayload::Error(e) = msg.payload {
+                        acked += 1;
+                        match e.code {
+                            None => outcome.ok += 1,
+                            Some(code) if tolerated.contains(&-code.get()) => {}
+                            Some(code) => {
+                                return Err(Error::Refused {
+                                    what,
+                                    source: io::Error::from_raw_os_error(-code.get()),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_sockopt(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid fd, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The netlink messages in one datagram.
+fn split(
+    mut bytes: &[u8],
+) -> impl Iterator<Item = Result<NetlinkMessage<NetfilterMessage>, DecodeError>> + '_ {
+    std::iter::from_fn(move || {
+        if bytes.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if len < 16 || len > bytes.len() {
+            bytes = &[];
+            return Some(Err(DecodeError::from(format!(
+                "netlink message length {len} out of bounds"
+            ))));
+        }
+        let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[..len]);
+        // Messages are 4-byte aligned.
+        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+        Some(msg)
+    })
+}
+
+/// The value bytes of a raw attribute.
+fn nla_value(nla: &DefaultNla) -> Vec<u8> {
+    let mut value = vec![0; nla.value_len()];
+    nla.emit_value(&mut value);
+    value
+}
+
+fn be_u32(value: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
+}
+
+/// Per-CPU statistics from the raw attributes of one `IPCTNL_MSG_CT_GET_STATS_CPU` answer.
+fn parse_cpu_stats(cpu: u16, attributes: &[DefaultNla]) -> CpuStats {
+    let mut s = CpuStats {
+        cpu,
+        ..CpuStats::default()
+    };
+    for a in attributes {
+        let Some(v) = be_u32(&nla_value(a)) else {
+            continue;
+        };
+        match a.kind() {
+            CTA_STATS_FOUND => s.found = v,
+            CTA_STATS_INVALID => s.invalid = v,
+            CTA_STATS_INSERT => s.insert = v,
+            CTA_STATS_INSERT_FAILED => s.insert_failed = v,
+            CTA_STATS_DROP => s.drop = v,
+            CTA_STATS_EARLY_DROP => s.early_drop = v,
+            CTA_STATS_ERROR => s.error = v,
+            CTA_STATS_SEARCH_RESTART => s.search_restart = v,
+            CTA_STATS_CLASH_RESOLVE => s.clash_resolve = v,
+            CTA_STATS_CHAIN_TOOLONG => s.chaintoolong = v,
+            _ => {}
+        }
+    }
+    s
+}
+
+fn nl_tuple(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<NlTuple> {
+    nl_tuple_of(&Tuple {
+        src: IpAddr::V4(*src.ip()),
+        dst: IpAddr::V4(*dst.ip()),
+        proto: libc::IPPROTO_UDP as u8,
+        sport: src.port(),
+        dport: dst.port(),
+    })
+}
+
+fn nl_tuple_of(t: &Tuple) -> Vec<NlTuple> {
+    vec![
+        NlTuple::Ip(vec![
+            IPTuple::SourceAddress(t.src),
+            IPTuple::DestinationAddress(t.dst),
+        ]),
+        NlTuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::from(t.proto)),
+            ProtoTuple::SourcePort(t.sport),
+            ProtoTuple::DestinationPort(t.dport),
+        ]),
+    ]
+}
+
+fn tuple_of(parts: &[NlTuple]) -> Option<Tuple> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0, 0);
+    for part in parts {
+        match part {
+            NlTuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            NlTuple::Proto(protos) => {
+                for p in protos {
+                    match p {
+                        ProtoTuple::Protocol(p) => proto = Some(u8::from(*p)),
+                        ProtoTuple::SourcePort(p) => sport = *p,
+                        ProtoTuple::DestinationPort(p) => dport = *p,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Tuple {
+        src: src?,
+        dst: dst?,
+        proto: proto?,
+        sport,
+        dport,
+    })
+}
+
+/// The entry in a ctnetlink NEW/GET/DELETE message, if it has both tuples.
+fn entry_of(msg: &NetfilterMessage) -> Option<Entry> {
+    let attributes = match &msg.inner {
+        NetfilterMessageInner::Conntrack(
+            ConntrackMessage::New(a) | ConntrackMessage::Get(a) | ConntrackMessage::Delete(a),
+        ) => a,
+        _ => return None,
+    };
+    let (mut orig, mut reply, mut st, mut timeout, mut mark, mut id, mut zone) =
+        (None, None, 0, None, 0, None, 0);
+    for a in attributes {
+        match a {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple_of(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple_of(t),
+            ConntrackAttribute::CtaStatus(s) => st = s.bits(),
+            ConntrackAttribute::CtaTimeout(t) => timeout = Some(*t),
+            ConntrackAttribute::CtaMark(m) => mark = *m,
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_ID => id = be_u32(&nla_value(nla)),
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_ZONE => {
+                zone = nla_value(nla)
+                    .get(..2)
+                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            }
+            _ => {}
+        }
+    }
+    Some(Entry {
+        orig: orig?,
+        reply: reply?,
+        status: st,
+        timeout,
+        mark,
+        id,
+        zone,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// NFNL_SUBSYS_CTNETLINK in the high byte of every ctnetlink message type.
+    const CT_TYPE_BASE: u16 = 1 << 8;
+
+    /// A ctnetlink message as the kernel sends it, built by hand.
+    fn raw_message(message_type: u8, seq: u32, res_id: u16, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut payload = vec![2u8, 0];
+        payload.extend(res_id.to_be_bytes());
+        for (kind, value) in attrs {
+            let len = 4 + value.len();
+            payload.extend((len as u16).to_ne_bytes());
+            payload.extend(kind.to_ne_bytes());
+            payload.extend(value);
+            payload.resize((payload.len() + 3) & !3, 0);
+        }
+        let mut out = Vec::new();
+        out.extend(((16 + payload.len()) as u32).to_ne_bytes());
+        out.extend((CT_TYPE_BASE | message_type as u16).to_ne_bytes());
+        out.extend(0u16.to_ne_bytes());
+        out.extend(seq.to_ne_bytes());
+        out.extend(0u32.to_ne_bytes());
+        out.extend(payload);
+        out
+    }
+
+    fn nested(attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (kind, value) in attrs {
+            out.extend(((4 + value.len()) as u16).to_ne_bytes());
+            out.extend((kind | 0x8000).to_ne_bytes());
+            out.extend(value);
+            out.resize((out.len() + 3) & !3, 0);
+        }
+        out
+    }
+
+    fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        nested(&[
+            (1, nested(&[(1, src.to_vec()), (2, dst.to_vec())])),
+            (
+                2,
+                nested(&[
+                    (1, vec![17]),
+                    (2, sport.to_be_bytes().to_vec()),
+                    (3, dport.to_be_bytes().to_vec()),
+                ]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn per_cpu_stats_parse_from_raw_attributes() {
+        let attrs: Vec<(u16, Vec<u8>)> = [
+            (CTA_STATS_FOUND, 7u32),
+            (CTA_STATS_INVALID, 1),
+            (CTA_STATS_INSERT, 100),
+            (CTA_STATS_INSERT_FAILED, 2),
+            (CTA_STATS_DROP, 3),
+            (CTA_STATS_EARLY_DROP, 4),
+            (CTA_STATS_ERROR, 5),
+            (CTA_STATS_SEARCH_RESTART, 6),
+            (CTA_STATS_CLASH_RESOLVE, 8),
+            (CTA_STATS_CHAIN_TOOLONG, 9),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_be_bytes().to_vec()))
+        .collect();
+        let raw = raw_message(IPCTNL_MSG_CT_GET_STATS_CPU, 1, 1, &attrs);
+        let msg = split(&raw).next().unwrap().unwrap();
+        let NetlinkPayload::InnerMessage(inner) = msg.payload else {
+            panic!("not an inner message")
+        };
+        let NetfilterMessageInner::Conntrack(ConntrackMessage::Other { attributes, .. }) =
+            &inner.inner
+        else {
+            panic!("stats message not left raw: {inner:?}")
+        };
+        let s = parse_cpu_stats(inner.header.res_id, attributes);
+        assert_eq!(s.cpu, 1);
+        assert_eq!(
+            s.fields().map(|(_, v)| v),
+            [7, 1, 100, 2, 3, 4, 5, 6, 8, 9],
+            "fields in conntrack -S order"
+        );
+        let total = CpuStats::sum(&[s, s]);
+        assert_eq!((total.cpu, total.drop, total.clash_resolve), (2, 6, 16));
+        assert_eq!(total.delta(&s).insert, 100);
+    }
+
+    #[test]
+    fn dnat_entry_parses_with_id_status_and_timeout() {
+        let attrs = vec![
+            (
+                1 | 0x8000,
+                tuple([10, 244, 0, 2], [10, 96, 0, 10], 40000, 53),
+            ),
+            (
+                2 | 0x8000,
+                tuple([10, 244, 0, 11], [10, 244, 0, 2], 53, 40000),
+            ),
+            (
+                3,
+                (status::ASSURED | status::SEEN_REPLY | status::DST_NAT | status::CONFIRMED)
+                    .to_be_bytes()
+                    .to_vec(),
+            ),
+            (7, 29u32.to_be_bytes().to_vec()),
+            (8, 0u32.to_be_bytes().to_vec()),
+            (CTA_ID, 0xdead_beefu32.to_be_bytes().to_vec()),
+        ];
+        // Two messages in one datagram, as dumps arrive.
+        let mut raw = raw_message(IPCTNL_MSG_CT_NEW, 9, 0, &attrs);
+        raw.extend(raw_message(IPCTNL_MSG_CT_NEW, 9, 0, &attrs));
+        let entries: Vec<Entry> = split(&raw)
+            .map(|m| match m.unwrap().payload {
+                NetlinkPayload::InnerMessage(inner) => entry_of(&inner).unwrap(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(entries.len(), 2);
+        let e = &entries[0];
+        assert_eq!(e.orig.dst, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)));
+        assert_eq!(e.reply.src, IpAddr::V4(Ipv4Addr::new(10, 244, 0, 11)));
+        assert_eq!((e.orig.sport, e.orig.dport, e.orig.proto), (40000, 53, 17));
+        assert!(e.assured() && e.seen_reply() && e.dnat());
+        assert_eq!((e.timeout, e.id), (Some(29), Some(0xdead_beef)));
+    }
+
+    #[test]
+    fn truncated_datagram_is_an_error_not_a_panic() {
+        let raw = raw_message(
+            IPCTNL_MSG_CT_NEW,
+            1,
+            0,
+            &[(7, 29u32.to_be_bytes().to_vec())],
+        );
+        let mut bad = raw.clone();
+        bad[0] = 200; // claims more bytes than there are
+        assert!(split(&bad).next().unwrap().is_err());
+        assert!(split(&raw[..10]).next().is_none());
+    }
+
+    /// Runs `f` on a thread in a fresh, unnamed network namespace that disappears with the thread
+    /// (and its conntrack entries with it).
+    fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare(CLONE_NEWNET) needs root");
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+
+    fn flows(n: u32) -> impl Iterator<Item = (SocketAddrV4, SocketAddrV4)> {
+        (0..n).map(|i| {
+            let src = SocketAddrV4::new(
+                Ipv4Addr::new(10, 1, (i >> 16) as u8, (i >> 8) as u8),
+                (i & 0xff) as u16 + 1024,
+            );
+            (src, SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53))
+        })
+    }
+
+    // Scenario (root): a fresh namespace; bulk-create assured UDP/53 entries, see them counted,
+    // dumped with their status, announced as events, then deleted and flushed.
+    #[test]
+    fn create_dump_events_delete_in_a_fresh_namespace() {
+        in_fresh_netns(|| {
+            assert_eq!(count().unwrap(), 0);
+            let mut events = Events::subscribe().unwrap();
+            events.set_nonblocking(true).unwrap();
+            assert_eq!(create_udp_assured(flows(3000), 600).unwrap(), 3000);
+            // Creating the same flows again skips them instead of failing.
+            assert_eq!(create_udp_assured(flows(10), 600).unwrap(), 0);
+            let t = table().unwrap();
+            assert_eq!(t.count, 3000);
+            assert!(t.max >= 3000 && t.buckets > 0, "{t:?}");
+
+            let entries = dump_udp(53).unwrap();
+            assert_eq!(entries.len(), 3000);
+            let e = &entries[0];
+            assert!(e.assured() && e.seen_reply() && !e.dnat(), "{e:?}");
+            assert_eq!(e.orig.dst, IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)));
+            assert_eq!((e.reply.src, e.reply.dport), (e.orig.dst, e.orig.sport));
+            assert!(
+                e.timeout.is_some_and(|t| t > 500 && t <= 600) && e.id.is_some(),
+                "{e:?}"
+            );
+            assert!(dump_udp(5353).unwrap().is_empty());
+
+            let mut new = Vec::new();
+            loop {
+                let batch = events.recv().unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                new.extend(batch.into_iter().filter(|ev| ev.kind == EventKind::New));
+            }
+            assert_eq!(
+                (new.len(), events.lost()),
+                (3000, 0),
+                "one NEW event per created entry, none lost"
+            );
+            assert!(
+                new.iter().any(|ev| ev.entry.orig == e.orig),
+                "no NEW event for {e:?}"
+            );
+
+            let low = delete_matching(|e| e.orig.sport < 1024 + 16).unwrap();
+            assert_eq!(low as u32, 3000u32.div_ceil(256) * 16);
+            assert_eq!(count().unwrap(), 3000 - low as u32);
+            let destroyed: usize = std::iter::from_fn(|| Some(events.recv().unwrap()))
+                .take_while(|b| !b.is_empty())
+                .map(|b| b.iter().filter(|ev| ev.kind == EventKind::Destroy).count())
+                .sum();
+            assert!(destroyed > 0 || events.lost() > 0);
+
+            flush().unwrap();
+            assert_eq!(count().unwrap(), 0);
+            let total = CpuStats::sum(&stats().unwrap());
+            assert_eq!(total.insert, 3000, "{total:?}");
+            assert_eq!(total.drop + total.insert_failed, 0, "{total:?}");
+        });
+    }
+
+    // Scenario (root): the lab's conntrack-full fault: fill a fresh namespace's table up to the
+    // global maximum with assured entries; then the full table refuses more.
+    #[test]
+    fn fill_a_namespace_table_to_the_global_max() {
+        in_fresh_netns(|| {
+            let max = table().unwrap().max;
+            let started = std::time::Instant::now();
+            let created = create_udp_assured(flows(max + 100), 120).unwrap();
+            eprintln!("created {created} of max {max} in {:?}", started.elapsed());
+            assert!(
+                created as u32 >= max - 1 && created as u32 <= max + 1,
+                "created {created}, max {max}"
+            );
+            assert_eq!(count().unwrap(), created as u32);
+            assert_eq!(
+                create_udp_assured(flows(max + 200).skip(max as usize + 100), 120).unwrap(),
+                0
+            );
+            flush().unwrap();
+            assert_eq!(count().unwrap(), 0);
+        });
+    }
+}
