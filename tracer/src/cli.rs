@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// A simulated Kubernetes node in network namespaces, with real DNS pods and faults.
     Lab(LabArgs),
+    /// Send DNS queries at a fixed rate and count what comes back.
+    Probe(ProbeArgs),
 }
 
 /// Where kube-proxy's iptables rules live.
@@ -89,6 +91,45 @@ pub enum FaultName {
     ConntrackRace,
     /// Remove every fault and restore full answers.
     Clear,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  tracer probe --lab\n  tracer probe --lab --count 200 --rate 100 --type A --type AAAA\n  tracer probe --netns trl-client0 --server 10.96.0.10:53 --name kube-dns.kube-system.svc.cluster.local")]
+pub struct ProbeArgs {
+    /// Query the lab's DNS Service from its client0 pod (following its stale-conntrack and
+    /// conntrack-race faults: their source port, parallel A/AAAA).
+    #[arg(long, conflicts_with = "netns")]
+    pub lab: bool,
+    /// The lab `--lab` uses.
+    #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl")]
+    pub prefix: String,
+    /// Send from this network namespace (`ip netns` name); default: the tracer's own.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// The DNS server, `IP[:PORT]` (port 53 by default); with `--lab`, the lab's Service IP.
+    #[arg(long, value_parser = parse_ip_port)]
+    pub server: Option<(Ipv4Addr, Option<u16>)>,
+    /// Number of lookups.
+    #[arg(long, default_value_t = 20)]
+    pub count: u32,
+    /// Lookups per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Name to ask for; repeat to use several in turn.
+    #[arg(long = "name", default_value = "kubernetes.default.svc.cluster.local")]
+    pub names: Vec<String>,
+    /// Query type (A, AAAA, TXT, ...); repeat to use several in turn.
+    #[arg(long = "type", default_value = "A", value_parser = crate::measure::parse_qtype)]
+    pub types: Vec<crate::measure::RecordType>,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout: f64,
+    /// Send every query from this UDP source port (one conntrack flow) instead of a fresh one.
+    #[arg(long)]
+    pub source_port: Option<u16>,
+    /// Send A and AAAA together from one socket for every lookup, as glibc does.
+    #[arg(long)]
+    pub parallel_a_aaaa: bool,
 }
 
 /// Parses `IP[:PORT]`.

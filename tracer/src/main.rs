@@ -7,5 +7,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Lab(args) => tracer::lab::run(args).context("lab"),
+        Command::Probe(args) => tracer::measure::probe::run(args).context("probe"),
     }
 }

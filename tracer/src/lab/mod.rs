@@ -1,9 +1,396 @@
-//! The simulated node. (Being written.)
-use crate::cli::LabArgs;
+//! The lab: a Kubernetes node simulated in network namespaces, with kube-proxy's real iptables
+//! rules, real DNS pods, and faults that break DNS in real kernel ways.
+//!
+//! The node is namespace `{prefix}-node`: a bridge `{prefix}br0` (10.244.0.1/24, br_netfilter
+//! on, forwarding on), a sink uplink with the default route, and kube-proxy's rules for the DNS
+//! Service 10.96.0.10 (udp/tcp 53, tcp 9153) in the chosen iptables backend. Pods are namespaces
+//! `{prefix}-dns0`, `{prefix}-dns1` (dnsmasq, 10.244.0.10 and .11) and `{prefix}-client{i}`
+//! (10.244.0.20 + i), each joined to the bridge by a veth (`eth0` inside, `{prefix}d0`,
+//! `{prefix}d1`, `{prefix}c{i}` on the node). Nothing is created in the root namespace. The
+//! backend, the client count and the active faults live in `/run/tracer-lab/{prefix}/state.json`,
+//! next to the DNS servers' pid files and logs.
+//!
+//! # Layout
+//! - this file: the public API ([`up`], [`down`], [`info`], [`fault`], [`clear`]) and the CLI.
+//! - `topology`: namespaces, bridge, veths, addresses, sysctls, and running commands inside them.
+//! - `rules`: kube-proxy's and the kubelet's iptables rules as `iptables-restore` text.
+//! - `dns`: the dnsmasq pods.
+//! - `fault`: applying and clearing each fault.
+
+mod dns;
+mod fault;
+mod rules;
+mod topology;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+pub use self::dns::WHOAMI;
+use crate::{
+    cli::{Backend, FaultName, LabAction, LabArgs},
+    measure, netns,
+    node::conntrack,
+};
+
+/// The DNS Service's cluster IP.
+pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The DNS Service's port (udp and tcp).
+pub const DNS_PORT: u16 = 53;
+/// Where each lab keeps its state, in a directory named after its prefix.
+pub const STATE_ROOT: &str = "/run/tracer-lab";
+/// Longest prefix: `{prefix}eth0` and `{prefix}c199` must fit an interface name (15 bytes).
+const MAX_PREFIX: usize = 8;
+/// Most client pods (addresses 10.244.0.20 to .219).
+const MAX_CLIENTS: u8 = 200;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {}
+pub enum Error {
+    #[error("invalid lab prefix {prefix:?}: use 1 to {MAX_PREFIX} lowercase letters and digits, starting with a letter")]
+    Prefix { prefix: String },
+    #[error("invalid client count {clients}: the lab has 1 to {MAX_CLIENTS} client pods")]
+    Clients { clients: u8 },
+    #[error("failed to run {command}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("{command} failed ({status}): {stderr}")]
+    Command { command: String, status: String, stderr: String },
+    #[error("failed to work in network namespace {netns}: {source}")]
+    Netns { netns: String, source: netns::Error },
+    #[error("failed to write or read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("failed to parse the lab state {path}: {source}")]
+    State { path: PathBuf, source: serde_json::Error },
+    #[error("the lab {prefix} is down: run `tracer lab up` first")]
+    NotUp { prefix: String },
+    #[error("fault {fault} is already active: `tracer lab fault clear` first")]
+    FaultActive { fault: String },
+    #[error("fault {fault} does not take --pod")]
+    PodNotAllowed { fault: String },
+    #[error("there is no DNS pod {pod}: the DNS pods are 0 and 1")]
+    NoSuchPod { pod: u8 },
+    #[error("the DNS server of pod dns{pod} did not answer within 2.5 s of starting")]
+    NotReady { pod: u8 },
+    #[error("failed to send DNS queries: {source}")]
+    Measure { source: measure::Error },
+    #[error("failed to change the conntrack table of {netns}: {source}")]
+    Conntrack { netns: String, source: conntrack::Error },
+    #[error("{what}")]
+    Fault { what: String },
+}
 
-pub fn run(_args: LabArgs) -> Result<(), Error> {
+/// A pod of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Short name: `dns0`, `dns1`, `client0`, ...
+    pub name: String,
+    /// Its network namespace (`{prefix}-dns0`).
+    pub netns: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The node side of its veth, on the bridge (`{prefix}d0`).
+    pub host_ifname: String,
+}
+
+/// A running lab, as the tracer and the tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabInfo {
+    /// The prefix of every name the lab made.
+    pub prefix: String,
+    /// Where kube-proxy's rules live.
+    pub backend: Backend,
+    /// The node's network namespace (`{prefix}-node`).
+    pub node_netns: String,
+    /// The DNS Service's cluster IP.
+    pub service_ip: Ipv4Addr,
+    /// The DNS Service's port.
+    pub dns_port: u16,
+    /// The DNS pods (the Service's endpoints when healthy): dns0, dns1.
+    pub endpoints: Vec<Pod>,
+    /// The client pods: client0, ...
+    pub clients: Vec<Pod>,
+    /// The active faults, in the order they were applied.
+    pub faults: Vec<FaultName>,
+    /// While stale-conntrack is active: the client0 source port whose UDP conntrack entry still
+    /// points to the removed endpoint (send from it to see the fault; the entry lives 30 s past
+    /// its last packet).
+    pub stale_source_port: Option<u16>,
+}
+
+/// What the state file keeps.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct State {
+    backend: Backend,
+    clients: u8,
+    faults: Vec<ActiveFault>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ActiveFault {
+    name: FaultName,
+    /// The DNS pod it applies to, where it is per pod (None: both pods, for filter-drop).
+    pod: Option<u8>,
+    /// stale-conntrack: the client source port of the stale entry.
+    source_port: Option<u16>,
+}
+
+/// The fault's name as the CLI spells it (`filter-drop`).
+pub fn fault_label(fault: FaultName) -> String {
+    label(&fault)
+}
+
+/// A value's name as the CLI spells it.
+fn label(value: &impl clap::ValueEnum) -> String {
+    value.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+}
+
+/// The lab's state directory.
+pub fn state_dir(prefix: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(prefix)
+}
+
+fn state_path(prefix: &str) -> PathBuf {
+    state_dir(prefix).join("state.json")
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), Error> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= MAX_PREFIX
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok { Ok(()) } else { Err(Error::Prefix { prefix: prefix.to_owned() }) }
+}
+
+fn read_state(prefix: &str) -> Result<Option<State>, Error> {
+    let path = state_path(prefix);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|source| Error::State { path, source })
+}
+
+fn write_state(prefix: &str, state: &State) -> Result<(), Error> {
+    let path = state_path(prefix);
+    let text = serde_json::to_string_pretty(state).map_err(|source| Error::State { path: path.clone(), source })?;
+    std::fs::write(&path, text).map_err(|source| Error::Io { path, source })
+}
+
+/// The lab's state when it is up (state file and node namespace both present).
+fn up_state(prefix: &str) -> Result<State, Error> {
+    validate_prefix(prefix)?;
+    match read_state(prefix)? {
+        Some(state) if netns::named(&topology::node_netns(prefix)).exists() => Ok(state),
+        _ => Err(Error::NotUp { prefix: prefix.to_owned() }),
+    }
+}
+
+fn lab_info(prefix: &str, state: &State) -> LabInfo {
+    let endpoints = (0..2u8)
+        .map(|i| Pod {
+            name: format!("dns{i}"),
+            netns: topology::pod_netns(prefix, &format!("dns{i}")),
+            ip: topology::DNS_IPS[usize::from(i)],
+            host_ifname: topology::dns_host_ifname(prefix, i),
+        })
+        .collect();
+    let clients = (0..state.clients)
+        .map(|i| Pod {
+            name: format!("client{i}"),
+            netns: topology::pod_netns(prefix, &format!("client{i}")),
+            ip: Ipv4Addr::new(10, 244, 0, topology::FIRST_CLIENT + i),
+            host_ifname: topology::client_host_ifname(prefix, i),
+        })
+        .collect();
+    LabInfo {
+        prefix: prefix.to_owned(),
+        backend: state.backend,
+        node_netns: topology::node_netns(prefix),
+        service_ip: SERVICE_IP,
+        dns_port: DNS_PORT,
+        endpoints,
+        clients,
+        faults: state.faults.iter().map(|f| f.name).collect(),
+        stale_source_port: state.faults.iter().find_map(|f| f.source_port),
+    }
+}
+
+/// The lab with this prefix, or `None` when it is down.
+pub fn info(prefix: &str) -> Result<Option<LabInfo>, Error> {
+    match up_state(prefix) {
+        Ok(state) => Ok(Some(lab_info(prefix, &state))),
+        Err(Error::NotUp { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Brings the lab up with kube-proxy's rules in `backend` and `clients` client pods, after
+/// removing whatever an earlier (possibly killed) run with this prefix left. On failure, removes
+/// what it made.
+pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error> {
+    validate_prefix(prefix)?;
+    if clients == 0 || clients > MAX_CLIENTS {
+        return Err(Error::Clients { clients });
+    }
+    down(prefix)?;
+    let state = State { backend, clients, faults: Vec::new() };
+    if let Err(e) = build(prefix, &state) {
+        let _ = down(prefix);
+        return Err(e);
+    }
+    Ok(lab_info(prefix, &state))
+}
+
+fn build(prefix: &str, state: &State) -> Result<(), Error> {
+    let dir = state_dir(prefix);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    topology::create_node(prefix)?;
+    for pod in 0..2u8 {
+        let name = format!("dns{pod}");
+        let ifname = topology::dns_host_ifname(prefix, pod);
+        topology::create_pod(prefix, &name, &ifname, topology::DNS_IPS[usize::from(pod)])?;
+    }
+    for client in 0..state.clients {
+        let ip = Ipv4Addr::new(10, 244, 0, topology::FIRST_CLIENT + client);
+        let ifname = topology::client_host_ifname(prefix, client);
+        topology::create_pod(prefix, &format!("client{client}"), &ifname, ip)?;
+    }
+    fault::load_rules(prefix, state)?;
+    write_state(prefix, state)?;
+    for pod in 0..2u8 {
+        dns::start(prefix, &dir, pod)?;
+    }
     Ok(())
+}
+
+/// Removes every namespace, interface, rule and process of the lab, and its state directory.
+/// Fine when the lab is already down.
+pub fn down(prefix: &str) -> Result<(), Error> {
+    validate_prefix(prefix)?;
+    let dir = state_dir(prefix);
+    for pod in 0..2u8 {
+        dns::stop(&dir, pod)?;
+    }
+    let namespaces = topology::existing_netns(prefix)?;
+    for ns in &namespaces {
+        for pid in topology::netns_pids(ns)? {
+            dns::terminate(pid);
+        }
+    }
+    for ns in &namespaces {
+        topology::delete_netns(ns)?;
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: dir, source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Applies a fault. `pod` picks the DNS pod (0 or 1) for the per-pod faults: filter-drop (both
+/// pods without it), pod-down, pod-link-down and stale-conntrack (pod 0 without it).
+/// [`FaultName::Clear`] clears every fault.
+pub fn fault(prefix: &str, name: FaultName, pod: Option<u8>) -> Result<(), Error> {
+    if name == FaultName::Clear {
+        return clear(prefix);
+    }
+    let mut state = up_state(prefix)?;
+    if state.faults.iter().any(|f| f.name == name) {
+        return Err(Error::FaultActive { fault: fault_label(name) });
+    }
+    if let Some(p) = pod {
+        if p > 1 {
+            return Err(Error::NoSuchPod { pod: p });
+        }
+    }
+    let active = fault::apply(prefix, &state, name, pod)?;
+    state.faults.push(active);
+    write_state(prefix, &state)
+}
+
+/// Clears every fault: healthy rules, links up, addresses back, DNS servers running, the
+/// node's conntrack table flushed where a fault filled or poisoned it.
+pub fn clear(prefix: &str) -> Result<(), Error> {
+    let mut state = up_state(prefix)?;
+    fault::clear(prefix, &state)?;
+    state.faults.clear();
+    write_state(prefix, &state)
+}
+
+/// Runs `tracer lab ...`.
+pub fn run(args: LabArgs) -> Result<(), Error> {
+    let prefix = args.prefix.as_str();
+    match args.action {
+        LabAction::Up { backend, clients } => {
+            let lab = up(prefix, backend, clients)?;
+            print_status(&lab);
+        }
+        LabAction::Down => {
+            down(prefix)?;
+            println!("lab {prefix}: down");
+        }
+        LabAction::Status => match info(prefix)? {
+            Some(lab) => print_status(&lab),
+            None => println!("lab {prefix}: down"),
+        },
+        LabAction::Fault(f) if f.name == FaultName::Clear => {
+            if f.pod.is_some() {
+                return Err(Error::PodNotAllowed { fault: fault_label(f.name) });
+            }
+            clear(prefix)?;
+            println!("lab {prefix}: every fault cleared");
+        }
+        LabAction::Fault(f) => {
+            fault(prefix, f.name, f.pod)?;
+            let lab = info(prefix)?.ok_or_else(|| Error::NotUp { prefix: prefix.to_owned() })?;
+            println!("lab {prefix}: fault {} applied", fault_label(f.name));
+            if let Some(port) = lab.stale_source_port {
+                if f.name == FaultName::StaleConntrack {
+                    println!("  client0 source port {port} still maps to the removed endpoint (tracer probe --lab uses it)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(lab: &LabInfo) {
+    println!(
+        "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
+        lab.prefix,
+        label(&lab.backend),
+        lab.node_netns
+    );
+    println!("  service kube-system/kube-dns  {}:{} (udp, tcp)", lab.service_ip, lab.dns_port);
+    for pod in lab.endpoints.iter().chain(&lab.clients) {
+        println!("  {:<8} {:<15} netns {:<14} node side {}", pod.name, pod.ip, pod.netns, pod.host_ifname);
+    }
+    if lab.faults.is_empty() {
+        println!("  faults: none");
+    } else {
+        let names: Vec<String> = lab.faults.iter().map(|f| fault_label(*f)).collect();
+        println!("  faults: {}", names.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_must_fit_interface_names() {
+        assert!(validate_prefix("trl").is_ok());
+        assert!(validate_prefix("trt12345").is_ok());
+        assert!(validate_prefix("trt123456").is_err());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("1tr").is_err());
+        assert!(validate_prefix("tr-x").is_err());
+        assert!(validate_prefix("TRL").is_err());
+    }
+
+    #[test]
+    fn fault_labels_are_the_cli_names() {
+        assert_eq!(fault_label(FaultName::FilterDrop), "filter-drop");
+        assert_eq!(fault_label(FaultName::ConntrackRace), "conntrack-race");
+    }
 }

@@ -1,0 +1,132 @@
+//! The CoreDNS stand-ins: one dnsmasq per DNS pod, answering `*.cluster.local` from its own
+//! records, daemonised with its pid file and log in the lab's state directory.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use super::{Error, topology};
+use crate::measure::{self, BatchSpec, Outcome, RecordType};
+
+/// The DNS server every pod runs (Debian's dnsmasq-base).
+pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+/// A name every DNS pod answers with its own pod IP (like CoreDNS's `whoami`): which endpoint a
+/// flow was balanced to, seen from the client.
+pub const WHOAMI: &str = "whoami.cluster.local";
+
+/// The records every pod serves.
+const HOST_RECORDS: [&str; 2] = [
+    "kubernetes.default.svc.cluster.local,10.96.0.1",
+    "kube-dns.kube-system.svc.cluster.local,10.96.0.10,fd00:10:96::a",
+];
+
+fn pid_file(state_dir: &Path, pod: u8) -> PathBuf {
+    state_dir.join(format!("dns{pod}.pid"))
+}
+
+/// Starts dnsmasq in DNS pod `pod` and waits until it answers from the node.
+pub fn start(prefix: &str, state_dir: &Path, pod: u8) -> Result<(), Error> {
+    let ns = topology::pod_netns(prefix, &format!("dns{pod}"));
+    let ip = topology::DNS_IPS[usize::from(pod)];
+    let pid = pid_file(state_dir, pod);
+    let log = state_dir.join(format!("dns{pod}.log"));
+    let mut args = vec![
+        // No configuration, upstreams, /etc/hosts, lease or cache file: nothing outside the
+        // state directory is read or written.
+        "--conf-file=/dev/null".to_owned(),
+        "--no-resolv".to_owned(),
+        "--no-hosts".to_owned(),
+        "--no-poll".to_owned(),
+        "--local=/cluster.local/".to_owned(),
+        format!("--pid-file={}", pid.display()),
+        format!("--log-facility={}", log.display()),
+        format!("--host-record={WHOAMI},{ip}"),
+    ];
+    args.extend(HOST_RECORDS.iter().map(|r| format!("--host-record={r}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    topology::run_in(&ns, DNSMASQ, &args, None)?;
+    wait_ready(prefix, pod, ip)
+}
+
+/// Queries the pod directly from the node until it answers (dnsmasq has bound its socket once
+/// its parent exits, but the pod's link may still be settling).
+fn wait_ready(prefix: &str, pod: u8, ip: Ipv4Addr) -> Result<(), Error> {
+    let spec = BatchSpec {
+        names: vec![WHOAMI.to_owned()],
+        qtypes: vec![RecordType::A],
+        count: 1,
+        rate: 1.0,
+        timeout: Duration::from_millis(200),
+        source_port: None,
+        parallel_a_aaaa: false,
+    };
+    let node = topology::node_netns(prefix);
+    for _ in 0..25 {
+        let result = measure::query_batch(Some(&node), SocketAddrV4::new(ip, 53), &spec)
+            .map_err(|source| Error::Measure { source })?;
+        if let Some(Outcome::Answered { .. }) = result.queries.first().map(|q| &q.outcome) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::NotReady { pod })
+}
+
+/// Stops DNS pod `pod`'s dnsmasq (SIGTERM, then SIGKILL); fine when it is not running.
+pub fn stop(state_dir: &Path, pod: u8) -> Result<(), Error> {
+    let path = pid_file(state_dir, pod);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    if let Ok(pid) = text.trim().parse::<i32>() {
+        terminate(pid);
+    }
+    std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })
+}
+
+/// Whether DNS pod `pod`'s dnsmasq is running.
+pub fn running(state_dir: &Path, pod: u8) -> bool {
+    std::fs::read_to_string(pid_file(state_dir, pod))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+}
+
+/// Ends a process: SIGTERM, up to a second to exit, then SIGKILL.
+pub fn terminate(pid: i32) {
+    let pid = Pid::from_raw(pid);
+    if kill(pid, Signal::SIGTERM) == Err(Errno::ESRCH) {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if gone(pid) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// Exited: no such process, or a zombie waiting for whoever adopted it to reap it.
+fn gone(pid: Pid) -> bool {
+    if kill(pid, None) == Err(Errno::ESRCH) {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}

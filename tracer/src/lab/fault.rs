@@ -1,0 +1,230 @@
+//! The faults: each one a real kernel condition on the node (rules, links, addresses, processes,
+//! conntrack entries), each undone by `fault clear`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use super::{ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, fault_label, rules, state_dir, topology};
+use crate::{
+    cli::{Backend, FaultName},
+    measure::{self, BatchSpec, Outcome, RecordType},
+    netns,
+    node::conntrack,
+};
+
+/// mixed-backend: the endpoint a stale kube-proxy ruleset still DNATs to (no pod owns it).
+pub const STALE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 99);
+/// stale-conntrack: the first client source port tried for the stale flow.
+const STALE_FIRST_PORT: u16 = 40053;
+/// stale-conntrack: source ports tried until one flow is balanced to the chosen pod (each try is
+/// a coin flip between the two endpoints).
+const STALE_TRIES: u16 = 32;
+/// conntrack-full: lifetime of the filler entries, far longer than any test or demo.
+const FILL_TIMEOUT_S: u32 = 3600;
+
+fn restore_program(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Nft => "iptables-nft-restore",
+        Backend::Legacy => "iptables-legacy-restore",
+    }
+}
+
+fn other(backend: Backend) -> Backend {
+    match backend {
+        Backend::Nft => Backend::Legacy,
+        Backend::Legacy => Backend::Nft,
+    }
+}
+
+/// The rules kube-proxy (and the lab's own filter-drop) would have in place for `state`.
+fn rule_set(state: &State) -> rules::RuleSet {
+    let active = |name| state.faults.iter().find(|f| f.name == name);
+    let mut endpoints = topology::DNS_IPS.to_vec();
+    if let Some(stale) = active(FaultName::StaleConntrack) {
+        let gone = topology::DNS_IPS[usize::from(stale.pod.unwrap_or(0))];
+        endpoints.retain(|ip| *ip != gone);
+    }
+    if active(FaultName::NoEndpoints).is_some() {
+        endpoints.clear();
+    }
+    let filter_drop = match active(FaultName::FilterDrop) {
+        Some(ActiveFault { pod: Some(p), .. }) => vec![topology::DNS_IPS[usize::from(*p)]],
+        Some(_) => topology::DNS_IPS.to_vec(),
+        None => vec![],
+    };
+    rules::RuleSet { service_ip: SERVICE_IP, endpoints, filter_drop, kubelet: true }
+}
+
+/// Loads the rules `state` calls for into its backend, replacing what was there.
+pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
+    let text = rules::render(&rule_set(state));
+    topology::run_in(&topology::node_netns(prefix), restore_program(state.backend), &[], Some(&text)).map(drop)
+}
+
+/// Applies `name` to the running lab described by `state`, returning what to remember of it.
+pub fn apply(prefix: &str, state: &State, name: FaultName, pod: Option<u8>) -> Result<ActiveFault, Error> {
+    let per_pod = matches!(
+        name,
+        FaultName::FilterDrop | FaultName::PodDown | FaultName::PodLinkDown | FaultName::StaleConntrack
+    );
+    if pod.is_some() && !per_pod {
+        return Err(Error::PodNotAllowed { fault: fault_label(name) });
+    }
+    // filter-drop without --pod hits both pods; the others default to pod 0.
+    let pod = if name == FaultName::FilterDrop { pod } else { pod.or(per_pod.then_some(0)) };
+    let mut active = ActiveFault { name, pod, source_port: None };
+    let node = topology::node_netns(prefix);
+    let with_fault = |active: &ActiveFault| {
+        let mut next = state.clone();
+        next.faults.push(active.clone());
+        next
+    };
+    match name {
+        FaultName::FilterDrop | FaultName::NoEndpoints => load_rules(prefix, &with_fault(&active))?,
+        FaultName::MixedBackend => {
+            // What an old kube-proxy left in the other backend: the same chains, DNAT to a pod
+            // that is long gone. Loaded last, its NAT table is registered last and runs first.
+            let stale = rules::RuleSet {
+                service_ip: SERVICE_IP,
+                endpoints: vec![STALE_ENDPOINT],
+                filter_drop: vec![],
+                kubelet: false,
+            };
+            let program = restore_program(other(state.backend));
+            topology::run_in(&node, program, &[], Some(&rules::render(&stale)))?;
+        }
+        FaultName::ConntrackFull => fill_conntrack(&node)?,
+        FaultName::PodDown => dns::stop(&state_dir(prefix), pod.unwrap_or(0))?,
+        FaultName::PodLinkDown => {
+            topology::set_link(prefix, &topology::dns_host_ifname(prefix, pod.unwrap_or(0)), false)?;
+        }
+        FaultName::StaleConntrack => {
+            let p = pod.unwrap_or(0);
+            active.source_port = Some(stale_flow(prefix, p)?);
+            // kube-proxy drops the endpoint of the pod that went away (but, here, not its UDP
+            // conntrack entries), and the pod's address is gone with it.
+            load_rules(prefix, &with_fault(&active))?;
+            let ns = topology::pod_netns(prefix, &format!("dns{p}"));
+            topology::remove_pod_address(&ns, topology::DNS_IPS[usize::from(p)])?;
+        }
+        // A traffic pattern, not a broken rule: `tracer probe --lab` then sends A and AAAA in
+        // parallel from one socket on two CPUs, and conntrack resolves the insert clashes.
+        FaultName::ConntrackRace => {}
+        FaultName::Clear => {
+            return Err(Error::Fault { what: "clear undoes faults, it is not one to apply".to_owned() });
+        }
+    }
+    Ok(active)
+}
+
+/// Sends whoami queries from client0 through the Service from fixed source ports until one flow
+/// is balanced to DNS pod `pod`; returns that port. Its conntrack entry is real: made by the
+/// query and its answer.
+fn stale_flow(prefix: &str, pod: u8) -> Result<u16, Error> {
+    let client = topology::pod_netns(prefix, "client0");
+    let want = topology::DNS_IPS[usize::from(pod)];
+    for port in STALE_FIRST_PORT..STALE_FIRST_PORT + STALE_TRIES {
+        let spec = BatchSpec {
+            names: vec![dns::WHOAMI.to_owned()],
+            qtypes: vec![RecordType::A],
+            count: 1,
+            rate: 1.0,
+            timeout: Duration::from_secs(1),
+            source_port: Some(port),
+            parallel_a_aaaa: false,
+        };
+        let result = measure::query_batch(Some(&client), SocketAddrV4::new(SERVICE_IP, DNS_PORT), &spec)
+            .map_err(|source| Error::Measure { source })?;
+        if let Some(Outcome::Answered { addresses, .. }) = result.queries.first().map(|q| &q.outcome) {
+            if addresses.contains(&want.into()) {
+                return Ok(port);
+            }
+        }
+    }
+    Err(Error::Fault {
+        what: format!(
+            "no client0 flow to the Service was balanced to dns{pod} from source ports {STALE_FIRST_PORT}..{}",
+            STALE_FIRST_PORT + STALE_TRIES
+        ),
+    })
+}
+
+/// Fills the node's conntrack table to `nf_conntrack_max` with ASSURED UDP entries (never
+/// early-dropped), so new flows are dropped.
+fn fill_conntrack(node: &str) -> Result<(), Error> {
+    let err = |source| Error::Conntrack { netns: node.to_owned(), source };
+    let table = netns::run_in(&netns::named(node), || -> Result<conntrack::Table, conntrack::Error> {
+        let table = conntrack::table()?;
+        let missing = table.max.saturating_sub(table.count);
+        // Filler flows 10.254.a.b:p -> 10.253.0.1:53: addresses no pod uses.
+        let entries = (0..missing).map(|i| {
+            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 254, 0, 0)) + i / 50_000);
+            let sport = 10_000 + (i % 50_000) as u16;
+            (SocketAddrV4::new(src, sport), SocketAddrV4::new(Ipv4Addr::new(10, 253, 0, 1), 53))
+        });
+        conntrack::create_udp_assured(entries, FILL_TIMEOUT_S)?;
+        conntrack::table()
+    })
+    .map_err(|source| Error::Netns { netns: node.to_owned(), source })?
+    .map_err(err)?;
+    if table.count < table.max {
+        return Err(Error::Fault {
+            what: format!("the conntrack table of {node} holds {} of {} entries after the fill", table.count, table.max),
+        });
+    }
+    Ok(())
+}
+
+fn flush_conntrack(node: &str) -> Result<(), Error> {
+    netns::run_in(&netns::named(node), conntrack::flush)
+        .map_err(|source| Error::Netns { netns: node.to_owned(), source })?
+        .map_err(|source| Error::Conntrack { netns: node.to_owned(), source })
+}
+
+/// Empties the other backend's tables (the mixed-backend fault's stale rules). Legacy tables
+/// cannot be unregistered from a live namespace, so they stay, empty; nf_tables ones are deleted.
+fn flush_other_backend(prefix: &str, state: &State) -> Result<(), Error> {
+    let node = topology::node_netns(prefix);
+    match other(state.backend) {
+        Backend::Legacy => {
+            topology::run_in(&node, restore_program(Backend::Legacy), &[], Some(&rules::empty())).map(drop)
+        }
+        Backend::Nft => {
+            let tables = topology::run_in(&node, "nft", &["list", "tables", "ip"], None)?;
+            for table in ["mangle", "filter", "nat"] {
+                if tables.lines().any(|l| l.trim() == format!("table ip {table}")) {
+                    topology::run_in(&node, "nft", &["delete", "table", "ip", table], None)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Undoes every fault of `state`, and makes sure every DNS pod is linked, addressed and serving.
+pub fn clear(prefix: &str, state: &State) -> Result<(), Error> {
+    let node = topology::node_netns(prefix);
+    let dir = state_dir(prefix);
+    let had = |name| state.faults.iter().any(|f| f.name == name);
+    if had(FaultName::MixedBackend) {
+        flush_other_backend(prefix, state)?;
+    }
+    let healthy = State { faults: Vec::new(), ..state.clone() };
+    load_rules(prefix, &healthy)?;
+    for pod in 0..2u8 {
+        topology::set_link(prefix, &topology::dns_host_ifname(prefix, pod), true)?;
+        let ns = topology::pod_netns(prefix, &format!("dns{pod}"));
+        topology::add_pod_address(&ns, topology::DNS_IPS[usize::from(pod)])?;
+    }
+    if had(FaultName::ConntrackFull) || had(FaultName::StaleConntrack) {
+        flush_conntrack(&node)?;
+    }
+    for pod in 0..2u8 {
+        if !dns::running(&dir, pod) {
+            dns::start(prefix, &dir, pod)?;
+        }
+    }
+    Ok(())
+}

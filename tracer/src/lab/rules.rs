@@ -1,0 +1,269 @@
+//! The iptables rules of the lab's node, as kube-proxy (iptables mode) and the kubelet write them,
+//! rendered as `iptables-restore` input.
+//!
+//! Chain names, comments, argument order and the statistic probabilities follow kube-proxy's
+//! iptables proxier: `KUBE-SVC-`/`KUBE-SEP-` names are the first 16 base32 characters of a SHA-256
+//! of the service port name and protocol (and endpoint), so the lab's `KUBE-SVC-TCOU7JCQXEZGVUNU`
+//! is the one every real cluster has for `kube-system/kube-dns:dns`.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use sha2::{Digest as _, Sha256};
+
+/// The cluster's pod CIDR: traffic from outside it to a Service is masqueraded.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// The ports of the `kube-system/kube-dns` Service, as CoreDNS's manifest declares them.
+const DNS_SERVICE_PORTS: [ServicePort; 3] = [
+    ServicePort { name: "dns", protocol: "udp", port: 53 },
+    ServicePort { name: "dns-tcp", protocol: "tcp", port: 53 },
+    ServicePort { name: "metrics", protocol: "tcp", port: 9153 },
+];
+
+struct ServicePort {
+    name: &'static str,
+    protocol: &'static str,
+    port: u16,
+}
+
+impl ServicePort {
+    /// `kube-system/kube-dns:dns`, kube-proxy's `ServicePortName.String()`.
+    fn full_name(&self) -> String {
+        format!("kube-system/kube-dns:{}", self.name)
+    }
+
+    fn svc_chain(&self) -> String {
+        format!("KUBE-SVC-{}", chain_hash(&format!("{}{}", self.full_name(), self.protocol)))
+    }
+
+    fn sep_chain(&self, endpoint: Ipv4Addr) -> String {
+        let ep = format!("{endpoint}:{}", self.port);
+        format!("KUBE-SEP-{}", chain_hash(&format!("{}{}{ep}", self.full_name(), self.protocol)))
+    }
+}
+
+/// What the rules say about the DNS Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    /// The Service's cluster IP.
+    pub service_ip: Ipv4Addr,
+    /// The ready endpoints kube-proxy knows of; none gives kube-proxy's REJECT rules.
+    pub endpoints: Vec<Ipv4Addr>,
+    /// Pod IPs that get a DROP for UDP/53 at the top of filter FORWARD (the filter-drop fault).
+    pub filter_drop: Vec<Ipv4Addr>,
+    /// Whether the kubelet's chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY`) are included.
+    pub kubelet: bool,
+}
+
+/// The comment on the lab's own fault rules, so a reader of `iptables-save` sees what they are.
+pub const FAULT_COMMENT: &str = "tracer lab fault: filter-drop";
+
+/// kube-proxy's chain-name hash: base32 (RFC 4648 alphabet) of SHA-256, first 16 characters.
+fn chain_hash(input: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = Sha256::digest(input.as_bytes());
+    // 16 base32 characters are 80 bits: the first 10 bytes of the digest.
+    let mut bits: u128 = 0;
+    for byte in &digest[..10] {
+        bits = (bits << 8) | u128::from(*byte);
+    }
+    (0..16).rev().map(|i| ALPHABET[((bits >> (i * 5)) & 0x1f) as usize] as char).collect()
+}
+
+/// Renders `mangle`, `filter` and `nat` for `iptables-restore` (without `--noflush`, so each
+/// table is replaced whole).
+pub fn render(rules: &RuleSet) -> String {
+    let mut out = String::new();
+    render_mangle(&mut out, rules);
+    render_filter(&mut out, rules);
+    render_nat(&mut out, rules);
+    out
+}
+
+fn canaries(out: &mut String, rules: &RuleSet) {
+    if rules.kubelet {
+        out.push_str(":KUBE-KUBELET-CANARY - [0:0]\n");
+    }
+    out.push_str(":KUBE-PROXY-CANARY - [0:0]\n");
+}
+
+fn render_mangle(out: &mut String, rules: &RuleSet) {
+    out.push_str("*mangle\n");
+    out.push_str(":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
+    out.push_str(":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    if rules.kubelet {
+        // The kubelet's hint that tells tools which iptables backend the node uses.
+        out.push_str(":KUBE-IPTABLES-HINT - [0:0]\n");
+    }
+    canaries(out, rules);
+    out.push_str("COMMIT\n");
+}
+
+fn render_filter(out: &mut String, rules: &RuleSet) {
+    out.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for chain in [
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FORWARD",
+        "KUBE-NODEPORTS",
+        "KUBE-PROXY-FIREWALL",
+        "KUBE-SERVICES",
+    ] {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    canaries(out, rules);
+    let new = "-m conntrack --ctstate NEW";
+    let lb_fw = "-m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL";
+    let ext = "-m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
+    let svc = "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    let _ = writeln!(out, "-A INPUT {new} {lb_fw}");
+    out.push_str("-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n");
+    let _ = writeln!(out, "-A INPUT {new} {ext}");
+    for ip in &rules.filter_drop {
+        let _ = writeln!(
+            out,
+            "-A FORWARD -d {ip}/32 -p udp -m udp --dport 53 -m comment --comment \"{FAULT_COMMENT}\" -j DROP"
+        );
+    }
+    let _ = writeln!(out, "-A FORWARD {new} {lb_fw}");
+    out.push_str("-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n");
+    let _ = writeln!(out, "-A FORWARD {new} {svc}");
+    let _ = writeln!(out, "-A FORWARD {new} {ext}");
+    let _ = writeln!(out, "-A OUTPUT {new} {lb_fw}");
+    let _ = writeln!(out, "-A OUTPUT {new} {svc}");
+    out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
+    out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n");
+    out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+    if rules.endpoints.is_empty() {
+        for sp in &DNS_SERVICE_PORTS {
+            let _ = writeln!(
+                out,
+                "-A KUBE-SERVICES -m comment --comment \"{} has no endpoints\" -m {p} -p {p} -d {} --dport {} -j REJECT",
+                sp.full_name(),
+                rules.service_ip,
+                sp.port,
+                p = sp.protocol,
+            );
+        }
+    }
+    out.push_str("COMMIT\n");
+}
+
+fn render_nat(out: &mut String, rules: &RuleSet) {
+    out.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    out.push_str(":POSTROUTING ACCEPT [0:0]\n");
+    for chain in ["KUBE-MARK-MASQ", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-SERVICES"] {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    canaries(out, rules);
+    if !rules.endpoints.is_empty() {
+        for sp in &DNS_SERVICE_PORTS {
+            let _ = writeln!(out, ":{} - [0:0]", sp.svc_chain());
+            for ep in &rules.endpoints {
+                let _ = writeln!(out, ":{} - [0:0]", sp.sep_chain(*ep));
+            }
+        }
+    }
+    let portals = "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    let _ = writeln!(out, "-A PREROUTING {portals}");
+    let _ = writeln!(out, "-A OUTPUT {portals}");
+    out.push_str("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n");
+    out.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
+    out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
+    out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
+    out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+    if !rules.endpoints.is_empty() {
+        for sp in &DNS_SERVICE_PORTS {
+            let (name, p, ip, port) = (sp.full_name(), sp.protocol, rules.service_ip, sp.port);
+            let svc = sp.svc_chain();
+            let matches = format!("-m {p} -p {p} -d {ip} --dport {port}");
+            let _ = writeln!(
+                out,
+                "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {matches} -j {svc}"
+            );
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{name} cluster IP\" {matches} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
+            );
+            let n = rules.endpoints.len();
+            for (i, ep) in rules.endpoints.iter().enumerate() {
+                let statistic = if i + 1 < n {
+                    format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "-A {svc} -m comment --comment \"{name} -> {ep}:{port}\"{statistic} -j {}",
+                    sp.sep_chain(*ep)
+                );
+            }
+            for ep in &rules.endpoints {
+                let sep = sp.sep_chain(*ep);
+                let _ = writeln!(out, "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ");
+                let _ = writeln!(
+                    out,
+                    "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {ep}:{port}"
+                );
+            }
+        }
+    }
+    out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+    out.push_str("COMMIT\n");
+}
+
+/// `iptables-restore` input that empties `mangle`, `filter` and `nat` (deleting their user chains).
+pub fn empty() -> String {
+    "*mangle\nCOMMIT\n*filter\nCOMMIT\n*nat\nCOMMIT\n".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab(endpoints: &[&str]) -> RuleSet {
+        RuleSet {
+            service_ip: "10.96.0.10".parse().unwrap(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+            filter_drop: vec![],
+            kubelet: true,
+        }
+    }
+
+    #[test]
+    fn chain_names_match_real_clusters() {
+        // The names every kubeadm cluster has for kube-dns.
+        assert_eq!(DNS_SERVICE_PORTS[0].svc_chain(), "KUBE-SVC-TCOU7JCQXEZGVUNU");
+        assert_eq!(DNS_SERVICE_PORTS[1].svc_chain(), "KUBE-SVC-ERIFXISQEP7F7OF4");
+        assert_eq!(DNS_SERVICE_PORTS[2].svc_chain(), "KUBE-SVC-JD5MR3NA4I4DYORP");
+    }
+
+    #[test]
+    fn two_endpoints_split_half_and_rest() {
+        let text = render(&lab(&["10.244.0.10", "10.244.0.11"]));
+        assert!(text.contains(
+            "-A KUBE-SVC-TCOU7JCQXEZGVUNU -m comment --comment \"kube-system/kube-dns:dns -> 10.244.0.10:53\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-"
+        ));
+        assert!(text.contains("-m udp -p udp -j DNAT --to-destination 10.244.0.11:53\n"));
+        assert!(!text.contains("has no endpoints"));
+        assert!(text.contains(":KUBE-IPTABLES-HINT - [0:0]"));
+    }
+
+    #[test]
+    fn no_endpoints_rejects_in_filter_and_has_no_svc_chain() {
+        let text = render(&lab(&[]));
+        assert!(text.contains(
+            "-A KUBE-SERVICES -m comment --comment \"kube-system/kube-dns:dns has no endpoints\" -m udp -p udp -d 10.96.0.10 --dport 53 -j REJECT\n"
+        ));
+        assert!(!text.contains("KUBE-SVC-"));
+    }
+
+    #[test]
+    fn filter_drop_comes_first_in_forward() {
+        let mut rules = lab(&["10.244.0.10", "10.244.0.11"]);
+        rules.filter_drop = vec!["10.244.0.10".parse().unwrap()];
+        let text = render(&rules);
+        let forward: Vec<&str> = text.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
+        assert!(forward[0].starts_with("-A FORWARD -d 10.244.0.10/32 -p udp -m udp --dport 53"));
+        assert!(forward[0].ends_with("-j DROP"));
+    }
+}
