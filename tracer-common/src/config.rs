@@ -35,6 +35,11 @@ pub struct KernelOffsets {
     pub ipt_skb_arg: u32,
 }
 
+impl KernelOffsets {
+    /// The offset of a field this kernel does not have (0 is a real offset: `nft_pktinfo.skb`).
+    pub const MISSING: u32 = u32::MAX;
+}
+
 /// Filters and switches. Addresses and ports are in network byte order, as in the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

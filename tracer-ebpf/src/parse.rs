@@ -79,12 +79,45 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
     }
 }
 
-/// Copies up to `QUESTION_LEN` bytes of the question into `dst`, zero-filling the rest.
+/// Copies up to `QUESTION_LEN` bytes of the question into `dst` (zeroed first). The verifier
+/// wants every load length proven non-zero and bounded, and LLVM folds a `min()` or a per-byte
+/// bound check into forms it cannot follow: so a full 64-byte load when the packet has them,
+/// else one constant-size load per set bit of the remaining length.
+// The last chunk's `cur += 1` is never read: the macro keeps every chunk the same shape.
+#[allow(unused_assignments)]
 #[inline(always)]
 pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) {
-    if ctx.load_bytes(off, dst).is_err() {
-        *dst = [0; QUESTION_LEN];
+    *dst = [0; QUESTION_LEN];
+    let len = ctx.len() as usize;
+    if off >= len {
+        return;
     }
+    let rem = len - off;
+    if rem >= QUESTION_LEN {
+        if let Ok(b) = ctx.load::<[u8; QUESTION_LEN]>(off) {
+            *dst = b;
+        }
+        return;
+    }
+    let mut cur = 0usize;
+    macro_rules! chunk {
+        ($n:expr) => {
+            if rem & $n != 0 {
+                if cur + $n <= QUESTION_LEN {
+                    if let Ok(b) = ctx.load::<[u8; $n]>(off + cur) {
+                        dst[cur..cur + $n].copy_from_slice(&b);
+                    }
+                }
+                cur += $n;
+            }
+        };
+    }
+    chunk!(32);
+    chunk!(16);
+    chunk!(8);
+    chunk!(4);
+    chunk!(2);
+    chunk!(1);
 }
 
 #[inline(always)]

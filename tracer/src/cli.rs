@@ -19,6 +19,72 @@ pub enum Command {
     Lab(LabArgs),
     /// Send DNS queries at a fixed rate and count what comes back.
     Probe(ProbeArgs),
+    /// Follow every DNS query through the Service IP, conntrack and DNAT; say where each failed one died.
+    Trace(TraceArgs),
+}
+
+/// How results are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Lines and tables for people.
+    Text,
+    /// JSON (one object per line for streams).
+    Json,
+}
+
+/// The hook tier for the deep stages (netfilter verdicts, NAT, conntrack confirm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookChoice {
+    /// The best this kernel allows: fentry, else kprobe, else tracepoints only.
+    Auto,
+    /// fexit programs.
+    Fentry,
+    /// kprobe/kretprobe programs.
+    Kprobe,
+    /// Tracepoints and TC only.
+    Tracepoint,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  tracer trace --lab\n  tracer trace --service 10.96.0.10 --duration 60\n  tracer trace --lab --all --output json\n  tracer trace --lab --hooks tracepoint --slow-ms 20")]
+pub struct TraceArgs {
+    /// Trace the lab: its node namespace, Service IP, endpoints and pods.
+    #[arg(long)]
+    pub lab: bool,
+    /// The lab's prefix.
+    #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl")]
+    pub prefix: String,
+    /// The DNS Service, `IP[:PORT]` (default: the lab's, else the kube-dns Service in the rules).
+    #[arg(long, value_parser = parse_ip_port)]
+    pub service: Option<(Ipv4Addr, Option<u16>)>,
+    /// The namespace (in /run/netns) holding the node side of the pod links (default: the
+    /// tracer's own, as on a node; on the lab: its node namespace).
+    #[arg(long)]
+    pub links_netns: Option<String>,
+    /// Only trace these namespaces (names in /run/netns); repeat for several.
+    #[arg(long = "netns")]
+    pub netns: Vec<String>,
+    /// Only queries from or to this pod IP.
+    #[arg(long)]
+    pub pod_ip: Option<Ipv4Addr>,
+    /// Which hooks to use for the deep stages.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    pub hooks: HookChoice,
+    /// A line for every query, answered ones included (costs a record per query).
+    #[arg(long)]
+    pub all: bool,
+    /// Report answered queries slower than this, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub slow_ms: u64,
+    /// A query with no answer after this many seconds is unanswered.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout: f64,
+    /// Stop after this many seconds (default: at Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Output format: text lines and summary, or JSON lines (a record per query, then the summary).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// Where kube-proxy's iptables rules live.

@@ -3,12 +3,22 @@
 //!
 //! # Layout
 //! - `cli`: every command-line type.
+//! - `flow`: kernel records to one record per query (correlation across NAT, DNS questions).
+//! - `kernel`: what this kernel offers (BTF offsets, drop-reason names, symbols, hook support).
 //! - `netns`: running code inside another network namespace.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
+//! - `probes`: the eBPF programs: table, per-kernel plan, load/attach/read session.
+//! - `report`: the data models of results, rendered as text or JSON.
+//! - `trace`: the trace command: hooks -> records -> correlator -> per-query paths -> report.
 //! - `node`: the node's state without eBPF (iptables backend, kube-proxy, conntrack), as findings.
 pub mod cli;
+pub mod flow;
+pub mod kernel;
 pub mod lab;
 pub mod measure;
 pub mod netns;
+pub mod probes;
+pub mod report;
+pub mod trace;
 pub mod node;

@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Lab(args) => tracer::lab::run(args).context("lab"),
+        Command::Trace(args) => tracer::trace::run(args).context("trace"),
         Command::Probe(args) => tracer::measure::probe::run(args).context("probe"),
     }
 }

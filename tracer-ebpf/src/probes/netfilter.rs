@@ -23,10 +23,10 @@ const NFTABLES: u64 = 2;
 
 #[kprobe]
 pub fn netfilter_ipt_enter(ctx: ProbeContext) -> u32 {
-    let skb: *const u8 =
-        if config().offsets.ipt_skb_arg == 0 { ctx.arg(0) } else { ctx.arg(1) }.unwrap_or(core::ptr::null());
-    let table: *const u8 = if config().offsets.ipt_skb_arg == 0 { ctx.arg(1) } else { ctx.arg(0) }
-        .unwrap_or(core::ptr::null());
+    // Read both arguments, then pick: the verifier refuses a context offset chosen at run time.
+    let a0: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
+    let a1: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    let (skb, table) = if config().offsets.ipt_skb_arg == 0 { (a0, a1) } else { (a1, a0) };
     stash::put(stash::IPT, skb, table);
     0
 }

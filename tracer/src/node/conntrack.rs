@@ -172,7 +172,7 @@ impl Entry {
 }
 
 /// Per-CPU conntrack statistics (`conntrack -S`), one per possible CPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CpuStats {
     /// The CPU number (for a sum: the number of CPUs summed).
     pub cpu: u16,

@@ -1,0 +1,84 @@
+//! Names for the numbers in kernel records: network namespaces (by inode) and interfaces (by
+//! index within a namespace). Namespaces are found in `/run/netns` (named ones: the lab's pods,
+//! CNI's `cni-…`) and are resolved lazily, with the answers cached.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use crate::netns;
+
+/// Resolves and caches names.
+#[derive(Default)]
+pub struct Names {
+    netns: HashMap<u32, (String, Option<PathBuf>)>,
+    links: HashMap<(u32, u32), String>,
+}
+
+impl Names {
+    /// Starts with the interfaces already known in the pod links' namespace.
+    pub fn new(links_netns: u32, links: &HashMap<u32, String>) -> Self {
+        let mut n = Self::default();
+        for (idx, l) in links {
+            n.links.insert((links_netns, *idx), l.clone());
+        }
+        n
+    }
+
+    fn scan_netns(&mut self) {
+        let Ok(dir) = std::fs::read_dir(netns::NETNS_DIR) else { return };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if let Ok(inum) = netns::inode(&path) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                self.netns.entry(inum).or_insert((name, Some(path)));
+            }
+        }
+    }
+
+    /// The namespace's name, or `netns:<inode>`.
+    pub fn netns(&mut self, inum: u32) -> String {
+        if inum == 0 {
+            return "?".to_owned();
+        }
+        if !self.netns.contains_key(&inum) {
+            self.scan_netns();
+        }
+        match self.netns.get(&inum) {
+            Some((name, _)) => name.clone(),
+            None => {
+                if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+                    use std::os::unix::fs::MetadataExt as _;
+                    if own.ino() as u32 == inum {
+                        self.netns.insert(inum, ("root".to_owned(), None));
+                        return "root".to_owned();
+                    }
+                }
+                format!("netns:{inum}")
+            }
+        }
+    }
+
+    /// The interface's name in that namespace, or `if<index>`.
+    pub fn link(&mut self, inum: u32, ifindex: u32) -> String {
+        if ifindex == 0 {
+            return "-".to_owned();
+        }
+        if let Some(n) = self.links.get(&(inum, ifindex)) {
+            return n.clone();
+        }
+        let _ = self.netns(inum);
+        let list = || -> Vec<(u32, String)> {
+            nix::net::if_::if_nameindex()
+                .map(|l| l.iter().map(|i| (i.index(), i.name().to_string_lossy().into_owned())).collect())
+                .unwrap_or_default()
+        };
+        let listing = match self.netns.get(&inum) {
+            Some((_, Some(path))) => netns::run_in(path, list).unwrap_or_default(),
+            Some((_, None)) => list(),
+            None => Vec::new(),
+        };
+        for (index, name) in listing {
+            self.links.insert((inum, index), name);
+        }
+        self.links.get(&(inum, ifindex)).cloned().unwrap_or_else(|| format!("if{ifindex}"))
+    }
+}

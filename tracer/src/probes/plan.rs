@@ -1,0 +1,111 @@
+//! Which hooks this kernel gets, and why the others were skipped.
+
+use std::fmt;
+
+use super::table::{Hook, Probe, Stage};
+
+/// The hook tier: what the deep stages (netfilter verdicts, NAT, conntrack confirm) use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// fexit programs (ftrace function hooks): cheapest, typed arguments.
+    Fentry,
+    /// kprobe + kretprobe programs.
+    Kprobe,
+    /// Tracepoints and TC only: drops, ICMP errors and pod links; netfilter tables are then told
+    /// from the drop location and the rules' packet counters.
+    Tracepoint,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Fentry => "fentry",
+            Tier::Kprobe => "kprobe",
+            Tier::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// What happened to one program.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "fate", rename_all = "snake_case")]
+pub enum Fate {
+    /// Loaded and attached.
+    Attached {
+        /// Where: the kernel symbol, or the interfaces.
+        to: String,
+    },
+    /// Loaded (the verifier accepted it) but not attached, and why.
+    Verified {
+        /// Why it is not attached.
+        reason: String,
+    },
+    /// Not loaded, and why.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One program's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// Program name.
+    pub program: &'static str,
+    /// Stage.
+    pub stage: Stage,
+    /// Hook kind.
+    pub hook: Hook,
+    /// What happened.
+    #[serde(flatten)]
+    pub fate: Fate,
+}
+
+impl Outcome {
+    /// An outcome for `probe`.
+    pub fn new(probe: &Probe, fate: Fate) -> Self {
+        Self { program: probe.program, stage: probe.stage, hook: probe.hook, fate }
+    }
+}
+
+/// The whole plan as carried out: the tier in use and every program's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    /// The tier the deep stages got.
+    pub tier: Tier,
+    /// Every program, in pipeline order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Plan {
+    /// The tier from what attached.
+    pub fn from_outcomes(outcomes: Vec<Outcome>) -> Self {
+        let attached = |h: Hook| {
+            outcomes.iter().any(|o| o.hook == h && matches!(o.fate, Fate::Attached { .. }))
+        };
+        let tier = if attached(Hook::Fexit) {
+            Tier::Fentry
+        } else if attached(Hook::Kprobe) {
+            Tier::Kprobe
+        } else {
+            Tier::Tracepoint
+        };
+        Self { tier, outcomes }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "hook tier: {}", self.tier)?;
+        for o in &self.outcomes {
+            let (what, detail) = match &o.fate {
+                Fate::Attached { to } => ("attached", to.as_str()),
+                Fate::Verified { reason } => ("verified", reason.as_str()),
+                Fate::Skipped { reason } => ("skipped", reason.as_str()),
+            };
+            writeln!(f, "  {:<26} {:<9} {detail}", o.program, what)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,393 @@
+//! Loading, attaching and reading the eBPF programs. Dropping a `Session` detaches every program
+//! (aya owns each link), so no exit path leaves a hook behind.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FExit, KProbe, ProgramError, SchedClassifier, TcAttachType},
+};
+use tracer_common::{
+    config::{Config, KernelOffsets},
+    counter,
+    event::Event,
+    flow::{SLOTS, Slot},
+};
+
+use super::{
+    plan::{Fate, Outcome, Plan, Tier},
+    table::{Hook, PROBES, Probe},
+};
+use crate::{
+    kernel::{btf::KernelBtf, features::Features, symbols},
+    netns,
+};
+
+/// The eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Btf(#[from] crate::kernel::btf::Error),
+    #[error("failed to read kernel symbols: {0}")]
+    Symbols(#[from] symbols::Error),
+    #[error("failed to load the eBPF object: {source} (are you root, with bpffs and BTF?)")]
+    Load { source: aya::EbpfError },
+    #[error("the eBPF object has no {kind} {name}")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("failed to use map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("failed to attach TC programs in the pod links' namespace: {0}")]
+    Netns(#[from] netns::Error),
+}
+
+/// What to load and where.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Filters and switches (the kernel offsets are filled in here).
+    pub config: Config,
+    /// The deep tier wanted; `None` picks the best this kernel allows.
+    pub tier: Option<Tier>,
+    /// The namespace holding the pod links (node side); `None`: the tracer's own.
+    pub links_netns: Option<PathBuf>,
+    /// Namespaces to trace (inode numbers); empty: all.
+    pub netns_filter: Vec<u32>,
+    /// False: load every program to let the verifier check it, attach none.
+    pub attach: bool,
+}
+
+/// Counters summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Queries seen leaving a client.
+    pub queries: u64,
+    /// Queries seen reaching an endpoint after DNAT.
+    pub at_endpoint: u64,
+    /// Answers seen leaving an endpoint.
+    pub from_endpoint: u64,
+    /// Answers delivered to the asking client.
+    pub answered: u64,
+    /// Answers slower than the threshold.
+    pub slow: u64,
+    /// DNS packets dropped.
+    pub drops: u64,
+    /// ICMP errors about DNS packets.
+    pub icmp: u64,
+    /// Pending queries pushed out of the slot table by newer ones.
+    pub evicted: u64,
+    /// Endpoint packets or answers with no matching query.
+    pub unmatched: u64,
+    /// DNS-port packets that did not parse.
+    pub parse_errors: u64,
+    /// Records lost to a full ring buffer.
+    pub lost_events: u64,
+    /// Socket-side drops.
+    pub socket_drops: u64,
+    /// Netfilter/NAT/conntrack-confirm events (kprobe/fentry tier).
+    pub deep_events: u64,
+}
+
+/// Loaded programs and their maps.
+pub struct Session {
+    /// Owns every program and link: dropping it detaches them.
+    _ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    latency: PerCpuArray<MapData, u64>,
+    slots: Array<MapData, Slot>,
+    /// What was attached, verified or skipped, and why.
+    pub plan: Plan,
+    /// `enum skb_drop_reason` names of this kernel.
+    pub drop_reasons: HashMap<u32, String>,
+    /// Interface names of the pod links' namespace, by index.
+    pub link_names: HashMap<u32, String>,
+    /// How long loading and attaching took.
+    pub attach_time: Duration,
+    /// Records whose size was not an `Event`'s (never expected; counted, not guessed at).
+    pub malformed_records: u64,
+}
+
+fn err_text(e: &ProgramError) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn is_eperm(e: &ProgramError) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(inner) = src {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(nix::libc::EPERM);
+        }
+        src = inner.source();
+    }
+    false
+}
+
+impl Session {
+    /// Loads the object, then loads and attaches each program as this kernel and `opts` allow.
+    pub fn start(mut opts: Options) -> Result<Self, Error> {
+        let started = Instant::now();
+        let kbtf = KernelBtf::load()?;
+        opts.config.offsets = kbtf.offsets()?;
+        let drop_reasons = kbtf.drop_reasons()?;
+        drop(kbtf);
+        let features = Features::detect();
+        let btf = Btf::from_sys_fs().map_err(|e| Error::Load { source: aya::EbpfError::BtfError(e) })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("CONFIG", &opts.config, true)
+            .load(OBJECT)
+            .map_err(|source| Error::Load { source })?;
+
+        if !opts.netns_filter.is_empty() {
+            let mut filter: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                ebpf.map_mut("NETNS_FILTER").ok_or(Error::Missing { kind: "map", name: "NETNS_FILTER" })?,
+            )
+            .map_err(|source| Error::Map { name: "NETNS_FILTER", source })?;
+            for ns in &opts.netns_filter {
+                filter.insert(ns, 1, 0).map_err(|source| Error::Map { name: "NETNS_FILTER", source })?;
+            }
+        }
+
+        let wanted: Vec<&str> = PROBES.iter().flat_map(|p| p.targets.iter().copied()).collect();
+        let kernel_functions = symbols::existing(&wanted)?;
+        let deep_offsets_ok = |p: &Probe| match p.stage {
+            super::table::Stage::Netfilter => {
+                let o = &opts.config.offsets;
+                let have = |v: u32| v != KernelOffsets::MISSING;
+                if p.targets == ["nft_do_chain"] {
+                    [o.nft_chain_table, o.nft_chain_name, o.nft_pktinfo_skb, o.nft_table_name].into_iter().all(have)
+                } else {
+                    have(o.xt_table_name)
+                }
+            }
+            _ => true,
+        };
+
+        let mut outcomes = Vec::new();
+        let mut link_names = HashMap::new();
+        let mut fexit_stages = Vec::new();
+        for probe in PROBES {
+            let prog = ebpf
+                .program_mut(probe.program)
+                .ok_or(Error::Missing { kind: "program", name: probe.program })?;
+            let target = probe.targets.iter().find(|t| kernel_functions.contains(**t)).copied();
+            let fate = match probe.hook {
+                Hook::TcIngress | Hook::TcEgress => {
+                    let tc: &mut SchedClassifier = prog.try_into().map_err(|_| Error::Missing { kind: "TC program", name: probe.program })?;
+                    match tc.load() {
+                        Err(e) => Fate::Skipped { reason: format!("load refused: {}", err_text(&e)) },
+                        Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                        Ok(()) => {
+                            let kind = if probe.hook == Hook::TcIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
+                            let (names, failures) = attach_links(tc, kind, opts.links_netns.as_ref())?;
+                            link_names.extend(names.iter().cloned());
+                            let mut attached: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+                            attached.sort();
+                            if attached.is_empty() {
+                                Fate::Skipped { reason: format!("no pod links to attach to{failures}") }
+                            } else {
+                                Fate::Attached { to: format!("{} links: {}{failures}", attached.len(), attached.join(" ")) }
+                            }
+                        }
+                    }
+                }
+                Hook::Tracepoint => {
+                    let tp: &mut BtfTracePoint = prog.try_into().map_err(|_| Error::Missing { kind: "tp_btf program", name: probe.program })?;
+                    let name = probe.targets[0];
+                    match tp.load(name, &btf) {
+                        Err(e) => Fate::Skipped { reason: format!("tracepoint {name} refused: {}", err_text(&e)) },
+                        Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                        Ok(()) => match tp.attach() {
+                            Ok(_) => Fate::Attached { to: format!("tracepoint {name}") },
+                            Err(e) => Fate::Skipped { reason: format!("attach to {name} failed: {}", err_text(&e)) },
+                        },
+                    }
+                }
+                Hook::Fexit => {
+                    let fx: &mut FExit = prog.try_into().map_err(|_| Error::Missing { kind: "fexit program", name: probe.program })?;
+                    match (target, opts.tier) {
+                        (None, _) => Fate::Skipped { reason: format!("no kernel function among {:?}", probe.targets) },
+                        (_, Some(Tier::Kprobe | Tier::Tracepoint)) if opts.attach => {
+                            Fate::Skipped { reason: format!("--hooks {}", opts.tier.unwrap_or(Tier::Tracepoint)) }
+                        }
+                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped { reason: "this kernel's BTF lacks the netfilter structs it reads".into() },
+                        (Some(f), _) => match fx.load(f, &btf) {
+                            Err(e) if is_eperm(&e) => Fate::Skipped {
+                                reason: format!("fexit on {f} refused at load (EPERM): this kernel has no ftrace function hooks"),
+                            },
+                            Err(e) => Fate::Skipped { reason: format!("fexit on {f} refused at load: {}", err_text(&e)) },
+                            Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                            Ok(()) => match fx.attach() {
+                                Ok(_) => {
+                                    fexit_stages.push(probe.stage);
+                                    Fate::Attached { to: f.to_owned() }
+                                }
+                                Err(e) => Fate::Skipped { reason: format!("fexit on {f} failed to attach: {}", err_text(&e)) },
+                            },
+                        },
+                    }
+                }
+                Hook::Kprobe | Hook::Kretprobe => {
+                    let kp: &mut KProbe = prog.try_into().map_err(|_| Error::Missing { kind: "kprobe program", name: probe.program })?;
+                    match target {
+                        None => Fate::Skipped { reason: format!("no kernel function among {:?}", probe.targets) },
+                        Some(_) if !deep_offsets_ok(probe) => Fate::Skipped { reason: "this kernel's BTF lacks the netfilter structs it reads".into() },
+                        Some(f) => match kp.load() {
+                            Err(e) => Fate::Skipped { reason: format!("refused at load: {}", err_text(&e)) },
+                            Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                            Ok(()) if fexit_stages.contains(&probe.stage) => {
+                                Fate::Verified { reason: format!("not attached: fexit covers {f}") }
+                            }
+                            Ok(()) if opts.tier == Some(Tier::Tracepoint) => {
+                                Fate::Verified { reason: "not attached: --hooks tracepoint".into() }
+                            }
+                            Ok(()) if !features.kprobes => Fate::Verified {
+                                reason: "not attached: this kernel has no kprobes (/sys/bus/event_source/devices/kprobe is missing)".into(),
+                            },
+                            Ok(()) => match kp.attach(f, 0) {
+                                Ok(_) => Fate::Attached { to: f.to_owned() },
+                                Err(e) => Fate::Verified { reason: format!("not attached to {f}: {}", err_text(&e)) },
+                            },
+                        },
+                    }
+                }
+            };
+            outcomes.push(Outcome::new(probe, fate));
+        }
+
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error::Missing { kind: "map", name: "EVENTS" })?)
+            .map_err(|source| Error::Map { name: "EVENTS", source })?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(Error::Missing { kind: "map", name: "COUNTERS" })?)
+            .map_err(|source| Error::Map { name: "COUNTERS", source })?;
+        let latency = PerCpuArray::try_from(ebpf.take_map("LATENCY").ok_or(Error::Missing { kind: "map", name: "LATENCY" })?)
+            .map_err(|source| Error::Map { name: "LATENCY", source })?;
+        let slots = Array::try_from(ebpf.take_map("QUERY_SLOTS").ok_or(Error::Missing { kind: "map", name: "QUERY_SLOTS" })?)
+            .map_err(|source| Error::Map { name: "QUERY_SLOTS", source })?;
+        Ok(Self {
+            _ebpf: ebpf,
+            events,
+            counters,
+            latency,
+            slots,
+            plan: Plan::from_outcomes(outcomes),
+            drop_reasons,
+            link_names,
+            attach_time: started.elapsed(),
+            malformed_records: 0,
+        })
+    }
+
+    /// Hands every record waiting in the ring buffer to `f`; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if item.len() < std::mem::size_of::<Event>() {
+                self.malformed_records += 1;
+                continue;
+            }
+            // SAFETY: the kernel wrote an `Event` (same #[repr(C)] type); read unaligned.
+            let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            f(e);
+            n += 1;
+        }
+        n
+    }
+
+    /// The per-CPU counters, summed.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let get = |i: u32| -> Result<u64, Error> {
+            Ok(self
+                .counters
+                .get(&i, 0)
+                .map_err(|source| Error::Map { name: "COUNTERS", source })?
+                .iter()
+                .sum())
+        };
+        Ok(Counters {
+            queries: get(counter::QUERIES)?,
+            at_endpoint: get(counter::AT_ENDPOINT)?,
+            from_endpoint: get(counter::FROM_ENDPOINT)?,
+            answered: get(counter::ANSWERED)?,
+            slow: get(counter::SLOW)?,
+            drops: get(counter::DROPS)?,
+            icmp: get(counter::ICMP)?,
+            evicted: get(counter::EVICTED)?,
+            unmatched: get(counter::UNMATCHED)?,
+            parse_errors: get(counter::PARSE_ERRORS)?,
+            lost_events: get(counter::LOST_EVENTS)?,
+            socket_drops: get(counter::SOCKET_DROPS)?,
+            deep_events: get(counter::DEEP_EVENTS)?,
+        })
+    }
+
+    /// The latency histogram (log2 microsecond buckets), summed over CPUs.
+    pub fn latency_histogram(&self) -> Result<Vec<u64>, Error> {
+        (0..counter::LATENCY_BUCKETS)
+            .map(|i| {
+                Ok(self
+                    .latency
+                    .get(&i, 0)
+                    .map_err(|source| Error::Map { name: "LATENCY", source })?
+                    .iter()
+                    .sum())
+            })
+            .collect()
+    }
+
+    /// Every slot holding a query still waiting for its answer.
+    pub fn pending(&self) -> Result<Vec<Slot>, Error> {
+        let mut out = Vec::new();
+        for i in 0..SLOTS {
+            let s = self.slots.get(&i, 0).map_err(|source| Error::Map { name: "QUERY_SLOTS", source })?;
+            if s.state == tracer_common::flow::state::PENDING {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Attaches a TC program to every interface but `lo` in the links' namespace. Returns the
+/// (index, name) of each link attached and a note on failures.
+fn attach_links(
+    tc: &mut SchedClassifier,
+    kind: TcAttachType,
+    netns_path: Option<&PathBuf>,
+) -> Result<(Vec<(u32, String)>, String), Error> {
+    let mut work = move || {
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        let Ok(ifaces) = nix::net::if_::if_nameindex() else {
+            return (ok, " (could not list interfaces)".to_owned());
+        };
+        for iface in ifaces.iter() {
+            let name = iface.name().to_string_lossy().into_owned();
+            if name == "lo" {
+                continue;
+            }
+            match tc.attach(&name, kind) {
+                Ok(_) => ok.push((iface.index(), name)),
+                Err(e) => failed.push(format!("{name}: {}", err_text(&e))),
+            }
+        }
+        let note = if failed.is_empty() { String::new() } else { format!(" (failed: {})", failed.join("; ")) };
+        (ok, note)
+    };
+    Ok(match netns_path {
+        Some(p) => netns::run_in(p, work)?,
+        None => work(),
+    })
+}

@@ -1,0 +1,244 @@
+//! The trace report: a line per query that failed or was slow, and the summary.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+
+use crate::{
+    flow::{
+        correlate::Tally,
+        record::{QueryRecord, Verdict},
+    },
+    node::conntrack::CpuStats,
+    probes::{plan::Plan, session::Counters},
+};
+
+/// Latency percentiles from the kernel's log2 histogram: upper bounds of the buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Latency {
+    /// Answers counted in the histogram.
+    pub count: u64,
+    /// 50th percentile is at most this many microseconds.
+    pub p50_le_us: u64,
+    /// 90th percentile upper bound.
+    pub p90_le_us: u64,
+    /// 99th percentile upper bound.
+    pub p99_le_us: u64,
+    /// The slowest answer is below this.
+    pub max_lt_us: u64,
+}
+
+impl Latency {
+    /// From bucket counts (bucket i holds [2^i, 2^(i+1)) µs).
+    pub fn from_histogram(h: &[u64]) -> Self {
+        let count: u64 = h.iter().sum();
+        let bound = |q: f64| -> u64 {
+            if count == 0 {
+                return 0;
+            }
+            let want = ((count as f64) * q).ceil() as u64;
+            let mut seen = 0;
+            for (i, c) in h.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return 1 << (i + 1);
+                }
+            }
+            1 << h.len()
+        };
+        let max = h.iter().rposition(|c| *c > 0).map(|i| 1u64 << (i + 1)).unwrap_or(0);
+        Self { count, p50_le_us: bound(0.5), p90_le_us: bound(0.9), p99_le_us: bound(0.99), max_lt_us: max }
+    }
+}
+
+/// Everything a trace found.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct TraceSummary {
+    /// Seconds traced.
+    pub seconds: f64,
+    /// The hook tier and every probe's outcome.
+    #[serde(skip_deserializing)]
+    pub plan: Option<Plan>,
+    /// The kernel's counters over the trace (every query, not only exported ones).
+    pub counters: Counters,
+    /// Latency of every answered query.
+    pub latency: Latency,
+    /// Query records by verdict (failed, slow or, with `--all`, every one).
+    pub by_verdict: BTreeMap<Verdict, u64>,
+    /// Failed queries by `stage: reason @ function`.
+    pub by_cause: BTreeMap<String, u64>,
+    /// Failed queries by endpoint they were sent to (or `before DNAT`).
+    pub by_endpoint: BTreeMap<String, u64>,
+    /// Queries still pending when the trace ended, younger than the timeout: not judged.
+    pub in_flight_at_end: u64,
+    /// Correlator counts.
+    pub tally: Tally,
+    /// Ring-buffer records of the wrong size (never expected).
+    pub malformed_records: u64,
+    /// Conntrack statistics change over the trace in the links' namespace.
+    pub conntrack_delta: Option<CpuStats>,
+    /// Conntrack event subscription overruns (events the kernel dropped).
+    pub conntrack_events_lost: u64,
+}
+
+impl TraceSummary {
+    /// Counts one record.
+    pub fn add(&mut self, r: &QueryRecord) {
+        *self.by_verdict.entry(r.verdict).or_default() += 1;
+        if r.verdict == Verdict::Answered {
+            return;
+        }
+        let cause = match (&r.icmp, &r.drop) {
+            (Some(i), _) => format!("icmp: {}", i.what),
+            (None, Some(d)) => format!(
+                "{}: {} @ {}",
+                d.stage,
+                d.reason,
+                crate::kernel::symbols::function(&d.location)
+            ),
+            (None, None) => format!("no drop seen (last seen: {:?})", r.last_seen),
+        };
+        *self.by_cause.entry(cause).or_default() += 1;
+        let ep = r.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "before DNAT".to_owned());
+        *self.by_endpoint.entry(ep).or_default() += 1;
+    }
+
+    /// The summary as text.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let c = &self.counters;
+        let _ = writeln!(s, "\n== summary: {:.1} s", self.seconds);
+        let _ = writeln!(
+            s,
+            "queries seen {}  answered {}  slow {}  drops {}  icmp errors {}  (kernel counters, every query)",
+            c.queries, c.answered, c.slow, c.drops, c.icmp
+        );
+        let l = &self.latency;
+        if l.count > 0 {
+            let _ = writeln!(
+                s,
+                "latency (log2 buckets): p50 <= {} us  p90 <= {} us  p99 <= {} us  max < {} us",
+                l.p50_le_us, l.p90_le_us, l.p99_le_us, l.max_lt_us
+            );
+        }
+        let mut t = Table::new();
+        t.load_style(UTF8_BORDERS_ONLY).set_header(vec!["verdict", "queries"]);
+        for (v, n) in &self.by_verdict {
+            t.add_row(vec![v.to_string(), n.to_string()]);
+        }
+        let _ = writeln!(s, "{t}");
+        if !self.by_cause.is_empty() {
+            let mut t = Table::new();
+            t.load_style(UTF8_BORDERS_ONLY).set_header(vec!["where and why it died", "queries"]);
+            for (k, n) in &self.by_cause {
+                t.add_row(vec![k.clone(), n.to_string()]);
+            }
+            let _ = writeln!(s, "{t}");
+            let mut t = Table::new();
+            t.load_style(UTF8_BORDERS_ONLY).set_header(vec!["failed queries sent to", "queries"]);
+            for (k, n) in &self.by_endpoint {
+                t.add_row(vec![k.clone(), n.to_string()]);
+            }
+            let _ = writeln!(s, "{t}");
+        }
+        if let Some(d) = &self.conntrack_delta {
+            let moved: Vec<String> =
+                d.fields().iter().filter(|(_, v)| *v != 0).map(|(k, v)| format!("{k} +{v}")).collect();
+            let _ = writeln!(
+                s,
+                "conntrack statistics over the trace: {}",
+                if moved.is_empty() { "unchanged".to_owned() } else { moved.join("  ") }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "not judged: {} in flight at the end, {} pushed out of the slot table in flight; lost: {} ring-buffer records, {} malformed records, {} unparseable DNS packets, {} conntrack event overruns; {} answers or endpoint packets matched no query",
+            self.in_flight_at_end,
+            self.tally.evicted_in_flight,
+            c.lost_events,
+            self.malformed_records,
+            c.parse_errors,
+            self.conntrack_events_lost,
+            c.unmatched,
+        );
+        s
+    }
+}
+
+fn ep(e: Option<Ipv4Addr>, link: &Option<String>) -> String {
+    match (e, link) {
+        (Some(e), Some(l)) => format!("{e} [{l}]"),
+        (Some(e), None) => e.to_string(),
+        _ => "?".to_owned(),
+    }
+}
+
+/// One line for a query.
+pub fn line(r: &QueryRecord) -> String {
+    let secs = r.time_us / 1_000_000;
+    let (h, m, sec) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let mut s = format!(
+        "{h:02}:{m:02}:{sec:02}.{:03} {:<10} {} -> {} id {:#06x} {} {}",
+        (r.time_us / 1000) % 1000,
+        r.verdict.to_string().to_uppercase(),
+        r.client,
+        r.server,
+        r.id,
+        r.qtype.as_deref().unwrap_or("?"),
+        r.name.as_deref().unwrap_or("?"),
+    );
+    match r.verdict {
+        Verdict::Answered => {
+            let _ = write!(s, " in {} us via {}", r.latency_us.unwrap_or(0), ep(r.endpoint, &r.endpoint_link));
+            let st = &r.stages;
+            if let (Some(a), Some(b), Some(c)) = (st.to_endpoint_us, st.in_endpoint_us, st.back_us) {
+                let _ = write!(s, " (to pod {a} us, in pod {b} us, back {c} us)");
+            }
+        }
+        _ => {
+            if let Some(i) = &r.icmp {
+                let _ = write!(s, " | {} from {} ({:?})", i.what, i.by, i.leg);
+            }
+            if let Some(d) = &r.drop {
+                let _ = write!(s, " | {} {} at {}", d.stage, d.reason, d.location);
+                if let Some(b) = &d.backend {
+                    let _ = write!(s, " [{b}");
+                    if let Some(t) = &d.table {
+                        let _ = write!(s, " {t}");
+                    }
+                    s.push(']');
+                }
+                let _ = write!(s, " in {} ({:?}", d.at, d.leg);
+                if let Some(e) = r.endpoint {
+                    let _ = write!(s, " to {e}");
+                }
+                let _ = write!(s, "): {}", d.why);
+            }
+            if r.icmp.is_none() && r.drop.is_none() {
+                let _ = write!(s, " | no drop seen; last seen: {:?}", r.last_seen);
+                if let Some(e) = r.endpoint {
+                    let _ = write!(s, " (sent to {})", ep(Some(e), &r.endpoint_link));
+                }
+            }
+        }
+    }
+    if r.retries > 0 {
+        let _ = write!(s, " [{} retries]", r.retries);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_bucket_upper_bounds() {
+        let mut h = vec![0u64; 24];
+        h[6] = 90; // 64..128 us
+        h[10] = 10; // 1024..2048 us
+        let l = Latency::from_histogram(&h);
+        assert_eq!((l.count, l.p50_le_us, l.p90_le_us, l.p99_le_us, l.max_lt_us), (100, 128, 128, 2048, 2048));
+        assert_eq!(Latency::from_histogram(&[0; 24]), Latency::default());
+    }
+}

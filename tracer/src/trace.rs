@@ -1,0 +1,426 @@
+//! `tracer trace`: kernel hooks -> ring buffer -> correlator -> per-query records -> report.
+//!
+//! `Tracer` is the library face (tests and `probe` drive it); `run` is the command.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use tracer_common::{config::Config, event::kind};
+
+use crate::{
+    cli::{HookChoice, OutputFormat, TraceArgs},
+    flow::{
+        correlate::{Context, Correlator},
+        names::Names,
+        record::{QueryRecord, Verdict},
+    },
+    lab, netns,
+    node::conntrack::{self, CpuStats, EventKind},
+    probes::{
+        plan::Tier,
+        session::{Options, Session},
+    },
+    report::trace::{Latency, TraceSummary, line},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Lab(#[from] lab::Error),
+    #[error("the lab with prefix {prefix} is not up: run `tracer lab up --prefix {prefix}` first")]
+    LabDown { prefix: String },
+    #[error("no DNS Service to trace: pass --service IP[:PORT], or --lab")]
+    NoService,
+    #[error(transparent)]
+    Session(#[from] crate::probes::session::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error("failed to read conntrack state: {0}")]
+    Conntrack(#[from] conntrack::Error),
+    #[error("failed to write output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("failed to serialise a record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The DNS Service.
+    pub service: SocketAddrV4,
+    /// The namespace holding the node side of the pod links: (name, path); `None`: our own.
+    pub links_netns: Option<(String, PathBuf)>,
+    /// Namespaces to trace (inodes); empty: all.
+    pub netns_filter: Vec<u32>,
+    /// The Service's endpoints, when known.
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl Target {
+    /// The lab's node, Service and pods.
+    pub fn lab(info: &lab::LabInfo) -> Result<Self, Error> {
+        let mut netns_filter = vec![netns::inode(&netns::named(&info.node_netns))?];
+        for pod in info.endpoints.iter().chain(&info.clients) {
+            netns_filter.push(netns::inode(&netns::named(&pod.netns))?);
+        }
+        Ok(Self {
+            service: SocketAddrV4::new(info.service_ip, info.dns_port),
+            links_netns: Some((info.node_netns.clone(), netns::named(&info.node_netns))),
+            netns_filter,
+            endpoints: info.endpoints.iter().map(|p| p.ip).collect(),
+        })
+    }
+
+    /// From the command line (the lab fills what is not given when it is up).
+    pub fn from_args(args: &TraceArgs) -> Result<Self, Error> {
+        let lab = if args.lab || (args.service.is_none() && args.links_netns.is_none()) {
+            lab::info(&args.prefix)?
+        } else {
+            None
+        };
+        if args.lab && lab.is_none() {
+            return Err(Error::LabDown { prefix: args.prefix.clone() });
+        }
+        let mut t = match &lab {
+            Some(info) => Self::lab(info)?,
+            None => Self {
+                service: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
+                links_netns: None,
+                netns_filter: Vec::new(),
+                endpoints: Vec::new(),
+            },
+        };
+        if let Some((ip, port)) = args.service {
+            t.service = SocketAddrV4::new(ip, port.unwrap_or(53));
+        }
+        if t.service.ip().is_unspecified() {
+            return Err(Error::NoService);
+        }
+        if let Some(name) = &args.links_netns {
+            t.links_netns = Some((name.clone(), netns::named(name)));
+        }
+        if !args.netns.is_empty() {
+            t.netns_filter = args.netns.iter().map(|n| netns::inode(&netns::named(n))).collect::<Result<_, _>>()?;
+        }
+        Ok(t)
+    }
+}
+
+/// How to trace.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Deep tier; `None`: the best available.
+    pub tier: Option<Tier>,
+    /// A record for every query.
+    pub all: bool,
+    /// Slow-answer threshold.
+    pub slow: Duration,
+    /// Unanswered after this.
+    pub timeout: Duration,
+    /// Only this pod IP.
+    pub pod_ip: Option<Ipv4Addr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { tier: None, all: false, slow: Duration::from_millis(100), timeout: Duration::from_secs(2), pod_ip: None }
+    }
+}
+
+const CONNTRACK_REMEMBERED: usize = 4096;
+
+/// A running trace.
+pub struct Tracer {
+    session: Session,
+    corr: Correlator,
+    target: Target,
+    links_inode: u32,
+    started: Instant,
+    last_scan: Instant,
+    ct_events: Option<conntrack::Events>,
+    ct_entries: HashMap<SocketAddrV4, String>,
+    ct_order: VecDeque<SocketAddrV4>,
+    ct_start: Option<CpuStats>,
+    ct_last: Option<CpuStats>,
+    summary: TraceSummary,
+}
+
+fn monotonic_ns() -> u64 {
+    // CLOCK_MONOTONIC is bpf_ktime_get_ns's clock; it cannot fail on Linux.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+impl Tracer {
+    /// Loads and attaches the probes and starts reading.
+    pub fn start(target: Target, settings: &Settings) -> Result<Self, Error> {
+        let to_raw = |ip: Ipv4Addr| u32::from_ne_bytes(ip.octets());
+        let config = Config {
+            service_ip: to_raw(*target.service.ip()),
+            pod_ip: settings.pod_ip.map(to_raw).unwrap_or(0),
+            dns_port: 53u16.to_be(),
+            service_port: target.service.port().to_be(),
+            netns_filter: u32::from(!target.netns_filter.is_empty()),
+            export_all: u32::from(settings.all),
+            slow_ns: settings.slow.as_nanos() as u64,
+            offsets: Default::default(),
+        };
+        let session = Session::start(Options {
+            config,
+            tier: settings.tier,
+            links_netns: target.links_netns.as_ref().map(|(_, p)| p.clone()),
+            netns_filter: target.netns_filter.clone(),
+            attach: true,
+        })?;
+        let links_inode = match &target.links_netns {
+            Some((_, p)) => netns::inode(p)?,
+            None => netns::inode(std::path::Path::new("/proc/self/ns/net"))?,
+        };
+        let links = target.links_netns.as_ref().map(|(_, p)| p.clone());
+        let ct_events = in_netns(links.as_ref(), || {
+            let ev = conntrack::Events::subscribe()?;
+            ev.set_nonblocking(true)?;
+            Ok(ev)
+        })
+        .ok();
+        let ct_start = in_netns(links.as_ref(), || conntrack::stats().map(|s| CpuStats::sum(&s))).ok();
+        let unix_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        let ctx = Context {
+            service: Some(*target.service.ip()),
+            dns_port: 53,
+            endpoints: target.endpoints.clone(),
+            drop_reasons: session.drop_reasons.clone(),
+            clock_offset_us: unix_us - (monotonic_ns() / 1000) as i64,
+            timeout_ns: settings.timeout.as_nanos() as u64,
+        };
+        let names = Names::new(links_inode, &session.link_names);
+        let summary = TraceSummary { plan: Some(session.plan.clone()), ..Default::default() };
+        Ok(Self {
+            session,
+            corr: Correlator::new(ctx, names),
+            target,
+            links_inode,
+            started: Instant::now(),
+            last_scan: Instant::now(),
+            ct_events,
+            ct_entries: HashMap::new(),
+            ct_order: VecDeque::new(),
+            ct_last: ct_start,
+            ct_start,
+            summary,
+        })
+    }
+
+    /// The probes' plan as carried out.
+    pub fn plan(&self) -> &crate::probes::plan::Plan {
+        &self.session.plan
+    }
+
+    /// How long loading and attaching took.
+    pub fn attach_time(&self) -> Duration {
+        self.session.attach_time
+    }
+
+    fn ct_stats(&self) -> Option<CpuStats> {
+        let links = self.target.links_netns.as_ref().map(|(_, p)| p);
+        in_netns(links, || conntrack::stats().map(|s| CpuStats::sum(&s))).ok()
+    }
+
+    fn read_conntrack_events(&mut self) {
+        let Some(ev) = self.ct_events.as_mut() else { return };
+        while let Ok(batch) = ev.recv() {
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch {
+                let o = &e.entry.orig;
+                if e.kind != EventKind::New || o.proto != 17 || o.dport != 53 {
+                    continue;
+                }
+                let (IpAddr::V4(src), IpAddr::V4(dst), IpAddr::V4(rsrc)) = (o.src, o.dst, e.entry.reply.src) else {
+                    continue;
+                };
+                let client = SocketAddrV4::new(src, o.sport);
+                let note = if dst != rsrc {
+                    format!("entry {client} -> {dst}:53, DNAT to {rsrc}:{}", e.entry.reply.sport)
+                } else {
+                    format!("entry {client} -> {dst}:53, no NAT")
+                };
+                if self.ct_entries.insert(client, note).is_none() {
+                    self.ct_order.push_back(client);
+                    if self.ct_order.len() > CONNTRACK_REMEMBERED {
+                        if let Some(old) = self.ct_order.pop_front() {
+                            self.ct_entries.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_record(&mut self, mut r: QueryRecord) -> QueryRecord {
+        r.conntrack = match self.ct_entries.get(&r.client) {
+            Some(note) => Some(note.clone()),
+            None if self.ct_events.is_some() && r.verdict != Verdict::Answered => {
+                Some("no conntrack entry was confirmed for this client socket (a dropped new flow leaves none)".to_owned())
+            }
+            None => None,
+        };
+        self.summary.add(&r);
+        r
+    }
+
+    /// Reads what the kernel exported and returns the queries it completed.
+    pub fn poll(&mut self) -> Result<Vec<QueryRecord>, Error> {
+        let mut events = Vec::new();
+        self.session.drain(|e| events.push(e));
+        self.read_conntrack_events();
+        if events.iter().any(|e| e.kind == kind::DROP) {
+            if let Some(now) = self.ct_stats() {
+                let rose = self.ct_last.map(|l| now.delta(&l).drop > 0).unwrap_or(false);
+                self.corr.conntrack_dropping = rose;
+                self.ct_last = Some(now);
+            }
+        }
+        let mut out = Vec::new();
+        for e in &events {
+            out.extend(self.corr.push(e, self.links_inode));
+        }
+        let now = monotonic_ns();
+        out.extend(self.corr.flush(now, false));
+        if self.last_scan.elapsed() >= Duration::from_secs(1) {
+            self.last_scan = Instant::now();
+            let pending = self.session.pending()?;
+            out.extend(self.corr.scan(&pending, now, self.links_inode));
+        }
+        Ok(out.into_iter().map(|r| self.finish_record(r)).collect())
+    }
+
+    /// Stops: the last records, then the summary. Dropping the tracer detaches every probe.
+    pub fn finish(mut self) -> Result<(Vec<QueryRecord>, TraceSummary), Error> {
+        let mut out = self.poll()?;
+        let now = monotonic_ns();
+        let rest: Vec<QueryRecord> = self.corr.flush(now, true);
+        out.extend(rest.into_iter().map(|r| self.finish_record(r)));
+        let pending = self.session.pending()?;
+        let judged: Vec<QueryRecord> = self.corr.scan(&pending, now, self.links_inode);
+        let judged_n = judged.len();
+        out.extend(judged.into_iter().map(|r| self.finish_record(r)));
+        let end = self.ct_stats();
+        let s = &mut self.summary;
+        s.seconds = self.started.elapsed().as_secs_f64();
+        s.counters = self.session.counters()?;
+        s.latency = Latency::from_histogram(&self.session.latency_histogram()?);
+        s.in_flight_at_end = pending.iter().filter(|p| p.flags == 0).count().saturating_sub(judged_n) as u64;
+        s.tally = self.corr.tally;
+        s.malformed_records = self.session.malformed_records;
+        s.conntrack_events_lost = self.ct_events.as_ref().map(|e| e.lost()).unwrap_or(0);
+        s.conntrack_delta = match (self.ct_start, end) {
+            (Some(a), Some(b)) => Some(b.delta(&a)),
+            _ => None,
+        };
+        Ok((out, self.summary.clone()))
+    }
+}
+
+/// Runs a conntrack query in the pod links' namespace (or here).
+fn in_netns<T: Send>(
+    path: Option<&PathBuf>,
+    f: impl FnOnce() -> Result<T, conntrack::Error> + Send,
+) -> Result<T, Error> {
+    Ok(match path {
+        Some(p) => netns::run_in(p, f)??,
+        None => f()?,
+    })
+}
+
+fn tier_of(h: HookChoice) -> Option<Tier> {
+    match h {
+        HookChoice::Auto => None,
+        HookChoice::Fentry => Some(Tier::Fentry),
+        HookChoice::Kprobe => Some(Tier::Kprobe),
+        HookChoice::Tracepoint => Some(Tier::Tracepoint),
+    }
+}
+
+/// The command.
+pub fn run(args: TraceArgs) -> Result<(), Error> {
+    let target = Target::from_args(&args)?;
+    let settings = Settings {
+        tier: tier_of(args.hooks),
+        all: args.all,
+        slow: Duration::from_millis(args.slow_ms),
+        timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
+        pod_ip: args.pod_ip,
+    };
+    let mut tracer = Tracer::start(target.clone(), &settings)?;
+    let json = args.output == OutputFormat::Json;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut stdout, &serde_json::json!({"type": "plan", "plan": tracer.plan()}))?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(
+            stdout,
+            "tracing DNS to {} (pod links in {}), {:.0} ms to attach",
+            target.service,
+            target.links_netns.as_ref().map(|(n, _)| n.as_str()).unwrap_or("this namespace"),
+            tracer.attach_time().as_secs_f64() * 1000.0
+        )?;
+        write!(stdout, "{}", tracer.plan())?;
+        writeln!(stdout, "reporting failed queries and answers slower than {} ms; Ctrl-C to stop", args.slow_ms)?;
+    }
+    stdout.flush()?;
+    let write = |out: &mut std::io::StdoutLock, r: &QueryRecord| -> Result<(), Error> {
+        if json {
+            let mut v = serde_json::to_value(r)?;
+            v["type"] = "query".into();
+            serde_json::to_writer(&mut *out, &v)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", line(r))?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => {
+                    for r in tracer.poll()? {
+                        write(&mut stdout, &r)?;
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), Error>(())
+    })?;
+    let (rest, summary) = tracer.finish()?;
+    for r in &rest {
+        write(&mut stdout, r)?;
+    }
+    if json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["type"] = "summary".into();
+        serde_json::to_writer(&mut stdout, &v)?;
+        writeln!(stdout)?;
+    } else {
+        write!(stdout, "{}", summary.text())?;
+    }
+    Ok(())
+}
