@@ -393,13 +393,15 @@ impl Batch<'_> {
             messages.push((*qtype, self.encode(name, *qtype)?));
         }
         let socket = &self.flows[flow].socket;
+        // Latency counts from just before the send: on veths, send(2) itself carries the query
+        // through the node to the server's socket.
+        let sent = Instant::now();
         let results: Vec<io::Result<()>> = match (&self.helper, messages.as_slice()) {
             (Some(helper), [(_, (_, first)), (_, (_, second))]) => {
                 helper.send_pair(socket, first, second.clone()).into_iter().collect()
             }
             _ => messages.iter().map(|(_, (_, bytes))| socket.send(bytes).map(drop)).collect(),
         };
-        let sent = Instant::now();
         for ((qtype, (id, _)), result) in messages.into_iter().zip(results) {
             let outcome = match result {
                 Ok(()) => {

@@ -1,0 +1,130 @@
+//! Helpers shared by the scenario tests: a lab that goes down however the test ends, DNS batches
+//! from a client pod through the Service IP, conntrack statistics of the node, and a census of
+//! what a lab left behind. Each test file uses only some of them.
+#![allow(dead_code)]
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use tracer::{
+    cli::Backend,
+    lab::{self, LabInfo},
+    measure::{self, BatchResult, BatchSpec, Outcome, RecordType},
+    netns,
+    node::conntrack::{self, CpuStats},
+};
+
+/// A lab brought up for one test and brought down when the guard drops (also on panic).
+pub struct LabGuard {
+    /// The running lab.
+    pub info: LabInfo,
+}
+
+impl LabGuard {
+    /// Brings up lab `prefix` (each test its own prefix) with one client pod.
+    pub fn up(prefix: &str, backend: Backend) -> Self {
+        Self::up_with_clients(prefix, backend, 1)
+    }
+
+    /// Brings up lab `prefix` with `clients` client pods.
+    pub fn up_with_clients(prefix: &str, backend: Backend, clients: u8) -> Self {
+        let info = lab::up(prefix, backend, clients).unwrap_or_else(|e| panic!("lab up {prefix}: {e}"));
+        Self { info }
+    }
+
+    /// The lab as it is now (faults, stale port).
+    pub fn refresh(&mut self) -> &LabInfo {
+        self.info = lab::info(&self.info.prefix).expect("lab info").expect("lab is up");
+        &self.info
+    }
+
+    /// Applies a fault, panicking with the error.
+    pub fn fault(&mut self, name: tracer::cli::FaultName, pod: Option<u8>) -> &LabInfo {
+        lab::fault(&self.info.prefix, name, pod).unwrap_or_else(|e| panic!("fault {name:?}: {e}"));
+        self.refresh()
+    }
+
+    /// Clears every fault, panicking with the error.
+    pub fn clear(&mut self) {
+        lab::clear(&self.info.prefix).unwrap_or_else(|e| panic!("fault clear: {e}"));
+        self.refresh();
+    }
+
+    /// Sends `spec` from client0 to the Service IP.
+    pub fn probe(&self, spec: &BatchSpec) -> BatchResult {
+        let client = &self.info.clients[0].netns;
+        let server = SocketAddrV4::new(self.info.service_ip, self.info.dns_port);
+        measure::query_batch(Some(client), server, spec).expect("query batch")
+    }
+
+    /// The node's conntrack statistics summed over CPUs.
+    pub fn conntrack_stats(&self) -> CpuStats {
+        let stats = netns::run_in(&netns::named(&self.info.node_netns), conntrack::stats)
+            .expect("enter node namespace")
+            .expect("conntrack statistics");
+        CpuStats::sum(&stats)
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = lab::down(&self.info.prefix) {
+            eprintln!("lab down {}: {e}", self.info.prefix);
+        }
+    }
+}
+
+/// `count` A queries for kubernetes.default at 200 lookups/s, 1 s timeout.
+pub fn batch(count: u32) -> BatchSpec {
+    BatchSpec {
+        count,
+        rate: 200.0,
+        timeout: Duration::from_secs(1),
+        ..BatchSpec::default()
+    }
+}
+
+/// `count` whoami queries: each answer names the DNS pod that served it.
+pub fn whoami(count: u32) -> BatchSpec {
+    BatchSpec { names: vec![lab::WHOAMI.to_owned()], qtypes: vec![RecordType::A], ..batch(count) }
+}
+
+/// The addresses in every answer of a batch.
+pub fn answer_addresses(result: &BatchResult) -> Vec<std::net::IpAddr> {
+    result
+        .queries
+        .iter()
+        .filter_map(|q| match &q.outcome {
+            Outcome::Answered { addresses, .. } => Some(addresses.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// What lab `prefix` left: its namespaces, processes started from its state directory, and the
+/// state directory itself.
+pub fn leftovers(prefix: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(netns::NETNS_DIR) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{prefix}-")) {
+                left.push(format!("namespace {name}"));
+            }
+        }
+    }
+    let state_dir = lab::state_dir(prefix);
+    let marker = format!("{}/", state_dir.display());
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                left.push(format!("process {}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    if state_dir.exists() {
+        left.push(format!("state directory {}", state_dir.display()));
+    }
+    left
+}
