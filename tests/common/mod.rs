@@ -27,13 +27,16 @@ impl LabGuard {
 
     /// Brings up lab `prefix` with `clients` client pods.
     pub fn up_with_clients(prefix: &str, backend: Backend, clients: u8) -> Self {
-        let info = lab::up(prefix, backend, clients).unwrap_or_else(|e| panic!("lab up {prefix}: {e}"));
+        let info =
+            lab::up(prefix, backend, clients).unwrap_or_else(|e| panic!("lab up {prefix}: {e}"));
         Self { info }
     }
 
     /// The lab as it is now (faults, stale port).
     pub fn refresh(&mut self) -> &LabInfo {
-        self.info = lab::info(&self.info.prefix).expect("lab info").expect("lab is up");
+        self.info = lab::info(&self.info.prefix)
+            .expect("lab info")
+            .expect("lab is up");
         &self.info
     }
 
@@ -85,7 +88,11 @@ pub fn batch(count: u32) -> BatchSpec {
 
 /// `count` whoami queries: each answer names the DNS pod that served it.
 pub fn whoami(count: u32) -> BatchSpec {
-    BatchSpec { names: vec![lab::WHOAMI.to_owned()], qtypes: vec![RecordType::A], ..batch(count) }
+    BatchSpec {
+        names: vec![lab::WHOAMI.to_owned()],
+        qtypes: vec![RecordType::A],
+        ..batch(count)
+    }
 }
 
 /// The addresses in every answer of a batch.

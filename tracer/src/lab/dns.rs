@@ -30,6 +30,9 @@ const HOST_RECORDS: [&str; 2] = [
     "kube-dns.kube-system.svc.cluster.local,10.96.0.10,fd00:10:96::a",
 ];
 
+/// How long a DNS pod may take to answer after dnsmasq started.
+const READY_WITHIN: Duration = Duration::from_secs(5);
+
 fn pid_file(state_dir: &Path, pod: u8) -> PathBuf {
     state_dir.join(format!("dns{pod}.pid"))
 }
@@ -71,7 +74,8 @@ fn wait_ready(prefix: &str, pod: u8, ip: Ipv4Addr) -> Result<(), Error> {
         parallel_a_aaaa: false,
     };
     let node = topology::node_netns(prefix);
-    for _ in 0..25 {
+    let deadline = Instant::now() + READY_WITHIN;
+    while Instant::now() < deadline {
         let result = measure::query_batch(Some(&node), SocketAddrV4::new(ip, 53), &spec)
             .map_err(|source| Error::Measure { source })?;
         if let Some(Outcome::Answered { .. }) = result.queries.first().map(|q| &q.outcome) {
@@ -79,7 +83,10 @@ fn wait_ready(prefix: &str, pod: u8, ip: Ipv4Addr) -> Result<(), Error> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    Err(Error::NotReady { pod })
+    Err(Error::NotReady {
+        pod,
+        within: READY_WITHIN,
+    })
 }
 
 /// Stops DNS pod `pod`'s dnsmasq (SIGTERM, then SIGKILL); fine when it is not running.
@@ -90,7 +97,15 @@ pub fn stop(state_dir: &Path, pod: u8) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => return Err(Error::Io { path, source }),
     };
-    if let Ok(pid) = text.trim().parse::<i32>() {
+    // Only a process started with this pid file: after a crash the number may be someone else's.
+    let ours = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            String::from_utf8_lossy(&c).contains(&format!("--pid-file={}", path.display()))
+        })
+    };
+    if let Ok(pid) = text.trim().parse::<i32>()
+        && ours(pid)
+    {
         terminate(pid);
     }
     std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })
@@ -127,6 +142,9 @@ fn gone(pid: Pid) -> bool {
     }
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }

@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use super::{ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, fault_label, rules, state_dir, topology};
+use super::{
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, fault_label, rules, state_dir, topology,
+};
 use crate::{
     cli::{Backend, FaultName},
     measure::{self, BatchSpec, Outcome, RecordType},
@@ -54,27 +56,56 @@ fn rule_set(state: &State) -> rules::RuleSet {
         Some(_) => topology::DNS_IPS.to_vec(),
         None => vec![],
     };
-    rules::RuleSet { service_ip: SERVICE_IP, endpoints, filter_drop, kubelet: true }
+    rules::RuleSet {
+        service_ip: SERVICE_IP,
+        endpoints,
+        filter_drop,
+        kubelet: true,
+    }
 }
 
 /// Loads the rules `state` calls for into its backend, replacing what was there.
 pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
     let text = rules::render(&rule_set(state));
-    topology::run_in(&topology::node_netns(prefix), restore_program(state.backend), &[], Some(&text)).map(drop)
+    topology::run_in(
+        &topology::node_netns(prefix),
+        restore_program(state.backend),
+        &[],
+        Some(&text),
+    )
+    .map(drop)
 }
 
 /// Applies `name` to the running lab described by `state`, returning what to remember of it.
-pub fn apply(prefix: &str, state: &State, name: FaultName, pod: Option<u8>) -> Result<ActiveFault, Error> {
+pub fn apply(
+    prefix: &str,
+    state: &State,
+    name: FaultName,
+    pod: Option<u8>,
+) -> Result<ActiveFault, Error> {
     let per_pod = matches!(
         name,
-        FaultName::FilterDrop | FaultName::PodDown | FaultName::PodLinkDown | FaultName::StaleConntrack
+        FaultName::FilterDrop
+            | FaultName::PodDown
+            | FaultName::PodLinkDown
+            | FaultName::StaleConntrack
     );
     if pod.is_some() && !per_pod {
-        return Err(Error::PodNotAllowed { fault: fault_label(name) });
+        return Err(Error::PodNotAllowed {
+            fault: fault_label(name),
+        });
     }
     // filter-drop without --pod hits both pods; the others default to pod 0.
-    let pod = if name == FaultName::FilterDrop { pod } else { pod.or(per_pod.then_some(0)) };
-    let mut active = ActiveFault { name, pod, source_port: None };
+    let pod = if name == FaultName::FilterDrop {
+        pod
+    } else {
+        pod.or(per_pod.then_some(0))
+    };
+    let mut active = ActiveFault {
+        name,
+        pod,
+        source_port: None,
+    };
     let node = topology::node_netns(prefix);
     let with_fault = |active: &ActiveFault| {
         let mut next = state.clone();
@@ -98,7 +129,11 @@ pub fn apply(prefix: &str, state: &State, name: FaultName, pod: Option<u8>) -> R
         FaultName::ConntrackFull => fill_conntrack(&node)?,
         FaultName::PodDown => dns::stop(&state_dir(prefix), pod.unwrap_or(0))?,
         FaultName::PodLinkDown => {
-            topology::set_link(prefix, &topology::dns_host_ifname(prefix, pod.unwrap_or(0)), false)?;
+            topology::set_link(
+                prefix,
+                &topology::dns_host_ifname(prefix, pod.unwrap_or(0)),
+                false,
+            )?;
         }
         FaultName::StaleConntrack => {
             let p = pod.unwrap_or(0);
@@ -113,7 +148,9 @@ pub fn apply(prefix: &str, state: &State, name: FaultName, pod: Option<u8>) -> R
         // parallel from one socket on two CPUs, and conntrack resolves the insert clashes.
         FaultName::ConntrackRace => {}
         FaultName::Clear => {
-            return Err(Error::Fault { what: "clear undoes faults, it is not one to apply".to_owned() });
+            return Err(Error::Fault {
+                what: "clear undoes faults, it is not one to apply".to_owned(),
+            });
         }
     }
     Ok(active)
@@ -135,12 +172,17 @@ fn stale_flow(prefix: &str, pod: u8) -> Result<u16, Error> {
             source_port: Some(port),
             parallel_a_aaaa: false,
         };
-        let result = measure::query_batch(Some(&client), SocketAddrV4::new(SERVICE_IP, DNS_PORT), &spec)
-            .map_err(|source| Error::Measure { source })?;
-        if let Some(Outcome::Answered { addresses, .. }) = result.queries.first().map(|q| &q.outcome) {
-            if addresses.contains(&want.into()) {
-                return Ok(port);
-            }
+        let result = measure::query_batch(
+            Some(&client),
+            SocketAddrV4::new(SERVICE_IP, DNS_PORT),
+            &spec,
+        )
+        .map_err(|source| Error::Measure { source })?;
+        if let Some(Outcome::Answered { addresses, .. }) =
+            result.queries.first().map(|q| &q.outcome)
+            && addresses.contains(&want.into())
+        {
+            return Ok(port);
         }
     }
     Err(Error::Fault {
@@ -154,24 +196,39 @@ fn stale_flow(prefix: &str, pod: u8) -> Result<u16, Error> {
 /// Fills the node's conntrack table to `nf_conntrack_max` with ASSURED UDP entries (never
 /// early-dropped), so new flows are dropped.
 fn fill_conntrack(node: &str) -> Result<(), Error> {
-    let err = |source| Error::Conntrack { netns: node.to_owned(), source };
-    let table = netns::run_in(&netns::named(node), || -> Result<conntrack::Table, conntrack::Error> {
-        let table = conntrack::table()?;
-        let missing = table.max.saturating_sub(table.count);
-        // Filler flows 10.254.a.b:p -> 10.253.0.1:53: addresses no pod uses.
-        let entries = (0..missing).map(|i| {
-            let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 254, 0, 0)) + i / 50_000);
-            let sport = 10_000 + (i % 50_000) as u16;
-            (SocketAddrV4::new(src, sport), SocketAddrV4::new(Ipv4Addr::new(10, 253, 0, 1), 53))
-        });
-        conntrack::create_udp_assured(entries, FILL_TIMEOUT_S)?;
-        conntrack::table()
-    })
-    .map_err(|source| Error::Netns { netns: node.to_owned(), source })?
+    let err = |source| Error::Conntrack {
+        netns: node.to_owned(),
+        source,
+    };
+    let table = netns::run_in(
+        &netns::named(node),
+        || -> Result<conntrack::Table, conntrack::Error> {
+            let table = conntrack::table()?;
+            let missing = table.max.saturating_sub(table.count);
+            // Filler flows 10.254.a.b:p -> 10.253.0.1:53: addresses no pod uses.
+            let entries = (0..missing).map(|i| {
+                let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 254, 0, 0)) + i / 50_000);
+                let sport = 10_000 + (i % 50_000) as u16;
+                (
+                    SocketAddrV4::new(src, sport),
+                    SocketAddrV4::new(Ipv4Addr::new(10, 253, 0, 1), 53),
+                )
+            });
+            conntrack::create_udp_assured(entries, FILL_TIMEOUT_S)?;
+            conntrack::table()
+        },
+    )
+    .map_err(|source| Error::Netns {
+        netns: node.to_owned(),
+        source,
+    })?
     .map_err(err)?;
     if table.count < table.max {
         return Err(Error::Fault {
-            what: format!("the conntrack table of {node} holds {} of {} entries after the fill", table.count, table.max),
+            what: format!(
+                "the conntrack table of {node} holds {} of {} entries after the fill",
+                table.count, table.max
+            ),
         });
     }
     Ok(())
@@ -179,8 +236,14 @@ fn fill_conntrack(node: &str) -> Result<(), Error> {
 
 fn flush_conntrack(node: &str) -> Result<(), Error> {
     netns::run_in(&netns::named(node), conntrack::flush)
-        .map_err(|source| Error::Netns { netns: node.to_owned(), source })?
-        .map_err(|source| Error::Conntrack { netns: node.to_owned(), source })
+        .map_err(|source| Error::Netns {
+            netns: node.to_owned(),
+            source,
+        })?
+        .map_err(|source| Error::Conntrack {
+            netns: node.to_owned(),
+            source,
+        })
 }
 
 /// Empties the other backend's tables (the mixed-backend fault's stale rules). Legacy tables
@@ -188,13 +251,20 @@ fn flush_conntrack(node: &str) -> Result<(), Error> {
 fn flush_other_backend(prefix: &str, state: &State) -> Result<(), Error> {
     let node = topology::node_netns(prefix);
     match other(state.backend) {
-        Backend::Legacy => {
-            topology::run_in(&node, restore_program(Backend::Legacy), &[], Some(&rules::empty())).map(drop)
-        }
+        Backend::Legacy => topology::run_in(
+            &node,
+            restore_program(Backend::Legacy),
+            &[],
+            Some(&rules::empty()),
+        )
+        .map(drop),
         Backend::Nft => {
             let tables = topology::run_in(&node, "nft", &["list", "tables", "ip"], None)?;
             for table in ["mangle", "filter", "nat"] {
-                if tables.lines().any(|l| l.trim() == format!("table ip {table}")) {
+                if tables
+                    .lines()
+                    .any(|l| l.trim() == format!("table ip {table}"))
+                {
                     topology::run_in(&node, "nft", &["delete", "table", "ip", table], None)?;
                 }
             }
@@ -211,7 +281,10 @@ pub fn clear(prefix: &str, state: &State) -> Result<(), Error> {
     if had(FaultName::MixedBackend) {
         flush_other_backend(prefix, state)?;
     }
-    let healthy = State { faults: Vec::new(), ..state.clone() };
+    let healthy = State {
+        faults: Vec::new(),
+        ..state.clone()
+    };
     load_rules(prefix, &healthy)?;
     for pod in 0..2u8 {
         topology::set_link(prefix, &topology::dns_host_ifname(prefix, pod), true)?;

@@ -47,20 +47,35 @@ const MAX_CLIENTS: u8 = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid lab prefix {prefix:?}: use 1 to {MAX_PREFIX} lowercase letters and digits, starting with a letter")]
+    #[error(
+        "invalid lab prefix {prefix:?}: use 1 to {MAX_PREFIX} lowercase letters and digits, starting with a letter"
+    )]
     Prefix { prefix: String },
     #[error("invalid client count {clients}: the lab has 1 to {MAX_CLIENTS} client pods")]
     Clients { clients: u8 },
     #[error("failed to run {command}: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("{command} failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("failed to work in network namespace {netns}: {source}")]
     Netns { netns: String, source: netns::Error },
     #[error("failed to write or read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to parse the lab state {path}: {source}")]
-    State { path: PathBuf, source: serde_json::Error },
+    State {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("the lab {prefix} is down: run `tracer lab up` first")]
     NotUp { prefix: String },
     #[error("fault {fault} is already active: `tracer lab fault clear` first")]
@@ -69,12 +84,18 @@ pub enum Error {
     PodNotAllowed { fault: String },
     #[error("there is no DNS pod {pod}: the DNS pods are 0 and 1")]
     NoSuchPod { pod: u8 },
-    #[error("the DNS server of pod dns{pod} did not answer within 2.5 s of starting")]
-    NotReady { pod: u8 },
+    #[error("the DNS server of pod dns{pod} did not answer within {within:?} of starting")]
+    NotReady {
+        pod: u8,
+        within: std::time::Duration,
+    },
     #[error("failed to send DNS queries: {source}")]
     Measure { source: measure::Error },
     #[error("failed to change the conntrack table of {netns}: {source}")]
-    Conntrack { netns: String, source: conntrack::Error },
+    Conntrack {
+        netns: String,
+        source: conntrack::Error,
+    },
     #[error("{what}")]
     Fault { what: String },
 }
@@ -141,7 +162,10 @@ pub fn fault_label(fault: FaultName) -> String {
 
 /// A value's name as the CLI spells it.
 fn label(value: &impl clap::ValueEnum) -> String {
-    value.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 /// The lab's state directory.
@@ -157,8 +181,16 @@ fn validate_prefix(prefix: &str) -> Result<(), Error> {
     let ok = !prefix.is_empty()
         && prefix.len() <= MAX_PREFIX
         && prefix.starts_with(|c: char| c.is_ascii_lowercase())
-        && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok { Ok(()) } else { Err(Error::Prefix { prefix: prefix.to_owned() }) }
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Prefix {
+            prefix: prefix.to_owned(),
+        })
+    }
 }
 
 fn read_state(prefix: &str) -> Result<Option<State>, Error> {
@@ -168,12 +200,17 @@ fn read_state(prefix: &str) -> Result<Option<State>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(Error::Io { path, source }),
     };
-    serde_json::from_str(&text).map(Some).map_err(|source| Error::State { path, source })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| Error::State { path, source })
 }
 
 fn write_state(prefix: &str, state: &State) -> Result<(), Error> {
     let path = state_path(prefix);
-    let text = serde_json::to_string_pretty(state).map_err(|source| Error::State { path: path.clone(), source })?;
+    let text = serde_json::to_string_pretty(state).map_err(|source| Error::State {
+        path: path.clone(),
+        source,
+    })?;
     std::fs::write(&path, text).map_err(|source| Error::Io { path, source })
 }
 
@@ -182,7 +219,9 @@ fn up_state(prefix: &str) -> Result<State, Error> {
     validate_prefix(prefix)?;
     match read_state(prefix)? {
         Some(state) if netns::named(&topology::node_netns(prefix)).exists() => Ok(state),
-        _ => Err(Error::NotUp { prefix: prefix.to_owned() }),
+        _ => Err(Error::NotUp {
+            prefix: prefix.to_owned(),
+        }),
     }
 }
 
@@ -234,7 +273,11 @@ pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error>
         return Err(Error::Clients { clients });
     }
     down(prefix)?;
-    let state = State { backend, clients, faults: Vec::new() };
+    let state = State {
+        backend,
+        clients,
+        faults: Vec::new(),
+    };
     if let Err(e) = build(prefix, &state) {
         let _ = down(prefix);
         return Err(e);
@@ -244,7 +287,10 @@ pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error>
 
 fn build(prefix: &str, state: &State) -> Result<(), Error> {
     let dir = state_dir(prefix);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
     topology::create_node(prefix)?;
     for pod in 0..2u8 {
         let name = format!("dns{pod}");
@@ -282,7 +328,10 @@ pub fn down(prefix: &str) -> Result<(), Error> {
         topology::delete_netns(ns)?;
     }
     match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path: dir, source: e }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+            path: dir,
+            source: e,
+        }),
         _ => Ok(()),
     }
 }
@@ -296,12 +345,14 @@ pub fn fault(prefix: &str, name: FaultName, pod: Option<u8>) -> Result<(), Error
     }
     let mut state = up_state(prefix)?;
     if state.faults.iter().any(|f| f.name == name) {
-        return Err(Error::FaultActive { fault: fault_label(name) });
+        return Err(Error::FaultActive {
+            fault: fault_label(name),
+        });
     }
-    if let Some(p) = pod {
-        if p > 1 {
-            return Err(Error::NoSuchPod { pod: p });
-        }
+    if let Some(p) = pod
+        && p > 1
+    {
+        return Err(Error::NoSuchPod { pod: p });
     }
     let active = fault::apply(prefix, &state, name, pod)?;
     state.faults.push(active);
@@ -335,19 +386,25 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
         },
         LabAction::Fault(f) if f.name == FaultName::Clear => {
             if f.pod.is_some() {
-                return Err(Error::PodNotAllowed { fault: fault_label(f.name) });
+                return Err(Error::PodNotAllowed {
+                    fault: fault_label(f.name),
+                });
             }
             clear(prefix)?;
             println!("lab {prefix}: every fault cleared");
         }
         LabAction::Fault(f) => {
             fault(prefix, f.name, f.pod)?;
-            let lab = info(prefix)?.ok_or_else(|| Error::NotUp { prefix: prefix.to_owned() })?;
+            let lab = info(prefix)?.ok_or_else(|| Error::NotUp {
+                prefix: prefix.to_owned(),
+            })?;
             println!("lab {prefix}: fault {} applied", fault_label(f.name));
-            if let Some(port) = lab.stale_source_port {
-                if f.name == FaultName::StaleConntrack {
-                    println!("  client0 source port {port} still maps to the removed endpoint (tracer probe --lab uses it)");
-                }
+            if let Some(port) = lab.stale_source_port
+                && f.name == FaultName::StaleConntrack
+            {
+                println!(
+                    "  client0 source port {port} still maps to the removed endpoint (tracer probe --lab uses it)"
+                );
             }
         }
     }
@@ -361,9 +418,15 @@ fn print_status(lab: &LabInfo) {
         label(&lab.backend),
         lab.node_netns
     );
-    println!("  service kube-system/kube-dns  {}:{} (udp, tcp)", lab.service_ip, lab.dns_port);
+    println!(
+        "  service kube-system/kube-dns  {}:{} (udp, tcp)",
+        lab.service_ip, lab.dns_port
+    );
     for pod in lab.endpoints.iter().chain(&lab.clients) {
-        println!("  {:<8} {:<15} netns {:<14} node side {}", pod.name, pod.ip, pod.netns, pod.host_ifname);
+        println!(
+            "  {:<8} {:<15} netns {:<14} node side {}",
+            pod.name, pod.ip, pod.netns, pod.host_ifname
+        );
     }
     if lab.faults.is_empty() {
         println!("  faults: none");

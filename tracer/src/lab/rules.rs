@@ -15,9 +15,21 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 /// The ports of the `kube-system/kube-dns` Service, as CoreDNS's manifest declares them.
 const DNS_SERVICE_PORTS: [ServicePort; 3] = [
-    ServicePort { name: "dns", protocol: "udp", port: 53 },
-    ServicePort { name: "dns-tcp", protocol: "tcp", port: 53 },
-    ServicePort { name: "metrics", protocol: "tcp", port: 9153 },
+    ServicePort {
+        name: "dns",
+        protocol: "udp",
+        port: 53,
+    },
+    ServicePort {
+        name: "dns-tcp",
+        protocol: "tcp",
+        port: 53,
+    },
+    ServicePort {
+        name: "metrics",
+        protocol: "tcp",
+        port: 9153,
+    },
 ];
 
 struct ServicePort {
@@ -33,12 +45,18 @@ impl ServicePort {
     }
 
     fn svc_chain(&self) -> String {
-        format!("KUBE-SVC-{}", chain_hash(&format!("{}{}", self.full_name(), self.protocol)))
+        format!(
+            "KUBE-SVC-{}",
+            chain_hash(&format!("{}{}", self.full_name(), self.protocol))
+        )
     }
 
     fn sep_chain(&self, endpoint: Ipv4Addr) -> String {
         let ep = format!("{endpoint}:{}", self.port);
-        format!("KUBE-SEP-{}", chain_hash(&format!("{}{}{ep}", self.full_name(), self.protocol)))
+        format!(
+            "KUBE-SEP-{}",
+            chain_hash(&format!("{}{}{ep}", self.full_name(), self.protocol))
+        )
     }
 }
 
@@ -67,7 +85,10 @@ fn chain_hash(input: &str) -> String {
     for byte in &digest[..10] {
         bits = (bits << 8) | u128::from(*byte);
     }
-    (0..16).rev().map(|i| ALPHABET[((bits >> (i * 5)) & 0x1f) as usize] as char).collect()
+    (0..16)
+        .rev()
+        .map(|i| ALPHABET[((bits >> (i * 5)) & 0x1f) as usize] as char)
+        .collect()
 }
 
 /// Renders `mangle`, `filter` and `nat` for `iptables-restore` (without `--noflush`, so each
@@ -125,7 +146,9 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
         );
     }
     let _ = writeln!(out, "-A FORWARD {new} {lb_fw}");
-    out.push_str("-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n");
+    out.push_str(
+        "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n",
+    );
     let _ = writeln!(out, "-A FORWARD {new} {svc}");
     let _ = writeln!(out, "-A FORWARD {new} {ext}");
     let _ = writeln!(out, "-A OUTPUT {new} {lb_fw}");
@@ -151,7 +174,12 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
 fn render_nat(out: &mut String, rules: &RuleSet) {
     out.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     out.push_str(":POSTROUTING ACCEPT [0:0]\n");
-    for chain in ["KUBE-MARK-MASQ", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-SERVICES"] {
+    for chain in [
+        "KUBE-MARK-MASQ",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-SERVICES",
+    ] {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
     canaries(out, rules);
@@ -187,7 +215,10 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
             let n = rules.endpoints.len();
             for (i, ep) in rules.endpoints.iter().enumerate() {
                 let statistic = if i + 1 < n {
-                    format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+                    format!(
+                        " -m statistic --mode random --probability {:.10}",
+                        1.0 / (n - i) as f64
+                    )
                 } else {
                     String::new()
                 };
@@ -199,7 +230,10 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
             }
             for ep in &rules.endpoints {
                 let sep = sp.sep_chain(*ep);
-                let _ = writeln!(out, "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ");
+                let _ = writeln!(
+                    out,
+                    "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ"
+                );
                 let _ = writeln!(
                     out,
                     "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {ep}:{port}"
@@ -232,9 +266,18 @@ mod tests {
     #[test]
     fn chain_names_match_real_clusters() {
         // The names every kubeadm cluster has for kube-dns.
-        assert_eq!(DNS_SERVICE_PORTS[0].svc_chain(), "KUBE-SVC-TCOU7JCQXEZGVUNU");
-        assert_eq!(DNS_SERVICE_PORTS[1].svc_chain(), "KUBE-SVC-ERIFXISQEP7F7OF4");
-        assert_eq!(DNS_SERVICE_PORTS[2].svc_chain(), "KUBE-SVC-JD5MR3NA4I4DYORP");
+        assert_eq!(
+            DNS_SERVICE_PORTS[0].svc_chain(),
+            "KUBE-SVC-TCOU7JCQXEZGVUNU"
+        );
+        assert_eq!(
+            DNS_SERVICE_PORTS[1].svc_chain(),
+            "KUBE-SVC-ERIFXISQEP7F7OF4"
+        );
+        assert_eq!(
+            DNS_SERVICE_PORTS[2].svc_chain(),
+            "KUBE-SVC-JD5MR3NA4I4DYORP"
+        );
     }
 
     #[test]
@@ -262,7 +305,10 @@ mod tests {
         let mut rules = lab(&["10.244.0.10", "10.244.0.11"]);
         rules.filter_drop = vec!["10.244.0.10".parse().unwrap()];
         let text = render(&rules);
-        let forward: Vec<&str> = text.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
+        let forward: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD"))
+            .collect();
         assert!(forward[0].starts_with("-A FORWARD -d 10.244.0.10/32 -p udp -m udp --dport 53"));
         assert!(forward[0].ends_with("-j DROP"));
     }

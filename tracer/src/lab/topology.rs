@@ -72,17 +72,30 @@ pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Resu
     let command = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin
             .write_all(text.as_bytes())
-            .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+            .map_err(|source| Error::Spawn {
+                command: command.clone(),
+                source,
+            })?;
     }
-    let out = child.wait_with_output().map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    let out = child.wait_with_output().map_err(|source| Error::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(Error::Command {
             command,
@@ -95,24 +108,28 @@ pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Resu
 
 /// Runs a command inside network namespace `ns` (the child is forked from a thread that entered
 /// it, so no `ip netns exec` and no /sys remount).
-pub fn run_in(ns: &str, program: &str, args: &[&str], input: Option<&str>) -> Result<String, Error> {
-    let (program, ns_owned) = (program.to_owned(), ns.to_owned());
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let input = input.map(str::to_owned);
-    netns::run_in(&netns::named(ns), move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_with_input(&program, &args, input.as_deref())
-    })
-    .map_err(|source| Error::Netns { netns: ns_owned, source })?
+pub fn run_in(
+    ns: &str,
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, Error> {
+    netns::run_in(&netns::named(ns), || run_with_input(program, args, input)).map_err(|source| {
+        Error::Netns {
+            netns: ns.to_owned(),
+            source,
+        }
+    })?
 }
 
 /// Writes a sysctl of namespace `ns` (`net/ipv4/ip_forward`).
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), Error> {
     let path = Path::new("/proc/sys").join(key);
-    let value = value.to_owned();
-    let p = path.clone();
-    netns::run_in(&netns::named(ns), move || std::fs::write(&p, value))
-        .map_err(|source| Error::Netns { netns: ns.to_owned(), source })?
+    netns::run_in(&netns::named(ns), || std::fs::write(&path, value))
+        .map_err(|source| Error::Netns {
+            netns: ns.to_owned(),
+            source,
+        })?
         .map_err(|source| Error::Io { path, source })
 }
 
@@ -122,7 +139,12 @@ pub fn existing_netns(prefix: &str) -> Result<Vec<String>, Error> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(Error::Io { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(Error::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
@@ -143,7 +165,13 @@ pub fn create_node(prefix: &str) -> Result<(), Error> {
     let ip = |args: &[&str]| run("ip", &[&["-n", node.as_str()], args].concat());
     ip(&["link", "set", "lo", "up"])?;
     ip(&["link", "add", &br, "type", "bridge"])?;
-    ip(&["addr", "add", &format!("{GATEWAY}/{POD_PREFIX_LEN}"), "dev", &br])?;
+    ip(&[
+        "addr",
+        "add",
+        &format!("{GATEWAY}/{POD_PREFIX_LEN}"),
+        "dev",
+        &br,
+    ])?;
     ip(&["link", "set", &br, "up"])?;
     ip(&["link", "add", &uplink, "type", "ifb"])?;
     ip(&["addr", "add", UPLINK, "dev", &uplink])?;
@@ -159,8 +187,36 @@ pub fn create_node(prefix: &str) -> Result<(), Error> {
 pub fn create_pod(prefix: &str, pod: &str, host_ifname: &str, ip: Ipv4Addr) -> Result<(), Error> {
     let (node, ns) = (node_netns(prefix), pod_netns(prefix, pod));
     run("ip", &["netns", "add", &ns])?;
-    run("ip", &["-n", &node, "link", "add", host_ifname, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-    run("ip", &["-n", &node, "link", "set", host_ifname, "master", &bridge(prefix), "up"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &node,
+            "link",
+            "add",
+            host_ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &node,
+            "link",
+            "set",
+            host_ifname,
+            "master",
+            &bridge(prefix),
+            "up",
+        ],
+    )?;
     run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
     run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
     add_pod_address(&ns, ip)
@@ -168,20 +224,58 @@ pub fn create_pod(prefix: &str, pod: &str, host_ifname: &str, ip: Ipv4Addr) -> R
 
 /// Gives a pod its address and default route (again, after the stale-conntrack fault took them).
 pub fn add_pod_address(ns: &str, ip: Ipv4Addr) -> Result<(), Error> {
-    run("ip", &["-n", ns, "addr", "replace", &format!("{ip}/{POD_PREFIX_LEN}"), "dev", "eth0"])?;
-    run("ip", &["-n", ns, "route", "replace", "default", "via", &GATEWAY.to_string()])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "addr",
+            "replace",
+            &format!("{ip}/{POD_PREFIX_LEN}"),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+        ],
+    )?;
     Ok(())
 }
 
 /// Takes a pod's address away (its default route goes with it).
 pub fn remove_pod_address(ns: &str, ip: Ipv4Addr) -> Result<(), Error> {
-    run("ip", &["-n", ns, "addr", "del", &format!("{ip}/{POD_PREFIX_LEN}"), "dev", "eth0"]).map(drop)
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "addr",
+            "del",
+            &format!("{ip}/{POD_PREFIX_LEN}"),
+            "dev",
+            "eth0",
+        ],
+    )
+    .map(drop)
 }
 
 /// Sets a link in the node namespace up or down.
 pub fn set_link(prefix: &str, ifname: &str, up: bool) -> Result<(), Error> {
     let state = if up { "up" } else { "down" };
-    run("ip", &["-n", &node_netns(prefix), "link", "set", ifname, state]).map(drop)
+    run(
+        "ip",
+        &["-n", &node_netns(prefix), "link", "set", ifname, state],
+    )
+    .map(drop)
 }
 
 /// Deletes a namespace (its interfaces, rules and conntrack entries go with it).

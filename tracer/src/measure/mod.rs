@@ -40,15 +40,30 @@ const MAX_ANSWER: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid query name {name:?}: {source}")]
-    Name { name: String, source: hickory_proto::ProtoError },
+    Name {
+        name: String,
+        source: hickory_proto::ProtoError,
+    },
     #[error("failed to encode the {qtype} query for {name}: {source}")]
-    Encode { name: String, qtype: RecordType, source: hickory_proto::ProtoError },
+    Encode {
+        name: String,
+        qtype: RecordType,
+        source: hickory_proto::ProtoError,
+    },
     #[error("invalid batch: {reason}")]
     Spec { reason: &'static str },
     #[error("failed to open a UDP socket to {server} from source port {port} in {netns}: {source}")]
-    Socket { server: SocketAddrV4, port: u16, netns: String, source: io::Error },
+    Socket {
+        server: SocketAddrV4,
+        port: u16,
+        netns: String,
+        source: io::Error,
+    },
     #[error("failed to wait for DNS answers in {netns}: {source}")]
-    Poll { netns: String, source: nix::errno::Errno },
+    Poll {
+        netns: String,
+        source: nix::errno::Errno,
+    },
     #[error("failed to run the DNS queries in network namespace {netns}: {source}")]
     Netns { netns: String, source: netns::Error },
     #[error("the DNS query thread panicked")]
@@ -166,8 +181,11 @@ pub struct BatchResult {
 impl BatchResult {
     /// The `p`-th percentile (0-100) of the answered queries' latencies (nearest rank).
     pub fn latency_percentile(&self, p: f64) -> Option<Duration> {
-        let mut latencies: Vec<Duration> =
-            self.queries.iter().filter_map(QueryRecord::latency).collect();
+        let mut latencies: Vec<Duration> = self
+            .queries
+            .iter()
+            .filter_map(QueryRecord::latency)
+            .collect();
         if latencies.is_empty() {
             return None;
         }
@@ -194,7 +212,10 @@ pub fn query_batch(
     let spec = spec.clone();
     match netns {
         Some(name) => netns::run_in(&netns::named(name), move || run(&label, server, &spec))
-            .map_err(|source| Error::Netns { netns: name.to_owned(), source })?,
+            .map_err(|source| Error::Netns {
+                netns: name.to_owned(),
+                source,
+            })?,
         None => std::thread::spawn(move || run(&label, server, &spec))
             .join()
             .map_err(|_| Error::Panicked)?,
@@ -203,16 +224,24 @@ pub fn query_batch(
 
 fn validate(spec: &BatchSpec) -> Result<(), Error> {
     if spec.names.is_empty() {
-        return Err(Error::Spec { reason: "no query names" });
+        return Err(Error::Spec {
+            reason: "no query names",
+        });
     }
     if spec.qtypes.is_empty() && !spec.parallel_a_aaaa {
-        return Err(Error::Spec { reason: "no query types" });
+        return Err(Error::Spec {
+            reason: "no query types",
+        });
     }
     if !(spec.rate.is_finite() && spec.rate > 0.0) {
-        return Err(Error::Spec { reason: "the rate must be a positive number of lookups per second" });
+        return Err(Error::Spec {
+            reason: "the rate must be a positive number of lookups per second",
+        });
     }
     if spec.timeout.is_zero() {
-        return Err(Error::Spec { reason: "the timeout must be positive" });
+        return Err(Error::Spec {
+            reason: "the timeout must be positive",
+        });
     }
     for name in &spec.names {
         fqdn(name)?;
@@ -221,8 +250,15 @@ fn validate(spec: &BatchSpec) -> Result<(), Error> {
 }
 
 fn fqdn(name: &str) -> Result<Name, Error> {
-    let text = if name.ends_with('.') { name.to_owned() } else { format!("{name}.") };
-    Name::from_str(&text).map_err(|source| Error::Name { name: name.to_owned(), source })
+    let text = if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    };
+    Name::from_str(&text).map_err(|source| Error::Name {
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// An open socket and the queries waiting on it.
@@ -263,7 +299,11 @@ impl Helper {
                 }
             }
         });
-        Self { jobs, results, barrier }
+        Self {
+            jobs,
+            results,
+            barrier,
+        }
     }
 
     /// Sends `first` here and `second` on the helper thread, released together.
@@ -273,18 +313,28 @@ impl Helper {
             Err(e) => return [socket.send(first).map(drop), Err(e)],
         };
         if self.jobs.send((clone, second)).is_err() {
-            return [socket.send(first).map(drop), Err(io::Error::other("helper thread gone"))];
+            return [
+                socket.send(first).map(drop),
+                Err(io::Error::other("helper thread gone")),
+            ];
         }
         self.barrier.wait();
         let here = socket.send(first).map(drop);
-        let there = self.results.recv().unwrap_or_else(|_| Err(io::Error::other("helper thread gone")));
+        let there = self
+            .results
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("helper thread gone")));
         [here, there]
     }
 }
 
 fn usable_cpus() -> Vec<usize> {
-    let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else { return vec![] };
-    (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect()
+    let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else {
+        return vec![];
+    };
+    (0..CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect()
 }
 
 /// Pins the calling thread to `cpu`; best effort (a failure only makes a clash less likely).
@@ -322,7 +372,12 @@ fn run(netns: &str, server: SocketAddrV4, spec: &BatchSpec) -> Result<BatchResul
     };
     if let Some(port) = spec.source_port {
         let socket = batch.open(port)?;
-        batch.flows.push(Flow { socket, port, waiting: Vec::new(), keep: true });
+        batch.flows.push(Flow {
+            socket,
+            port,
+            waiting: Vec::new(),
+            keep: true,
+        });
     }
     let interval = Duration::from_secs_f64(1.0 / spec.rate);
     let mut next = 0u32;
@@ -344,7 +399,11 @@ fn run(netns: &str, server: SocketAddrV4, spec: &BatchSpec) -> Result<BatchResul
         batch.wait(wake.saturating_duration_since(Instant::now()))?;
     }
     let sent = batch.queries.len() as u32;
-    let answered = batch.queries.iter().filter(|q| q.latency().is_some()).count() as u32;
+    let answered = batch
+        .queries
+        .iter()
+        .filter(|q| q.latency().is_some())
+        .count() as u32;
     Ok(BatchResult {
         started,
         sent,
@@ -357,8 +416,14 @@ fn run(netns: &str, server: SocketAddrV4, spec: &BatchSpec) -> Result<BatchResul
 
 impl Batch<'_> {
     fn open(&self, port: u16) -> Result<UdpSocket, Error> {
-        let err = |source| Error::Socket { server: self.server, port, netns: self.netns.to_owned(), source };
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).map_err(err)?;
+        let err = |source| Error::Socket {
+            server: self.server,
+            port,
+            netns: self.netns.to_owned(),
+            source,
+        };
+        let socket =
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).map_err(err)?;
         socket.connect(self.server).map_err(err)?;
         socket.set_nonblocking(true).map_err(err)?;
         Ok(socket)
@@ -368,7 +433,11 @@ impl Batch<'_> {
         let mut msg = Message::query();
         msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(fqdn(name)?, qtype));
-        let bytes = msg.to_vec().map_err(|source| Error::Encode { name: name.to_owned(), qtype, source })?;
+        let bytes = msg.to_vec().map_err(|source| Error::Encode {
+            name: name.to_owned(),
+            qtype,
+            source,
+        })?;
         Ok((msg.metadata.id, bytes))
     }
 
@@ -384,7 +453,12 @@ impl Batch<'_> {
             None => {
                 let socket = self.open(0)?;
                 let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-                self.flows.push(Flow { socket, port, waiting: Vec::new(), keep: false });
+                self.flows.push(Flow {
+                    socket,
+                    port,
+                    waiting: Vec::new(),
+                    keep: false,
+                });
                 self.flows.len() - 1
             }
         };
@@ -397,10 +471,14 @@ impl Batch<'_> {
         // through the node to the server's socket.
         let sent = Instant::now();
         let results: Vec<io::Result<()>> = match (&self.helper, messages.as_slice()) {
-            (Some(helper), [(_, (_, first)), (_, (_, second))]) => {
-                helper.send_pair(socket, first, second.clone()).into_iter().collect()
-            }
-            _ => messages.iter().map(|(_, (_, bytes))| socket.send(bytes).map(drop)).collect(),
+            (Some(helper), [(_, (_, first)), (_, (_, second))]) => helper
+                .send_pair(socket, first, second.clone())
+                .into_iter()
+                .collect(),
+            _ => messages
+                .iter()
+                .map(|(_, (_, bytes))| socket.send(bytes).map(drop))
+                .collect(),
         };
         for ((qtype, (id, _)), result) in messages.into_iter().zip(results) {
             let outcome = match result {
@@ -408,7 +486,9 @@ impl Batch<'_> {
                     self.flows[flow].waiting.push(self.queries.len());
                     Outcome::TimedOut
                 }
-                Err(e) => Outcome::SendFailed { error: e.to_string() },
+                Err(e) => Outcome::SendFailed {
+                    error: e.to_string(),
+                },
             };
             self.queries.push(QueryRecord {
                 id,
@@ -443,14 +523,24 @@ impl Batch<'_> {
 
     fn wait(&mut self, timeout: Duration) -> Result<(), Error> {
         let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd> =
-                self.flows.iter().map(|f| PollFd::new(f.socket.as_fd(), PollFlags::POLLIN)).collect();
+            let mut fds: Vec<PollFd> = self
+                .flows
+                .iter()
+                .map(|f| PollFd::new(f.socket.as_fd(), PollFlags::POLLIN))
+                .collect();
             let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
             match poll(&mut fds, PollTimeout::from(ms)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(source) => return Err(Error::Poll { netns: self.netns.to_owned(), source }),
+                Err(source) => {
+                    return Err(Error::Poll {
+                        netns: self.netns.to_owned(),
+                        source,
+                    });
+                }
             }
-            fds.iter().map(|fd| fd.revents().is_some_and(|r| !r.is_empty())).collect()
+            fds.iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
         };
         for (i, is_ready) in ready.into_iter().enumerate() {
             if is_ready {
@@ -491,8 +581,7 @@ impl Batch<'_> {
             msg.metadata.message_type == MessageType::Response
                 && rec.id == msg.metadata.id
                 && question.is_some_and(|qq| {
-                    qq.query_type() == rec.qtype
-                        && fqdn(&rec.name).is_ok_and(|n| n == *qq.name())
+                    qq.query_type() == rec.qtype && fqdn(&rec.name).is_ok_and(|n| n == *qq.name())
                 })
         });
         let Some(position) = position else {
@@ -519,7 +608,8 @@ impl Batch<'_> {
 
 /// Parses a query type name (`A`, `AAAA`, `TXT`, ...).
 pub fn parse_qtype(s: &str) -> Result<RecordType, String> {
-    RecordType::from_str(&s.to_ascii_uppercase()).map_err(|e| format!("unknown query type {s:?}: {e}"))
+    RecordType::from_str(&s.to_ascii_uppercase())
+        .map_err(|e| format!("unknown query type {s:?}: {e}"))
 }
 
 /// The server address of `IP[:PORT]` (port 53 when absent).
@@ -536,7 +626,9 @@ mod tests {
     #[test]
     fn answers_garbage_and_silence_are_told_apart() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else { unreachable!() };
+        let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else {
+            unreachable!()
+        };
         let responder = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             for i in 0..3 {
@@ -544,7 +636,8 @@ mod tests {
                 let query = Message::from_vec(&buf[..len]).unwrap();
                 match i {
                     0 => {
-                        let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+                        let mut answer =
+                            Message::response(query.metadata.id, query.metadata.op_code);
                         answer.add_queries(query.queries.clone());
                         server.send_to(&answer.to_vec().unwrap(), from).unwrap();
                     }
@@ -565,19 +658,43 @@ mod tests {
         responder.join().unwrap();
         assert_eq!((result.sent, result.answered, result.lost), (3, 1, 2));
         assert_eq!(result.bad_answers, 1);
-        assert!(matches!(result.queries[0].outcome, Outcome::Answered { rcode: ResponseCode::NoError, .. }));
+        assert!(matches!(
+            result.queries[0].outcome,
+            Outcome::Answered {
+                rcode: ResponseCode::NoError,
+                ..
+            }
+        ));
         assert_eq!(result.lost_queries().count(), 2);
     }
 
     #[test]
     fn bad_specs_are_refused() {
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53);
-        let no_names = BatchSpec { names: vec![], ..BatchSpec::default() };
-        assert!(matches!(query_batch(None, addr, &no_names), Err(Error::Spec { .. })));
-        let zero_rate = BatchSpec { rate: 0.0, ..BatchSpec::default() };
-        assert!(matches!(query_batch(None, addr, &zero_rate), Err(Error::Spec { .. })));
-        let bad_name = BatchSpec { names: vec!["a..b".to_owned()], ..BatchSpec::default() };
-        assert!(matches!(query_batch(None, addr, &bad_name), Err(Error::Name { .. })));
+        let no_names = BatchSpec {
+            names: vec![],
+            ..BatchSpec::default()
+        };
+        assert!(matches!(
+            query_batch(None, addr, &no_names),
+            Err(Error::Spec { .. })
+        ));
+        let zero_rate = BatchSpec {
+            rate: 0.0,
+            ..BatchSpec::default()
+        };
+        assert!(matches!(
+            query_batch(None, addr, &zero_rate),
+            Err(Error::Spec { .. })
+        ));
+        let bad_name = BatchSpec {
+            names: vec!["a..b".to_owned()],
+            ..BatchSpec::default()
+        };
+        assert!(matches!(
+            query_batch(None, addr, &bad_name),
+            Err(Error::Name { .. })
+        ));
     }
 
     #[test]
@@ -602,7 +719,13 @@ mod tests {
             bad_answers: 0,
             queries: vec![rec(4), rec(1), rec(3), rec(2)],
         };
-        assert_eq!(result.latency_percentile(50.0), Some(Duration::from_millis(2)));
-        assert_eq!(result.latency_percentile(99.0), Some(Duration::from_millis(4)));
+        assert_eq!(
+            result.latency_percentile(50.0),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            result.latency_percentile(99.0),
+            Some(Duration::from_millis(4))
+        );
     }
 }

@@ -3,12 +3,17 @@
 use std::time::Duration;
 
 use super::{BatchResult, BatchSpec, Error, Outcome, query_batch, server_addr};
-use crate::{cli::{FaultName, ProbeArgs}, lab};
+use crate::{
+    cli::{FaultName, ProbeArgs},
+    lab,
+};
 
 /// Runs `tracer probe`. Loss is a result, not an error: only a failure to send exits non-zero.
 pub fn run(args: ProbeArgs) -> Result<(), Error> {
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(Error::Spec { reason: "the timeout must be a positive number of seconds" });
+        return Err(Error::Spec {
+            reason: "the timeout must be a positive number of seconds",
+        });
     }
     let mut spec = BatchSpec {
         names: args.names,
@@ -21,12 +26,21 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
     };
     let (netns, server) = if args.lab {
         let lab = lab::info(&args.prefix)
-            .map_err(|source| Error::Lab { source: Box::new(source) })?
-            .ok_or_else(|| Error::NoLab { prefix: args.prefix.clone() })?;
-        let client = lab.clients.first().ok_or_else(|| Error::NoLab { prefix: args.prefix.clone() })?;
+            .map_err(|source| Error::Lab {
+                source: Box::new(source),
+            })?
+            .ok_or_else(|| Error::NoLab {
+                prefix: args.prefix.clone(),
+            })?;
+        let client = lab.clients.first().ok_or_else(|| Error::NoLab {
+            prefix: args.prefix.clone(),
+        })?;
         if spec.source_port.is_none() && lab.stale_source_port.is_some() {
             spec.source_port = lab.stale_source_port;
-            println!("lab fault stale-conntrack: sending from its stale source port {}", spec.source_port.unwrap_or(0));
+            println!(
+                "lab fault stale-conntrack: sending from its stale source port {}",
+                spec.source_port.unwrap_or(0)
+            );
         }
         if lab.faults.contains(&FaultName::ConntrackRace) && !spec.parallel_a_aaaa {
             spec.parallel_a_aaaa = true;
@@ -35,7 +49,9 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
         let (ip, port) = args.server.unwrap_or((lab.service_ip, Some(lab.dns_port)));
         (Some(client.netns.clone()), server_addr(ip, port))
     } else {
-        let (ip, port) = args.server.ok_or(Error::Spec { reason: "say --server IP[:PORT], or --lab" })?;
+        let (ip, port) = args.server.ok_or(Error::Spec {
+            reason: "say --server IP[:PORT], or --lab",
+        })?;
         (args.netns, server_addr(ip, port))
     };
     let result = query_batch(netns.as_deref(), server, &spec)?;
@@ -61,11 +77,16 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
 /// `sent 20, answered 20, lost 0 (0.0 %), p50 0.21 ms, p99 0.45 ms`.
 pub fn summary(result: &BatchResult) -> String {
     let ms = |p| {
-        result
-            .latency_percentile(p)
-            .map_or_else(|| "-".to_owned(), |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0))
+        result.latency_percentile(p).map_or_else(
+            || "-".to_owned(),
+            |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0),
+        )
     };
-    let pct = if result.sent == 0 { 0.0 } else { 100.0 * f64::from(result.lost) / f64::from(result.sent) };
+    let pct = if result.sent == 0 {
+        0.0
+    } else {
+        100.0 * f64::from(result.lost) / f64::from(result.sent)
+    };
     let mut line = format!(
         "sent {}, answered {}, lost {} ({pct:.1} %), p50 {}, p99 {}",
         result.sent,
