@@ -21,6 +21,8 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Follow every DNS query through the Service IP, conntrack and DNAT; say where each failed one died.
     Trace(TraceArgs),
+    /// The node's state without eBPF, read-only: iptables backend, kube-proxy, DNS Service, conntrack.
+    Inspect(InspectArgs),
 }
 
 /// How results are written.
@@ -196,6 +198,23 @@ pub struct ProbeArgs {
     /// Send A and AAAA together from one socket for every lookup, as glibc does.
     #[arg(long)]
     pub parallel_a_aaaa: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  tracer inspect\n  tracer inspect --lab\n  tracer inspect --netns trl-node --output json")]
+pub struct InspectArgs {
+    /// Inspect the lab's node namespace.
+    #[arg(long, conflicts_with = "netns")]
+    pub lab: bool,
+    /// The lab `--lab` uses.
+    #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl")]
+    pub prefix: String,
+    /// Run the checks inside this network namespace (`ip netns` name); default: the tracer's own.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Output format: tables and findings, or one JSON document.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// Parses `IP[:PORT]`.

@@ -4,7 +4,15 @@
 //! # Layout
 //! - `backend`: which iptables backend holds kube-proxy's rules (legacy, nft, mixed, stale).
 //! - `conntrack`: the conntrack table over ctnetlink (statistics, entries, bulk create/delete, events).
+//! - `facts`: kernel and OS release, BTF and hook tier, br_netfilter, rp_filter, UDP timeouts.
+//! - `inspect`: the findings (severity, evidence, action), text and JSON; the DNS Service and its
+//!   rule counters for `tracer trace`.
 //! - `kubeproxy`: `iptables-save` parsing, kube-proxy's mode, the DNS Service and its rule counters.
 pub mod backend;
 pub mod conntrack;
+pub mod facts;
+pub mod inspect;
 pub mod kubeproxy;
+
+pub use inspect::{Report, dns_counters, dns_service, inspect};
+pub use kubeproxy::{DnsService, RuleCounter, counter_deltas};

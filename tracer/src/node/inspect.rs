@@ -1,0 +1,973 @@
+//! `tracer inspect`: every check an SRE runs by hand when DNS breaks on one node, read-only,
+//! turned into findings (severity, evidence, suggested action), rendered as text or JSON. Also the
+//! pieces `tracer trace` uses: the DNS Service from the rules and its rule counters.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
+use serde::Serialize;
+
+use super::{
+    backend::{self, Backends, Kind, Saves},
+    conntrack::{self, CpuStats, Entry},
+    facts::{self, Facts, LinkKind},
+    kubeproxy::{self, DnsService, ModeEvidence, ProxyMode, RuleCounter},
+};
+use crate::{
+    cli::{Backend, InspectArgs, OutputFormat},
+    netns,
+};
+
+/// What failed while inspecting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to enter network namespace {path}: {source}")]
+    Netns { path: PathBuf, source: netns::Error },
+    #[error("failed to read the iptables backends: {source}")]
+    Backend { source: backend::Error },
+    #[error("failed to read the conntrack table: {source}")]
+    Conntrack { source: conntrack::Error },
+    #[error("failed to read the node's facts: {source}")]
+    Facts { source: facts::Error },
+    #[error("failed to write JSON: {source}")]
+    Json { source: serde_json::Error },
+    #[error("failed to read the state of lab {prefix}: {source}")]
+    Lab {
+        prefix: String,
+        source: crate::lab::Error,
+    },
+    #[error("lab {prefix} is not up (`tracer lab up --prefix {prefix}`)")]
+    NoLab { prefix: String },
+}
+
+/// `tracer inspect`: inspects the namespace the arguments name and prints the report.
+pub fn run(args: InspectArgs) -> Result<(), Error> {
+    let netns = if args.lab {
+        let info = crate::lab::info(&args.prefix)
+            .map_err(|source| Error::Lab {
+                prefix: args.prefix.clone(),
+                source,
+            })?
+            .ok_or_else(|| Error::NoLab {
+                prefix: args.prefix.clone(),
+            })?;
+        Some(netns::named(&info.node_netns))
+    } else {
+        args.netns.as_deref().map(netns::named)
+    };
+    let report = inspect(netns.as_deref())?;
+    match args.output {
+        OutputFormat::Text => print!("{}", report.render_text()),
+        OutputFormat::Json => println!("{}", report.render_json()?),
+    }
+    Ok(())
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// DNS breaks (or will) because of this.
+    Error,
+    /// May break DNS, or hides a problem.
+    Warning,
+    /// What the node is.
+    Info,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How bad.
+    pub severity: Severity,
+    /// A stable short id (`iptables-mixed`, `conntrack-full`, …).
+    pub id: &'static str,
+    /// One line saying what is the case.
+    pub title: String,
+    /// What was seen, one fact a line.
+    pub evidence: Vec<String>,
+    /// What to do about it.
+    pub action: Option<String>,
+}
+
+/// The DNS Service as one backend's rules describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsInBackend {
+    /// The backend.
+    pub backend: Backend,
+    /// The Service found there.
+    pub service: DnsService,
+}
+
+/// The conntrack side.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackReport {
+    /// Count, max, buckets.
+    pub table: conntrack::Table,
+    /// count / max in percent.
+    pub usage_percent: f64,
+    /// Per-CPU statistics.
+    pub per_cpu: Vec<CpuStats>,
+    /// Their sum (`cpu` = number of CPUs).
+    pub total: CpuStats,
+    /// UDP entries to the DNS Service IP and port.
+    pub dns_entries: usize,
+    /// Of those, never replied.
+    pub dns_unreplied: usize,
+    /// Of those, whose reply source is no endpoint of the Service any more.
+    pub dns_stale: Vec<Entry>,
+}
+
+/// Everything `tracer inspect` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The namespace inspected (`None`: the tracer's own).
+    pub netns: Option<PathBuf>,
+    /// Kernel and node facts.
+    pub facts: Facts,
+    /// The iptables backends.
+    pub backends: Backends,
+    /// kube-proxy's mode.
+    pub proxy_mode: ProxyMode,
+    /// What the mode was judged from.
+    pub proxy_mode_evidence: ModeEvidence,
+    /// The DNS Service per backend where one was found.
+    pub dns_by_backend: Vec<DnsInBackend>,
+    /// The DNS Service trace would use (from the current backend).
+    pub dns_service: Option<DnsService>,
+    /// Packet counters of the DNS path's rules in both backends.
+    pub counters: Vec<RuleCounter>,
+    /// The conntrack table.
+    pub conntrack: ConntrackReport,
+    /// Findings, most severe first.
+    pub findings: Vec<Finding>,
+}
+
+/// Runs `f` in `netns` (a path such as `/run/netns/NAME`) or, without one, on the calling thread.
+fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+    match netns {
+        Some(path) => netns::run_in(path, f).map_err(|source| Error::Netns {
+            path: path.to_owned(),
+            source,
+        }),
+        None => Ok(f()),
+    }
+}
+
+/// The DNS Service in each backend's save, the current backend first.
+fn dns_by_backend(saves: &Saves, primary: Option<Backend>) -> Vec<DnsInBackend> {
+    let order = match primary {
+        Some(p) => [p, backend::other(p)],
+        None => [Backend::Nft, Backend::Legacy],
+    };
+    order
+        .into_iter()
+        .filter_map(|b| {
+            Some(DnsInBackend {
+                backend: b,
+                service: kubeproxy::dns_service(saves.of(b)?)?,
+            })
+        })
+        .collect()
+}
+
+fn counters_of(saves: &Saves, service: &DnsService) -> Vec<RuleCounter> {
+    let mut out = Vec::new();
+    for (b, name) in [(Backend::Nft, "nft"), (Backend::Legacy, "legacy")] {
+        if let Some(save) = saves.of(b) {
+            out.extend(kubeproxy::dns_counters(name, save, service));
+        }
+    }
+    out
+}
+
+/// The DNS Service the rules in `netns` (default: the calling thread's) describe: from the
+/// backend kube-proxy currently uses, else the other. `tracer trace` uses it as its default
+/// `--service`.
+pub fn dns_service(netns: Option<&Path>) -> Result<Option<DnsService>, Error> {
+    in_netns(netns, || {
+        let saves = backend::read_saves().map_err(|source| Error::Backend { source })?;
+        let legacy = saves
+            .legacy
+            .as_ref()
+            .map(backend::Side::of)
+            .unwrap_or_default();
+        let nft = saves
+            .nft
+            .as_ref()
+            .map(backend::Side::of)
+            .unwrap_or_default();
+        let primary = backend::verdict(&legacy, &nft).primary;
+        Ok(dns_by_backend(&saves, primary)
+            .into_iter()
+            .next()
+            .map(|d| d.service))
+    })?
+}
+
+/// The packet counters of every rule on `service`'s path in both backends, in `netns`: take one
+/// snapshot before and one after a window and diff them with [`kubeproxy::counter_deltas`].
+pub fn dns_counters(netns: Option<&Path>, service: &DnsService) -> Result<Vec<RuleCounter>, Error> {
+    in_netns(netns, || {
+        let saves = backend::read_saves().map_err(|source| Error::Backend { source })?;
+        Ok(counters_of(&saves, service))
+    })?
+}
+
+/// Inspects `netns` (default: the calling thread's namespace).
+pub fn inspect(netns: Option<&Path>) -> Result<Report, Error> {
+    let mut report = in_netns(netns, collect)??;
+    report.netns = netns.map(Path::to_owned);
+    Ok(report)
+}
+
+fn collect() -> Result<Report, Error> {
+    let facts = facts::collect().map_err(|source| Error::Facts { source })?;
+    let backends = backend::detect().map_err(|source| Error::Backend { source })?;
+    let kube_ipvs0 = facts.links.iter().any(|l| l.kind == LinkKind::KubeIpvs);
+    let saves = [backends.saves.legacy.as_ref(), backends.saves.nft.as_ref()];
+    let proxy_mode_evidence = kubeproxy::mode_evidence(
+        saves.into_iter().flatten(),
+        kube_ipvs0,
+        backends.nft_tables.as_deref().unwrap_or_default(),
+    );
+    let proxy_mode = kubeproxy::mode(&proxy_mode_evidence);
+    let dns_by_backend = dns_by_backend(&backends.saves, backends.verdict.primary);
+    let dns_service = dns_by_backend.first().map(|d| d.service.clone());
+    let counters = dns_service
+        .as_ref()
+        .map(|s| counters_of(&backends.saves, s))
+        .unwrap_or_default();
+
+    let ct = |source| Error::Conntrack { source };
+    let table = conntrack::table().map_err(ct)?;
+    let per_cpu = conntrack::stats().map_err(ct)?;
+    let total = CpuStats::sum(&per_cpu);
+    let (mut dns_entries, mut dns_unreplied, mut dns_stale) = (0, 0, Vec::new());
+    if let Some(svc) = &dns_service {
+        for e in conntrack::dump_udp(svc.port).map_err(ct)? {
+            if e.orig.dst != std::net::IpAddr::V4(svc.ip) {
+                continue;
+            }
+            dns_entries += 1;
+            if !e.seen_reply() {
+                dns_unreplied += 1;
+            }
+            if is_stale(&e, svc) {
+                dns_stale.push(e);
+            }
+        }
+    }
+    let usage_percent = if table.max == 0 {
+        0.0
+    } else {
+        f64::from(table.count) * 100.0 / f64::from(table.max)
+    };
+    let conntrack = ConntrackReport {
+        table,
+        usage_percent,
+        per_cpu,
+        total,
+        dns_entries,
+        dns_unreplied,
+        dns_stale,
+    };
+    let mut report = Report {
+        netns: None,
+        facts,
+        backends,
+        proxy_mode,
+        proxy_mode_evidence,
+        dns_by_backend,
+        dns_service,
+        counters,
+        conntrack,
+        findings: Vec::new(),
+    };
+    report.findings = findings(&report);
+    Ok(report)
+}
+
+/// An entry to the Service whose reply comes from an address that is no endpoint (and not the
+/// Service itself, which would be an entry without DNAT).
+pub fn is_stale(e: &Entry, svc: &DnsService) -> bool {
+    match e.reply.src {
+        std::net::IpAddr::V4(src) => src != svc.ip && !svc.endpoint_ips().contains(&src),
+        std::net::IpAddr::V6(_) => false,
+    }
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Legacy => "legacy",
+        Backend::Nft => "nft",
+    }
+}
+
+fn endpoints_text(s: &DnsService) -> String {
+    if s.endpoints.is_empty() {
+        "no endpoints".to_owned()
+    } else {
+        s.endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn side_evidence(name: &str, side: &backend::Side) -> String {
+    if !side.available {
+        return format!("{name}: save not available (tool not installed)");
+    }
+    let hints = if side.hint_chains.is_empty() {
+        "no kubelet hint chains".to_owned()
+    } else {
+        side.hint_chains.join(" ")
+    };
+    format!(
+        "{name}: {} KUBE-* rules of {} rules in tables [{}], {} KUBE-* chains; {hints}",
+        side.kube_rules,
+        side.rules,
+        side.tables.join(" "),
+        side.kube_chains
+    )
+}
+
+/// Turns a report into findings, most severe first.
+pub fn findings(r: &Report) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let b = &r.backends;
+    let mut backend_evidence = vec![
+        format!(
+            "iptables link chain: {}",
+            b.iptables_links
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        ),
+        format!(
+            "iptables -V: {}",
+            b.version.as_deref().unwrap_or("(not installed)")
+        ),
+        format!(
+            "legacy tables in the kernel: {}",
+            b.legacy_tables
+                .as_ref()
+                .map_or("(ip_tables not loaded)".to_owned(), |t| format!(
+                    "[{}]",
+                    t.join(" ")
+                ))
+        ),
+        format!(
+            "nf_tables tables: {}",
+            b.nft_tables
+                .as_ref()
+                .map_or("(nft not installed)".to_owned(), |t| format!(
+                    "[{}]",
+                    t.join(", ")
+                ))
+        ),
+        side_evidence("legacy", &b.legacy),
+        side_evidence("nft", &b.nft),
+    ];
+    backend_evidence.extend(b.warnings.iter().cloned());
+    match b.verdict.kind {
+        Kind::Mixed => {
+            let mut evidence = backend_evidence.clone();
+            for d in &r.dns_by_backend {
+                evidence.push(format!(
+                    "{}: {} {}:{} -> {}",
+                    backend_name(d.backend),
+                    d.service.name,
+                    d.service.ip,
+                    d.service.port,
+                    endpoints_text(&d.service)
+                ));
+            }
+            let stale = b
+                .verdict
+                .stale
+                .map(backend_name)
+                .unwrap_or("the one kube-proxy does not use");
+            out.push(Finding {
+                severity: Severity::Error,
+                id: "iptables-mixed",
+                title: format!("kube-proxy rules in both iptables backends: {}", b.verdict),
+                evidence,
+                action: Some(format!(
+                    "Both backends hook NAT at the same priority; for a new UDP flow the table registered \
+                     last runs first and its DNAT wins, so DNS queries to the Service IP go wherever the \
+                     stale rules say (a gone pod, or a DROP/REJECT), and conntrack then pins the client's \
+                     flow there until its UDP timeout. Remove the rules from the {stale} backend \
+                     (`iptables-{stale}-save` to review, then flush its nat/filter/mangle KUBE-* chains), make \
+                     kube-proxy, the kubelet and the CNI use one backend (iptables-wrapper, matching \
+                     /etc/alternatives), then delete the UDP/53 conntrack entries \
+                     (`conntrack -D -p udp --dport 53`)."
+                )),
+            });
+        }
+        Kind::None if r.proxy_mode == ProxyMode::Iptables || r.proxy_mode == ProxyMode::Unknown => {
+            out.push(Finding {
+                severity: Severity::Warning,
+                id: "iptables-no-kube-rules",
+                title: format!(
+                    "no kube-proxy rules in either iptables backend ({})",
+                    b.verdict
+                ),
+                evidence: backend_evidence.clone(),
+                action: Some(
+                    "Check that kube-proxy runs on this node and which mode it uses.".to_owned(),
+                ),
+            });
+        }
+        _ => {
+            out.push(Finding {
+                severity: Severity::Info,
+                id: "iptables-backend",
+                title: format!("iptables backend: {}", b.verdict),
+                evidence: backend_evidence.clone(),
+                action: None,
+            });
+            if let Some(stale) = b.verdict.stale {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    id: "iptables-stale",
+                    title: format!("the {} backend holds leftover KUBE-* chains", backend_name(stale)),
+                    evidence: vec![side_evidence(backend_name(stale), if stale == Backend::Legacy { &b.legacy } else { &b.nft })],
+                    action: Some(format!(
+                        "Harmless while they hold no rules; delete them (`iptables-{}` -X on the empty KUBE-* chains) so no tool counts them as a sign of that backend.",
+                        backend_name(stale)
+                    )),
+                });
+            }
+        }
+    }
+    if let Some(primary) = b.verdict.primary {
+        let tool = b.link_backend.or(b.version_backend);
+        if let Some(tool) = tool.filter(|t| *t != primary) {
+            out.push(Finding {
+                severity: Severity::Warning,
+                id: "iptables-default-differs",
+                title: format!(
+                    "`iptables` on this node is {} but kube-proxy's rules are in {}",
+                    backend_name(tool),
+                    backend_name(primary)
+                ),
+                evidence: vec![backend_evidence[0].clone(), backend_evidence[1].clone()],
+                action: Some(
+                    "Rules added by hand or by node tools with plain `iptables` land in the other backend, and `iptables-save` does not show kube-proxy's. Point /etc/alternatives/iptables at the backend kube-proxy uses.".to_owned(),
+                ),
+            });
+        }
+        if b.wrapper_choice != primary {
+            out.push(Finding {
+                severity: Severity::Warning,
+                id: "iptables-wrapper-choice",
+                title: format!(
+                    "kube-proxy's iptables-wrapper would pick {}, but the current rules are in {}",
+                    backend_name(b.wrapper_choice),
+                    backend_name(primary)
+                ),
+                evidence: vec![side_evidence("legacy", &b.legacy), side_evidence("nft", &b.nft)],
+                action: Some("A restarted kube-proxy container would write to the other backend: remove the stray hint chains or rules.".to_owned()),
+            });
+        }
+    }
+
+    let mut mode_evidence = vec![format!(
+        "KUBE-SVC-* chains: {}, KUBE-* ipsets in rules: {}, kube-ipvs0: {}, nftables table kube-proxy: {}",
+        r.proxy_mode_evidence.svc_chains,
+        r.proxy_mode_evidence.kube_ipsets,
+        r.proxy_mode_evidence.kube_ipvs0,
+        r.proxy_mode_evidence.nft_kube_proxy_table
+    )];
+    mode_evidence.retain(|l| !l.is_empty());
+    out.push(Finding {
+        severity: Severity::Info,
+        id: "kube-proxy-mode",
+        title: format!(
+            "kube-proxy mode: {}",
+            serde_json::to_value(r.proxy_mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ),
+        evidence: mode_evidence,
+        action: None,
+    });
+
+    match &r.dns_service {
+        Some(s) if s.rejects => out.push(Finding {
+            severity: Severity::Error,
+            id: "dns-no-endpoints",
+            title: format!("the DNS Service {}:{} has no endpoints: kube-proxy rejects every query", s.ip, s.port),
+            evidence: vec![format!("filter KUBE-SERVICES: \"{} has no endpoints\" -j REJECT", s.name)],
+            action: Some("Check the CoreDNS pods (`kubectl -n kube-system get pods -l k8s-app=kube-dns`) and their readiness.".to_owned()),
+        }),
+        Some(s) => out.push(Finding {
+            severity: Severity::Info,
+            id: "dns-service",
+            title: format!("DNS Service {} {}:{} -> {}", s.name, s.ip, s.port, endpoints_text(s)),
+            evidence: r
+                .counters
+                .iter()
+                .filter(|c| c.rule.contains("DNAT") || c.rule.starts_with("-A KUBE-SERVICES"))
+                .map(|c| format!("{} {}: [{} pkts] {}", c.backend, c.table, c.packets, c.rule))
+                .collect(),
+            action: None,
+        }),
+        None if r.proxy_mode == ProxyMode::Iptables => out.push(Finding {
+            severity: Severity::Warning,
+            id: "dns-service-missing",
+            title: "no kube-dns Service (or any UDP/53 Service) in kube-proxy's rules".to_owned(),
+            evidence: vec![],
+            action: Some("Give `tracer trace --service IP` explicitly.".to_owned()),
+        }),
+        None => {}
+    }
+
+    let c = &r.conntrack;
+    let t = &c.total;
+    let stats_line = format!(
+        "per-CPU stats summed over {} CPUs: insert {} insert_failed {} drop {} early_drop {} invalid {} error {} clash_resolve {} chaintoolong {}",
+        t.cpu,
+        t.insert,
+        t.insert_failed,
+        t.drop,
+        t.early_drop,
+        t.invalid,
+        t.error,
+        t.clash_resolve,
+        t.chaintoolong
+    );
+    let size_line = format!(
+        "count {} of max {} ({:.1} %), {} buckets",
+        c.table.count, c.table.max, c.usage_percent, c.table.buckets
+    );
+    if c.table.max > 0 && c.table.count >= c.table.max {
+        out.push(Finding {
+            severity: Severity::Error,
+            id: "conntrack-full",
+            title: "the conntrack table is full: new flows (every new DNS query's) are dropped".to_owned(),
+            evidence: vec![size_line.clone(), stats_line.clone()],
+            action: Some(
+                "Find what fills it (`conntrack -L | awk '{print $1, $4, $5}' | sort | uniq -c | sort -n`), shorten UDP timeouts, raise nf_conntrack_max (in the initial namespace), or consider NodeLocal DNSCache to keep DNS off conntrack.".to_owned(),
+            ),
+        });
+    } else if c.usage_percent >= 90.0 {
+        out.push(Finding {
+            severity: Severity::Warning,
+            id: "conntrack-nearly-full",
+            title: format!("the conntrack table is {:.0} % full", c.usage_percent),
+            evidence: vec![size_line.clone(), stats_line.clone()],
+            action: Some(
+                "Raise nf_conntrack_max or find what fills the table before it drops new flows."
+                    .to_owned(),
+            ),
+        });
+    }
+    if t.drop > 0 || t.insert_failed > 0 || t.early_drop > 0 {
+        let mut evidence = vec![stats_line.clone()];
+        evidence.extend(
+            c.per_cpu
+                .iter()
+                .filter(|s| s.drop + s.insert_failed + s.early_drop > 0)
+                .map(|s| {
+                    format!(
+                        "cpu {}: drop {} insert_failed {} early_drop {}",
+                        s.cpu, s.drop, s.insert_failed, s.early_drop
+                    )
+                }),
+        );
+        out.push(Finding {
+            severity: Severity::Warning,
+            id: "conntrack-drops",
+            title: format!(
+                "conntrack dropped {} packets, failed {} inserts and evicted {} entries since boot (or namespace creation)",
+                t.drop, t.insert_failed, t.early_drop
+            ),
+            evidence,
+            action: Some(
+                "drop/early_drop come from a full table; insert_failed from unresolved clashes (parallel A/AAAA over UDP: `options single-request-reopen`, or NodeLocal DNSCache). Watch the deltas with `tracer trace`.".to_owned(),
+            ),
+        });
+    }
+    if let Some(s) = &r.dns_service {
+        if !c.dns_stale.is_empty() {
+            let mut gone: Vec<Ipv4Addr> = c
+                .dns_stale
+                .iter()
+                .filter_map(|e| match e.reply.src {
+                    std::net::IpAddr::V4(ip) => Some(ip),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect();
+            gone.sort();
+            gone.dedup();
+            let mut evidence = vec![format!("endpoints now: {}", endpoints_text(s))];
+            evidence.extend(c.dns_stale.iter().take(5).map(entry_line));
+            if c.dns_stale.len() > 5 {
+                evidence.push(format!("… and {} more", c.dns_stale.len() - 5));
+            }
+            out.push(Finding {
+                severity: Severity::Error,
+                id: "conntrack-stale-dns",
+                title: format!(
+                    "{} UDP conntrack entries send DNS clients to {} that {} no endpoint any more",
+                    c.dns_stale.len(),
+                    gone.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    if gone.len() == 1 { "is" } else { "are" }
+                ),
+                evidence,
+                action: Some(format!(
+                    "A client that keeps its source port keeps hitting the gone pod until the entry expires. Delete them: {}",
+                    gone.iter()
+                        .map(|ip| format!("`conntrack -D -p udp --orig-dst {} --reply-src {ip}`", s.ip))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            });
+        }
+        out.push(Finding {
+            severity: if c.dns_entries > 0 && c.dns_unreplied * 2 > c.dns_entries {
+                Severity::Warning
+            } else {
+                Severity::Info
+            },
+            id: "conntrack-dns-entries",
+            title: format!(
+                "{} UDP conntrack entries to the DNS Service, {} unreplied, {} stale",
+                c.dns_entries,
+                c.dns_unreplied,
+                c.dns_stale.len()
+            ),
+            evidence: vec![
+                size_line,
+                format!(
+                    "UDP timeouts: {} s unreplied, {} s assured",
+                    r.facts
+                        .udp_timeout
+                        .map_or("?".to_owned(), |v| v.to_string()),
+                    r.facts
+                        .udp_timeout_stream
+                        .map_or("?".to_owned(), |v| v.to_string())
+                ),
+            ],
+            action: None,
+        });
+    }
+
+    let f = &r.facts;
+    let bridges: Vec<&str> = f
+        .links
+        .iter()
+        .filter(|l| l.kind == LinkKind::Bridge)
+        .map(|l| l.name.as_str())
+        .collect();
+    if !bridges.is_empty() && f.br_netfilter.is_none_or(|b| b.call_iptables == 0) {
+        out.push(Finding {
+            severity: Severity::Error,
+            id: "br-netfilter-off",
+            title: "bridged pod traffic bypasses iptables: answers from a DNS pod on the same bridge are not un-DNATed".to_owned(),
+            evidence: vec![
+                format!("bridges: {}", bridges.join(", ")),
+                match f.br_netfilter {
+                    None => "br_netfilter not loaded (/proc/sys/net/bridge missing)".to_owned(),
+                    Some(b) => format!("net.bridge.bridge-nf-call-iptables = {}", b.call_iptables),
+                },
+            ],
+            action: Some("`modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1` (and persist both).".to_owned()),
+        });
+    }
+    let strict: Vec<String> = f
+        .links
+        .iter()
+        .filter(|l| {
+            matches!(l.kind, LinkKind::Bridge | LinkKind::Veth) && l.rp_filter_effective == Some(1)
+        })
+        .map(|l| l.name.clone())
+        .collect();
+    if !strict.is_empty() {
+        out.push(Finding {
+            severity: Severity::Warning,
+            id: "rp-filter-strict",
+            title: format!("strict reverse-path filtering on {} pod-facing interfaces", strict.len()),
+            evidence: vec![
+                format!("net.ipv4.conf.all.rp_filter = {}", f.rp_filter_all.map_or("?".to_owned(), |v| v.to_string())),
+                format!("rp_filter 1 (effective) on: {}", strict.join(", ")),
+            ],
+            action: Some("Strict mode drops packets whose source is routed elsewhere (asymmetric routes, multi-NIC pods); use 2 (loose) or 0.".to_owned()),
+        });
+    }
+    out.push(Finding {
+        severity: Severity::Info,
+        id: "kernel",
+        title: format!(
+            "kernel {} on {}; tracing tier: {}",
+            f.kernel,
+            f.os.as_deref().unwrap_or("unknown OS"),
+            f.tier
+        ),
+        evidence: vec![
+            format!(
+                "BTF: {}, kprobes: {}, ftrace function hooks: {}",
+                f.btf, f.kprobes, f.ftrace_functions
+            ),
+            f.tier_reason.clone(),
+            format!(
+                "br_netfilter: {}, ip_forward: {}",
+                f.br_netfilter.map_or("not loaded".to_owned(), |b| format!(
+                    "call-iptables={} call-ip6tables={}",
+                    b.call_iptables, b.call_ip6tables
+                )),
+                f.ip_forward.map_or("?".to_owned(), |v| v.to_string())
+            ),
+        ],
+        action: None,
+    });
+    out.sort_by_key(|f| f.severity);
+    out
+}
+
+fn entry_line(e: &Entry) -> String {
+    format!(
+        "udp {}:{} -> {}:{} reply from {}:{}{}{} timeout {}s id {}",
+        e.orig.src,
+        e.orig.sport,
+        e.orig.dst,
+        e.orig.dport,
+        e.reply.src,
+        e.reply.sport,
+        if e.assured() { " [ASSURED]" } else { "" },
+        if e.seen_reply() { "" } else { " [UNREPLIED]" },
+        e.timeout.map_or("?".to_owned(), |t| t.to_string()),
+        e.id.map_or("?".to_owned(), |i| i.to_string())
+    )
+}
+
+impl Report {
+    /// A few lines for the start of `tracer trace`: backend, mode, DNS Service, conntrack, and the
+    /// errors and warnings by title.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!(
+                "node: iptables {} · kube-proxy {} · conntrack {}/{} ({:.1} %)",
+                self.backends.verdict,
+                serde_json::to_value(self.proxy_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                self.conntrack.table.count,
+                self.conntrack.table.max,
+                self.conntrack.usage_percent
+            ),
+            match &self.dns_service {
+                Some(s) => format!("dns service: {}:{} -> {}", s.ip, s.port, endpoints_text(s)),
+                None => "dns service: not found in the rules".to_owned(),
+            },
+        ];
+        lines.extend(
+            self.findings
+                .iter()
+                .filter(|f| f.severity != Severity::Info)
+                .map(|f| format!("{}: {}", severity_text(f.severity), f.title)),
+        );
+        lines
+    }
+
+    /// The report for people.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let table = |rows: Vec<(String, String)>| {
+            let mut t = Table::new();
+            t.load_style(UTF8_BORDERS_ONLY)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(120);
+            for (k, v) in rows {
+                t.add_row(vec![k, v]);
+            }
+            t.to_string()
+        };
+        let f = &self.facts;
+        out.push_str(&format!(
+            "Node{}\n",
+            self.netns.as_ref().map_or(String::new(), |p| format!(
+                " (network namespace {})",
+                p.display()
+            ))
+        ));
+        out.push_str(&table(vec![
+            ("kernel".into(), f.kernel.clone()),
+            ("os".into(), f.os.clone().unwrap_or_default()),
+            (
+                "tracing tier".into(),
+                format!("{} ({})", f.tier, f.tier_reason),
+            ),
+            ("iptables backend".into(), self.backends.verdict.to_string()),
+            (
+                "kube-proxy mode".into(),
+                serde_json::to_value(self.proxy_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            ),
+            (
+                "dns service".into(),
+                self.dns_service
+                    .as_ref()
+                    .map_or("not found".to_owned(), |s| {
+                        format!("{}:{} -> {}", s.ip, s.port, endpoints_text(s))
+                    }),
+            ),
+            (
+                "conntrack".into(),
+                format!(
+                    "{} / {} ({:.1} %), {} buckets; DNS entries {} ({} unreplied, {} stale)",
+                    self.conntrack.table.count,
+                    self.conntrack.table.max,
+                    self.conntrack.usage_percent,
+                    self.conntrack.table.buckets,
+                    self.conntrack.dns_entries,
+                    self.conntrack.dns_unreplied,
+                    self.conntrack.dns_stale.len()
+                ),
+            ),
+        ]));
+        out.push_str("\n\nConntrack statistics\n");
+        let mut stats = Table::new();
+        stats.load_style(UTF8_BORDERS_ONLY);
+        let mut header = vec!["cpu".to_owned()];
+        header.extend(
+            CpuStats::default()
+                .fields()
+                .iter()
+                .map(|(n, _)| (*n).to_owned()),
+        );
+        stats.set_header(header);
+        for s in self
+            .conntrack
+            .per_cpu
+            .iter()
+            .chain(std::iter::once(&self.conntrack.total))
+        {
+            let mut row = vec![if std::ptr::eq(s, &self.conntrack.total) {
+                "all".to_owned()
+            } else {
+                s.cpu.to_string()
+            }];
+            row.extend(s.fields().iter().map(|(_, v)| v.to_string()));
+            stats.add_row(row);
+        }
+        out.push_str(&stats.to_string());
+        if !self.counters.is_empty() {
+            out.push_str("\n\nDNS rule counters\n");
+            let mut t = Table::new();
+            t.load_style(UTF8_BORDERS_ONLY)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(160);
+            t.set_header(vec!["backend", "table", "packets", "rule"]);
+            for c in &self.counters {
+                t.add_row(vec![
+                    c.backend.to_owned(),
+                    c.table.clone(),
+                    c.packets.to_string(),
+                    c.rule.clone(),
+                ]);
+            }
+            out.push_str(&t.to_string());
+        }
+        out.push_str("\n\nFindings\n");
+        for f in &self.findings {
+            out.push_str(&format!("\n[{}] {}\n", severity_text(f.severity), f.title));
+            for e in &f.evidence {
+                out.push_str(&format!("    {e}\n"));
+            }
+            if let Some(a) = &f.action {
+                out.push_str(&format!("  → {a}\n"));
+            }
+        }
+        out
+    }
+
+    /// The report as JSON.
+    pub fn render_json(&self) -> Result<String, Error> {
+        serde_json::to_string_pretty(self).map_err(|source| Error::Json { source })
+    }
+}
+
+fn severity_text(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+        Severity::Info => "info",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddrV4};
+
+    use super::*;
+    use crate::node::conntrack::{Tuple, status};
+
+    fn svc() -> DnsService {
+        DnsService {
+            name: kubeproxy::DNS_PORT_NAME.to_owned(),
+            ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            svc_chain: Some("KUBE-SVC-TCOU7JCQXEZGVUNU".into()),
+            endpoints: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 53)],
+            rejects: false,
+        }
+    }
+
+    fn entry(reply_src: [u8; 4]) -> Entry {
+        let t = |src: [u8; 4], dst: [u8; 4], sport, dport| Tuple {
+            src: IpAddr::from(src),
+            dst: IpAddr::from(dst),
+            proto: 17,
+            sport,
+            dport,
+        };
+        Entry {
+            orig: t([10, 244, 0, 2], [10, 96, 0, 10], 40053, 53),
+            reply: t(reply_src, [10, 244, 0, 2], 53, 40053),
+            status: status::ASSURED | status::SEEN_REPLY,
+            timeout: Some(100),
+            mark: 0,
+            id: Some(1),
+            zone: 0,
+        }
+    }
+
+    #[test]
+    fn stale_means_the_reply_comes_from_no_endpoint() {
+        assert!(
+            is_stale(&entry([10, 244, 0, 10]), &svc()),
+            "10.244.0.10 was removed"
+        );
+        assert!(!is_stale(&entry([10, 244, 0, 11]), &svc()));
+        assert!(
+            !is_stale(&entry([10, 96, 0, 10]), &svc()),
+            "not NATed is not stale"
+        );
+    }
+
+    #[test]
+    fn entry_line_names_flags() {
+        let mut e = entry([10, 244, 0, 10]);
+        e.status = 0;
+        let line = entry_line(&e);
+        assert!(
+            line.contains(
+                "10.244.0.2:40053 -> 10.96.0.10:53 reply from 10.244.0.10:53 [UNREPLIED]"
+            ),
+            "{line}"
+        );
+    }
+}
