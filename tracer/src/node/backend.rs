@@ -371,14 +371,12 @@ fn read_saves_legacy(warnings: &mut Vec<String>) -> Result<Option<Save>, Error> 
 
 /// Looks at every sign, in the calling thread's namespace.
 pub fn detect() -> Result<Backends, Error> {
-    let iptables_links = link_chain(Path::new("/usr/sbin/iptables"));
-    let link_backend = iptables_links
-        .last()
-        .filter(|p| p.exists())
-        .and_then(|p| p.file_name())
-        .and_then(|n| variant_of_binary(&n.to_string_lossy()));
+    let mut iptables_links = link_chain(Path::new("/usr/sbin/iptables"));
+    if iptables_links.last().is_some_and(|p| !p.exists()) {
+        // A dangling link names no backend.
+        iptables_links.push(PathBuf::from("(missing)"));
+    }
     let version = run("iptables", &["-V"])?.map(|(out, _)| out.trim().to_owned());
-    let version_backend = version.as_deref().and_then(parse_version);
     let legacy_tables = match std::fs::read_to_string(IP_TABLES_NAMES) {
         Ok(text) => Some(parse_table_names(&text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -390,23 +388,46 @@ pub fn detect() -> Result<Backends, Error> {
         }
     };
     let nft_tables = run("nft", &["list", "tables"])?.map(|(out, _)| parse_nft_tables(&out));
-    let saves = read_saves()?;
-    let legacy = saves.legacy.as_ref().map(Side::of).unwrap_or_default();
-    let nft = saves.nft.as_ref().map(Side::of).unwrap_or_default();
-    Ok(Backends {
+    Ok(Backends::assemble(
         iptables_links,
-        link_backend,
         version,
-        version_backend,
         legacy_tables,
         nft_tables,
-        verdict: verdict(&legacy, &nft),
-        wrapper_choice: wrapper_choice(&legacy, &nft),
-        warnings: saves.warnings.clone(),
-        legacy,
-        nft,
-        saves,
-    })
+        read_saves()?,
+    ))
+}
+
+impl Backends {
+    /// Judges what was read (by [`detect`], or from a node's saved outputs).
+    pub fn assemble(
+        iptables_links: Vec<PathBuf>,
+        version: Option<String>,
+        legacy_tables: Option<Vec<String>>,
+        nft_tables: Option<Vec<String>>,
+        saves: Saves,
+    ) -> Backends {
+        let link_backend = iptables_links
+            .last()
+            .and_then(|p| p.file_name())
+            .and_then(|n| variant_of_binary(&n.to_string_lossy()));
+        let version_backend = version.as_deref().and_then(parse_version);
+        let legacy = saves.legacy.as_ref().map(Side::of).unwrap_or_default();
+        let nft = saves.nft.as_ref().map(Side::of).unwrap_or_default();
+        Backends {
+            iptables_links,
+            link_backend,
+            version,
+            version_backend,
+            legacy_tables,
+            nft_tables,
+            verdict: verdict(&legacy, &nft),
+            wrapper_choice: wrapper_choice(&legacy, &nft),
+            warnings: saves.warnings.clone(),
+            legacy,
+            nft,
+            saves,
+        }
+    }
 }
 
 #[cfg(test)]
