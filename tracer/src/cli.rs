@@ -78,8 +78,9 @@ pub struct TraceArgs {
     /// Report answered queries slower than this, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub slow_ms: u64,
-    /// A query with no answer after this many seconds is unanswered.
-    #[arg(long, default_value_t = 2.0)]
+    /// A query with no answer after this many seconds is unanswered (glibc's resolver waits 5 s;
+    /// the kernel gives up on an unresolved neighbour after about 3 s).
+    #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long)]

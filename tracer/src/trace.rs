@@ -19,8 +19,13 @@ use crate::{
         names::Names,
         record::{QueryRecord, Verdict},
     },
+    cli::Backend,
     lab, netns,
-    node::conntrack::{self, CpuStats, EventKind},
+    node::{
+        backend,
+        conntrack::{self, CpuStats, EventKind},
+        kubeproxy::{self, DnsService},
+    },
     probes::{
         plan::Tier,
         session::{Options, Session},
@@ -34,7 +39,7 @@ pub enum Error {
     Lab(#[from] lab::Error),
     #[error("the lab with prefix {prefix} is not up: run `tracer lab up --prefix {prefix}` first")]
     LabDown { prefix: String },
-    #[error("no DNS Service to trace: pass --service IP[:PORT], or --lab")]
+    #[error("no DNS Service to trace: no kube-dns Service in this node's rules; pass --service IP[:PORT], or --lab")]
     NoService,
     #[error(transparent)]
     Session(#[from] crate::probes::session::Error),
@@ -42,6 +47,8 @@ pub enum Error {
     Netns(#[from] netns::Error),
     #[error("failed to read conntrack state: {0}")]
     Conntrack(#[from] conntrack::Error),
+    #[error("failed to read the node's rules: {0}")]
+    Rules(#[from] backend::Error),
     #[error("failed to write output: {0}")]
     Output(#[from] std::io::Error),
     #[error("failed to serialise a record: {0}")]
@@ -59,6 +66,8 @@ pub struct Target {
     pub netns_filter: Vec<u32>,
     /// The Service's endpoints, when known.
     pub endpoints: Vec<Ipv4Addr>,
+    /// The rules REJECT the Service for having no endpoints.
+    pub rejects: bool,
 }
 
 impl Target {
@@ -68,11 +77,15 @@ impl Target {
         for pod in info.endpoints.iter().chain(&info.clients) {
             netns_filter.push(netns::inode(&netns::named(&pod.netns))?);
         }
+        let links = netns::named(&info.node_netns);
+        // The endpoints are what the rules say now (a fault may have removed one), not the pods.
+        let rules = service_from_rules(Some(&links))?;
         Ok(Self {
             service: SocketAddrV4::new(info.service_ip, info.dns_port),
-            links_netns: Some((info.node_netns.clone(), netns::named(&info.node_netns))),
+            links_netns: Some((info.node_netns.clone(), links)),
             netns_filter,
-            endpoints: info.endpoints.iter().map(|p| p.ip).collect(),
+            endpoints: rules.as_ref().map(|s| s.endpoint_ips()).unwrap_or_default(),
+            rejects: rules.is_some_and(|s| s.rejects),
         })
     }
 
@@ -93,22 +106,45 @@ impl Target {
                 links_netns: None,
                 netns_filter: Vec::new(),
                 endpoints: Vec::new(),
+                rejects: false,
             },
         };
+        if let Some(name) = &args.links_netns {
+            t.links_netns = Some((name.clone(), netns::named(name)));
+        }
+        if lab.is_none() {
+            if let Some(svc) = service_from_rules(t.links_netns.as_ref().map(|(_, p)| p))? {
+                t.service = SocketAddrV4::new(svc.ip, svc.port);
+                t.endpoints = svc.endpoint_ips();
+                t.rejects = svc.rejects;
+            }
+        }
         if let Some((ip, port)) = args.service {
             t.service = SocketAddrV4::new(ip, port.unwrap_or(53));
         }
         if t.service.ip().is_unspecified() {
             return Err(Error::NoService);
         }
-        if let Some(name) = &args.links_netns {
-            t.links_netns = Some((name.clone(), netns::named(name)));
-        }
         if !args.netns.is_empty() {
             t.netns_filter = args.netns.iter().map(|n| netns::inode(&netns::named(n))).collect::<Result<_, _>>()?;
         }
         Ok(t)
     }
+}
+
+/// The DNS Service as the node's rules describe it, read in `links` (else here): from the
+/// backend kube-proxy's iptables wrapper would pick, so a stale backend's rules do not count.
+pub fn service_from_rules(links: Option<&PathBuf>) -> Result<Option<DnsService>, Error> {
+    let read = || -> Result<Option<DnsService>, backend::Error> {
+        let saves = backend::read_saves()?;
+        let side = |b| saves.of(b).map(backend::Side::of).unwrap_or_default();
+        let chosen = backend::wrapper_choice(&side(Backend::Legacy), &side(Backend::Nft));
+        Ok(saves.of(chosen).and_then(kubeproxy::dns_service))
+    };
+    Ok(match links {
+        Some(p) => netns::run_in(p, read)??,
+        None => read()?,
+    })
 }
 
 /// How to trace.
@@ -128,7 +164,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { tier: None, all: false, slow: Duration::from_millis(100), timeout: Duration::from_secs(2), pod_ip: None }
+        Self { tier: None, all: false, slow: Duration::from_millis(100), timeout: Duration::from_secs(5), pod_ip: None }
     }
 }
 
@@ -195,6 +231,7 @@ impl Tracer {
             service: Some(*target.service.ip()),
             dns_port: 53,
             endpoints: target.endpoints.clone(),
+            service_rejects: target.rejects,
             drop_reasons: session.drop_reasons.clone(),
             clock_offset_us: unix_us - (monotonic_ns() / 1000) as i64,
             timeout_ns: settings.timeout.as_nanos() as u64,

@@ -51,15 +51,20 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
 /// A client sent a query: take its slot. A pending query found there is reported first.
 #[inline(always)]
 fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
-    count(counter::QUERIES);
     let Some(slot) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else { return };
     let same = slot.query.saddr == packet.saddr
         && slot.query.sport == packet.sport
         && slot.query.dns_id == packet.dns_id;
+    // SAFETY: the TC context's skb is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if slot.state == state::PENDING {
         if same {
-            // A retry of the same query (same socket and id): latency counts from the first send.
-            slot.retries += 1;
+            // The same query again: from the client's link a retry (latency counts from the first
+            // send); from another link the same packet surfacing there (the bridge device when
+            // no DNAT made it bridged), not a new query.
+            if ifindex == slot.client_ifindex {
+                slot.retries += 1;
+            }
             return;
         }
         count(counter::EVICTED);
@@ -68,12 +73,12 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
             send(e);
         }
     }
+    count(counter::QUERIES);
     slot.query = *packet;
     slot.state = state::PENDING;
     slot.flags = 0;
     slot.retries = 0;
-    // SAFETY: the TC context's skb is valid for the program's run.
-    slot.client_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    slot.client_ifindex = ifindex;
     slot.endpoint_ip = 0;
     slot.endpoint_ifindex = 0;
     slot.t_query = now();

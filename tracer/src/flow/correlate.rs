@@ -39,6 +39,8 @@ pub struct Context {
     pub dns_port: u16,
     /// The Service's current endpoints, when known (to call an entry stale).
     pub endpoints: Vec<Ipv4Addr>,
+    /// The node's rules hold kube-proxy's "has no endpoints" REJECT for the Service.
+    pub service_rejects: bool,
     /// `enum skb_drop_reason` names.
     pub drop_reasons: HashMap<u32, String>,
     /// Unix time minus monotonic time, microseconds.
@@ -54,6 +56,9 @@ pub struct Tally {
     pub evicted_in_flight: u64,
     /// Records about a query already reported (merged, not printed twice).
     pub merged: u64,
+    /// Failure evidence that arrived after its query was judged unanswered (a timeout shorter than
+    /// the kernel's own, such as ARP's 3 s): counted, not reported twice.
+    pub late_evidence: u64,
 }
 
 struct Held {
@@ -116,6 +121,20 @@ pub fn classify(reason: &str, function: &str, conntrack_dropping: bool) -> (&'st
         ),
         ("NETFILTER_DROP", _) => ("netfilter", None, "a netfilter hook dropped it".into()),
         ("NO_SOCKET", _) => ("socket", None, "nothing listens on the DNS port there".into()),
+        ("OTHERHOST", _) => (
+            "bridge",
+            None,
+            "a copy flooded by the bridge reached a pod it was not addressed to: no bridge port knows the \
+             destination's MAC (its link is down, or it is gone)"
+                .into(),
+        ),
+        ("IP_INADDRERRORS", _) => (
+            "routing",
+            None,
+            "it reached a host that does not own the destination address (the pod lost its IP, or the \
+             address moved)"
+                .into(),
+        ),
         (r, _) if r.starts_with("NEIGH_") => (
             "neighbour",
             None,
@@ -259,6 +278,10 @@ impl Correlator {
     fn evidence(&mut self, e: &Event, links_netns: u32) {
         let p = &e.packet;
         let key = key_of(&query_of(p, self.ctx.dns_port));
+        if e.slot.state == state::PENDING && self.reported.contains(&(key, e.slot.t_query)) {
+            self.tally.late_evidence += 1;
+            return;
+        }
         let leg = self.leg(p);
         let at = format!("{}/{}", self.names.netns(e.netns), self.names.link(e.netns, e.ifindex));
         if !self.held.contains_key(&key) {
@@ -284,7 +307,13 @@ impl Correlator {
             ),
             _ => (String::new(), String::new()),
         };
-        let stale = self.stale_note(p, leg);
+        let mut stale = self.stale_note(p, leg);
+        if self.ctx.service_rejects && leg == Leg::QueryBeforeDnat && reason == "NETFILTER_DROP" {
+            stale.push_str(
+                "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
+                 rate-limited per host, so most clients just time out)",
+            );
+        }
         let Some(held) = self.held.get_mut(&key) else { return };
         let r = &mut held.record;
         match e.kind {

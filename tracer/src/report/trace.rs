@@ -152,9 +152,10 @@ impl TraceSummary {
         }
         let _ = writeln!(
             s,
-            "not judged: {} in flight at the end, {} pushed out of the slot table in flight; lost: {} ring-buffer records, {} malformed records, {} unparseable DNS packets, {} conntrack event overruns; {} answers or endpoint packets matched no query",
+            "not judged: {} in flight at the end, {} pushed out of the slot table in flight, {} late drops of queries already judged; lost: {} ring-buffer records, {} malformed records, {} unparseable DNS packets, {} conntrack event overruns; {} answers or endpoint packets matched no query",
             self.in_flight_at_end,
             self.tally.evicted_in_flight,
+            self.tally.late_evidence,
             c.lost_events,
             self.malformed_records,
             c.parse_errors,
@@ -213,6 +214,9 @@ pub fn line(r: &QueryRecord) -> String {
                     let _ = write!(s, " to {e}");
                 }
                 let _ = write!(s, "): {}", d.why);
+            }
+            if let Some(c) = &r.conntrack {
+                let _ = write!(s, " | conntrack: {c}");
             }
             if r.icmp.is_none() && r.drop.is_none() {
                 let _ = write!(s, " | no drop seen; last seen: {:?}", r.last_seen);
