@@ -406,6 +406,11 @@ pub fn run(args: LabArgs) -> Result<(), Error> {
                     "  client0 source port {port} still maps to the removed endpoint (tracer probe --lab uses it)"
                 );
             }
+            if f.name == FaultName::ConntrackRace {
+                println!(
+                    "  tracer probe --lab now sends A and AAAA in parallel from one socket; conntrack's clash_resolve counts the races"
+                );
+            }
         }
     }
     Ok(())
@@ -433,6 +438,9 @@ fn print_status(lab: &LabInfo) {
     } else {
         let names: Vec<String> = lab.faults.iter().map(|f| fault_label(*f)).collect();
         println!("  faults: {}", names.join(", "));
+    }
+    if let Some(port) = lab.stale_source_port {
+        println!("  stale flow: client0 source port {port}");
     }
 }
 
