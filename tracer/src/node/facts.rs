@@ -151,6 +151,16 @@ pub fn tier(btf: bool, ftrace_functions: bool, kprobes: bool) -> (Tier, String) 
     }
 }
 
+/// Whether the file can be read and is not empty: `available_filter_functions` exists but reading
+/// it fails (EPERM) where ftrace function hooks are disabled.
+fn lists_something(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut buf = [0u8; 64];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut buf))
+        .is_ok_and(|n| n > 0)
+}
+
 /// A number from a sysctl file; `None` when it does not exist (module not loaded).
 pub fn read_sysctl(path: impl AsRef<Path>) -> Result<Option<u32>, Error> {
     let path = path.as_ref();
@@ -172,7 +182,7 @@ pub fn collect() -> Result<Facts, Error> {
         "/sys/kernel/debug/tracing/available_filter_functions",
     ]
     .iter()
-    .any(|p| Path::new(p).exists());
+    .any(|p| lists_something(Path::new(p)));
     let (tier, tier_reason) = tier(features.btf, ftrace_functions, features.kprobes);
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()

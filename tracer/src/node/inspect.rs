@@ -134,7 +134,7 @@ pub struct Report {
     pub proxy_mode: ProxyMode,
     /// What the mode was judged from.
     pub proxy_mode_evidence: ModeEvidence,
-    /// The DNS Service per backend where one was found.
+    /// The DNS Service per backend where one was found (kube-proxy's nftables table first).
     pub dns_by_backend: Vec<DnsInBackend>,
     /// The DNS Service trace would use (from the current backend).
     pub dns_service: Option<DnsService>,
@@ -174,6 +174,21 @@ fn dns_by_backend(saves: &Saves, primary: Option<Backend>) -> Vec<DnsInBackend> 
         .collect()
 }
 
+/// The DNS Service in kube-proxy's nftables table, when there is one (its nftables mode).
+fn nftables_mode_service(nft_tables: Option<&[String]>) -> Result<Option<DnsInBackend>, Error> {
+    if !nft_tables.is_some_and(|t| t.iter().any(|t| t == "ip kube-proxy")) {
+        return Ok(None);
+    }
+    let out = backend::run("nft", &["list", "table", "ip", "kube-proxy"])
+        .map_err(|source| Error::Backend { source })?;
+    Ok(out
+        .and_then(|(text, _)| kubeproxy::dns_service_nftables(&text))
+        .map(|service| DnsInBackend {
+            backend: Backend::Nft,
+            service,
+        }))
+}
+
 fn counters_of(saves: &Saves, service: &DnsService) -> Vec<RuleCounter> {
     let mut out = Vec::new();
     for (b, name) in [(Backend::Nft, "nft"), (Backend::Legacy, "legacy")] {
@@ -184,8 +199,9 @@ fn counters_of(saves: &Saves, service: &DnsService) -> Vec<RuleCounter> {
     out
 }
 
-/// The DNS Service the rules in `netns` (default: the calling thread's) describe: from the
-/// backend kube-proxy currently uses, else the other. `tracer trace` uses it as its default
+/// The DNS Service the rules in `netns` (default: the calling thread's) describe: from
+/// kube-proxy's nftables table in its nftables mode, else from the iptables backend kube-proxy
+/// currently uses, else the other. `tracer trace` uses it as its default
 /// `--service`.
 pub fn dns_service(netns: Option<&Path>) -> Result<Option<DnsService>, Error> {
     in_netns(netns, || {
@@ -200,6 +216,12 @@ pub fn dns_service(netns: Option<&Path>) -> Result<Option<DnsService>, Error> {
             .as_ref()
             .map(backend::Side::of)
             .unwrap_or_default();
+        let nft_tables = backend::run("nft", &["list", "tables"])
+            .map_err(|source| Error::Backend { source })?
+            .map(|(out, _)| backend::parse_nft_tables(&out));
+        if let Some(d) = nftables_mode_service(nft_tables.as_deref())? {
+            return Ok(Some(d.service));
+        }
         let primary = backend::verdict(&legacy, &nft).primary;
         Ok(dns_by_backend(&saves, primary)
             .into_iter()
@@ -235,7 +257,10 @@ fn collect() -> Result<Report, Error> {
         backends.nft_tables.as_deref().unwrap_or_default(),
     );
     let proxy_mode = kubeproxy::mode(&proxy_mode_evidence);
-    let dns_by_backend = dns_by_backend(&backends.saves, backends.verdict.primary);
+    let mut dns_by_backend = dns_by_backend(&backends.saves, backends.verdict.primary);
+    if let Some(d) = nftables_mode_service(backends.nft_tables.as_deref())? {
+        dns_by_backend.insert(0, d);
+    }
     let dns_service = dns_by_backend.first().map(|d| d.service.clone());
     let counters = dns_service
         .as_ref()

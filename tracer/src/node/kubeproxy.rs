@@ -417,6 +417,107 @@ pub fn dns_service(save: &Save) -> Option<DnsService> {
     })
 }
 
+/// The chains of an `nft list table` output: name and body lines.
+fn nft_chains(text: &str) -> Vec<(&str, Vec<&str>)> {
+    let mut chains = Vec::new();
+    let mut current: Option<(&str, Vec<&str>)> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            current = Some((name.trim_matches('"'), Vec::new()));
+        } else if line == "}" {
+            chains.extend(current.take());
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push(line);
+        }
+    }
+    chains
+}
+
+/// The word after `key` in `line`.
+fn word_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.by_ref().find(|w| *w == key)?;
+    words.next()
+}
+
+/// The UDP DNS Service in kube-proxy's nftables table (`nft list table ip kube-proxy`, its
+/// nftables mode): the `service-…-kube-system/kube-dns/udp/dns` chain (else any service chain
+/// matching UDP port 53), its `goto endpoint-…` targets and their `dnat to`; or the Service's
+/// element in the `no-endpoint-services` map, which rejects.
+pub fn dns_service_nftables(text: &str) -> Option<DnsService> {
+    let chains = nft_chains(text);
+    let body_of = |name: &str| chains.iter().find(|(n, _)| *n == name).map(|(_, b)| b);
+    let service = chains
+        .iter()
+        .find(|(n, _)| n.starts_with("service-") && n.ends_with("-kube-system/kube-dns/udp/dns"))
+        .or_else(|| {
+            chains.iter().find(|(n, b)| {
+                n.starts_with("service-")
+                    && b.iter().any(|l| {
+                        word_after(l, "udp") == Some("dport")
+                            && word_after(l, "dport") == Some("53")
+                    })
+            })
+        });
+    if let Some((name, body)) = service {
+        let daddr = body
+            .iter()
+            .find_map(|l| word_after(l, "daddr").filter(|_| l.contains(" dport ")));
+        let ip = match daddr {
+            Some(ip) => ip.parse().ok()?,
+            // Without a masquerade rule the chain does not name the IP: the service-ips map does.
+            None => text
+                .split([',', '{', '}'])
+                .find(|e| e.trim_end().ends_with(&format!("goto {name}")))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?,
+        };
+        let port = body
+            .iter()
+            .find_map(|l| word_after(l, "dport")?.parse().ok())
+            .unwrap_or(53);
+        let endpoints = body
+            .iter()
+            .flat_map(|l| l.split([' ', ',']).filter(|w| w.starts_with("endpoint-")))
+            .filter_map(|ep| {
+                body_of(ep)?
+                    .iter()
+                    .find_map(|l| word_after(l, "to")?.parse::<SocketAddrV4>().ok())
+            })
+            .collect();
+        // `service-HASH-NAMESPACE/NAME/PROTO/PORTNAME` -> `NAMESPACE/NAME:PORTNAME`.
+        let port_name = name.splitn(3, '-').nth(2).and_then(|rest| {
+            let parts: Vec<&str> = rest.split('/').collect();
+            (parts.len() == 4).then(|| format!("{}/{}:{}", parts[0], parts[1], parts[3]))
+        });
+        return Some(DnsService {
+            name: port_name.unwrap_or_else(|| "udp/53".to_owned()),
+            ip,
+            port,
+            svc_chain: Some((*name).to_owned()),
+            endpoints,
+            rejects: false,
+        });
+    }
+    let element = text.split([',', '{', '}']).find(|e| {
+        e.contains(&format!("comment \"{DNS_PORT_NAME}\"")) && e.contains("goto reject-chain")
+    })?;
+    let words: Vec<&str> = element.split_whitespace().collect();
+    Some(DnsService {
+        name: DNS_PORT_NAME.to_owned(),
+        ip: words.first()?.parse().ok()?,
+        port: words.get(4)?.parse().ok()?,
+        svc_chain: None,
+        endpoints: Vec::new(),
+        rejects: true,
+    })
+}
+
 /// One rule's packet counter, for deltas over a trace window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleCounter {
@@ -611,6 +712,37 @@ mod tests {
             ProxyMode::Nftables
         );
         assert_eq!(mode(&mode_evidence([], false, &[])), ProxyMode::Unknown);
+    }
+
+    #[test]
+    fn nftables_mode_table_gives_the_dns_service() {
+        let text =
+            include_str!("../../../tests/fixtures/inspect/modern/nft-list-table-kube-proxy.txt");
+        let svc = dns_service_nftables(text).unwrap();
+        assert_eq!(svc.name, DNS_PORT_NAME);
+        assert_eq!((svc.ip, svc.port), (Ipv4Addr::new(10, 96, 0, 10), 53));
+        assert_eq!(svc.endpoints, [ep("10.244.0.10:53"), ep("10.244.0.11:53")]);
+        assert_eq!(
+            svc.svc_chain.as_deref(),
+            Some("service-FY5PMXPG-kube-system/kube-dns/udp/dns")
+        );
+
+        // Without the masquerade rule the IP comes from the service-ips map.
+        let bare: String = text
+            .lines()
+            .filter(|l| !l.contains("ip saddr != 10.244.0.0/16"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            dns_service_nftables(&bare).unwrap().ip,
+            Ipv4Addr::new(10, 96, 0, 10)
+        );
+
+        let no_endpoints = "table ip kube-proxy {\n\tmap no-endpoint-services {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\telements = { 10.96.0.10 . udp . 53 comment \"kube-system/kube-dns:dns\" : goto reject-chain }\n\t}\n}\n";
+        let svc = dns_service_nftables(no_endpoints).unwrap();
+        assert!(svc.rejects && svc.endpoints.is_empty());
+        assert_eq!((svc.ip, svc.port), (Ipv4Addr::new(10, 96, 0, 10), 53));
+        assert_eq!(dns_service_nftables("table ip kube-proxy {\n}\n"), None);
     }
 
     #[test]
