@@ -27,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use self::dns::WHOAMI;
+pub use self::{dns::WHOAMI, fault::STALE_ENDPOINT};
 use crate::{
     cli::{Backend, FaultName, LabAction, LabArgs},
     measure, netns,
