@@ -21,6 +21,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Follow every DNS query through the Service IP, conntrack and DNAT; say where each failed one died.
     Trace(TraceArgs),
+    /// Load every eBPF program (the verifier checks each), attach none, and say which hook tier
+    /// tracing gets on this kernel and why each program would or would not attach.
+    Hooks(HooksArgs),
     /// The node's state without eBPF, read-only: iptables backend, kube-proxy, DNS Service, conntrack.
     Inspect(InspectArgs),
 }
@@ -32,6 +35,13 @@ pub enum OutputFormat {
     Text,
     /// JSON (one object per line for streams).
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct HooksArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// The hook tier for the deep stages (netfilter verdicts, NAT, conntrack confirm).

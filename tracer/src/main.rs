@@ -8,6 +8,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Lab(args) => tracer::lab::run(args).context("lab"),
         Command::Trace(args) => tracer::trace::run(args).context("trace"),
+        Command::Hooks(args) => tracer::probes::run_hooks(args).context("hooks"),
         Command::Inspect(args) => tracer::node::inspect::run(args).context("inspect"),
         Command::Probe(args) => tracer::measure::probe::run(args).context("probe"),
     }

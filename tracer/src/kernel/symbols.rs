@@ -1,8 +1,8 @@
-//! Kernel symbols from `/proc/kallsyms`, read lazily: a drop location is resolved the first time
+//! Kernel code addresses to symbols from `/proc/kallsyms`, read lazily: a drop location is resolved the first time
 //! it is seen and cached, so the loader never holds the whole table (about 200k symbols).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fs::File,
     io::{BufRead as _, BufReader},
 };
@@ -32,18 +32,6 @@ fn each(mut f: impl FnMut(u64, char, &str)) -> Result<(), Error> {
         f(addr, kind, name);
     }
     Ok(())
-}
-
-/// Which of `names` exist as functions in this kernel.
-pub fn existing(names: &[&str]) -> Result<HashSet<String>, Error> {
-    let wanted: HashSet<&str> = names.iter().copied().collect();
-    let mut found = HashSet::new();
-    each(|_, kind, name| {
-        if matches!(kind, 't' | 'T') && wanted.contains(name) {
-            found.insert(name.to_owned());
-        }
-    })?;
-    Ok(found)
 }
 
 /// Resolves code addresses to `function+0xoffset`, caching each answer.
@@ -101,7 +89,6 @@ mod tests {
         assert_ne!(addr, 0, "kallsyms lists the skb free function");
         let s = Symbolizer::default().resolve(addr + 4).unwrap();
         assert!(s.ends_with("+0x4"), "{s}");
-        assert!(existing(&["nf_hook_slow", "no_such_function_here"]).unwrap().contains("nf_hook_slow"));
         assert_eq!(function("nft_do_chain+0x3a"), "nft_do_chain");
     }
 }

@@ -95,6 +95,23 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The tier tracing would get, from a verify-only plan (nothing attached): fentry when an
+    /// fexit program loaded, else kprobe when one loaded and the kernel has kprobes.
+    pub fn would_get(&self, kprobes: bool) -> Tier {
+        let loaded = |h: Hook| {
+            self.outcomes.iter().any(|o| o.hook == h && matches!(o.fate, Fate::Verified { .. } | Fate::Attached { .. }))
+        };
+        if loaded(Hook::Fexit) {
+            Tier::Fentry
+        } else if kprobes && loaded(Hook::Kprobe) {
+            Tier::Kprobe
+        } else {
+            Tier::Tracepoint
+        }
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hook tier: {}", self.tier)?;

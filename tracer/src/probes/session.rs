@@ -24,7 +24,7 @@ use super::{
     table::{Hook, PROBES, Probe},
 };
 use crate::{
-    kernel::{btf::KernelBtf, features::Features, symbols},
+    kernel::{btf::KernelBtf, features::Features},
     netns,
 };
 
@@ -35,8 +35,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 pub enum Error {
     #[error(transparent)]
     Btf(#[from] crate::kernel::btf::Error),
-    #[error("failed to read kernel symbols: {0}")]
-    Symbols(#[from] symbols::Error),
     #[error("failed to load the eBPF object: {source} (are you root, with bpffs and BTF?)")]
     Load { source: aya::EbpfError },
     #[error("the eBPF object has no {kind} {name}")]
@@ -45,6 +43,8 @@ pub enum Error {
     Map { name: &'static str, source: MapError },
     #[error("failed to attach TC programs in the pod links' namespace: {0}")]
     Netns(#[from] netns::Error),
+    #[error("failed to write output: {source}")]
+    Output { source: std::io::Error },
 }
 
 /// What to load and where.
@@ -142,7 +142,6 @@ impl Session {
         let kbtf = KernelBtf::load()?;
         opts.config.offsets = kbtf.offsets()?;
         let drop_reasons = kbtf.drop_reasons()?;
-        drop(kbtf);
         let features = Features::detect();
         let btf = Btf::from_sys_fs().map_err(|e| Error::Load { source: aya::EbpfError::BtfError(e) })?;
         let mut ebpf = EbpfLoader::new()
@@ -161,8 +160,12 @@ impl Session {
             }
         }
 
-        let wanted: Vec<&str> = PROBES.iter().flat_map(|p| p.targets.iter().copied()).collect();
-        let kernel_functions = symbols::existing(&wanted)?;
+        let kernel_functions: Vec<&str> = PROBES
+            .iter()
+            .flat_map(|p| p.targets.iter().copied())
+            .filter(|f| kbtf.has_function(f))
+            .collect();
+        drop(kbtf);
         let deep_offsets_ok = |p: &Probe| match p.stage {
             super::table::Stage::Netfilter => {
                 let o = &opts.config.offsets;
@@ -183,13 +186,13 @@ impl Session {
             let prog = ebpf
                 .program_mut(probe.program)
                 .ok_or(Error::Missing { kind: "program", name: probe.program })?;
-            let target = probe.targets.iter().find(|t| kernel_functions.contains(**t)).copied();
+            let target = probe.targets.iter().find(|t| kernel_functions.contains(*t)).copied();
             let fate = match probe.hook {
                 Hook::TcIngress | Hook::TcEgress => {
                     let tc: &mut SchedClassifier = prog.try_into().map_err(|_| Error::Missing { kind: "TC program", name: probe.program })?;
                     match tc.load() {
                         Err(e) => Fate::Skipped { reason: format!("load refused: {}", err_text(&e)) },
-                        Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                        Ok(()) if !opts.attach => Fate::Verified { reason: "loaded, not attached".into() },
                         Ok(()) => {
                             let kind = if probe.hook == Hook::TcIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
                             let (names, failures) = attach_links(tc, kind, opts.links_netns.as_ref())?;
@@ -209,7 +212,7 @@ impl Session {
                     let name = probe.targets[0];
                     match tp.load(name, &btf) {
                         Err(e) => Fate::Skipped { reason: format!("tracepoint {name} refused: {}", err_text(&e)) },
-                        Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                        Ok(()) if !opts.attach => Fate::Verified { reason: "loaded, not attached".into() },
                         Ok(()) => match tp.attach() {
                             Ok(_) => Fate::Attached { to: format!("tracepoint {name}") },
                             Err(e) => Fate::Skipped { reason: format!("attach to {name} failed: {}", err_text(&e)) },
@@ -229,7 +232,7 @@ impl Session {
                                 reason: format!("fexit on {f} refused at load (EPERM): this kernel has no ftrace function hooks"),
                             },
                             Err(e) => Fate::Skipped { reason: format!("fexit on {f} refused at load: {}", err_text(&e)) },
-                            Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
+                            Ok(()) if !opts.attach => Fate::Verified { reason: "loaded, not attached".into() },
                             Ok(()) => match fx.attach() {
                                 Ok(_) => {
                                     fexit_stages.push(probe.stage);
@@ -242,20 +245,27 @@ impl Session {
                 }
                 Hook::Kprobe | Hook::Kretprobe => {
                     let kp: &mut KProbe = prog.try_into().map_err(|_| Error::Missing { kind: "kprobe program", name: probe.program })?;
-                    match target {
-                        None => Fate::Skipped { reason: format!("no kernel function among {:?}", probe.targets) },
-                        Some(_) if !deep_offsets_ok(probe) => Fate::Skipped { reason: "this kernel's BTF lacks the netfilter structs it reads".into() },
-                        Some(f) => match kp.load() {
+                    // When tracing, a program that will not attach is not loaded either (its
+                    // verification costs about 40 ms); `tracer hooks` verifies every one.
+                    let unused = if fexit_stages.contains(&probe.stage) {
+                        Some("fexit covers this stage".to_owned())
+                    } else if opts.tier == Some(Tier::Tracepoint) {
+                        Some("--hooks tracepoint".to_owned())
+                    } else if !features.kprobes {
+                        Some("this kernel has no kprobes (/sys/bus/event_source/devices/kprobe is missing)".to_owned())
+                    } else {
+                        None
+                    };
+                    match (target, unused) {
+                        (None, _) => Fate::Skipped { reason: format!("no kernel function among {:?}", probe.targets) },
+                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped { reason: "this kernel's BTF lacks the netfilter structs it reads".into() },
+                        (Some(_), Some(why)) if opts.attach => {
+                            Fate::Skipped { reason: format!("not loaded: {why}; `tracer hooks` load-verifies it") }
+                        }
+                        (Some(f), unused) => match kp.load() {
                             Err(e) => Fate::Skipped { reason: format!("refused at load: {}", err_text(&e)) },
-                            Ok(()) if !opts.attach => Fate::Verified { reason: "verify only".into() },
-                            Ok(()) if fexit_stages.contains(&probe.stage) => {
-                                Fate::Verified { reason: format!("not attached: fexit covers {f}") }
-                            }
-                            Ok(()) if opts.tier == Some(Tier::Tracepoint) => {
-                                Fate::Verified { reason: "not attached: --hooks tracepoint".into() }
-                            }
-                            Ok(()) if !features.kprobes => Fate::Verified {
-                                reason: "not attached: this kernel has no kprobes (/sys/bus/event_source/devices/kprobe is missing)".into(),
+                            Ok(()) if !opts.attach => Fate::Verified {
+                                reason: format!("loaded, not attached{}", unused.map(|w| format!(": {w}")).unwrap_or_default()),
                             },
                             Ok(()) => match kp.attach(f, 0) {
                                 Ok(_) => Fate::Attached { to: f.to_owned() },
