@@ -350,12 +350,31 @@ fn read_save(program: &str, warnings: &mut Vec<String>) -> Result<Option<Save>, 
 }
 
 /// Reads both saves in the calling thread's namespace. Without `iptables-legacy-save` (before
-/// iptables 1.8) the plain `iptables-save` is legacy when the link chain or `-V` says so.
+/// iptables 1.8) the plain `iptables-save` is legacy when `-V` says so. A save whose tool fails,
+/// or prints what this parser does not know, is left out with a warning so the other checks still
+/// run; a tool that cannot be started at all is an error.
 pub fn read_saves() -> Result<Saves, Error> {
     let mut saves = Saves::default();
-    saves.legacy = read_saves_legacy(&mut saves.warnings)?;
-    saves.nft = read_save("iptables-nft-save", &mut saves.warnings)?;
+    let legacy = read_saves_legacy(&mut saves.warnings);
+    saves.legacy = tolerate(legacy, &mut saves.warnings)?;
+    let nft = read_save("iptables-nft-save", &mut saves.warnings);
+    saves.nft = tolerate(nft, &mut saves.warnings)?;
     Ok(saves)
+}
+
+/// The value; or, when the tool ran but failed or printed what cannot be parsed, `None` with the
+/// error kept as a warning.
+fn tolerate<T>(
+    result: Result<Option<T>, Error>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<T>, Error> {
+    match result {
+        Err(e @ (Error::Failed { .. } | Error::Parse { .. })) => {
+            warnings.push(e.to_string());
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 fn read_saves_legacy(warnings: &mut Vec<String>) -> Result<Option<Save>, Error> {
@@ -376,7 +395,9 @@ pub fn detect() -> Result<Backends, Error> {
         // A dangling link names no backend.
         iptables_links.push(PathBuf::from("(missing)"));
     }
-    let version = run("iptables", &["-V"])?.map(|(out, _)| out.trim().to_owned());
+    let mut saves = read_saves()?;
+    let version = tolerate(run("iptables", &["-V"]), &mut saves.warnings)?
+        .map(|(out, _)| out.trim().to_owned());
     let legacy_tables = match std::fs::read_to_string(IP_TABLES_NAMES) {
         Ok(text) => Some(parse_table_names(&text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -387,13 +408,14 @@ pub fn detect() -> Result<Backends, Error> {
             });
         }
     };
-    let nft_tables = run("nft", &["list", "tables"])?.map(|(out, _)| parse_nft_tables(&out));
+    let nft_tables = tolerate(run("nft", &["list", "tables"]), &mut saves.warnings)?
+        .map(|(out, _)| parse_nft_tables(&out));
     Ok(Backends::assemble(
         iptables_links,
         version,
         legacy_tables,
         nft_tables,
-        read_saves()?,
+        saves,
     ))
 }
 
@@ -536,6 +558,28 @@ mod tests {
         };
         let v = verdict(&leftovers, &modern);
         assert_eq!((v.kind, v.stale), (Kind::Nft, Some(Backend::Legacy)));
+    }
+
+    #[test]
+    fn a_failing_save_is_a_warning_a_missing_launch_an_error() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut warnings = Vec::new();
+        let failed: Result<Option<()>, Error> = Err(Error::Failed {
+            program: "iptables-nft-save".into(),
+            status: std::process::ExitStatus::from_raw(256),
+            stderr: "Could not fetch rule set generation id".into(),
+        });
+        assert!(tolerate(failed, &mut warnings).unwrap().is_none());
+        assert!(
+            warnings[0].starts_with("iptables-nft-save failed"),
+            "{warnings:?}"
+        );
+        let run: Result<Option<()>, Error> = Err(Error::Run {
+            program: "nft".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        });
+        assert!(tolerate(run, &mut warnings).is_err());
+        assert_eq!(warnings.len(), 1);
     }
 
     // Scenario (root): reading the legacy save in a namespace without legacy tables creates none.
