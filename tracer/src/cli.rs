@@ -212,7 +212,9 @@ pub struct ProbeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer inspect\n  tracer inspect --lab\n  tracer inspect --netns trl-node --output json")]
+#[command(
+    after_help = "Examples:\n  tracer inspect\n  tracer inspect --lab\n  tracer inspect --netns trl-node --output json"
+)]
 pub struct InspectArgs {
     /// Inspect the lab's node namespace.
     #[arg(long, conflicts_with = "netns")]
