@@ -165,7 +165,7 @@ fn conntrack_full_is_dropped_at_conntrack_with_evidence() {
 
 // Scenario: a link down on dns0's node side: queries DNATed to it never reach a pod.
 #[test]
-fn pod_link_down_dies_at_the_link_layer() {
+fn pod_link_down_dies_at_neighbour_resolution() {
     for backend in BACKENDS {
         let mut lab = LabGuard::up("trtl", backend);
         lab.fault(FaultName::PodLinkDown, Some(0));

@@ -129,11 +129,13 @@ pub fn apply(
         FaultName::ConntrackFull => fill_conntrack(&node)?,
         FaultName::PodDown => dns::stop(&state_dir(prefix), pod.unwrap_or(0))?,
         FaultName::PodLinkDown => {
-            topology::set_link(
-                prefix,
-                &topology::dns_host_ifname(prefix, pod.unwrap_or(0)),
-                false,
-            )?;
+            let p = pod.unwrap_or(0);
+            topology::set_link(prefix, &topology::dns_host_ifname(prefix, p), false)?;
+            // A node whose pod link has been down for a while (about 30 s: the neighbour entry's
+            // reachable time) no longer knows the pod's MAC: its queries then wait for ARP and die
+            // at neighbour resolution. Before that, the bridge floods them to the other ports.
+            // Forget the entry now so the fault shows its steady state at once.
+            topology::forget_neighbour(prefix, topology::DNS_IPS[usize::from(p)])?;
         }
         FaultName::StaleConntrack => {
             let p = pod.unwrap_or(0);

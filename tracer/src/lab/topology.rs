@@ -278,6 +278,15 @@ pub fn set_link(prefix: &str, ifname: &str, up: bool) -> Result<(), Error> {
     .map(drop)
 }
 
+/// Removes the node's neighbour (ARP) entry for `ip` on the bridge, if it has one.
+pub fn forget_neighbour(prefix: &str, ip: Ipv4Addr) -> Result<(), Error> {
+    run(
+        "ip",
+        &["-n", &node_netns(prefix), "neigh", "flush", "to", &ip.to_string(), "dev", &bridge(prefix)],
+    )
+    .map(drop)
+}
+
 /// Deletes a namespace (its interfaces, rules and conntrack entries go with it).
 pub fn delete_netns(name: &str) -> Result<(), Error> {
     run("ip", &["netns", "del", name]).map(drop)
