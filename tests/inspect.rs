@@ -152,6 +152,52 @@ fn healthy_legacy_lab() {
     healthy("tin2", Backend::Legacy);
 }
 
+/// Scenario: a conntrack event subscription in the node namespace sees one NEW entry per query
+/// flow, each with its DNAT: original destination the Service IP, reply source a DNS pod.
+#[test]
+fn conntrack_events_show_the_dnat_of_each_query() {
+    let lab = LabGuard::up("tin7", Backend::Nft);
+    let node_ns = netns::named(&lab.info.node_netns);
+    let mut events = netns::run_in(&node_ns, node::conntrack::Events::subscribe)
+        .expect("enter the node namespace")
+        .expect("subscribe to conntrack events");
+    events.set_nonblocking(true).unwrap();
+    let result = lab.probe(&batch(10));
+    assert_eq!(result.answered, 10, "{result:?}");
+    let ports: std::collections::BTreeSet<u16> =
+        result.queries.iter().map(|q| q.source_port).collect();
+    // The answers came back, so every NEW event is already queued on the socket.
+    let mut new = Vec::new();
+    loop {
+        let batch = events.recv().unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        new.extend(
+            batch
+                .into_iter()
+                .filter(|e| e.kind == node::conntrack::EventKind::New),
+        );
+    }
+    assert_eq!(events.lost(), 0);
+    let service = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10));
+    let dns: Vec<_> = new
+        .iter()
+        .map(|e| &e.entry)
+        .filter(|e| e.orig.dst == service && e.orig.dport == 53)
+        .collect();
+    let seen: std::collections::BTreeSet<u16> = dns.iter().map(|e| e.orig.sport).collect();
+    assert_eq!(seen, ports, "one NEW event per query flow: {dns:#?}");
+    let pods = [
+        IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10)),
+        IpAddr::V4(Ipv4Addr::new(10, 244, 0, 11)),
+    ];
+    assert!(
+        dns.iter().all(|e| e.dnat() && pods.contains(&e.reply.src)),
+        "{dns:#?}"
+    );
+}
+
 /// Scenario: stale kube-proxy rules in the other backend make the verdict `mixed`, with the
 /// current backend and the stale one named, an error finding, and the stale DNAT target shown.
 #[test]

@@ -1298,6 +1298,17 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].severity <= w[1].severity)
         );
+        let summary = r.summary();
+        assert!(
+            summary[0].contains("conntrack 262144/262144 (100.0 %)"),
+            "{summary:?}"
+        );
+        assert!(
+            summary
+                .iter()
+                .any(|l| l.starts_with("error: the conntrack table is full")),
+            "{summary:?}"
+        );
         let text = r.render_text();
         assert!(
             text.contains("[error] the conntrack table is full"),
