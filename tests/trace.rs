@@ -27,22 +27,34 @@ struct Traced {
 
 impl Traced {
     fn failed(&self) -> Vec<&QueryRecord> {
-        self.records.iter().filter(|r| r.verdict != Verdict::Answered).collect()
+        self.records
+            .iter()
+            .filter(|r| r.verdict != Verdict::Answered)
+            .collect()
     }
 }
 
 /// Starts the tracer on the lab, sends `spec` from client0, waits out the timeout, stops.
 fn traced(lab: &LabGuard, spec: &BatchSpec, settings: Settings) -> Traced {
     let wait = settings.timeout + Duration::from_millis(500);
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings).expect("start the tracer");
+    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
+        .expect("start the tracer");
     let result = lab.probe(spec);
     std::thread::sleep(wait);
     let (records, summary) = tracer.finish().expect("finish");
-    Traced { records, summary, sent: result.sent, lost: result.lost }
+    Traced {
+        records,
+        summary,
+        sent: result.sent,
+        lost: result.lost,
+    }
 }
 
 fn quick() -> Settings {
-    Settings { timeout: Duration::from_secs(1), ..Settings::default() }
+    Settings {
+        timeout: Duration::from_secs(1),
+        ..Settings::default()
+    }
 }
 
 fn backend_name(b: Backend) -> &'static str {
@@ -57,20 +69,60 @@ fn backend_name(b: Backend) -> &'static str {
 fn healthy_every_query_answered_through_dnat() {
     for backend in BACKENDS {
         let lab = LabGuard::up("trth", backend);
-        let t = traced(&lab, &batch(40), Settings { all: true, ..quick() });
-        assert_eq!((t.sent, t.lost), (40, 0), "{backend:?}: the healthy lab answers every query");
-        assert_eq!(t.summary.counters.answered, 40, "{backend:?}: the kernel saw every answer delivered");
+        let t = traced(
+            &lab,
+            &batch(40),
+            Settings {
+                all: true,
+                ..quick()
+            },
+        );
+        assert_eq!(
+            (t.sent, t.lost),
+            (40, 0),
+            "{backend:?}: the healthy lab answers every query"
+        );
+        assert_eq!(
+            t.summary.counters.answered, 40,
+            "{backend:?}: the kernel saw every answer delivered"
+        );
         assert_eq!(t.summary.counters.queries, 40, "{backend:?}");
         assert_eq!(t.summary.counters.lost_events, 0);
         assert!(t.failed().is_empty(), "{backend:?}: {:?}", t.failed());
-        let answered: Vec<_> = t.records.iter().filter(|r| r.verdict == Verdict::Answered).collect();
-        assert_eq!(answered.len(), 40, "{backend:?}: --all gives a record per query");
+        let answered: Vec<_> = t
+            .records
+            .iter()
+            .filter(|r| r.verdict == Verdict::Answered)
+            .collect();
+        assert_eq!(
+            answered.len(),
+            40,
+            "{backend:?}: --all gives a record per query"
+        );
         for r in answered {
-            assert_eq!(*r.server.ip(), lab.info.service_ip, "sent to the Service IP");
-            assert!(matches!(r.endpoint, Some(DNS0 | DNS1)), "DNATed to a pod: {r:?}");
-            assert_eq!(r.name.as_deref(), Some("kubernetes.default.svc.cluster.local."));
-            assert!(r.stages.to_endpoint_us.is_some() && r.stages.in_endpoint_us.is_some() && r.stages.back_us.is_some());
-            assert_eq!(r.client_link.as_deref(), Some("trthc0"), "named after the client's node-side link");
+            assert_eq!(
+                *r.server.ip(),
+                lab.info.service_ip,
+                "sent to the Service IP"
+            );
+            assert!(
+                matches!(r.endpoint, Some(DNS0 | DNS1)),
+                "DNATed to a pod: {r:?}"
+            );
+            assert_eq!(
+                r.name.as_deref(),
+                Some("kubernetes.default.svc.cluster.local.")
+            );
+            assert!(
+                r.stages.to_endpoint_us.is_some()
+                    && r.stages.in_endpoint_us.is_some()
+                    && r.stages.back_us.is_some()
+            );
+            assert_eq!(
+                r.client_link.as_deref(),
+                Some("trthc0"),
+                "named after the client's node-side link"
+            );
         }
     }
 }
@@ -82,15 +134,34 @@ fn filter_drop_is_a_netfilter_drop_after_dnat_naming_the_pod() {
         let mut lab = LabGuard::up("trtf", backend);
         lab.fault(FaultName::FilterDrop, Some(0));
         let t = traced(&lab, &batch(40), quick());
-        assert!(t.lost > 0 && t.lost < 40, "{backend:?}: one of two endpoints drops: lost {}", t.lost);
+        assert!(
+            t.lost > 0 && t.lost < 40,
+            "{backend:?}: one of two endpoints drops: lost {}",
+            t.lost
+        );
         let failed = t.failed();
-        assert_eq!(failed.len() as u32, t.lost, "{backend:?}: every lost query has a record");
+        assert_eq!(
+            failed.len() as u32,
+            t.lost,
+            "{backend:?}: every lost query has a record"
+        );
         for r in failed {
             assert_eq!(r.verdict, Verdict::Dropped, "{r:?}");
-            assert_eq!(r.endpoint, Some(DNS0), "names the pod it was sent to: {r:?}");
+            assert_eq!(
+                r.endpoint,
+                Some(DNS0),
+                "names the pod it was sent to: {r:?}"
+            );
             let d = r.drop.as_ref().unwrap();
-            assert_eq!((d.stage.as_str(), d.reason.as_str(), d.leg), ("netfilter", "NETFILTER_DROP", Leg::QueryToPod));
-            assert_eq!(d.backend.as_deref(), Some(backend_name(backend)), "the location tells the backend: {d:?}");
+            assert_eq!(
+                (d.stage.as_str(), d.reason.as_str(), d.leg),
+                ("netfilter", "NETFILTER_DROP", Leg::QueryToPod)
+            );
+            assert_eq!(
+                d.backend.as_deref(),
+                Some(backend_name(backend)),
+                "the location tells the backend: {d:?}"
+            );
         }
     }
 }
@@ -107,18 +178,34 @@ fn no_endpoints_is_rejected_before_dnat() {
         assert_eq!(t.lost, 20, "{backend:?}");
         let failed = t.failed();
         assert_eq!(failed.len(), 20, "{backend:?}: every query has a record");
-        assert!(failed.iter().any(|r| r.verdict == Verdict::Rejected), "{backend:?}: the first ICMP error is sent");
+        assert!(
+            failed.iter().any(|r| r.verdict == Verdict::Rejected),
+            "{backend:?}: the first ICMP error is sent"
+        );
         for r in failed {
             assert_eq!(r.endpoint, None, "never DNATed: {r:?}");
-            assert_eq!(r.retries, 0, "the same packet seen on the bridge is not a retry");
+            assert_eq!(
+                r.retries, 0,
+                "the same packet seen on the bridge is not a retry"
+            );
             let d = r.drop.as_ref().expect("the REJECT drops the packet");
-            assert_eq!((d.stage.as_str(), d.leg), ("netfilter", Leg::QueryBeforeDnat), "{d:?}");
+            assert_eq!(
+                (d.stage.as_str(), d.leg),
+                ("netfilter", Leg::QueryBeforeDnat),
+                "{d:?}"
+            );
             match &r.icmp {
                 Some(icmp) => {
                     assert_eq!(r.verdict, Verdict::Rejected);
-                    assert_eq!((icmp.what.as_str(), icmp.leg), ("port unreachable", Leg::QueryBeforeDnat));
+                    assert_eq!(
+                        (icmp.what.as_str(), icmp.leg),
+                        ("port unreachable", Leg::QueryBeforeDnat)
+                    );
                 }
-                None => assert!(d.why.contains("REJECT for a Service without endpoints"), "{d:?}"),
+                None => assert!(
+                    d.why.contains("REJECT for a Service without endpoints"),
+                    "{d:?}"
+                ),
             }
         }
     }
@@ -135,10 +222,20 @@ fn pod_down_is_no_socket_in_the_pod() {
         for r in t.failed() {
             assert_eq!(r.endpoint, Some(DNS0), "{r:?}");
             let d = r.drop.as_ref().expect("a drop");
-            assert_eq!((d.stage.as_str(), d.reason.as_str()), ("socket", "NO_SOCKET"), "{d:?}");
-            assert!(d.at.starts_with("trtp-dns0/"), "inside the pod's namespace: {d:?}");
+            assert_eq!(
+                (d.stage.as_str(), d.reason.as_str()),
+                ("socket", "NO_SOCKET"),
+                "{d:?}"
+            );
+            assert!(
+                d.at.starts_with("trtp-dns0/"),
+                "inside the pod's namespace: {d:?}"
+            );
             // The port-unreachable error is rate-limited, so only some queries carry one.
-            assert!(r.icmp.as_ref().is_none_or(|i| i.what == "port unreachable"), "{r:?}");
+            assert!(
+                r.icmp.as_ref().is_none_or(|i| i.what == "port unreachable"),
+                "{r:?}"
+            );
         }
     }
 }
@@ -155,11 +252,21 @@ fn conntrack_full_is_dropped_at_conntrack_with_evidence() {
         assert_eq!(failed.len(), 10);
         for r in failed {
             let d = r.drop.as_ref().expect("a drop");
-            assert_eq!((d.stage.as_str(), d.reason.as_str()), ("conntrack", "NETFILTER_DROP"), "{d:?}");
+            assert_eq!(
+                (d.stage.as_str(), d.reason.as_str()),
+                ("conntrack", "NETFILTER_DROP"),
+                "{d:?}"
+            );
             assert!(d.why.contains("full"), "{d:?}");
         }
-        let delta = t.summary.conntrack_delta.expect("conntrack statistics over the trace");
-        assert!(delta.drop >= 10, "conntrack's drop counter rose with each refused flow: {delta:?}");
+        let delta = t
+            .summary
+            .conntrack_delta
+            .expect("conntrack statistics over the trace");
+        assert!(
+            delta.drop >= 10,
+            "conntrack's drop counter rose with each refused flow: {delta:?}"
+        );
     }
 }
 
@@ -169,7 +276,10 @@ fn pod_link_down_dies_at_neighbour_resolution() {
     for backend in BACKENDS {
         let mut lab = LabGuard::up("trtl", backend);
         lab.fault(FaultName::PodLinkDown, Some(0));
-        let settings = Settings { timeout: Duration::from_secs(5), ..Settings::default() };
+        let settings = Settings {
+            timeout: Duration::from_secs(5),
+            ..Settings::default()
+        };
         let t = traced(&lab, &batch(20), settings);
         assert!(t.lost > 0 && t.lost < 20, "{backend:?}: lost {}", t.lost);
         for r in t.failed() {
@@ -187,17 +297,38 @@ fn stale_conntrack_sends_queries_to_a_removed_endpoint() {
     for backend in BACKENDS {
         let mut lab = LabGuard::up("trts", backend);
         let info = lab.fault(FaultName::StaleConntrack, None).clone();
-        let port = info.stale_source_port.expect("the fault names the stale client port");
-        let spec = BatchSpec { source_port: Some(port), ..batch(10) };
-        let t = traced(&lab, &spec, Settings { timeout: Duration::from_secs(5), ..Settings::default() });
-        assert_eq!(t.lost, 10, "{backend:?}: every query follows the stale entry");
+        let port = info
+            .stale_source_port
+            .expect("the fault names the stale client port");
+        let spec = BatchSpec {
+            source_port: Some(port),
+            ..batch(10)
+        };
+        let t = traced(
+            &lab,
+            &spec,
+            Settings {
+                timeout: Duration::from_secs(5),
+                ..Settings::default()
+            },
+        );
+        assert_eq!(
+            t.lost, 10,
+            "{backend:?}: every query follows the stale entry"
+        );
         let failed = t.failed();
         assert_eq!(failed.len(), 10);
         let node = tracer::netns::named(&info.node_netns);
-        let live = tracer::trace::service_from_rules(Some(&node)).expect("read the rules").expect("the Service").endpoint_ips();
+        let live = tracer::trace::service_from_rules(Some(&node))
+            .expect("read the rules")
+            .expect("the Service")
+            .endpoint_ips();
         for r in failed {
             let ep = r.endpoint.expect("DNATed by the stale entry");
-            assert!(!live.contains(&ep), "{ep} is no longer an endpoint ({live:?}): {r:?}");
+            assert!(
+                !live.contains(&ep),
+                "{ep} is no longer an endpoint ({live:?}): {r:?}"
+            );
             let d = r.drop.as_ref().expect("a drop");
             assert!(d.why.contains("not an endpoint"), "{d:?}");
         }
@@ -210,7 +341,14 @@ fn mixed_backend_sends_queries_to_a_stale_rules_target() {
     for backend in BACKENDS {
         let mut lab = LabGuard::up("trtm", backend);
         lab.fault(FaultName::MixedBackend, None);
-        let t = traced(&lab, &batch(10), Settings { timeout: Duration::from_secs(5), ..Settings::default() });
+        let t = traced(
+            &lab,
+            &batch(10),
+            Settings {
+                timeout: Duration::from_secs(5),
+                ..Settings::default()
+            },
+        );
         assert!(t.lost > 0, "{backend:?}");
         assert_eq!(t.failed().len() as u32, t.lost, "{backend:?}");
         for r in t.failed() {

@@ -72,7 +72,14 @@ pub struct Slot {
 impl Slot {
     /// An empty slot (also the array map's initial value).
     pub const EMPTY: Slot = Slot {
-        query: Packet { saddr: 0, daddr: 0, sport: 0, dport: 0, dns_id: 0, dns_flags: 0 },
+        query: Packet {
+            saddr: 0,
+            daddr: 0,
+            sport: 0,
+            dport: 0,
+            dns_id: 0,
+            dns_flags: 0,
+        },
         state: state::FREE,
         flags: 0,
         retries: 0,
@@ -112,7 +119,10 @@ mod tests {
     #[test]
     fn sizes_are_pinned() {
         assert_eq!(core::mem::size_of::<Packet>(), 16);
-        assert_eq!(core::mem::size_of::<Slot>(), 16 + 20 + 4 + 24 + QUESTION_LEN);
+        assert_eq!(
+            core::mem::size_of::<Slot>(),
+            16 + 20 + 4 + 24 + QUESTION_LEN
+        );
     }
 
     #[test]

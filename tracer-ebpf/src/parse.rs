@@ -35,12 +35,16 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 /// Parses an Ethernet frame seen by TC.
 #[inline(always)]
 pub fn tc_packet(ctx: &TcContext) -> Parsed {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else { return Parsed::Other };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Other;
+    };
     // SAFETY: bounds checked by ptr_at.
     if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
         return Parsed::Other;
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else { return Parsed::Other };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return Parsed::Other;
+    };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
     if ip.proto != IPPROTO_UDP {
@@ -51,7 +55,9 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
         return Parsed::Other;
     }
     let udp_off = EthHdr::LEN + ihl;
-    let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_off) else { return Parsed::Other };
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_off) else {
+        return Parsed::Other;
+    };
     // SAFETY: bounds checked by ptr_at.
     let udp = unsafe { &*udp };
     let port = config().dns_port;
@@ -63,7 +69,9 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     }
     let dns_off = udp_off + UdpHdr::LEN;
-    let Some(dns) = ptr_at::<[u8; DNS_HEADER_LEN]>(ctx, dns_off) else { return Parsed::Malformed };
+    let Some(dns) = ptr_at::<[u8; DNS_HEADER_LEN]>(ctx, dns_off) else {
+        return Parsed::Malformed;
+    };
     // SAFETY: bounds checked by ptr_at.
     let dns = unsafe { &*dns };
     Parsed::Dns {
@@ -149,10 +157,17 @@ pub fn skb_place(skb: *const u8) -> Place {
         if sk.is_null() {
             (core::ptr::null(), 0)
         } else {
-            (read(sk.wrapping_add(o.sk_net as usize)).unwrap_or(core::ptr::null()), 0)
+            (
+                read(sk.wrapping_add(o.sk_net as usize)).unwrap_or(core::ptr::null()),
+                0,
+            )
         }
     };
-    let netns = if net.is_null() { 0 } else { read(net.wrapping_add(o.net_inum as usize)).unwrap_or(0) };
+    let netns = if net.is_null() {
+        0
+    } else {
+        read(net.wrapping_add(o.net_inum as usize)).unwrap_or(0)
+    };
     Place { netns, ifindex }
 }
 
@@ -170,7 +185,9 @@ pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
         return Parsed::Other;
     }
     let ip_ptr = head.wrapping_add(nh as usize);
-    let Some(ip) = read::<Ipv4Hdr>(ip_ptr) else { return Parsed::Other };
+    let Some(ip) = read::<Ipv4Hdr>(ip_ptr) else {
+        return Parsed::Other;
+    };
     if ip.vihl >> 4 != 4 || ip.proto != IPPROTO_UDP {
         return Parsed::Other;
     }
@@ -178,7 +195,9 @@ pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
     if !(Ipv4Hdr::LEN..=60).contains(&ihl) {
         return Parsed::Other;
     }
-    let Some(udp) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl)) else { return Parsed::Other };
+    let Some(udp) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl)) else {
+        return Parsed::Other;
+    };
     let port = config().dns_port;
     let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
     if sport != port && dport != port {
@@ -188,7 +207,9 @@ pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
         return Parsed::Malformed;
     }
     let dns_ptr = ip_ptr.wrapping_add(ihl + UdpHdr::LEN);
-    let Some(dns) = read::<[u8; DNS_HEADER_LEN]>(dns_ptr) else { return Parsed::Malformed };
+    let Some(dns) = read::<[u8; DNS_HEADER_LEN]>(dns_ptr) else {
+        return Parsed::Malformed;
+    };
     // The question may end before QUESTION_LEN: userspace bounds it by the UDP length.
     *question = read(dns_ptr.wrapping_add(DNS_HEADER_LEN)).unwrap_or([0; QUESTION_LEN]);
     Parsed::Dns {

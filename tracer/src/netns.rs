@@ -18,7 +18,10 @@ pub const NETNS_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("failed to open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: nix::Error },
     #[error("the thread running in network namespace {path} panicked")]
@@ -32,8 +35,10 @@ pub fn named(name: &str) -> PathBuf {
 
 /// The namespace's inode number: the id the kernel reports as `net->ns.inum`.
 pub fn inode(path: &Path) -> Result<u32, Error> {
-    let meta = std::fs::metadata(path)
-        .map_err(|source| Error::Open { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     // Namespace inode numbers are 32-bit in the kernel (`unsigned int inum`).
     Ok(meta.ino() as u32)
 }
@@ -45,13 +50,20 @@ where
     T: Send,
     F: FnOnce() -> T + Send,
 {
-    let file = File::open(path).map_err(|source| Error::Open { path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })?;
     std::thread::scope(|scope| {
         let handle = scope.spawn(move || -> Result<T, Error> {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|source| Error::Enter { path: path.to_owned(), source })?;
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Enter {
+                path: path.to_owned(),
+                source,
+            })?;
             Ok(f())
         });
-        handle.join().map_err(|_| Error::Panicked { path: path.to_owned() })?
+        handle.join().map_err(|_| Error::Panicked {
+            path: path.to_owned(),
+        })?
     })
 }

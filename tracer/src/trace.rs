@@ -13,13 +13,13 @@ use std::{
 use tracer_common::{config::Config, event::kind};
 
 use crate::{
+    cli::Backend,
     cli::{HookChoice, OutputFormat, TraceArgs},
     flow::{
         correlate::{Context, Correlator},
         names::Names,
         record::{QueryRecord, Verdict},
     },
-    cli::Backend,
     lab, netns,
     node::{
         backend,
@@ -39,7 +39,9 @@ pub enum Error {
     Lab(#[from] lab::Error),
     #[error("the lab with prefix {prefix} is not up: run `tracer lab up --prefix {prefix}` first")]
     LabDown { prefix: String },
-    #[error("no DNS Service to trace: no kube-dns Service in this node's rules; pass --service IP[:PORT], or --lab")]
+    #[error(
+        "no DNS Service to trace: no kube-dns Service in this node's rules; pass --service IP[:PORT], or --lab"
+    )]
     NoService,
     #[error(transparent)]
     Session(#[from] crate::probes::session::Error),
@@ -97,7 +99,9 @@ impl Target {
             None
         };
         if args.lab && lab.is_none() {
-            return Err(Error::LabDown { prefix: args.prefix.clone() });
+            return Err(Error::LabDown {
+                prefix: args.prefix.clone(),
+            });
         }
         let mut t = match &lab {
             Some(info) => Self::lab(info)?,
@@ -126,7 +130,11 @@ impl Target {
             return Err(Error::NoService);
         }
         if !args.netns.is_empty() {
-            t.netns_filter = args.netns.iter().map(|n| netns::inode(&netns::named(n))).collect::<Result<_, _>>()?;
+            t.netns_filter = args
+                .netns
+                .iter()
+                .map(|n| netns::inode(&netns::named(n)))
+                .collect::<Result<_, _>>()?;
         }
         Ok(t)
     }
@@ -164,7 +172,13 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { tier: None, all: false, slow: Duration::from_millis(100), timeout: Duration::from_secs(5), pod_ip: None }
+        Self {
+            tier: None,
+            all: false,
+            slow: Duration::from_millis(100),
+            timeout: Duration::from_secs(5),
+            pod_ip: None,
+        }
     }
 }
 
@@ -225,8 +239,14 @@ impl Tracer {
             Ok(ev)
         })
         .ok();
-        let ct_start = in_netns(links.as_ref(), || conntrack::stats().map(|s| CpuStats::sum(&s))).ok();
-        let unix_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        let ct_start = in_netns(links.as_ref(), || {
+            conntrack::stats().map(|s| CpuStats::sum(&s))
+        })
+        .ok();
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as i64;
         let ctx = Context {
             service: Some(*target.service.ip()),
             dns_port: 53,
@@ -237,7 +257,10 @@ impl Tracer {
             timeout_ns: settings.timeout.as_nanos() as u64,
         };
         let names = Names::new(links_inode, &session.link_names);
-        let summary = TraceSummary { plan: Some(session.plan.clone()), ..Default::default() };
+        let summary = TraceSummary {
+            plan: Some(session.plan.clone()),
+            ..Default::default()
+        };
         Ok(Self {
             session,
             corr: Correlator::new(ctx, names),
@@ -270,7 +293,9 @@ impl Tracer {
     }
 
     fn read_conntrack_events(&mut self) {
-        let Some(ev) = self.ct_events.as_mut() else { return };
+        let Some(ev) = self.ct_events.as_mut() else {
+            return;
+        };
         while let Ok(batch) = ev.recv() {
             if batch.is_empty() {
                 break;
@@ -280,12 +305,17 @@ impl Tracer {
                 if e.kind != EventKind::New || o.proto != 17 || o.dport != 53 {
                     continue;
                 }
-                let (IpAddr::V4(src), IpAddr::V4(dst), IpAddr::V4(rsrc)) = (o.src, o.dst, e.entry.reply.src) else {
+                let (IpAddr::V4(src), IpAddr::V4(dst), IpAddr::V4(rsrc)) =
+                    (o.src, o.dst, e.entry.reply.src)
+                else {
                     continue;
                 };
                 let client = SocketAddrV4::new(src, o.sport);
                 let note = if dst != rsrc {
-                    format!("entry {client} -> {dst}:53, DNAT to {rsrc}:{}", e.entry.reply.sport)
+                    format!(
+                        "entry {client} -> {dst}:53, DNAT to {rsrc}:{}",
+                        e.entry.reply.sport
+                    )
                 } else {
                     format!("entry {client} -> {dst}:53, no NAT")
                 };
@@ -320,7 +350,10 @@ impl Tracer {
         self.read_conntrack_events();
         if events.iter().any(|e| e.kind == kind::DROP) {
             if let Some(now) = self.ct_stats() {
-                let rose = self.ct_last.map(|l| now.delta(&l).drop > 0).unwrap_or(false);
+                let rose = self
+                    .ct_last
+                    .map(|l| now.delta(&l).drop > 0)
+                    .unwrap_or(false);
                 self.corr.conntrack_dropping = rose;
                 self.ct_last = Some(now);
             }
@@ -354,7 +387,11 @@ impl Tracer {
         s.seconds = self.started.elapsed().as_secs_f64();
         s.counters = self.session.counters()?;
         s.latency = Latency::from_histogram(&self.session.latency_histogram()?);
-        s.in_flight_at_end = pending.iter().filter(|p| p.flags == 0).count().saturating_sub(judged_n) as u64;
+        s.in_flight_at_end = pending
+            .iter()
+            .filter(|p| p.flags == 0)
+            .count()
+            .saturating_sub(judged_n) as u64;
         s.tally = self.corr.tally;
         s.malformed_records = self.session.malformed_records;
         s.conntrack_events_lost = self.ct_events.as_ref().map(|e| e.lost()).unwrap_or(0);
@@ -400,18 +437,29 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     let json = args.output == OutputFormat::Json;
     let mut stdout = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut stdout, &serde_json::json!({"type": "plan", "plan": tracer.plan()}))?;
+        serde_json::to_writer(
+            &mut stdout,
+            &serde_json::json!({"type": "plan", "plan": tracer.plan()}),
+        )?;
         writeln!(stdout)?;
     } else {
         writeln!(
             stdout,
             "tracing DNS to {} (pod links in {}), {:.0} ms to attach",
             target.service,
-            target.links_netns.as_ref().map(|(n, _)| n.as_str()).unwrap_or("this namespace"),
+            target
+                .links_netns
+                .as_ref()
+                .map(|(n, _)| n.as_str())
+                .unwrap_or("this namespace"),
             tracer.attach_time().as_secs_f64() * 1000.0
         )?;
         write!(stdout, "{}", tracer.plan())?;
-        writeln!(stdout, "reporting failed queries and answers slower than {} ms; Ctrl-C to stop", args.slow_ms)?;
+        writeln!(
+            stdout,
+            "reporting failed queries and answers slower than {} ms; Ctrl-C to stop",
+            args.slow_ms
+        )?;
     }
     stdout.flush()?;
     let write = |out: &mut std::io::StdoutLock, r: &QueryRecord| -> Result<(), Error> {
@@ -426,8 +474,12 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         out.flush()?;
         Ok(())
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

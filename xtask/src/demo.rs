@@ -10,7 +10,10 @@ use crate::sh;
 const PREFIX: &str = "trdemo";
 
 fn tracer() -> Command {
-    let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/tracer"));
+    let mut c = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/release/tracer"
+    ));
     c.env("TRACER_LAB_PREFIX", PREFIX);
     c
 }

@@ -12,8 +12,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "the lab's namespaces, veths and bridge"),
     ("iptables", "kube-proxy's rules, legacy and nft backends"),
     ("nftables", "nft, to read and check nf_tables rulesets"),
-    ("conntrack", "the lab's stale-conntrack fault and cross-checks"),
-    ("dnsmasq-base", "the real DNS server in the lab's CoreDNS pods"),
+    (
+        "conntrack",
+        "the lab's stale-conntrack fault and cross-checks",
+    ),
+    (
+        "dnsmasq-base",
+        "the real DNS server in the lab's CoreDNS pods",
+    ),
     ("dnsperf", "real DNS load for the bench"),
     ("dnsutils", "dig, for the README's manual checks"),
     ("bpftrace", "the bench's reference tracer"),
@@ -39,8 +45,11 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -58,10 +67,19 @@ fn toolchain() -> String {
 
 fn rust_src() -> anyhow::Result<()> {
     let out = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", &toolchain()])
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            &toolchain(),
+        ])
         .output()
         .context("failed to run rustup")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("setup: adding rust-src (the eBPF crate builds core from source)");
@@ -72,21 +90,32 @@ fn bpf_linker() -> anyhow::Result<()> {
     let have = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
         .unwrap_or(false);
     if have {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (about 2 min)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (about 2 min)"
+    );
     // Without LLVM_PREFIX its build script finds llvm-14's llvm-config first and fails to link.
     sh(crate::cargo()
-        .args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
 
 fn mount(fstype: &str, target: &str) -> anyhow::Result<()> {
-    let mounted = Command::new("mountpoint").args(["-q", target]).status().map(|s| s.success());
+    let mounted = Command::new("mountpoint")
+        .args(["-q", target])
+        .status()
+        .map(|s| s.success());
     if mounted.unwrap_or(false) || !Path::new(target).exists() {
         return Ok(());
     }

@@ -33,7 +33,10 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
     match parse::tc_packet(ctx) {
         Parsed::Other => {}
         Parsed::Malformed => count(counter::PARSE_ERRORS),
-        Parsed::Dns { packet, question_off } => {
+        Parsed::Dns {
+            packet,
+            question_off,
+        } => {
             if parse::wanted(&packet) {
                 let is_query = packet.dport == config().dns_port;
                 match (ingress, is_query) {
@@ -51,7 +54,9 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
 /// A client sent a query: take its slot. A pending query found there is reported first.
 #[inline(always)]
 fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
-    let Some(slot) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else { return };
+    let Some(slot) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else {
+        return;
+    };
     let same = slot.query.saddr == packet.saddr
         && slot.query.sport == packet.sport
         && slot.query.dns_id == packet.dns_id;
@@ -133,7 +138,11 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
     count(counter::ANSWERED);
     let t = now();
     let latency_us = (t - slot.t_query) / 1000;
-    let bucket = if latency_us == 0 { 0 } else { 63 - latency_us.leading_zeros() };
+    let bucket = if latency_us == 0 {
+        0
+    } else {
+        63 - latency_us.leading_zeros()
+    };
     let bucket = bucket.min(tracer_common::counter::LATENCY_BUCKETS - 1);
     if let Some(b) = LATENCY.get_ptr_mut(bucket) {
         // SAFETY: per-CPU value.

@@ -51,7 +51,12 @@ pub fn drop_icmp_send(ctx: BtfTracePointContext) -> i32 {
 /// Parses `skb`; for a wanted DNS packet, counts it, marks its query's slot with `mark` and
 /// returns a record holding the packet and the query's path so far (or the packet's question).
 #[inline(always)]
-pub fn skb_record(skb: *const u8, kind: u32, counter: u32, mark: u16) -> Option<&'static mut Event> {
+pub fn skb_record(
+    skb: *const u8,
+    kind: u32,
+    counter: u32,
+    mark: u16,
+) -> Option<&'static mut Event> {
     let mut question = [0u8; QUESTION_LEN];
     let packet = match parse::skb_packet(skb, &mut question) {
         Parsed::Dns { packet, .. } => packet,

@@ -26,7 +26,11 @@ pub fn netfilter_ipt_enter(ctx: ProbeContext) -> u32 {
     // Read both arguments, then pick: the verifier refuses a context offset chosen at run time.
     let a0: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let a1: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
-    let (skb, table) = if config().offsets.ipt_skb_arg == 0 { (a0, a1) } else { (a1, a0) };
+    let (skb, table) = if config().offsets.ipt_skb_arg == 0 {
+        (a0, a1)
+    } else {
+        (a1, a0)
+    };
     stash::put(stash::IPT, skb, table);
     0
 }
@@ -100,8 +104,9 @@ fn nft_verdict(pkt: *const u8, chain: *const u8, verdict: u32) {
     }
     let o = &config().offsets;
     // SAFETY: probe reads check the address.
-    let Ok(skb) = (unsafe { bpf_probe_read_kernel(pkt.wrapping_add(o.nft_pktinfo_skb as usize) as *const *const u8) })
-    else {
+    let Ok(skb) = (unsafe {
+        bpf_probe_read_kernel(pkt.wrapping_add(o.nft_pktinfo_skb as usize) as *const *const u8)
+    }) else {
         return;
     };
     if let Some(e) = skb_record(skb, kind::VERDICT, counter::DEEP_EVENTS, 0) {
@@ -109,11 +114,17 @@ fn nft_verdict(pkt: *const u8, chain: *const u8, verdict: u32) {
         e.location = NFTABLES;
         // SAFETY: probe reads check the address and bound the copies.
         unsafe {
-            if let Ok(name) = bpf_probe_read_kernel(chain.wrapping_add(o.nft_chain_name as usize) as *const *const u8) {
+            if let Ok(name) = bpf_probe_read_kernel(
+                chain.wrapping_add(o.nft_chain_name as usize) as *const *const u8
+            ) {
                 let _ = bpf_probe_read_kernel_str_bytes(name, &mut e.chain);
             }
-            if let Ok(table) = bpf_probe_read_kernel(chain.wrapping_add(o.nft_chain_table as usize) as *const *const u8) {
-                if let Ok(name) = bpf_probe_read_kernel(table.wrapping_add(o.nft_table_name as usize) as *const *const u8) {
+            if let Ok(table) = bpf_probe_read_kernel(
+                chain.wrapping_add(o.nft_chain_table as usize) as *const *const u8
+            ) {
+                if let Ok(name) = bpf_probe_read_kernel(
+                    table.wrapping_add(o.nft_table_name as usize) as *const *const u8,
+                ) {
                     let _ = bpf_probe_read_kernel_str_bytes(name, &mut e.name);
                 }
             }

@@ -24,7 +24,12 @@ static STASH: PerCpuArray<Args> = PerCpuArray::with_max_entries(4, 0);
 pub fn put(which: u32, a: *const u8, b: *const u8) {
     if let Some(s) = STASH.get_ptr_mut(which) {
         // SAFETY: per-CPU value.
-        unsafe { *s = Args { a: a as u64, b: b as u64 } };
+        unsafe {
+            *s = Args {
+                a: a as u64,
+                b: b as u64,
+            }
+        };
     }
 }
 

@@ -104,7 +104,11 @@ fn icmp_text(t: u32, code: u32) -> String {
 }
 
 /// The stage, backend and explanation of a drop from its reason and code location.
-pub fn classify(reason: &str, function: &str, conntrack_dropping: bool) -> (&'static str, Option<&'static str>, String) {
+pub fn classify(
+    reason: &str,
+    function: &str,
+    conntrack_dropping: bool,
+) -> (&'static str, Option<&'static str>, String) {
     match (reason, function) {
         ("NETFILTER_DROP", "nft_do_chain") => {
             ("netfilter", Some("nf_tables"), "an nf_tables rule (iptables-nft or nft) dropped it".into())
@@ -191,8 +195,13 @@ impl Correlator {
     /// A record from what the kernel knew: the slot when the query was matched, else the packet.
     fn base(&mut self, e: &Event, links_netns: u32) -> QueryRecord {
         let s = &e.slot;
-        let matched = s.state == state::PENDING || e.kind == kind::ANSWERED || e.kind == kind::EVICTED;
-        let q = if matched { s.query } else { query_of(&e.packet, self.ctx.dns_port) };
+        let matched =
+            s.state == state::PENDING || e.kind == kind::ANSWERED || e.kind == kind::EVICTED;
+        let q = if matched {
+            s.query
+        } else {
+            query_of(&e.packet, self.ctx.dns_port)
+        };
         let question = dns::question(&s.question);
         let seen = if !matched {
             Seen::Nowhere
@@ -203,7 +212,11 @@ impl Correlator {
         } else {
             Seen::Sent
         };
-        let first = if matched && s.t_query != 0 { s.t_query } else { e.ts };
+        let first = if matched && s.t_query != 0 {
+            s.t_query
+        } else {
+            e.ts
+        };
         QueryRecord {
             time_us: self.unix_us(first),
             client: SocketAddrV4::new(addr(q.saddr), port(q.sport)),
@@ -213,8 +226,10 @@ impl Correlator {
             qtype: question.qtype,
             verdict: Verdict::Unanswered,
             endpoint: (matched && s.endpoint_ip != 0).then(|| addr(s.endpoint_ip)),
-            client_link: (matched && s.client_ifindex != 0).then(|| self.names.link(links_netns, s.client_ifindex)),
-            endpoint_link: (matched && s.endpoint_ifindex != 0).then(|| self.names.link(links_netns, s.endpoint_ifindex)),
+            client_link: (matched && s.client_ifindex != 0)
+                .then(|| self.names.link(links_netns, s.client_ifindex)),
+            endpoint_link: (matched && s.endpoint_ifindex != 0)
+                .then(|| self.names.link(links_netns, s.endpoint_ifindex)),
             latency_us: None,
             stages: StageTimes::default(),
             last_seen: seen,
@@ -283,7 +298,11 @@ impl Correlator {
             return;
         }
         let leg = self.leg(p);
-        let at = format!("{}/{}", self.names.netns(e.netns), self.names.link(e.netns, e.ifindex));
+        let at = format!(
+            "{}/{}",
+            self.names.netns(e.netns),
+            self.names.link(e.netns, e.ifindex)
+        );
         if !self.held.contains_key(&key) {
             let mut record = self.base(e, links_netns);
             if record.endpoint.is_none() && leg == Leg::QueryToPod {
@@ -292,18 +311,39 @@ impl Correlator {
             if record.endpoint.is_none() && leg == Leg::Answer {
                 record.endpoint = Some(addr(p.saddr));
             }
-            let t_query = if e.slot.state == state::PENDING { e.slot.t_query } else { 0 };
-            self.held.insert(key, Held { first_ns: e.ts, t_query, record });
+            let t_query = if e.slot.state == state::PENDING {
+                e.slot.t_query
+            } else {
+                0
+            };
+            self.held.insert(
+                key,
+                Held {
+                    first_ns: e.ts,
+                    t_query,
+                    record,
+                },
+            );
         }
         let conntrack_dropping = self.conntrack_dropping;
         let (reason, location) = match e.kind {
             kind::DROP => (
-                self.ctx.drop_reasons.get(&e.reason).cloned().unwrap_or_else(|| format!("reason {}", e.reason)),
-                self.symbols.resolve(e.location).unwrap_or_else(|_| format!("{:#x}", e.location)),
+                self.ctx
+                    .drop_reasons
+                    .get(&e.reason)
+                    .cloned()
+                    .unwrap_or_else(|| format!("reason {}", e.reason)),
+                self.symbols
+                    .resolve(e.location)
+                    .unwrap_or_else(|_| format!("{:#x}", e.location)),
             ),
             kind::SOCKET_DROP => (
                 "SOCKET_REFUSED".to_owned(),
-                if e.location == 1 { "udp_fail_queue_rcv_skb".to_owned() } else { "sock_rcvqueue_full".to_owned() },
+                if e.location == 1 {
+                    "udp_fail_queue_rcv_skb".to_owned()
+                } else {
+                    "sock_rcvqueue_full".to_owned()
+                },
             ),
             _ => (String::new(), String::new()),
         };
@@ -314,14 +354,21 @@ impl Correlator {
                  rate-limited per host, so most clients just time out)",
             );
         }
-        let Some(held) = self.held.get_mut(&key) else { return };
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
         let r = &mut held.record;
         match e.kind {
             kind::ICMP => {
-                r.icmp = Some(Icmp { what: icmp_text(e.reason >> 8, e.reason & 0xff), by: at, leg });
+                r.icmp = Some(Icmp {
+                    what: icmp_text(e.reason >> 8, e.reason & 0xff),
+                    by: at,
+                    leg,
+                });
             }
             kind::DROP | kind::SOCKET_DROP => {
-                let (stage, backend, mut why) = classify(&reason, symbols::function(&location), conntrack_dropping);
+                let (stage, backend, mut why) =
+                    classify(&reason, symbols::function(&location), conntrack_dropping);
                 why.push_str(&stale);
                 // The first drop wins; a later one (the same packet's copy) adds nothing.
                 if r.drop.is_none() {
@@ -340,8 +387,16 @@ impl Correlator {
             kind::VERDICT => {
                 let table = cstr(&e.name);
                 let chain = cstr(&e.chain);
-                let table = if chain.is_empty() { table } else { format!("{table}/{chain}") };
-                let backend = if e.location == 1 { "xtables" } else { "nf_tables" };
+                let table = if chain.is_empty() {
+                    table
+                } else {
+                    format!("{table}/{chain}")
+                };
+                let backend = if e.location == 1 {
+                    "xtables"
+                } else {
+                    "nf_tables"
+                };
                 match &mut r.drop {
                     Some(d) => {
                         d.table = Some(table);
@@ -385,8 +440,13 @@ impl Correlator {
             Leg::Answer => addr(p.saddr),
             Leg::QueryBeforeDnat => return String::new(),
         };
-        if !self.ctx.endpoints.is_empty() && !self.ctx.endpoints.contains(&pod) && Some(pod) != self.ctx.service {
-            format!("; {pod} is not an endpoint of the Service: a stale conntrack entry or stale rule sent it there")
+        if !self.ctx.endpoints.is_empty()
+            && !self.ctx.endpoints.contains(&pod)
+            && Some(pod) != self.ctx.service
+        {
+            format!(
+                "; {pod} is not an endpoint of the Service: a stale conntrack entry or stale rule sent it there"
+            )
         } else {
             String::new()
         }
@@ -402,7 +462,9 @@ impl Correlator {
             .collect();
         let mut out = Vec::new();
         for key in due {
-            let Some(h) = self.held.remove(&key) else { continue };
+            let Some(h) = self.held.remove(&key) else {
+                continue;
+            };
             let mut r = h.record;
             r.verdict = if r.icmp.is_some() {
                 Verdict::Rejected
@@ -453,7 +515,13 @@ impl Correlator {
 /// The packet as the client sent it: for an answer, swap the ends.
 fn query_of(p: &Packet, dns_port: u16) -> Packet {
     if port(p.sport) == dns_port {
-        Packet { saddr: p.daddr, daddr: p.saddr, sport: p.dport, dport: p.sport, ..*p }
+        Packet {
+            saddr: p.daddr,
+            daddr: p.saddr,
+            sport: p.dport,
+            dport: p.sport,
+            ..*p
+        }
     } else {
         *p
     }

@@ -21,9 +21,17 @@ pub fn question(raw: &[u8]) -> Question {
         return Question::default();
     }
     let mut d = BinDecoder::new(raw);
-    let Ok(name) = Name::read(&mut d) else { return Question::default() };
-    let qtype = d.read_u16().ok().map(|t| RecordType::from(t.unverified()).to_string());
-    Question { name: Some(name.to_ascii()), qtype }
+    let Ok(name) = Name::read(&mut d) else {
+        return Question::default();
+    };
+    let qtype = d
+        .read_u16()
+        .ok()
+        .map(|t| RecordType::from(t.unverified()).to_string());
+    Question {
+        name: Some(name.to_ascii()),
+        qtype,
+    }
 }
 
 #[cfg(test)]
@@ -46,7 +54,10 @@ mod tests {
     #[test]
     fn decodes_name_and_type() {
         let q = question(&wire("kubernetes.default.svc.cluster.local", 28));
-        assert_eq!(q.name.as_deref(), Some("kubernetes.default.svc.cluster.local."));
+        assert_eq!(
+            q.name.as_deref(),
+            Some("kubernetes.default.svc.cluster.local.")
+        );
         assert_eq!(q.qtype.as_deref(), Some("AAAA"));
     }
 

@@ -24,7 +24,9 @@ impl Names {
     }
 
     fn scan_netns(&mut self) {
-        let Ok(dir) = std::fs::read_dir(netns::NETNS_DIR) else { return };
+        let Ok(dir) = std::fs::read_dir(netns::NETNS_DIR) else {
+            return;
+        };
         for entry in dir.flatten() {
             let path = entry.path();
             if let Ok(inum) = netns::inode(&path) {
@@ -68,7 +70,11 @@ impl Names {
         let _ = self.netns(inum);
         let list = || -> Vec<(u32, String)> {
             nix::net::if_::if_nameindex()
-                .map(|l| l.iter().map(|i| (i.index(), i.name().to_string_lossy().into_owned())).collect())
+                .map(|l| {
+                    l.iter()
+                        .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let listing = match self.netns.get(&inum) {
@@ -79,6 +85,9 @@ impl Names {
         for (index, name) in listing {
             self.links.insert((inum, index), name);
         }
-        self.links.get(&(inum, ifindex)).cloned().unwrap_or_else(|| format!("if{ifindex}"))
+        self.links
+            .get(&(inum, ifindex))
+            .cloned()
+            .unwrap_or_else(|| format!("if{ifindex}"))
     }
 }

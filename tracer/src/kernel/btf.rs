@@ -10,7 +10,9 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to read kernel BTF from {VMLINUX}: {source} (a kernel without BTF is not supported)")]
+    #[error(
+        "failed to read kernel BTF from {VMLINUX}: {source} (a kernel without BTF is not supported)"
+    )]
     Read { source: btf_rs::Error },
     #[error("kernel BTF has no {kind} named {name}")]
     Missing { kind: &'static str, name: String },
@@ -43,7 +45,10 @@ impl KernelBtf {
     }
 
     fn parse<T>(&self, what: impl FnOnce() -> String, r: btf_rs::Result<T>) -> Result<T, Error> {
-        r.map_err(|source| Error::Parse { what: what(), source })
+        r.map_err(|source| Error::Parse {
+            what: what(),
+            source,
+        })
     }
 
     fn named_struct(&self, name: &str) -> Result<btf_rs::Struct, Error> {
@@ -54,18 +59,25 @@ impl KernelBtf {
                 Type::Struct(s) if !s.members.is_empty() => Some(s),
                 _ => None,
             })
-            .ok_or_else(|| Error::Missing { kind: "struct", name: name.to_owned() })
+            .ok_or_else(|| Error::Missing {
+                kind: "struct",
+                name: name.to_owned(),
+            })
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
     fn resolve(&self, mut t: Type) -> Result<Type, Error> {
         loop {
             t = match t {
-                Type::Typedef(ref x) => self.parse(|| "typedef".into(), self.btf.resolve_chained_type(x))?,
+                Type::Typedef(ref x) => {
+                    self.parse(|| "typedef".into(), self.btf.resolve_chained_type(x))?
+                }
                 Type::Const(ref x) | Type::Volatile(ref x) | Type::Restrict(ref x) => {
                     self.parse(|| "qualifier".into(), self.btf.resolve_chained_type(x))?
                 }
-                Type::TypeTag(ref x) => self.parse(|| "type tag".into(), self.btf.resolve_chained_type(x))?,
+                Type::TypeTag(ref x) => {
+                    self.parse(|| "type tag".into(), self.btf.resolve_chained_type(x))?
+                }
                 other => return Ok(other),
             }
         }
@@ -75,7 +87,10 @@ impl KernelBtf {
     fn field_in(&self, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>, Error> {
         for m in &s.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
-            let ty = self.parse(|| format!("member {field}"), self.btf.resolve_chained_type(m))?;
+            let ty = self.parse(
+                || format!("member {field}"),
+                self.btf.resolve_chained_type(m),
+            )?;
             if name == field {
                 return Ok(Some((m.bit_offset() / 8, ty)));
             }
@@ -95,14 +110,20 @@ impl KernelBtf {
         let mut s = self.named_struct(strukt)?;
         let mut total = 0;
         for (i, field) in path.iter().enumerate() {
-            let (off, ty) = self
-                .field_in(&s, field)?
-                .ok_or_else(|| Error::Missing { kind: "field", name: format!("{strukt}.{}", path[..=i].join(".")) })?;
+            let (off, ty) = self.field_in(&s, field)?.ok_or_else(|| Error::Missing {
+                kind: "field",
+                name: format!("{strukt}.{}", path[..=i].join(".")),
+            })?;
             total += off;
             if i + 1 < path.len() {
                 s = match self.resolve(ty)? {
                     Type::Struct(x) | Type::Union(x) => x,
-                    _ => return Err(Error::Missing { kind: "struct field", name: format!("{strukt}.{field}") }),
+                    _ => {
+                        return Err(Error::Missing {
+                            kind: "struct field",
+                            name: format!("{strukt}.{field}"),
+                        });
+                    }
                 };
             }
         }
@@ -113,15 +134,25 @@ impl KernelBtf {
     pub fn skb_param(&self, func: &str) -> Result<Option<u32>, Error> {
         let types = self.btf.resolve_types_by_name(func).unwrap_or_default();
         let Some(Type::Func(f)) = types.into_iter().find(|t| matches!(t, Type::Func(_))) else {
-            return Err(Error::Missing { kind: "function", name: func.to_owned() });
+            return Err(Error::Missing {
+                kind: "function",
+                name: func.to_owned(),
+            });
         };
-        let Type::FuncProto(proto) = self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&f))? else {
-            return Err(Error::Missing { kind: "function prototype", name: func.to_owned() });
+        let Type::FuncProto(proto) =
+            self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&f))?
+        else {
+            return Err(Error::Missing {
+                kind: "function prototype",
+                name: func.to_owned(),
+            });
         };
         for (i, p) in proto.parameters.iter().enumerate() {
             let ty = self.parse(|| func.to_owned(), self.btf.resolve_chained_type(p))?;
             if let Type::Ptr(ptr) = self.resolve(ty)? {
-                let pointee = self.resolve(self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&ptr))?)?;
+                let pointee = self.resolve(
+                    self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&ptr))?,
+                )?;
                 if let Type::Struct(s) = pointee {
                     if self.btf.resolve_name(&s).unwrap_or_default() == "sk_buff" {
                         return Ok(Some(i as u32));
@@ -156,15 +187,24 @@ impl KernelBtf {
 
     /// `enum skb_drop_reason` as value -> name without the `SKB_DROP_REASON_` prefix.
     pub fn drop_reasons(&self) -> Result<HashMap<u32, String>, Error> {
-        let types = self.btf.resolve_types_by_name("skb_drop_reason").unwrap_or_default();
+        let types = self
+            .btf
+            .resolve_types_by_name("skb_drop_reason")
+            .unwrap_or_default();
         let Some(Type::Enum(e)) = types.into_iter().find(|t| matches!(t, Type::Enum(_))) else {
-            return Err(Error::Missing { kind: "enum", name: "skb_drop_reason".to_owned() });
+            return Err(Error::Missing {
+                kind: "enum",
+                name: "skb_drop_reason".to_owned(),
+            });
         };
         Ok(e.members
             .iter()
             .filter_map(|m| {
                 let name = self.btf.resolve_name(m).ok()?;
-                let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_owned();
+                let short = name
+                    .strip_prefix("SKB_DROP_REASON_")
+                    .unwrap_or(&name)
+                    .to_owned();
                 Some((m.val(), short))
             })
             .collect())

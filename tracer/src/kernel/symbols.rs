@@ -23,7 +23,8 @@ fn each(mut f: impl FnMut(u64, char, &str)) -> Result<(), Error> {
     for line in BufReader::new(file).lines() {
         let line = line.map_err(|source| Error::Read { source })?;
         let mut parts = line.split_ascii_whitespace();
-        let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let (Ok(addr), Some(kind)) = (u64::from_str_radix(addr, 16), kind.chars().next()) else {

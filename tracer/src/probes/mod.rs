@@ -13,7 +13,10 @@ pub mod table;
 
 use std::io::Write as _;
 
-use crate::{cli::{HooksArgs, OutputFormat}, kernel::features::Features};
+use crate::{
+    cli::{HooksArgs, OutputFormat},
+    kernel::features::Features,
+};
 
 /// `tracer hooks`: loads every program (the verifier checks each), attaches none, and says which
 /// tier tracing would get on this kernel and why each program would or would not attach.

@@ -65,7 +65,12 @@ pub struct Outcome {
 impl Outcome {
     /// An outcome for `probe`.
     pub fn new(probe: &Probe, fate: Fate) -> Self {
-        Self { program: probe.program, stage: probe.stage, hook: probe.hook, fate }
+        Self {
+            program: probe.program,
+            stage: probe.stage,
+            hook: probe.hook,
+            fate,
+        }
     }
 }
 
@@ -82,7 +87,9 @@ impl Plan {
     /// The tier from what attached.
     pub fn from_outcomes(outcomes: Vec<Outcome>) -> Self {
         let attached = |h: Hook| {
-            outcomes.iter().any(|o| o.hook == h && matches!(o.fate, Fate::Attached { .. }))
+            outcomes
+                .iter()
+                .any(|o| o.hook == h && matches!(o.fate, Fate::Attached { .. }))
         };
         let tier = if attached(Hook::Fexit) {
             Tier::Fentry
@@ -100,7 +107,9 @@ impl Plan {
     /// fexit program loaded, else kprobe when one loaded and the kernel has kprobes.
     pub fn would_get(&self, kprobes: bool) -> Tier {
         let loaded = |h: Hook| {
-            self.outcomes.iter().any(|o| o.hook == h && matches!(o.fate, Fate::Verified { .. } | Fate::Attached { .. }))
+            self.outcomes.iter().any(|o| {
+                o.hook == h && matches!(o.fate, Fate::Verified { .. } | Fate::Attached { .. })
+            })
         };
         if loaded(Hook::Fexit) {
             Tier::Fentry

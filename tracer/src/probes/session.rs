@@ -38,9 +38,15 @@ pub enum Error {
     #[error("failed to load the eBPF object: {source} (are you root, with bpffs and BTF?)")]
     Load { source: aya::EbpfError },
     #[error("the eBPF object has no {kind} {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("failed to use map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("failed to attach TC programs in the pod links' namespace: {0}")]
     Netns(#[from] netns::Error),
     #[error("failed to write output: {source}")]
@@ -143,7 +149,9 @@ impl Session {
         opts.config.offsets = kbtf.offsets()?;
         let drop_reasons = kbtf.drop_reasons()?;
         let features = Features::detect();
-        let btf = Btf::from_sys_fs().map_err(|e| Error::Load { source: aya::EbpfError::BtfError(e) })?;
+        let btf = Btf::from_sys_fs().map_err(|e| Error::Load {
+            source: aya::EbpfError::BtfError(e),
+        })?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("CONFIG", &opts.config, true)
@@ -151,12 +159,20 @@ impl Session {
             .map_err(|source| Error::Load { source })?;
 
         if !opts.netns_filter.is_empty() {
-            let mut filter: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
-                ebpf.map_mut("NETNS_FILTER").ok_or(Error::Missing { kind: "map", name: "NETNS_FILTER" })?,
-            )
-            .map_err(|source| Error::Map { name: "NETNS_FILTER", source })?;
+            let mut filter: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(ebpf.map_mut("NETNS_FILTER").ok_or(Error::Missing {
+                    kind: "map",
+                    name: "NETNS_FILTER",
+                })?)
+                .map_err(|source| Error::Map {
+                    name: "NETNS_FILTER",
+                    source,
+                })?;
             for ns in &opts.netns_filter {
-                filter.insert(ns, 1, 0).map_err(|source| Error::Map { name: "NETNS_FILTER", source })?;
+                filter.insert(ns, 1, 0).map_err(|source| Error::Map {
+                    name: "NETNS_FILTER",
+                    source,
+                })?;
             }
         }
 
@@ -171,7 +187,14 @@ impl Session {
                 let o = &opts.config.offsets;
                 let have = |v: u32| v != KernelOffsets::MISSING;
                 if p.targets == ["nft_do_chain"] {
-                    [o.nft_chain_table, o.nft_chain_name, o.nft_pktinfo_skb, o.nft_table_name].into_iter().all(have)
+                    [
+                        o.nft_chain_table,
+                        o.nft_chain_name,
+                        o.nft_pktinfo_skb,
+                        o.nft_table_name,
+                    ]
+                    .into_iter()
+                    .all(have)
                 } else {
                     have(o.xt_table_name)
                 }
@@ -183,68 +206,131 @@ impl Session {
         let mut link_names = HashMap::new();
         let mut fexit_stages = Vec::new();
         for probe in PROBES {
-            let prog = ebpf
-                .program_mut(probe.program)
-                .ok_or(Error::Missing { kind: "program", name: probe.program })?;
-            let target = probe.targets.iter().find(|t| kernel_functions.contains(*t)).copied();
+            let prog = ebpf.program_mut(probe.program).ok_or(Error::Missing {
+                kind: "program",
+                name: probe.program,
+            })?;
+            let target = probe
+                .targets
+                .iter()
+                .find(|t| kernel_functions.contains(*t))
+                .copied();
             let fate = match probe.hook {
                 Hook::TcIngress | Hook::TcEgress => {
-                    let tc: &mut SchedClassifier = prog.try_into().map_err(|_| Error::Missing { kind: "TC program", name: probe.program })?;
+                    let tc: &mut SchedClassifier = prog.try_into().map_err(|_| Error::Missing {
+                        kind: "TC program",
+                        name: probe.program,
+                    })?;
                     match tc.load() {
-                        Err(e) => Fate::Skipped { reason: format!("load refused: {}", err_text(&e)) },
-                        Ok(()) if !opts.attach => Fate::Verified { reason: "loaded, not attached".into() },
+                        Err(e) => Fate::Skipped {
+                            reason: format!("load refused: {}", err_text(&e)),
+                        },
+                        Ok(()) if !opts.attach => Fate::Verified {
+                            reason: "loaded, not attached".into(),
+                        },
                         Ok(()) => {
-                            let kind = if probe.hook == Hook::TcIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
-                            let (names, failures) = attach_links(tc, kind, opts.links_netns.as_ref())?;
+                            let kind = if probe.hook == Hook::TcIngress {
+                                TcAttachType::Ingress
+                            } else {
+                                TcAttachType::Egress
+                            };
+                            let (names, failures) =
+                                attach_links(tc, kind, opts.links_netns.as_ref())?;
                             link_names.extend(names.iter().cloned());
-                            let mut attached: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+                            let mut attached: Vec<String> =
+                                names.into_iter().map(|(_, n)| n).collect();
                             attached.sort();
                             if attached.is_empty() {
-                                Fate::Skipped { reason: format!("no pod links to attach to{failures}") }
+                                Fate::Skipped {
+                                    reason: format!("no pod links to attach to{failures}"),
+                                }
                             } else {
-                                Fate::Attached { to: format!("{} links: {}{failures}", attached.len(), attached.join(" ")) }
+                                Fate::Attached {
+                                    to: format!(
+                                        "{} links: {}{failures}",
+                                        attached.len(),
+                                        attached.join(" ")
+                                    ),
+                                }
                             }
                         }
                     }
                 }
                 Hook::Tracepoint => {
-                    let tp: &mut BtfTracePoint = prog.try_into().map_err(|_| Error::Missing { kind: "tp_btf program", name: probe.program })?;
+                    let tp: &mut BtfTracePoint = prog.try_into().map_err(|_| Error::Missing {
+                        kind: "tp_btf program",
+                        name: probe.program,
+                    })?;
                     let name = probe.targets[0];
                     match tp.load(name, &btf) {
-                        Err(e) => Fate::Skipped { reason: format!("tracepoint {name} refused: {}", err_text(&e)) },
-                        Ok(()) if !opts.attach => Fate::Verified { reason: "loaded, not attached".into() },
+                        Err(e) => Fate::Skipped {
+                            reason: format!("tracepoint {name} refused: {}", err_text(&e)),
+                        },
+                        Ok(()) if !opts.attach => Fate::Verified {
+                            reason: "loaded, not attached".into(),
+                        },
                         Ok(()) => match tp.attach() {
-                            Ok(_) => Fate::Attached { to: format!("tracepoint {name}") },
-                            Err(e) => Fate::Skipped { reason: format!("attach to {name} failed: {}", err_text(&e)) },
+                            Ok(_) => Fate::Attached {
+                                to: format!("tracepoint {name}"),
+                            },
+                            Err(e) => Fate::Skipped {
+                                reason: format!("attach to {name} failed: {}", err_text(&e)),
+                            },
                         },
                     }
                 }
                 Hook::Fexit => {
-                    let fx: &mut FExit = prog.try_into().map_err(|_| Error::Missing { kind: "fexit program", name: probe.program })?;
+                    let fx: &mut FExit = prog.try_into().map_err(|_| Error::Missing {
+                        kind: "fexit program",
+                        name: probe.program,
+                    })?;
                     match (target, opts.tier) {
-                        (None, _) => Fate::Skipped { reason: format!("no kernel function among {:?}", probe.targets) },
+                        (None, _) => Fate::Skipped {
+                            reason: format!("no kernel function among {:?}", probe.targets),
+                        },
                         (_, Some(Tier::Kprobe | Tier::Tracepoint)) if opts.attach => {
-                            Fate::Skipped { reason: format!("--hooks {}", opts.tier.unwrap_or(Tier::Tracepoint)) }
+                            Fate::Skipped {
+                                reason: format!(
+                                    "--hooks {}",
+                                    opts.tier.unwrap_or(Tier::Tracepoint)
+                                ),
+                            }
                         }
-                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped { reason: "this kernel's BTF lacks the netfilter structs it reads".into() },
+                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped {
+                            reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
+                        },
                         (Some(f), _) => match fx.load(f, &btf) {
                             Err(e) if is_eperm(&e) => Fate::Skipped {
-                                reason: format!("fexit on {f} refused at load (EPERM): this kernel has no ftrace function hooks"),
+                                reason: format!(
+                                    "fexit on {f} refused at load (EPERM): this kernel has no ftrace function hooks"
+                                ),
                             },
-                            Err(e) => Fate::Skipped { reason: format!("fexit on {f} refused at load: {}", err_text(&e)) },
-                            Ok(()) if !opts.attach => Fate::Verified { reason: "loaded, not attached".into() },
+                            Err(e) => Fate::Skipped {
+                                reason: format!("fexit on {f} refused at load: {}", err_text(&e)),
+                            },
+                            Ok(()) if !opts.attach => Fate::Verified {
+                                reason: "loaded, not attached".into(),
+                            },
                             Ok(()) => match fx.attach() {
                                 Ok(_) => {
                                     fexit_stages.push(probe.stage);
                                     Fate::Attached { to: f.to_owned() }
                                 }
-                                Err(e) => Fate::Skipped { reason: format!("fexit on {f} failed to attach: {}", err_text(&e)) },
+                                Err(e) => Fate::Skipped {
+                                    reason: format!(
+                                        "fexit on {f} failed to attach: {}",
+                                        err_text(&e)
+                                    ),
+                                },
                             },
                         },
                     }
                 }
                 Hook::Kprobe | Hook::Kretprobe => {
-                    let kp: &mut KProbe = prog.try_into().map_err(|_| Error::Missing { kind: "kprobe program", name: probe.program })?;
+                    let kp: &mut KProbe = prog.try_into().map_err(|_| Error::Missing {
+                        kind: "kprobe program",
+                        name: probe.program,
+                    })?;
                     // When tracing, a program that will not attach is not loaded either (its
                     // verification costs about 40 ms); `tracer hooks` verifies every one.
                     let unused = if fexit_stages.contains(&probe.stage) {
@@ -257,19 +343,30 @@ impl Session {
                         None
                     };
                     match (target, unused) {
-                        (None, _) => Fate::Skipped { reason: format!("no kernel function among {:?}", probe.targets) },
-                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped { reason: "this kernel's BTF lacks the netfilter structs it reads".into() },
-                        (Some(_), Some(why)) if opts.attach => {
-                            Fate::Skipped { reason: format!("not loaded: {why}; `tracer hooks` load-verifies it") }
-                        }
+                        (None, _) => Fate::Skipped {
+                            reason: format!("no kernel function among {:?}", probe.targets),
+                        },
+                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped {
+                            reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
+                        },
+                        (Some(_), Some(why)) if opts.attach => Fate::Skipped {
+                            reason: format!("not loaded: {why}; `tracer hooks` load-verifies it"),
+                        },
                         (Some(f), unused) => match kp.load() {
-                            Err(e) => Fate::Skipped { reason: format!("refused at load: {}", err_text(&e)) },
+                            Err(e) => Fate::Skipped {
+                                reason: format!("refused at load: {}", err_text(&e)),
+                            },
                             Ok(()) if !opts.attach => Fate::Verified {
-                                reason: format!("loaded, not attached{}", unused.map(|w| format!(": {w}")).unwrap_or_default()),
+                                reason: format!(
+                                    "loaded, not attached{}",
+                                    unused.map(|w| format!(": {w}")).unwrap_or_default()
+                                ),
                             },
                             Ok(()) => match kp.attach(f, 0) {
                                 Ok(_) => Fate::Attached { to: f.to_owned() },
-                                Err(e) => Fate::Verified { reason: format!("not attached to {f}: {}", err_text(&e)) },
+                                Err(e) => Fate::Verified {
+                                    reason: format!("not attached to {f}: {}", err_text(&e)),
+                                },
                             },
                         },
                     }
@@ -278,14 +375,38 @@ impl Session {
             outcomes.push(Outcome::new(probe, fate));
         }
 
-        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error::Missing { kind: "map", name: "EVENTS" })?)
-            .map_err(|source| Error::Map { name: "EVENTS", source })?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(Error::Missing { kind: "map", name: "COUNTERS" })?)
-            .map_err(|source| Error::Map { name: "COUNTERS", source })?;
-        let latency = PerCpuArray::try_from(ebpf.take_map("LATENCY").ok_or(Error::Missing { kind: "map", name: "LATENCY" })?)
-            .map_err(|source| Error::Map { name: "LATENCY", source })?;
-        let slots = Array::try_from(ebpf.take_map("QUERY_SLOTS").ok_or(Error::Missing { kind: "map", name: "QUERY_SLOTS" })?)
-            .map_err(|source| Error::Map { name: "QUERY_SLOTS", source })?;
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error::Missing {
+            kind: "map",
+            name: "EVENTS",
+        })?)
+        .map_err(|source| Error::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(Error::Missing {
+            kind: "map",
+            name: "COUNTERS",
+        })?)
+        .map_err(|source| Error::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        let latency = PerCpuArray::try_from(ebpf.take_map("LATENCY").ok_or(Error::Missing {
+            kind: "map",
+            name: "LATENCY",
+        })?)
+        .map_err(|source| Error::Map {
+            name: "LATENCY",
+            source,
+        })?;
+        let slots = Array::try_from(ebpf.take_map("QUERY_SLOTS").ok_or(Error::Missing {
+            kind: "map",
+            name: "QUERY_SLOTS",
+        })?)
+        .map_err(|source| Error::Map {
+            name: "QUERY_SLOTS",
+            source,
+        })?;
         Ok(Self {
             _ebpf: ebpf,
             events,
@@ -322,7 +443,10 @@ impl Session {
             Ok(self
                 .counters
                 .get(&i, 0)
-                .map_err(|source| Error::Map { name: "COUNTERS", source })?
+                .map_err(|source| Error::Map {
+                    name: "COUNTERS",
+                    source,
+                })?
                 .iter()
                 .sum())
         };
@@ -350,7 +474,10 @@ impl Session {
                 Ok(self
                     .latency
                     .get(&i, 0)
-                    .map_err(|source| Error::Map { name: "LATENCY", source })?
+                    .map_err(|source| Error::Map {
+                        name: "LATENCY",
+                        source,
+                    })?
                     .iter()
                     .sum())
             })
@@ -361,7 +488,10 @@ impl Session {
     pub fn pending(&self) -> Result<Vec<Slot>, Error> {
         let mut out = Vec::new();
         for i in 0..SLOTS {
-            let s = self.slots.get(&i, 0).map_err(|source| Error::Map { name: "QUERY_SLOTS", source })?;
+            let s = self.slots.get(&i, 0).map_err(|source| Error::Map {
+                name: "QUERY_SLOTS",
+                source,
+            })?;
             if s.state == tracer_common::flow::state::PENDING {
                 out.push(s);
             }
@@ -393,7 +523,11 @@ fn attach_links(
                 Err(e) => failed.push(format!("{name}: {}", err_text(&e))),
             }
         }
-        let note = if failed.is_empty() { String::new() } else { format!(" (failed: {})", failed.join("; ")) };
+        let note = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (failed: {})", failed.join("; "))
+        };
         (ok, note)
     };
     Ok(match netns_path {

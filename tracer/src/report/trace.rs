@@ -46,8 +46,18 @@ impl Latency {
             }
             1 << h.len()
         };
-        let max = h.iter().rposition(|c| *c > 0).map(|i| 1u64 << (i + 1)).unwrap_or(0);
-        Self { count, p50_le_us: bound(0.5), p90_le_us: bound(0.9), p99_le_us: bound(0.99), max_lt_us: max }
+        let max = h
+            .iter()
+            .rposition(|c| *c > 0)
+            .map(|i| 1u64 << (i + 1))
+            .unwrap_or(0);
+        Self {
+            count,
+            p50_le_us: bound(0.5),
+            p90_le_us: bound(0.9),
+            p99_le_us: bound(0.99),
+            max_lt_us: max,
+        }
     }
 }
 
@@ -88,19 +98,8 @@ impl TraceSummary {
         if r.verdict == Verdict::Answered {
             return;
         }
-        let cause = match (&r.icmp, &r.drop) {
-            (Some(i), _) => format!("icmp: {}", i.what),
-            (None, Some(d)) => format!(
-                "{}: {} @ {}",
-                d.stage,
-                d.reason,
-                crate::kernel::symbols::function(&d.location)
-            ),
-            (None, None) => format!("no drop seen (last seen: {:?})", r.last_seen),
-        };
-        *self.by_cause.entry(cause).or_default() += 1;
-        let ep = r.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "before DNAT".to_owned());
-        *self.by_endpoint.entry(ep).or_default() += 1;
+        *self.by_cause.entry(cause(r)).or_default() += 1;
+        *self.by_endpoint.entry(endpoint_key(r)).or_default() += 1;
     }
 
     /// The summary as text.
@@ -122,32 +121,43 @@ impl TraceSummary {
             );
         }
         let mut t = Table::new();
-        t.load_style(UTF8_BORDERS_ONLY).set_header(vec!["verdict", "queries"]);
+        t.load_style(UTF8_BORDERS_ONLY)
+            .set_header(vec!["verdict", "queries"]);
         for (v, n) in &self.by_verdict {
             t.add_row(vec![v.to_string(), n.to_string()]);
         }
         let _ = writeln!(s, "{t}");
         if !self.by_cause.is_empty() {
             let mut t = Table::new();
-            t.load_style(UTF8_BORDERS_ONLY).set_header(vec!["where and why it died", "queries"]);
+            t.load_style(UTF8_BORDERS_ONLY)
+                .set_header(vec!["where and why it died", "queries"]);
             for (k, n) in &self.by_cause {
                 t.add_row(vec![k.clone(), n.to_string()]);
             }
             let _ = writeln!(s, "{t}");
             let mut t = Table::new();
-            t.load_style(UTF8_BORDERS_ONLY).set_header(vec!["failed queries sent to", "queries"]);
+            t.load_style(UTF8_BORDERS_ONLY)
+                .set_header(vec!["failed queries sent to", "queries"]);
             for (k, n) in &self.by_endpoint {
                 t.add_row(vec![k.clone(), n.to_string()]);
             }
             let _ = writeln!(s, "{t}");
         }
         if let Some(d) = &self.conntrack_delta {
-            let moved: Vec<String> =
-                d.fields().iter().filter(|(_, v)| *v != 0).map(|(k, v)| format!("{k} +{v}")).collect();
+            let moved: Vec<String> = d
+                .fields()
+                .iter()
+                .filter(|(_, v)| *v != 0)
+                .map(|(k, v)| format!("{k} +{v}"))
+                .collect();
             let _ = writeln!(
                 s,
                 "conntrack statistics over the trace: {}",
-                if moved.is_empty() { "unchanged".to_owned() } else { moved.join("  ") }
+                if moved.is_empty() {
+                    "unchanged".to_owned()
+                } else {
+                    moved.join("  ")
+                }
             );
         }
         let _ = writeln!(
@@ -164,6 +174,28 @@ impl TraceSummary {
         );
         s
     }
+}
+
+/// Where and why a failed query died: `stage: reason @ function`, `icmp: what`, or the last
+/// stage it was seen at.
+pub fn cause(r: &QueryRecord) -> String {
+    match (&r.icmp, &r.drop) {
+        (Some(i), _) => format!("icmp: {}", i.what),
+        (None, Some(d)) => format!(
+            "{}: {} @ {}",
+            d.stage,
+            d.reason,
+            crate::kernel::symbols::function(&d.location)
+        ),
+        (None, None) => format!("no drop seen (last seen: {:?})", r.last_seen),
+    }
+}
+
+/// The endpoint a query was sent to, or `before DNAT`.
+pub fn endpoint_key(r: &QueryRecord) -> String {
+    r.endpoint
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "before DNAT".to_owned())
 }
 
 fn ep(e: Option<Ipv4Addr>, link: &Option<String>) -> String {
@@ -190,9 +222,15 @@ pub fn line(r: &QueryRecord) -> String {
     );
     match r.verdict {
         Verdict::Answered => {
-            let _ = write!(s, " in {} us via {}", r.latency_us.unwrap_or(0), ep(r.endpoint, &r.endpoint_link));
+            let _ = write!(
+                s,
+                " in {} us via {}",
+                r.latency_us.unwrap_or(0),
+                ep(r.endpoint, &r.endpoint_link)
+            );
             let st = &r.stages;
-            if let (Some(a), Some(b), Some(c)) = (st.to_endpoint_us, st.in_endpoint_us, st.back_us) {
+            if let (Some(a), Some(b), Some(c)) = (st.to_endpoint_us, st.in_endpoint_us, st.back_us)
+            {
                 let _ = write!(s, " (to pod {a} us, in pod {b} us, back {c} us)");
             }
         }
@@ -242,7 +280,10 @@ mod tests {
         h[6] = 90; // 64..128 us
         h[10] = 10; // 1024..2048 us
         let l = Latency::from_histogram(&h);
-        assert_eq!((l.count, l.p50_le_us, l.p90_le_us, l.p99_le_us, l.max_lt_us), (100, 128, 128, 2048, 2048));
+        assert_eq!(
+            (l.count, l.p50_le_us, l.p90_le_us, l.p99_le_us, l.max_lt_us),
+            (100, 128, 128, 2048, 2048)
+        );
         assert_eq!(Latency::from_histogram(&[0; 24]), Latency::default());
     }
 }
