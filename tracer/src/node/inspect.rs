@@ -504,14 +504,13 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         }
     }
 
-    let mut mode_evidence = vec![format!(
+    let mode_evidence = vec![format!(
         "KUBE-SVC-* chains: {}, KUBE-* ipsets in rules: {}, kube-ipvs0: {}, nftables table kube-proxy: {}",
         r.proxy_mode_evidence.svc_chains,
         r.proxy_mode_evidence.kube_ipsets,
         r.proxy_mode_evidence.kube_ipvs0,
         r.proxy_mode_evidence.nft_kube_proxy_table
     )];
-    mode_evidence.retain(|l| !l.is_empty());
     out.push(Finding {
         severity: Severity::Info,
         id: "kube-proxy-mode",

@@ -198,17 +198,21 @@ pub fn parse_save(text: &str) -> Result<Save, Error> {
             ..Rule::default()
         };
         let mut it = words[2..].iter().peekable();
+        let mut negated = false;
         while let Some(w) = it.next() {
+            // `! -d X` matches everything but X: a negated match names no Service or port.
+            let positive = !std::mem::replace(&mut negated, w == "!");
             let mut value = || it.peek().map(|v| v.to_string());
             match w.as_str() {
                 "--comment" => rule.comment = value(),
                 "-j" | "-g" => rule.target = value(),
-                "-d" => rule.dst = value().map(|d| d.trim_end_matches("/32").to_owned()),
-                "-p" => rule.proto = value(),
-                "--dport" => rule.dport = value().and_then(|p| p.parse().ok()),
+                "-d" if positive => {
+                    rule.dst = value().map(|d| d.trim_end_matches("/32").to_owned())
+                }
+                "-p" if positive => rule.proto = value(),
+                "--dport" if positive => rule.dport = value().and_then(|p| p.parse().ok()),
                 "--to-destination" => rule.to_destination = value(),
-                // `! -s`, `! -d`: the negation belongs to the next option; skip it.
-                "!" => continue,
+                // Other options, their values, and `!`.
                 _ => continue,
             }
             it.next();
@@ -756,6 +760,18 @@ mod tests {
         let d = counter_deltas(&before, &after);
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].packets, d[0].bytes), (5, 150));
+    }
+
+    #[test]
+    fn negated_matches_are_not_taken_for_the_service() {
+        let save = parse_save("*nat\n-A KUBE-SERVICES ! -d 10.96.0.10/32 ! -p udp -m udp ! --dport 53 -j KUBE-SVC-X\nCOMMIT\n").unwrap();
+        let rule = &save.tables[0].rules[0];
+        assert_eq!(
+            (rule.dst.as_deref(), rule.proto.as_deref(), rule.dport),
+            (None, None, None)
+        );
+        assert_eq!(rule.target.as_deref(), Some("KUBE-SVC-X"));
+        assert_eq!(dns_service(&save), None);
     }
 
     #[test]
