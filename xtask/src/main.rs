@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask setup|demo|test|lint`.
+//! Project tasks: `cargo xtask setup|demo|test|bench|lint`.
 //!
 //! # Layout
 //! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker, bpffs
 //!   and tracefs mounts), idempotently; the other tasks run it first.
 //! - `demo`: the README's main job on the lab.
 //! - `test`: unit tests and the scenario tests under tests/, one at a time (they share the kernel).
+//! - `bench`: the tracer's cost at full DNS rate next to bpftrace; writes bench/RESULTS.md.
+mod bench;
 mod demo;
 mod setup;
 
@@ -31,6 +33,19 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Measure the tracer's overhead, lost events, attach/detach time and memory on its own lab
+    /// (about 8 minutes); writes bench/RESULTS.md. Never part of `test`.
+    Bench {
+        /// A short smoke run (about a minute), written to the target dir instead.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds of every mode (default 5, quick 1).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Seconds of dnsperf per run (default 10, quick 3).
+        #[arg(long)]
+        seconds: Option<u32>,
+    },
     /// rustfmt and clippy on the host crates; clippy on the eBPF crate on its own.
     Lint,
 }
@@ -46,13 +61,27 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test(filter.as_deref())
         }
+        Task::Bench {
+            quick,
+            rounds,
+            seconds,
+        } => {
+            setup::run()?;
+            bench::run(bench::Options {
+                quick,
+                rounds,
+                seconds,
+            })
+        }
         Task::Lint => lint(),
     }
 }
 
 /// Runs a command, failing with its name when it fails.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -78,9 +107,23 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     sh(cargo().args(["fmt", "--all", "--check"]))?;
-    sh(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     sh(cargo()
-        .args(["clippy", "--release", "-p", "tracer-ebpf", "--target", "bpfel-unknown-none"])
+        .args([
+            "clippy",
+            "--release",
+            "-p",
+            "tracer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .args(["-Z", "build-std=core", "--", "-D", "warnings"])
         .env("RUSTC_BOOTSTRAP", "1"))
 }
