@@ -126,7 +126,7 @@ fn healthy(prefix: &str, backend: Backend) {
         .map(|c| c.packets)
         .sum();
     assert_eq!(dnat, flows as u64, "one DNAT per new flow: {deltas:#?}");
-    assert!(deltas.iter().all(|c| c.backend == name), "{deltas:#?}");
+    assert!(deltas.iter().all(|c| c.backend == backend), "{deltas:#?}");
     let c = &second.conntrack;
     assert!(
         c.dns_entries - c.dns_unreplied >= flows,

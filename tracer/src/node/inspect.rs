@@ -191,9 +191,9 @@ fn nftables_mode_service(nft_tables: Option<&[String]>) -> Result<Option<DnsInBa
 
 fn counters_of(saves: &Saves, service: &DnsService) -> Vec<RuleCounter> {
     let mut out = Vec::new();
-    for (b, name) in [(Backend::Nft, "nft"), (Backend::Legacy, "legacy")] {
+    for b in [Backend::Nft, Backend::Legacy] {
         if let Some(save) = saves.of(b) {
-            out.extend(kubeproxy::dns_counters(name, save, service));
+            out.extend(kubeproxy::dns_counters(b, save, service));
         }
     }
     out
@@ -514,13 +514,7 @@ pub fn findings(r: &Report) -> Vec<Finding> {
     out.push(Finding {
         severity: Severity::Info,
         id: "kube-proxy-mode",
-        title: format!(
-            "kube-proxy mode: {}",
-            serde_json::to_value(r.proxy_mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        ),
+        title: format!("kube-proxy mode: {}", r.proxy_mode),
         evidence: mode_evidence,
         action: None,
     });
@@ -541,7 +535,7 @@ pub fn findings(r: &Report) -> Vec<Finding> {
                 .counters
                 .iter()
                 .filter(|c| c.rule.contains("DNAT") || c.rule.starts_with("-A KUBE-SERVICES"))
-                .map(|c| format!("{} {}: [{} pkts] {}", c.backend, c.table, c.packets, c.rule))
+                .map(|c| format!("{} {}: [{} pkts] {}", backend_name(c.backend), c.table, c.packets, c.rule))
                 .collect(),
             action: None,
         }),
@@ -573,7 +567,7 @@ pub fn findings(r: &Report) -> Vec<Finding> {
             ),
             evidence: blocking
                 .iter()
-                .map(|c| format!("{} {}: [{} pkts] {}", c.backend, c.table, c.packets, c.rule))
+                .map(|c| format!("{} {}: [{} pkts] {}", backend_name(c.backend), c.table, c.packets, c.rule))
                 .collect(),
             action: Some(
                 "Find who added the rule (a network policy controller, a firewall manager, a hand-made rule) and remove it; `tracer trace` ties each dropped query to the rule whose counter moved.".to_owned(),
@@ -809,10 +803,7 @@ impl Report {
             format!(
                 "node: iptables {} · kube-proxy {} · conntrack {}/{} ({:.1} %)",
                 self.backends.verdict,
-                serde_json::to_value(self.proxy_mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                self.proxy_mode,
                 self.conntrack.table.count,
                 self.conntrack.table.max,
                 self.conntrack.usage_percent
@@ -826,7 +817,7 @@ impl Report {
             self.findings
                 .iter()
                 .filter(|f| f.severity != Severity::Info)
-                .map(|f| format!("{}: {}", severity_text(f.severity), f.title)),
+                .map(|f| format!("{}: {}", f.severity, f.title)),
         );
         lines
     }
@@ -860,13 +851,7 @@ impl Report {
                 format!("{} ({})", f.tier, f.tier_reason),
             ),
             ("iptables backend".into(), self.backends.verdict.to_string()),
-            (
-                "kube-proxy mode".into(),
-                serde_json::to_value(self.proxy_mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-            ),
+            ("kube-proxy mode".into(), self.proxy_mode.to_string()),
             (
                 "dns service".into(),
                 self.dns_service
@@ -924,7 +909,7 @@ impl Report {
             t.set_header(vec!["backend", "table", "packets", "rule"]);
             for c in &self.counters {
                 t.add_row(vec![
-                    c.backend.to_owned(),
+                    backend_name(c.backend).to_owned(),
                     c.table.clone(),
                     c.packets.to_string(),
                     c.rule.clone(),
@@ -934,7 +919,7 @@ impl Report {
         }
         out.push_str("\n\nFindings\n");
         for f in &self.findings {
-            out.push_str(&format!("\n[{}] {}\n", severity_text(f.severity), f.title));
+            out.push_str(&format!("\n[{}] {}\n", f.severity, f.title));
             for e in &f.evidence {
                 out.push_str(&format!("    {e}\n"));
             }
@@ -951,11 +936,13 @@ impl Report {
     }
 }
 
-fn severity_text(s: Severity) -> &'static str {
-    match s {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-        Severity::Info => "info",
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        })
     }
 }
 

@@ -10,6 +10,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::cli::Backend;
+
 /// What failed reading a save.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -262,6 +264,17 @@ pub enum ProxyMode {
     Nftables,
     /// None of the above.
     Unknown,
+}
+
+impl std::fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Ipvs => "ipvs",
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Unknown => "unknown",
+        })
+    }
 }
 
 /// The evidence the mode is judged from.
@@ -525,8 +538,8 @@ pub fn dns_service_nftables(text: &str) -> Option<DnsService> {
 /// One rule's packet counter, for deltas over a trace window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleCounter {
-    /// `legacy` or `nft`.
-    pub backend: &'static str,
+    /// The backend the rule is in.
+    pub backend: Backend,
     /// The table.
     pub table: String,
     /// The rule as printed (from `-A` on): its identity across snapshots.
@@ -540,7 +553,7 @@ pub struct RuleCounter {
 /// The counters of every rule on the DNS path in `save`: the Service's `KUBE-SERVICES` rules, its
 /// `KUBE-SVC-`/`KUBE-SEP-` chains, and any other rule naming the Service IP, an endpoint IP, or
 /// UDP port 53 (a DROP or REJECT someone added).
-pub fn dns_counters(backend: &'static str, save: &Save, service: &DnsService) -> Vec<RuleCounter> {
+pub fn dns_counters(backend: Backend, save: &Save, service: &DnsService) -> Vec<RuleCounter> {
     let mut chains: BTreeSet<String> = service.svc_chain.iter().cloned().collect();
     for (_, r) in save.rules() {
         if service.svc_chain.as_deref() == Some(r.chain.as_str())
@@ -640,7 +653,7 @@ mod tests {
         assert_eq!(svc.endpoints, [ep("10.244.0.10:53"), ep("10.244.0.11:53")]);
         assert!(!svc.rejects);
 
-        let counters = dns_counters("nft", &save, &svc);
+        let counters = dns_counters(Backend::Nft, &save, &svc);
         let dnat: Vec<_> = counters
             .iter()
             .filter(|c| c.rule.contains("DNAT"))
@@ -665,7 +678,7 @@ mod tests {
         );
         let svc = dns_service(&save).unwrap();
         assert_eq!(svc.endpoints, [ep("10.244.0.10:53"), ep("10.244.0.11:53")]);
-        let c = dns_counters("legacy", &save, &svc);
+        let c = dns_counters(Backend::Legacy, &save, &svc);
         assert_eq!(
             c.iter()
                 .filter(|c| c.rule.contains("DNAT"))
@@ -753,7 +766,7 @@ mod tests {
     fn counter_deltas_keep_moved_rules_only() {
         let save = parse_save(MODERN_NFT).unwrap();
         let svc = dns_service(&save).unwrap();
-        let before = dns_counters("nft", &save, &svc);
+        let before = dns_counters(Backend::Nft, &save, &svc);
         let mut after = before.clone();
         after[0].packets += 5;
         after[0].bytes += 150;
