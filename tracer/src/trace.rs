@@ -13,7 +13,6 @@ use std::{
 use tracer_common::{config::Config, event::kind};
 
 use crate::{
-    cli::Backend,
     cli::{HookChoice, OutputFormat, TraceArgs},
     flow::{
         correlate::{Context, Correlator},
@@ -22,9 +21,8 @@ use crate::{
     },
     lab, netns,
     node::{
-        backend,
+        self, DnsService, RuleCounter,
         conntrack::{self, CpuStats, EventKind},
-        kubeproxy::{self, DnsService},
     },
     probes::{
         plan::Tier,
@@ -50,11 +48,13 @@ pub enum Error {
     #[error("failed to read conntrack state: {0}")]
     Conntrack(#[from] conntrack::Error),
     #[error("failed to read the node's rules: {0}")]
-    Rules(#[from] backend::Error),
+    Rules(#[from] node::inspect::Error),
     #[error("failed to write output: {0}")]
     Output(#[from] std::io::Error),
     #[error("failed to serialise a record: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Report(#[from] crate::report::document::Error),
 }
 
 /// What to trace.
@@ -66,10 +66,8 @@ pub struct Target {
     pub links_netns: Option<(String, PathBuf)>,
     /// Namespaces to trace (inodes); empty: all.
     pub netns_filter: Vec<u32>,
-    /// The Service's endpoints, when known.
-    pub endpoints: Vec<Ipv4Addr>,
-    /// The rules REJECT the Service for having no endpoints.
-    pub rejects: bool,
+    /// The Service as the node's rules describe it (endpoints, REJECT), when they do.
+    pub rules: Option<DnsService>,
 }
 
 impl Target {
@@ -81,13 +79,12 @@ impl Target {
         }
         let links = netns::named(&info.node_netns);
         // The endpoints are what the rules say now (a fault may have removed one), not the pods.
-        let rules = service_from_rules(Some(&links))?;
+        let rules = node::dns_service(Some(&links))?;
         Ok(Self {
             service: SocketAddrV4::new(info.service_ip, info.dns_port),
             links_netns: Some((info.node_netns.clone(), links)),
             netns_filter,
-            endpoints: rules.as_ref().map(|s| s.endpoint_ips()).unwrap_or_default(),
-            rejects: rules.is_some_and(|s| s.rejects),
+            rules,
         })
     }
 
@@ -109,18 +106,16 @@ impl Target {
                 service: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
                 links_netns: None,
                 netns_filter: Vec::new(),
-                endpoints: Vec::new(),
-                rejects: false,
+                rules: None,
             },
         };
         if let Some(name) = &args.links_netns {
             t.links_netns = Some((name.clone(), netns::named(name)));
         }
         if lab.is_none() {
-            if let Some(svc) = service_from_rules(t.links_netns.as_ref().map(|(_, p)| p))? {
+            t.rules = node::dns_service(t.links_netns.as_ref().map(|(_, p)| p.as_path()))?;
+            if let Some(svc) = &t.rules {
                 t.service = SocketAddrV4::new(svc.ip, svc.port);
-                t.endpoints = svc.endpoint_ips();
-                t.rejects = svc.rejects;
             }
         }
         if let Some((ip, port)) = args.service {
@@ -138,21 +133,6 @@ impl Target {
         }
         Ok(t)
     }
-}
-
-/// The DNS Service as the node's rules describe it, read in `links` (else here): from the
-/// backend kube-proxy's iptables wrapper would pick, so a stale backend's rules do not count.
-pub fn service_from_rules(links: Option<&PathBuf>) -> Result<Option<DnsService>, Error> {
-    let read = || -> Result<Option<DnsService>, backend::Error> {
-        let saves = backend::read_saves()?;
-        let side = |b| saves.of(b).map(backend::Side::of).unwrap_or_default();
-        let chosen = backend::wrapper_choice(&side(Backend::Legacy), &side(Backend::Nft));
-        Ok(saves.of(chosen).and_then(kubeproxy::dns_service))
-    };
-    Ok(match links {
-        Some(p) => netns::run_in(p, read)??,
-        None => read()?,
-    })
 }
 
 /// How to trace.
@@ -197,6 +177,7 @@ pub struct Tracer {
     ct_order: VecDeque<SocketAddrV4>,
     ct_start: Option<CpuStats>,
     ct_last: Option<CpuStats>,
+    rules_start: Vec<RuleCounter>,
     summary: TraceSummary,
 }
 
@@ -250,12 +231,21 @@ impl Tracer {
         let ctx = Context {
             service: Some(*target.service.ip()),
             dns_port: 53,
-            endpoints: target.endpoints.clone(),
-            service_rejects: target.rejects,
+            endpoints: target
+                .rules
+                .as_ref()
+                .map(DnsService::endpoint_ips)
+                .unwrap_or_default(),
+            service_rejects: target.rules.as_ref().is_some_and(|r| r.rejects),
             drop_reasons: session.drop_reasons.clone(),
             clock_offset_us: unix_us - (monotonic_ns() / 1000) as i64,
             timeout_ns: settings.timeout.as_nanos() as u64,
         };
+        let rules_start = target
+            .rules
+            .as_ref()
+            .and_then(|svc| node::dns_counters(links.as_deref(), svc).ok())
+            .unwrap_or_default();
         let names = Names::new(links_inode, &session.link_names);
         let summary = TraceSummary {
             plan: Some(session.plan.clone()),
@@ -273,6 +263,7 @@ impl Tracer {
             ct_order: VecDeque::new(),
             ct_last: ct_start,
             ct_start,
+            rules_start,
             summary,
         })
     }
@@ -383,7 +374,13 @@ impl Tracer {
         let judged_n = judged.len();
         out.extend(judged.into_iter().map(|r| self.finish_record(r)));
         let end = self.ct_stats();
+        let links = self.target.links_netns.as_ref().map(|(_, p)| p.as_path());
+        let rules_end = match &self.target.rules {
+            Some(svc) => node::dns_counters(links, svc).unwrap_or_default(),
+            None => Vec::new(),
+        };
         let s = &mut self.summary;
+        s.rule_counters = node::counter_deltas(&self.rules_start, &rules_end);
         s.seconds = self.started.elapsed().as_secs_f64();
         s.counters = self.session.counters()?;
         s.latency = Latency::from_histogram(&self.session.latency_histogram()?);
@@ -455,6 +452,15 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
             tracer.attach_time().as_secs_f64() * 1000.0
         )?;
         write!(stdout, "{}", tracer.plan())?;
+        let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
+        match node::inspect(links) {
+            Ok(report) => {
+                for l in report.summary() {
+                    writeln!(stdout, "{l}")?;
+                }
+            }
+            Err(e) => writeln!(stdout, "node inspection failed: {e}")?,
+        }
         writeln!(
             stdout,
             "reporting failed queries and answers slower than {} ms; Ctrl-C to stop",
@@ -480,6 +486,8 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     let deadline = args
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    // With --report, the failed records are kept for it.
+    let mut kept = Vec::new();
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -490,6 +498,9 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
                 _ = tick.tick() => {
                     for r in tracer.poll()? {
                         write(&mut stdout, &r)?;
+                        if args.report.is_some() && r.verdict != Verdict::Answered {
+                            kept.push(r);
+                        }
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
@@ -510,6 +521,11 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         writeln!(stdout)?;
     } else {
         write!(stdout, "{}", summary.text())?;
+    }
+    if let Some(path) = &args.report {
+        kept.extend(rest);
+        let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
+        crate::report::document::write_trace_report(path, links, summary, &kept)?;
     }
     Ok(())
 }

@@ -536,7 +536,7 @@ pub fn dns_service_nftables(text: &str) -> Option<DnsService> {
 }
 
 /// One rule's packet counter, for deltas over a trace window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleCounter {
     /// The backend the rule is in.
     pub backend: Backend,

@@ -9,7 +9,7 @@ use crate::{
         correlate::Tally,
         record::{QueryRecord, Verdict},
     },
-    node::conntrack::CpuStats,
+    node::{RuleCounter, conntrack::CpuStats},
     probes::{plan::Plan, session::Counters},
 };
 
@@ -89,6 +89,8 @@ pub struct TraceSummary {
     pub conntrack_delta: Option<CpuStats>,
     /// Conntrack event subscription overruns (events the kernel dropped).
     pub conntrack_events_lost: u64,
+    /// Rules on the DNS path whose packet counters moved over the trace (deltas), in both backends.
+    pub rule_counters: Vec<RuleCounter>,
 }
 
 impl TraceSummary {
@@ -142,6 +144,32 @@ impl TraceSummary {
                 t.add_row(vec![k.clone(), n.to_string()]);
             }
             let _ = writeln!(s, "{t}");
+        }
+        if !self.rule_counters.is_empty() {
+            let _ = writeln!(s, "rules on the DNS path whose packet counters moved:");
+            for r in &self.rule_counters {
+                let _ = writeln!(
+                    s,
+                    "  +{:<6} {:?} {}: {}",
+                    r.packets, r.backend, r.table, r.rule
+                );
+            }
+            // Without a verdict probe, a netfilter drop is tied to the DROP/REJECT rules that moved.
+            let blocking: Vec<&RuleCounter> = self
+                .rule_counters
+                .iter()
+                .filter(|r| r.rule.contains("-j DROP") || r.rule.contains("-j REJECT"))
+                .collect();
+            if !blocking.is_empty() && self.by_cause.keys().any(|k| k.starts_with("netfilter")) {
+                let _ = writeln!(s, "netfilter drops above match these rules' counters:");
+                for r in blocking {
+                    let _ = writeln!(
+                        s,
+                        "  {:?} {}: {} (+{} packets)",
+                        r.backend, r.table, r.rule, r.packets
+                    );
+                }
+            }
         }
         if let Some(d) = &self.conntrack_delta {
             let moved: Vec<String> = d
