@@ -22,6 +22,40 @@ pub enum Parsed {
     Malformed,
 }
 
+/// The IPv4 header length when `ip` carries UDP, else `None` (not ours).
+#[inline(always)]
+fn udp_ihl(ip: &Ipv4Hdr) -> Option<usize> {
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    (ip.vihl >> 4 == 4 && ip.proto == IPPROTO_UDP && (Ipv4Hdr::LEN..=60).contains(&ihl))
+        .then_some(ihl)
+}
+
+/// The (source, destination) ports, network order, when either is the DNS port.
+#[inline(always)]
+fn dns_ports(udp: &UdpHdr) -> Option<(u16, u16)> {
+    let port = config().dns_port;
+    let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
+    (sport == port || dport == port).then_some((sport, dport))
+}
+
+/// A fragment (other than a whole datagram) cannot be read as DNS.
+#[inline(always)]
+fn is_fragment(ip: &Ipv4Hdr) -> bool {
+    u16::from_be_bytes(ip.frags) & 0x3fff != 0
+}
+
+#[inline(always)]
+fn packet(ip: &Ipv4Hdr, (sport, dport): (u16, u16), dns: &[u8; DNS_HEADER_LEN]) -> Packet {
+    Packet {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        sport,
+        dport,
+        dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
+        dns_flags: u16::from_ne_bytes([dns[2], dns[3]]),
+    }
+}
+
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     let start = ctx.data();
@@ -47,25 +81,18 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
     };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if ip.proto != IPPROTO_UDP {
+    let Some(ihl) = udp_ihl(ip) else {
         return Parsed::Other;
-    }
-    let ihl = (ip.vihl & 0x0f) as usize * 4;
-    if !(Ipv4Hdr::LEN..=60).contains(&ihl) {
-        return Parsed::Other;
-    }
+    };
     let udp_off = EthHdr::LEN + ihl;
     let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_off) else {
         return Parsed::Other;
     };
     // SAFETY: bounds checked by ptr_at.
-    let udp = unsafe { &*udp };
-    let port = config().dns_port;
-    let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
-    if sport != port && dport != port {
+    let Some(ports) = dns_ports(unsafe { &*udp }) else {
         return Parsed::Other;
-    }
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+    };
+    if is_fragment(ip) {
         return Parsed::Malformed;
     }
     let dns_off = udp_off + UdpHdr::LEN;
@@ -73,16 +100,8 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by ptr_at.
-    let dns = unsafe { &*dns };
     Parsed::Dns {
-        packet: Packet {
-            saddr: u32::from_ne_bytes(ip.src_addr),
-            daddr: u32::from_ne_bytes(ip.dst_addr),
-            sport,
-            dport,
-            dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
-            dns_flags: u16::from_ne_bytes([dns[2], dns[3]]),
-        },
+        packet: packet(ip, ports, unsafe { &*dns }),
         question_off: dns_off + DNS_HEADER_LEN,
     }
 }
@@ -188,22 +207,16 @@ pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
     let Some(ip) = read::<Ipv4Hdr>(ip_ptr) else {
         return Parsed::Other;
     };
-    if ip.vihl >> 4 != 4 || ip.proto != IPPROTO_UDP {
-        return Parsed::Other;
-    }
-    let ihl = (ip.vihl & 0x0f) as usize * 4;
-    if !(Ipv4Hdr::LEN..=60).contains(&ihl) {
-        return Parsed::Other;
-    }
-    let Some(udp) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl)) else {
+    let Some(ihl) = udp_ihl(&ip) else {
         return Parsed::Other;
     };
-    let port = config().dns_port;
-    let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
-    if sport != port && dport != port {
+    let Some(ports) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl))
+        .as_ref()
+        .and_then(dns_ports)
+    else {
         return Parsed::Other;
-    }
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+    };
+    if is_fragment(&ip) {
         return Parsed::Malformed;
     }
     let dns_ptr = ip_ptr.wrapping_add(ihl + UdpHdr::LEN);
@@ -213,14 +226,7 @@ pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
     // The question may end before QUESTION_LEN: userspace bounds it by the UDP length.
     *question = read(dns_ptr.wrapping_add(DNS_HEADER_LEN)).unwrap_or([0; QUESTION_LEN]);
     Parsed::Dns {
-        packet: Packet {
-            saddr: u32::from_ne_bytes(ip.src_addr),
-            daddr: u32::from_ne_bytes(ip.dst_addr),
-            sport,
-            dport,
-            dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
-            dns_flags: u16::from_ne_bytes([dns[2], dns[3]]),
-        },
+        packet: packet(&ip, ports, &dns),
         question_off: 0,
     }
 }
