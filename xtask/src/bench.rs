@@ -38,9 +38,9 @@ const SERVICE: &str = "10.96.0.10";
 pub struct Options {
     /// A short smoke run: one round of a few seconds, results not written to bench/RESULTS.md.
     pub quick: bool,
-    /// Interleaved rounds (default 5; quick 1).
+    /// Interleaved rounds (default 6; quick 1).
     pub rounds: Option<u32>,
-    /// Seconds of dnsperf per run (default 10; quick 3).
+    /// Seconds of dnsperf per run (default 8; quick 3).
     pub seconds: Option<u32>,
 }
 
@@ -71,8 +71,8 @@ impl Plan {
         } else {
             Self {
                 quick: false,
-                rounds: o.rounds.unwrap_or(5),
-                seconds: o.seconds.unwrap_or(10),
+                rounds: o.rounds.unwrap_or(6),
+                seconds: o.seconds.unwrap_or(8),
                 calibrate_seconds: 4,
                 long_segments: 6,
                 long_segment_seconds: 10,
@@ -254,6 +254,10 @@ pub struct LongRun {
     pub hwm: u64,
     /// Ring-buffer records lost.
     pub lost_events: u64,
+    /// Seconds the tracer was watched with no traffic before the load.
+    pub idle_seconds: f64,
+    /// Its CPU time then, milliseconds per second.
+    pub idle_cpu_ms_per_s: f64,
 }
 
 /// Everything the bench found.
@@ -401,6 +405,21 @@ impl Bench {
             seconds: plan.long_segments * plan.long_segment_seconds,
             ..Default::default()
         };
+        // First no traffic at all: what the tracer costs by itself.
+        let idle = Duration::from_secs(3);
+        let cpu = measure::process_cpu_ns(attached.pid)?;
+        let t = Instant::now();
+        while t.elapsed() < idle {
+            check_interrupted()?;
+            sleep(Duration::from_millis(100));
+        }
+        long.idle_seconds = t.elapsed().as_secs_f64();
+        let idle_ns = measure::process_cpu_ns(attached.pid)?.saturating_sub(cpu);
+        long.idle_cpu_ms_per_s = idle_ns as f64 / 1e6 / long.idle_seconds;
+        println!(
+            "bench: tracer with no traffic: {:.1} ms CPU per second",
+            long.idle_cpu_ms_per_s
+        );
         for i in 0..plan.long_segments {
             let dns = dnsperf::run(self.dnsperf(many, plan.long_segment_seconds), || {})?;
             long.completed += dns.completed;

@@ -39,10 +39,10 @@ enum Task {
         /// A short smoke run (about a minute), written to the target dir instead.
         #[arg(long)]
         quick: bool,
-        /// Interleaved rounds of every mode (default 5, quick 1).
+        /// Interleaved rounds of every mode (default 6, quick 1).
         #[arg(long)]
         rounds: Option<u32>,
-        /// Seconds of dnsperf per run (default 10, quick 3).
+        /// Seconds of dnsperf per run (default 8, quick 3).
         #[arg(long)]
         seconds: Option<u32>,
     },
