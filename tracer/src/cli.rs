@@ -26,6 +26,10 @@ pub enum Command {
     Hooks(HooksArgs),
     /// The node's state without eBPF, read-only: iptables backend, kube-proxy, DNS Service, conntrack.
     Inspect(InspectArgs),
+    /// Put two reports side by side and flag regressions (exit code 3 when there is one).
+    Compare(CompareArgs),
+    /// Run the lab's scenarios on this kernel with the tracer and check each is caught and placed.
+    Validate(ValidateArgs),
 }
 
 /// How results are written.
@@ -98,6 +102,9 @@ pub struct TraceArgs {
     /// Output format: text lines and summary, or JSON lines (a record per query, then the summary).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Also write a versioned JSON report (node facts, summary, failed queries) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Where kube-proxy's iptables rules live.
@@ -173,7 +180,7 @@ pub enum FaultName {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer probe --lab\n  tracer probe --lab --count 200 --rate 100 --type A --type AAAA\n  tracer probe --netns trl-client0 --server 10.96.0.10:53 --name kube-dns.kube-system.svc.cluster.local")]
+#[command(after_help = "Examples:\n  tracer probe --lab\n  tracer probe --lab --rate 100 --duration 10 --type A --type AAAA --report before.json\n  tracer probe --lab --count 200 --parallel-a-aaaa --output json\n  tracer probe --netns trl-client0 --server 10.96.0.10:53 --name kube-dns.kube-system.svc.cluster.local")]
 pub struct ProbeArgs {
     /// Query the lab's DNS Service from its client0 pod (following its stale-conntrack and
     /// conntrack-race faults: their source port, parallel A/AAAA).
@@ -188,12 +195,15 @@ pub struct ProbeArgs {
     /// The DNS server, `IP[:PORT]` (port 53 by default); with `--lab`, the lab's Service IP.
     #[arg(long, value_parser = parse_ip_port)]
     pub server: Option<(Ipv4Addr, Option<u16>)>,
-    /// Number of lookups.
-    #[arg(long, default_value_t = 20)]
-    pub count: u32,
+    /// Number of lookups (default: rate × duration).
+    #[arg(long)]
+    pub count: Option<u32>,
     /// Lookups per second.
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
+    /// Seconds to send for (ignored with `--count`).
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
     /// Name to ask for; repeat to use several in turn.
     #[arg(long = "name", default_value = "kubernetes.default.svc.cluster.local")]
     pub names: Vec<String>,
@@ -209,6 +219,15 @@ pub struct ProbeArgs {
     /// Send A and AAAA together from one socket for every lookup, as glibc does.
     #[arg(long)]
     pub parallel_a_aaaa: bool,
+    /// Do not run the tracer alongside: losses are then counted, not attributed.
+    #[arg(long)]
+    pub no_trace: bool,
+    /// Output format: a summary table, or one JSON object.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Also write a versioned JSON report (node facts, probe and trace results) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +247,59 @@ pub struct InspectArgs {
     /// Output format: tables and findings, or one JSON document.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Also write a versioned JSON report (node facts) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  tracer compare before.json after.json\n  tracer compare before.json after.json --max-loss-increase 0.5 --output json\n\nExit codes: 0 no regression, 3 a regression, 1 an error.")]
+pub struct CompareArgs {
+    /// The earlier report (`--report` of probe, trace, inspect or validate).
+    pub before: std::path::PathBuf,
+    /// The later report.
+    pub after: std::path::PathBuf,
+    /// A rise of the loss by more than this many percentage points is a regression.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_loss_increase: f64,
+    /// A p99 latency rise by more than this many percent is a regression ...
+    #[arg(long, default_value_t = 50.0)]
+    pub max_p99_increase_percent: f64,
+    /// ... when it is also more than this many milliseconds (below that it is noise).
+    #[arg(long, default_value_t = 10.0)]
+    pub min_p99_increase_ms: f64,
+    /// A rise of the drops for one reason by more than this many is a regression.
+    #[arg(long, default_value_t = 0)]
+    pub max_drop_increase: u64,
+    /// A rise of conntrack's drop or insert_failed statistic by more than this is a regression.
+    #[arg(long, default_value_t = 0)]
+    pub max_conntrack_drop_increase: u64,
+    /// Output format: a side-by-side table, or one JSON object.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 2 one failed, 1 an error.")]
+pub struct ValidateArgs {
+    /// Prefix of the lab validate brings up (and down) for its scenarios.
+    #[arg(long, env = "TRACER_VALIDATE_PREFIX", default_value = "trv")]
+    pub prefix: String,
+    /// Only these backends (default: both).
+    #[arg(long = "backend", value_enum)]
+    pub backends: Vec<Backend>,
+    /// Only these scenarios (`healthy` or a fault name; default: all).
+    #[arg(long = "scenario")]
+    pub scenarios: Vec<String>,
+    /// Lookups for the healthy measurement of loss and latency.
+    #[arg(long, default_value_t = 500)]
+    pub healthy_count: u32,
+    /// Output format: a line per scenario, or one JSON object.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Also write a versioned JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Parses `IP[:PORT]`.

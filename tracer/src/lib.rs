@@ -12,6 +12,7 @@
 //! - `report`: the data models of results, rendered as text or JSON.
 //! - `trace`: the trace command: hooks -> records -> correlator -> per-query paths -> report.
 //! - `node`: the node's state without eBPF (iptables backend, kube-proxy, conntrack), as findings.
+//! - `validate`: the lab's scenarios on this kernel, each checked for detection and attribution.
 pub mod cli;
 pub mod flow;
 pub mod kernel;
@@ -22,3 +23,4 @@ pub mod probes;
 pub mod report;
 pub mod trace;
 pub mod node;
+pub mod validate;

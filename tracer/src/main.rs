@@ -2,6 +2,11 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracer::cli::{Cli, Command};
 
+/// `tracer validate`: a scenario failed its checks (errors exit with 1).
+const EXIT_SCENARIO_FAILED: i32 = 2;
+/// `tracer compare`: a figure regressed past its threshold (errors exit with 1).
+const EXIT_REGRESSION: i32 = 3;
+
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -11,5 +16,20 @@ fn main() -> anyhow::Result<()> {
         Command::Hooks(args) => tracer::probes::run_hooks(args).context("hooks"),
         Command::Inspect(args) => tracer::node::inspect::run(args).context("inspect"),
         Command::Probe(args) => tracer::measure::probe::run(args).context("probe"),
+        Command::Compare(args) => {
+            let c = tracer::report::compare::run(args).context("compare")?;
+            if c.regressions > 0 {
+                eprintln!("compare: {} regression(s): {}", c.regressions, c.regressed().join(", "));
+                std::process::exit(EXIT_REGRESSION);
+            }
+            Ok(())
+        }
+        Command::Validate(args) => {
+            if !tracer::validate::run(args).context("validate")? {
+                eprintln!("validate: a scenario failed on this kernel (see the FAIL lines)");
+                std::process::exit(EXIT_SCENARIO_FAILED);
+            }
+            Ok(())
+        }
     }
 }

@@ -41,6 +41,10 @@ pub enum Error {
     },
     #[error("lab {prefix} is not up (`tracer lab up --prefix {prefix}`)")]
     NoLab { prefix: String },
+    #[error(transparent)]
+    Report {
+        source: Box<crate::report::document::Error>,
+    },
 }
 
 /// `tracer inspect`: inspects the namespace the arguments name and prints the report.
@@ -62,6 +66,13 @@ pub fn run(args: InspectArgs) -> Result<(), Error> {
     match args.output {
         OutputFormat::Text => print!("{}", report.render_text()),
         OutputFormat::Json => println!("{}", report.render_json()?),
+    }
+    if let Some(path) = &args.report {
+        crate::report::document::write_inspect_report(path, &report).map_err(|source| {
+            Error::Report {
+                source: Box::new(source),
+            }
+        })?;
     }
     Ok(())
 }

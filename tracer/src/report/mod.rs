@@ -1,6 +1,10 @@
 //! One data model per command, rendered as text or JSON.
 //!
 //! # Layout
+//! - `document`: the versioned report file (`--report`) that `compare` reads.
+//! - `compare`: two reports side by side, with regressions flagged against thresholds.
 //! - `trace`: the trace summary (counts by verdict, stage, reason and endpoint, latency, what
 //!   was lost or skipped) and the per-query line.
+pub mod compare;
+pub mod document;
 pub mod trace;

@@ -1,0 +1,469 @@
+//! `tracer compare BEFORE AFTER`: every figure of two reports side by side, and the regressions
+//! among them against thresholds (loss, p99 latency, drops by reason, conntrack drops, validate
+//! scenarios that stopped passing).
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde::Serialize;
+
+use crate::{
+    cli::{CompareArgs, OutputFormat},
+    report::document::{self, Document, LatencyMs, ProbeReport},
+};
+
+/// What failed while comparing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Report {
+        #[from]
+        source: document::Error,
+    },
+    #[error("invalid threshold: {reason}")]
+    Threshold { reason: &'static str },
+    #[error("failed to encode the comparison as JSON: {source}")]
+    Json { source: serde_json::Error },
+}
+
+/// When a change is a regression.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Thresholds {
+    /// Loss may rise by at most this many percentage points.
+    pub max_loss_increase: f64,
+    /// p99 latency may rise by at most this many percent ...
+    pub max_p99_increase_percent: f64,
+    /// ... or by at most this many milliseconds (the larger allowance wins).
+    pub min_p99_increase_ms: f64,
+    /// Drops for one reason may rise by at most this many.
+    pub max_drop_increase: u64,
+    /// Conntrack's drop and insert_failed statistics may rise by at most this many.
+    pub max_conntrack_drop_increase: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            max_loss_increase: 1.0,
+            max_p99_increase_percent: 50.0,
+            min_p99_increase_ms: 10.0,
+            max_drop_increase: 0,
+            max_conntrack_drop_increase: 0,
+        }
+    }
+}
+
+/// What a figure measures, and so which threshold judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Shown, never judged.
+    Info,
+    /// Loss in percent.
+    LossPercent,
+    /// p99 latency in milliseconds.
+    P99Ms,
+    /// Queries lost for one reason.
+    Drops,
+    /// A conntrack drop statistic over the run.
+    ConntrackDrops,
+    /// A validate scenario: 1 passed, 0 failed.
+    Pass,
+}
+
+/// A figure's value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// A number.
+    Number(f64),
+    /// A fact in words (kernel release, backend).
+    Text(String),
+}
+
+impl Value {
+    fn number(&self) -> Option<f64> {
+        match self {
+            Value::Number(n) => Some(*n),
+            Value::Text(_) => None,
+        }
+    }
+
+    fn show(&self, kind: Kind) -> String {
+        match (self, kind) {
+            (Value::Number(n), Kind::Pass) => if *n >= 1.0 { "pass" } else { "FAIL" }.to_owned(),
+            (Value::Number(n), _) if n.fract() == 0.0 => format!("{n:.0}"),
+            (Value::Number(n), _) => format!("{n:.3}"),
+            (Value::Text(t), _) => t.clone(),
+        }
+    }
+}
+
+/// One figure of both reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Its name (`probe.loss_percent`, `trace.drops[netfilter: NETFILTER_DROP @ nft_do_chain]`).
+    pub name: String,
+    /// What it measures.
+    pub kind: Kind,
+    /// In BEFORE.
+    pub before: Option<Value>,
+    /// In AFTER.
+    pub after: Option<Value>,
+    /// Why this change is a regression, if it is one.
+    pub regression: Option<String>,
+}
+
+/// Which report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Header {
+    /// The file.
+    pub file: String,
+    /// The command that wrote it.
+    pub command: String,
+    /// Its kernel release.
+    pub kernel: String,
+    /// When it was written.
+    pub created: String,
+    /// The tracer that wrote it.
+    pub tool: String,
+}
+
+impl Header {
+    fn of(file: &Path, d: &Document) -> Self {
+        Self {
+            file: file.display().to_string(),
+            command: d.command.clone(),
+            kernel: d.kernel.clone(),
+            created: d.created.clone(),
+            tool: format!("{} {}", d.tool.name, d.tool.version),
+        }
+    }
+}
+
+/// Two reports compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The earlier report.
+    pub before: Header,
+    /// The later report.
+    pub after: Header,
+    /// The thresholds used.
+    pub thresholds: Thresholds,
+    /// Every figure of either report, in report order.
+    pub figures: Vec<Figure>,
+    /// How many figures regressed.
+    pub regressions: usize,
+}
+
+impl Comparison {
+    /// The names of the regressed figures.
+    pub fn regressed(&self) -> Vec<&str> {
+        self.figures
+            .iter()
+            .filter(|f| f.regression.is_some())
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
+    /// The side-by-side table and the verdict.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for (label, h) in [("before", &self.before), ("after", &self.after)] {
+            let _ = writeln!(
+                s,
+                "{label:<6} {}: {} on kernel {}, {} ({})",
+                h.file, h.command, h.kernel, h.created, h.tool
+            );
+        }
+        let mut t = Table::new();
+        t.load_style(UTF8_BORDERS_ONLY)
+            .set_header(vec!["figure", "before", "after", "change", "regression"]);
+        for f in &self.figures {
+            let show = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), |v| v.show(f.kind));
+            let change = match (
+                f.before.as_ref().and_then(Value::number),
+                f.after.as_ref().and_then(Value::number),
+            ) {
+                (Some(b), Some(a)) if f.kind != Kind::Pass && a != b => {
+                    let d = a - b;
+                    if d.fract() == 0.0 { format!("{d:+.0}") } else { format!("{d:+.3}") }
+                }
+                (Some(_), Some(_)) => String::new(),
+                _ if f.before != f.after && f.before.is_some() && f.after.is_some() => {
+                    "changed".to_owned()
+                }
+                _ => String::new(),
+            };
+            t.add_row(vec![
+                f.name.clone(),
+                show(&f.before),
+                show(&f.after),
+                change,
+                f.regression.clone().unwrap_or_default(),
+            ]);
+        }
+        let _ = writeln!(s, "{t}");
+        if self.regressions == 0 {
+            let _ = writeln!(s, "no regression");
+        } else {
+            let _ = writeln!(
+                s,
+                "{} regression(s): {}",
+                self.regressions,
+                self.regressed().join(", ")
+            );
+        }
+        s
+    }
+}
+
+/// The figures of one report, in order.
+fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
+    let mut out = Vec::new();
+    let num = |n: f64| Value::Number(n);
+    let text = |t: &str| Value::Text(t.to_owned());
+    out.push(("kernel".to_owned(), Kind::Info, text(&d.kernel)));
+    if let Some(tier) = &d.tier {
+        out.push(("tracer.tier".to_owned(), Kind::Info, text(tier)));
+    }
+    if let Some(n) = &d.node {
+        out.push(("node.tier".into(), Kind::Info, text(&n.tier)));
+        out.push(("node.iptables_backend".into(), Kind::Info, text(&n.iptables_backend)));
+        out.push(("node.proxy_mode".into(), Kind::Info, text(&n.proxy_mode)));
+        if let Some(svc) = &n.dns_service {
+            out.push(("node.dns_service".into(), Kind::Info, text(svc)));
+        }
+        out.push(("node.conntrack_count".into(), Kind::Info, num(f64::from(n.conntrack_count))));
+        out.push(("node.conntrack_max".into(), Kind::Info, num(f64::from(n.conntrack_max))));
+        out.push((
+            "node.dns_conntrack_stale".into(),
+            Kind::Info,
+            num(n.dns_conntrack_stale as f64),
+        ));
+        let mut by_severity: BTreeMap<&str, f64> = BTreeMap::new();
+        for f in &n.findings {
+            *by_severity.entry(f.severity.as_str()).or_default() += 1.0;
+        }
+        for sev in ["error", "warning"] {
+            out.push((
+                format!("node.findings.{sev}"),
+                Kind::Info,
+                num(by_severity.get(sev).copied().unwrap_or(0.0)),
+            ));
+        }
+    }
+    if let Some(p) = &d.probe {
+        probe_figures("probe", p, &mut out);
+    }
+    if let Some(t) = &d.trace {
+        // With a probe, its figures are judged; the trace's are shown beside them.
+        let judged = |k: Kind| if d.probe.is_some() { Kind::Info } else { k };
+        let c = &t.counters;
+        out.push(("trace.queries".into(), Kind::Info, num(c.queries as f64)));
+        out.push(("trace.answered".into(), Kind::Info, num(c.answered as f64)));
+        if c.queries > 0 {
+            let loss = 100.0 * c.queries.saturating_sub(c.answered) as f64 / c.queries as f64;
+            out.push(("trace.loss_percent".into(), judged(Kind::LossPercent), num(loss)));
+        }
+        if t.latency.count > 0 {
+            out.push((
+                "trace.latency_p99_le_ms".into(),
+                judged(Kind::P99Ms),
+                num(t.latency.p99_le_us as f64 / 1000.0),
+            ));
+        }
+        for (cause, n) in &t.by_cause {
+            out.push((format!("trace.drops[{cause}]"), judged(Kind::Drops), num(*n as f64)));
+        }
+        out.push(("trace.lost_events".into(), Kind::Info, num(c.lost_events as f64)));
+    }
+    if let Some(ct) = &d.conntrack_delta {
+        for (name, v) in ct.fields() {
+            let kind = if matches!(name, "drop" | "insert_failed") {
+                Kind::ConntrackDrops
+            } else {
+                Kind::Info
+            };
+            out.push((format!("conntrack.{name}"), kind, num(f64::from(v))));
+        }
+    }
+    if let Some(v) = &d.validate {
+        out.push(("validate.tier".into(), Kind::Info, text(&v.tier)));
+        for sc in &v.scenarios {
+            let prefix = format!("validate.{}.{}", sc.backend_name(), sc.scenario);
+            out.push((prefix.clone(), Kind::Pass, num(if sc.passed { 1.0 } else { 0.0 })));
+            if sc.scenario == "healthy" {
+                probe_figures(&prefix, &sc.probe, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn probe_figures(prefix: &str, p: &ProbeReport, out: &mut Vec<(String, Kind, Value)>) {
+    let num = |n: f64| Value::Number(n);
+    out.push((format!("{prefix}.sent"), Kind::Info, num(f64::from(p.sent))));
+    out.push((format!("{prefix}.lost"), Kind::Info, num(f64::from(p.lost))));
+    out.push((format!("{prefix}.loss_percent"), Kind::LossPercent, num(p.loss_percent)));
+    if let Some(l) = &p.latency_ms {
+        let lat: [(&str, fn(&LatencyMs) -> f64, Kind); 4] = [
+            ("p50", |l| l.p50, Kind::Info),
+            ("p90", |l| l.p90, Kind::Info),
+            ("p99", |l| l.p99, Kind::P99Ms),
+            ("max", |l| l.max, Kind::Info),
+        ];
+        for (name, f, kind) in lat {
+            out.push((format!("{prefix}.latency_{name}_ms"), kind, num(f(l))));
+        }
+    }
+    for (rcode, n) in &p.rcodes {
+        out.push((format!("{prefix}.rcode[{rcode}]"), Kind::Info, num(f64::from(*n))));
+    }
+    for (cause, n) in &p.lost_by_cause {
+        out.push((format!("{prefix}.lost_by_cause[{cause}]"), Kind::Drops, num(f64::from(*n))));
+    }
+    for (ep, n) in &p.lost_by_endpoint {
+        out.push((format!("{prefix}.lost_by_endpoint[{ep}]"), Kind::Info, num(f64::from(*n))));
+    }
+}
+
+/// Why `before` -> `after` of a `kind` figure is a regression, if it is one.
+fn judge(kind: Kind, before: Option<&Value>, after: Option<&Value>, t: &Thresholds) -> Option<String> {
+    let (b, a) = (before.and_then(Value::number), after.and_then(Value::number));
+    match kind {
+        Kind::Info => None,
+        Kind::LossPercent => {
+            let (b, a) = (b?, a?);
+            (a - b > t.max_loss_increase).then(|| {
+                format!("loss rose {:.2} points (allowed {})", a - b, t.max_loss_increase)
+            })
+        }
+        Kind::P99Ms => {
+            let (b, a) = (b?, a?);
+            let allowed = (b * t.max_p99_increase_percent / 100.0).max(t.min_p99_increase_ms);
+            (a - b > allowed).then(|| format!("p99 rose {:.2} ms (allowed {allowed:.2})", a - b))
+        }
+        Kind::Drops | Kind::ConntrackDrops => {
+            // A cause absent from one report had no drops there; but a section absent from a
+            // report (a different command) is not judged.
+            if before.is_none() && after.is_none() {
+                return None;
+            }
+            let (b, a) = (b.unwrap_or(0.0), a.unwrap_or(0.0));
+            let allowed = if kind == Kind::Drops {
+                t.max_drop_increase
+            } else {
+                t.max_conntrack_drop_increase
+            } as f64;
+            (a - b > allowed).then(|| format!("rose by {:.0} (allowed {allowed:.0})", a - b))
+        }
+        Kind::Pass => (b? >= 1.0 && a? < 1.0).then(|| "passed before, fails now".to_owned()),
+    }
+}
+
+/// Compares two reports figure by figure.
+pub fn compare(
+    before_file: &Path,
+    before: &Document,
+    after_file: &Path,
+    after: &Document,
+    thresholds: &Thresholds,
+) -> Comparison {
+    let (fb, fa) = (figures(before), figures(after));
+    let sections = |d: &Document| (d.probe.is_some(), d.trace.is_some(), d.conntrack_delta.is_some());
+    let same_sections = sections(before) == sections(after);
+    let mut order: Vec<(String, Kind)> = Vec::new();
+    for (name, kind, _) in fb.iter().chain(&fa) {
+        if !order.iter().any(|(n, _)| n == name) {
+            order.push((name.clone(), *kind));
+        }
+    }
+    let find = |v: &[(String, Kind, Value)], name: &str| {
+        v.iter().find(|(n, _, _)| n == name).map(|(_, _, v)| v.clone())
+    };
+    let figures: Vec<Figure> = order
+        .into_iter()
+        .map(|(name, kind)| {
+            let (b, a) = (find(&fb, &name), find(&fa, &name));
+            // Drops missing from one side count as zero only when both reports measured the
+            // same things.
+            let judged = match kind {
+                Kind::Drops | Kind::ConntrackDrops if !same_sections => None,
+                _ => judge(kind, b.as_ref(), a.as_ref(), thresholds),
+            };
+            Figure {
+                name,
+                kind,
+                before: b,
+                after: a,
+                regression: judged,
+            }
+        })
+        .collect();
+    let regressions = figures.iter().filter(|f| f.regression.is_some()).count();
+    Comparison {
+        before: Header::of(before_file, before),
+        after: Header::of(after_file, after),
+        thresholds: *thresholds,
+        figures,
+        regressions,
+    }
+}
+
+/// Runs `tracer compare`: prints the comparison and returns it (the caller turns a regression
+/// into the exit code).
+pub fn run(args: CompareArgs) -> Result<Comparison, Error> {
+    let t = Thresholds {
+        max_loss_increase: args.max_loss_increase,
+        max_p99_increase_percent: args.max_p99_increase_percent,
+        min_p99_increase_ms: args.min_p99_increase_ms,
+        max_drop_increase: args.max_drop_increase,
+        max_conntrack_drop_increase: args.max_conntrack_drop_increase,
+    };
+    if ![t.max_loss_increase, t.max_p99_increase_percent, t.min_p99_increase_ms]
+        .iter()
+        .all(|v| v.is_finite() && *v >= 0.0)
+    {
+        return Err(Error::Threshold {
+            reason: "loss and latency thresholds must be finite and not negative",
+        });
+    }
+    let before = Document::read(&args.before)?;
+    let after = Document::read(&args.after)?;
+    let c = compare(&args.before, &before, &args.after, &after, &t);
+    match args.output {
+        OutputFormat::Text => print!("{}", c.text()),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&c).map_err(|source| Error::Json { source })?
+        ),
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(v: f64) -> Option<Value> {
+        Some(Value::Number(v))
+    }
+
+    #[test]
+    fn thresholds_judge_each_kind() {
+        let t = Thresholds::default();
+        let j = |k, b: Option<Value>, a: Option<Value>| judge(k, b.as_ref(), a.as_ref(), &t);
+        assert!(j(Kind::LossPercent, n(0.0), n(0.5)).is_none());
+        assert!(j(Kind::LossPercent, n(0.0), n(50.0)).is_some());
+        assert!(j(Kind::P99Ms, n(0.4), n(5.0)).is_none(), "below the 10 ms floor");
+        assert!(j(Kind::P99Ms, n(20.0), n(40.0)).is_some());
+        assert!(j(Kind::P99Ms, n(100.0), n(140.0)).is_none(), "within 50 %");
+        assert!(j(Kind::Drops, None, n(3.0)).is_some(), "a new cause of drops");
+        assert!(j(Kind::Drops, n(3.0), None).is_none(), "drops gone");
+        assert!(j(Kind::ConntrackDrops, n(0.0), n(1.0)).is_some());
+        assert!(j(Kind::Pass, n(1.0), n(0.0)).is_some());
+        assert!(j(Kind::Pass, n(0.0), n(1.0)).is_none());
+        assert!(j(Kind::Info, n(0.0), n(100.0)).is_none());
+    }
+}

@@ -1,0 +1,646 @@
+//! `tracer validate`: kernel-upgrade validation with no cluster. Runs the lab's scenarios
+//! (healthy and every fault, in both iptables backends) on this kernel with the tracer, checks
+//! that each one is detected and attributed to the right stage, measures the healthy loss and
+//! latency, and writes a report to `compare` with the one from the previous kernel.
+//!
+//! Each scenario gets a fresh lab (brought down however the scenario ends), so one scenario's
+//! leftovers (conntrack entries, rules) cannot make the next one pass or fail.
+
+use std::{
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cli::{Backend, FaultName, OutputFormat, ValidateArgs},
+    flow::record::{Leg, QueryRecord as TraceRecord, Verdict},
+    lab::{self, LabInfo},
+    measure::{
+        BatchSpec,
+        probe::{self, Traced, progress_bar, traced_batch},
+    },
+    netns,
+    node::{conntrack::CpuStats, inspect},
+    report::document::{self, Document, NodeFacts, ProbeReport},
+    trace::{self, Settings, Target},
+};
+
+/// What failed while validating (a scenario that fails its checks is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to bring up lab {prefix} for scenario {scenario}: {source}")]
+    Lab {
+        prefix: String,
+        scenario: String,
+        source: lab::Error,
+    },
+    #[error("failed to run scenario {scenario} ({backend}): {source}")]
+    Probe {
+        scenario: String,
+        backend: &'static str,
+        source: probe::Error,
+    },
+    #[error("failed to read the lab's rules for scenario {scenario}: {source}")]
+    Rules {
+        scenario: String,
+        source: trace::Error,
+    },
+    #[error("unknown scenario {name:?}: say healthy or a fault name ({known})")]
+    UnknownScenario { name: String, known: String },
+    #[error("failed to inspect the node for the report: {source}")]
+    Inspect { source: inspect::Error },
+    #[error(transparent)]
+    Report {
+        #[from]
+        source: document::Error,
+    },
+    #[error("failed to write the result: {source}")]
+    Output {
+        #[from]
+        source: std::io::Error,
+    },
+    #[error("failed to encode the result as JSON: {source}")]
+    Json {
+        #[from]
+        source: serde_json::Error,
+    },
+}
+
+/// One scenario on one backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    /// The iptables backend of the lab's rules.
+    pub backend: Backend,
+    /// `healthy` or the fault's name.
+    pub scenario: String,
+    /// Every check held.
+    pub passed: bool,
+    /// The hook tier the tracer had.
+    pub tier: String,
+    /// What the checks expect, in words.
+    pub expected: String,
+    /// The checks that failed, in words.
+    pub problems: Vec<String>,
+    /// What the probe measured, with every lost query's trace record.
+    pub probe: ProbeReport,
+    /// Conntrack statistics change over the scenario in the lab's node.
+    pub conntrack_delta: Option<CpuStats>,
+}
+
+impl ScenarioResult {
+    /// `nft` or `legacy`.
+    pub fn backend_name(&self) -> &'static str {
+        backend_name(self.backend)
+    }
+}
+
+/// Every scenario run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validation {
+    /// The hook tier the tracer had on this kernel.
+    pub tier: String,
+    /// Every scenario passed.
+    pub passed: bool,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// Scenario by scenario.
+    pub scenarios: Vec<ScenarioResult>,
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Nft => "nft",
+        Backend::Legacy => "legacy",
+    }
+}
+
+/// What a check sees.
+struct Seen<'a> {
+    lab: &'a LabInfo,
+    traced: &'a Traced,
+    report: &'a ProbeReport,
+    /// The Service's endpoints as the rules hold them now.
+    live: Vec<Ipv4Addr>,
+}
+
+impl Seen<'_> {
+    fn dns0(&self) -> Option<Ipv4Addr> {
+        self.lab.endpoints.first().map(|p| p.ip)
+    }
+
+    /// The trace record of every lost query (those without one are reported by `attributed`).
+    fn lost(&self) -> impl Iterator<Item = (u16, &TraceRecord)> {
+        self.report
+            .lost_queries
+            .iter()
+            .filter_map(|q| q.trace.as_ref().map(|r| (q.id, r)))
+    }
+}
+
+/// One scenario: a fault (or none), the batch it needs, and its checks.
+struct Scenario {
+    name: &'static str,
+    fault: Option<(FaultName, Option<u8>)>,
+    count: u32,
+    timeout: Duration,
+    parallel_a_aaaa: bool,
+    expected: &'static str,
+    check: fn(&Seen, &mut Vec<String>),
+}
+
+/// The scenarios, healthy first. Timeouts are 1 s, and 5 s where the kernel's neighbour code
+/// needs about 3 s to give up on an address nobody answers for.
+fn scenarios(healthy_count: u32) -> Vec<Scenario> {
+    let one = Duration::from_secs(1);
+    let five = Duration::from_secs(5);
+    let s = |name, fault, count, timeout, expected, check| Scenario {
+        name,
+        fault,
+        count,
+        timeout,
+        parallel_a_aaaa: false,
+        expected,
+        check,
+    };
+    vec![
+        s(
+            "healthy",
+            None,
+            healthy_count,
+            one,
+            "every query answered",
+            check_healthy,
+        ),
+        s(
+            "filter-drop",
+            Some((FaultName::FilterDrop, Some(0))),
+            40,
+            one,
+            "some lost, each a netfilter NETFILTER_DROP after DNAT to dns0",
+            check_filter_drop,
+        ),
+        s(
+            "no-endpoints",
+            Some((FaultName::NoEndpoints, None)),
+            20,
+            one,
+            "all lost, each dropped by netfilter before DNAT (rejected where an ICMP error was sent)",
+            check_no_endpoints,
+        ),
+        s(
+            "pod-down",
+            Some((FaultName::PodDown, Some(0))),
+            40,
+            one,
+            "some lost, each NO_SOCKET at the socket stage inside dns0",
+            check_pod_down,
+        ),
+        s(
+            "pod-link-down",
+            Some((FaultName::PodLinkDown, Some(0))),
+            20,
+            five,
+            "some lost, each sent to dns0 and dropped at the neighbour (or bridge) stage",
+            check_pod_link_down,
+        ),
+        s(
+            "conntrack-full",
+            Some((FaultName::ConntrackFull, None)),
+            10,
+            one,
+            "all lost, each dropped at conntrack, with conntrack's drop statistic rising",
+            check_conntrack_full,
+        ),
+        s(
+            "stale-conntrack",
+            Some((FaultName::StaleConntrack, None)),
+            10,
+            five,
+            "all lost, each sent to an endpoint the rules no longer hold",
+            check_stale_conntrack,
+        ),
+        s(
+            "mixed-backend",
+            Some((FaultName::MixedBackend, None)),
+            10,
+            five,
+            "some lost, each sent to a target that is not an endpoint",
+            check_mixed_backend,
+        ),
+        Scenario {
+            parallel_a_aaaa: true,
+            ..s(
+                "conntrack-race",
+                Some((FaultName::ConntrackRace, None)),
+                200,
+                one,
+                "nothing lost, conntrack's clash_resolve rising",
+                check_conntrack_race,
+            )
+        },
+    ]
+}
+
+fn attributed(s: &Seen, p: &mut Vec<String>) {
+    if s.report.unattributed > 0 {
+        p.push(format!(
+            "{} of {} lost queries have no trace record",
+            s.report.unattributed, s.report.lost
+        ));
+    }
+}
+
+fn some_lost(s: &Seen, p: &mut Vec<String>) {
+    if s.report.lost == 0 || s.report.lost == s.report.sent {
+        p.push(format!(
+            "expected some of {} queries lost (one endpoint of two), lost {}",
+            s.report.sent, s.report.lost
+        ));
+    }
+}
+
+fn all_lost(s: &Seen, p: &mut Vec<String>) {
+    if s.report.lost != s.report.sent {
+        p.push(format!(
+            "expected all {} queries lost, lost {}",
+            s.report.sent, s.report.lost
+        ));
+    }
+}
+
+fn to_dns0(s: &Seen, id: u16, r: &TraceRecord, p: &mut Vec<String>) -> bool {
+    if r.endpoint != s.dns0() {
+        p.push(format!(
+            "query {id:#06x}: sent to {:?}, expected dns0 {:?}",
+            r.endpoint,
+            s.dns0()
+        ));
+        return false;
+    }
+    true
+}
+
+fn check_healthy(s: &Seen, p: &mut Vec<String>) {
+    if s.report.lost != 0 || s.report.sent == 0 {
+        p.push(format!(
+            "expected every query answered: sent {}, lost {}",
+            s.report.sent, s.report.lost
+        ));
+    }
+}
+
+fn check_filter_drop(s: &Seen, p: &mut Vec<String>) {
+    some_lost(s, p);
+    for (id, r) in s.lost() {
+        to_dns0(s, id, r, p);
+        match &r.drop {
+            Some(d)
+                if d.stage == "netfilter"
+                    && d.reason == "NETFILTER_DROP"
+                    && d.leg == Leg::QueryToPod => {}
+            other => p.push(format!(
+                "query {id:#06x}: expected a netfilter NETFILTER_DROP after DNAT, got {other:?}"
+            )),
+        }
+    }
+}
+
+fn check_no_endpoints(s: &Seen, p: &mut Vec<String>) {
+    all_lost(s, p);
+    let mut rejected = 0;
+    for (id, r) in s.lost() {
+        if r.endpoint.is_some() {
+            p.push(format!("query {id:#06x}: DNATed to {:?}, expected no DNAT", r.endpoint));
+        }
+        match &r.drop {
+            Some(d) if d.stage == "netfilter" && d.leg == Leg::QueryBeforeDnat => {}
+            other => p.push(format!(
+                "query {id:#06x}: expected a netfilter drop before DNAT, got {other:?}"
+            )),
+        }
+        if r.icmp.is_some() {
+            rejected += 1;
+            if r.verdict != Verdict::Rejected {
+                p.push(format!(
+                    "query {id:#06x}: an ICMP error was sent, verdict is {}",
+                    r.verdict
+                ));
+            }
+        }
+    }
+    if rejected == 0 && s.report.lost > 0 {
+        p.push("no query was rejected with an ICMP error (the first one is not rate-limited)".into());
+    }
+}
+
+fn check_pod_down(s: &Seen, p: &mut Vec<String>) {
+    some_lost(s, p);
+    let pod_ns = s.lab.endpoints.first().map(|e| format!("{}/", e.netns));
+    for (id, r) in s.lost() {
+        to_dns0(s, id, r, p);
+        match &r.drop {
+            Some(d)
+                if d.stage == "socket"
+                    && d.reason == "NO_SOCKET"
+                    && pod_ns.as_ref().is_some_and(|ns| d.at.starts_with(ns)) => {}
+            other => p.push(format!(
+                "query {id:#06x}: expected NO_SOCKET at the socket stage in dns0, got {other:?}"
+            )),
+        }
+    }
+}
+
+fn check_pod_link_down(s: &Seen, p: &mut Vec<String>) {
+    some_lost(s, p);
+    for (id, r) in s.lost() {
+        to_dns0(s, id, r, p);
+        match &r.drop {
+            Some(d) if d.stage == "neighbour" || d.stage == "bridge" => {}
+            other => p.push(format!(
+                "query {id:#06x}: expected a drop at the neighbour or bridge stage, got {other:?}"
+            )),
+        }
+    }
+}
+
+fn check_conntrack_full(s: &Seen, p: &mut Vec<String>) {
+    all_lost(s, p);
+    for (id, r) in s.lost() {
+        match &r.drop {
+            Some(d) if d.stage == "conntrack" => {}
+            other => p.push(format!(
+                "query {id:#06x}: expected a drop at conntrack, got {other:?}"
+            )),
+        }
+    }
+    let drops = conntrack_delta(s).map_or(0, |d| d.drop);
+    if drops < s.report.lost {
+        p.push(format!(
+            "conntrack's drop statistic rose by {drops}, fewer than the {} lost queries",
+            s.report.lost
+        ));
+    }
+}
+
+fn check_stale_conntrack(s: &Seen, p: &mut Vec<String>) {
+    all_lost(s, p);
+    for (id, r) in s.lost() {
+        match r.endpoint {
+            Some(ep) if !s.live.contains(&ep) => {}
+            other => p.push(format!(
+                "query {id:#06x}: expected it sent to an endpoint the rules no longer hold ({:?}), sent to {other:?}",
+                s.live
+            )),
+        }
+    }
+}
+
+fn check_mixed_backend(s: &Seen, p: &mut Vec<String>) {
+    if s.report.lost == 0 {
+        p.push("expected lost queries: the stale backend's rules send some to a dead target".into());
+    }
+    for (id, r) in s.lost() {
+        let not_endpoint = r.endpoint.is_some_and(|ep| !s.live.contains(&ep))
+            || r.drop.as_ref().is_some_and(|d| d.why.contains("not an endpoint"));
+        if !not_endpoint {
+            p.push(format!(
+                "query {id:#06x}: expected it sent to a target that is not an endpoint ({:?}), got endpoint {:?}, drop {:?}",
+                s.live, r.endpoint, r.drop
+            ));
+        }
+    }
+}
+
+fn check_conntrack_race(s: &Seen, p: &mut Vec<String>) {
+    if s.report.lost != 0 {
+        p.push(format!(
+            "expected nothing lost (this kernel resolves the clashes), lost {}",
+            s.report.lost
+        ));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let clashes = conntrack_delta(s).map_or(0, |d| d.clash_resolve);
+    if cpus >= 2 && clashes == 0 {
+        p.push("conntrack's clash_resolve did not rise: A and AAAA did not race".into());
+    }
+}
+
+fn conntrack_delta(s: &Seen) -> Option<CpuStats> {
+    s.traced.summary.as_ref().and_then(|t| t.conntrack_delta)
+}
+
+/// Brings a lab down when dropped, however the scenario ends.
+struct LabDown<'a> {
+    prefix: &'a str,
+}
+
+impl Drop for LabDown<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = lab::down(self.prefix) {
+            log::warn!("failed to bring lab {} down: {e}", self.prefix);
+        }
+    }
+}
+
+fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<ScenarioResult, Error> {
+    let lab_err = |source| Error::Lab {
+        prefix: prefix.to_owned(),
+        scenario: sc.name.to_owned(),
+        source,
+    };
+    let _down = LabDown { prefix };
+    lab::up(prefix, backend, 1).map_err(lab_err)?;
+    if let Some((fault, pod)) = sc.fault {
+        lab::fault(prefix, fault, pod).map_err(lab_err)?;
+    }
+    let info = lab::info(prefix)
+        .map_err(lab_err)?
+        .ok_or_else(|| lab_err(lab::Error::NotUp { prefix: prefix.to_owned() }))?;
+    let probe_err = |source| Error::Probe {
+        scenario: sc.name.to_owned(),
+        backend: backend_name(backend),
+        source,
+    };
+    let spec = BatchSpec {
+        count: sc.count,
+        rate: 200.0,
+        timeout: sc.timeout,
+        source_port: info.stale_source_port,
+        parallel_a_aaaa: sc.parallel_a_aaaa,
+        ..BatchSpec::default()
+    };
+    let target = Target::lab(&info).map_err(|source| probe_err(source.into()))?;
+    let settings = Settings {
+        timeout: sc.timeout,
+        ..Settings::default()
+    };
+    let client = info.clients.first().map(|c| c.netns.clone());
+    let server = SocketAddrV4::new(info.service_ip, info.dns_port);
+    let traced = traced_batch(
+        client.as_deref(),
+        server,
+        &spec,
+        Some((target, settings)),
+        &progress_bar(sc.count, true),
+    )
+    .map_err(probe_err)?;
+    let report = ProbeReport::new(
+        client.as_deref().unwrap_or("node"),
+        server,
+        &spec,
+        &traced.result,
+        true,
+        &traced.records,
+    );
+    let live = crate::node::dns_service(Some(&netns::named(&info.node_netns)))
+        .map_err(|source| Error::Rules {
+            scenario: sc.name.to_owned(),
+            source: source.into(),
+        })?
+        .map(|s| s.endpoint_ips())
+        .unwrap_or_default();
+    let seen = Seen {
+        lab: &info,
+        traced: &traced,
+        report: &report,
+        live,
+    };
+    let mut problems = Vec::new();
+    attributed(&seen, &mut problems);
+    (sc.check)(&seen, &mut problems);
+    let summary = traced.summary.as_ref();
+    Ok(ScenarioResult {
+        backend,
+        scenario: sc.name.to_owned(),
+        passed: problems.is_empty(),
+        tier: summary
+            .and_then(|s| s.plan.as_ref())
+            .map_or("unknown".to_owned(), |p| p.tier.to_string()),
+        expected: sc.expected.to_owned(),
+        problems,
+        conntrack_delta: summary.and_then(|s| s.conntrack_delta),
+        probe: report,
+    })
+}
+
+/// Runs the chosen scenarios (`names` empty: all) on the chosen backends (empty: both), with
+/// labs named `prefix`; `each` is called with every result as it comes.
+pub fn validate(
+    prefix: &str,
+    backends: &[Backend],
+    names: &[String],
+    healthy_count: u32,
+    mut each: impl FnMut(&ScenarioResult),
+) -> Result<Validation, Error> {
+    let all = scenarios(healthy_count);
+    for name in names {
+        if !all.iter().any(|s| s.name == name) {
+            return Err(Error::UnknownScenario {
+                name: name.clone(),
+                known: all.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    let backends = if backends.is_empty() {
+        &[Backend::Nft, Backend::Legacy][..]
+    } else {
+        backends
+    };
+    let start = Instant::now();
+    let mut results = Vec::new();
+    for &backend in backends {
+        for sc in all.iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)) {
+            let r = run_scenario(prefix, backend, sc)?;
+            each(&r);
+            results.push(r);
+        }
+    }
+    let tier = results
+        .first()
+        .map_or("unknown".to_owned(), |r| r.tier.clone());
+    Ok(Validation {
+        tier,
+        passed: results.iter().all(|r| r.passed),
+        seconds: start.elapsed().as_secs_f64(),
+        scenarios: results,
+    })
+}
+
+/// One line for a scenario: `PASS nft    filter-drop      tier tracepoint  lost 19/40 ...`.
+pub fn line(r: &ScenarioResult) -> String {
+    let mut s = format!(
+        "{} {:<6} {:<16} tier {:<10} lost {}/{}",
+        if r.passed { "PASS" } else { "FAIL" },
+        r.backend_name(),
+        r.scenario,
+        r.tier,
+        r.probe.lost,
+        r.probe.sent
+    );
+    if let Some(l) = &r.probe.latency_ms {
+        s.push_str(&format!(", p50 {:.2} ms, p99 {:.2} ms", l.p50, l.p99));
+    }
+    if let Some((cause, _)) = r.probe.lost_by_cause.iter().max_by_key(|(_, n)| **n) {
+        s.push_str(&format!(", mostly {cause}"));
+    }
+    for p in &r.problems {
+        s.push_str(&format!("\n       {p}"));
+    }
+    s
+}
+
+/// Runs `tracer validate`; returns whether every scenario passed.
+pub fn run(args: ValidateArgs) -> Result<bool, Error> {
+    let json = args.output == OutputFormat::Json;
+    if !json {
+        println!(
+            "validating this kernel with the lab's scenarios (labs named {}-*, brought down after each)",
+            args.prefix
+        );
+    }
+    let v = validate(
+        &args.prefix,
+        &args.backends,
+        &args.scenarios,
+        args.healthy_count,
+        |r| {
+            if !json {
+                println!("{}", line(r));
+            }
+        },
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &v)?;
+        writeln!(stdout)?;
+    } else {
+        let failed = v.scenarios.iter().filter(|r| !r.passed).count();
+        writeln!(
+            stdout,
+            "{} of {} scenarios passed on kernel {} with hook tier {} in {:.0} s",
+            v.scenarios.len() - failed,
+            v.scenarios.len(),
+            nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            v.tier,
+            v.seconds
+        )?;
+    }
+    if let Some(path) = &args.report {
+        let mut doc = Document::new("validate")?;
+        doc.tier = Some(v.tier.clone());
+        doc.node = Some(NodeFacts::from_inspect(
+            &inspect::inspect(None).map_err(|source| Error::Inspect { source })?,
+        ));
+        doc.validate = Some(v.clone());
+        doc.write(path)?;
+        if !json {
+            writeln!(stdout, "report written to {}", path.display())?;
+        }
+    }
+    Ok(v.passed)
+}
