@@ -69,7 +69,10 @@ fn write_report(file: &TempFile, report: ProbeReport, traced: Traced) {
 }
 
 fn tracer(args: &[&str]) -> Output {
-    Command::new(TRACER).args(args).output().expect("run tracer")
+    Command::new(TRACER)
+        .args(args)
+        .output()
+        .expect("run tracer")
 }
 
 fn path(f: &TempFile) -> &str {
@@ -93,7 +96,11 @@ fn probe_attributes_every_loss_and_compare_flags_the_fault() {
     for backend in [Backend::Nft, Backend::Legacy] {
         let mut lab = LabGuard::up("trr1", backend);
         let (healthy, traced) = probe(&lab);
-        assert_eq!((healthy.sent, healthy.lost), (100, 0), "{backend:?}: {healthy:?}");
+        assert_eq!(
+            (healthy.sent, healthy.lost),
+            (100, 0),
+            "{backend:?}: {healthy:?}"
+        );
         assert_eq!(healthy.rcodes.get("NoError"), Some(&100), "{backend:?}");
         let before = TempFile::new("before.json");
         write_report(&before, healthy, traced);
@@ -109,16 +116,26 @@ fn probe_attributes_every_loss_and_compare_flags_the_fault() {
             "{backend:?}: one endpoint of two drops, lost {} %",
             faulty.loss_percent
         );
-        assert_eq!(faulty.unattributed, 0, "{backend:?}: every loss has a trace record");
+        assert_eq!(
+            faulty.unattributed, 0,
+            "{backend:?}: every loss has a trace record"
+        );
         assert_eq!(faulty.lost_queries.len() as u32, faulty.lost);
         for q in &faulty.lost_queries {
             let r = q.trace.as_ref().expect("matched by source port and id");
             assert_eq!((r.client.port(), r.id), (q.source_port, q.id));
             assert_eq!(r.endpoint, Some(DNS0), "{backend:?}: sent to dns0: {r:?}");
             let d = r.drop.as_ref().expect("a drop");
-            assert_eq!((d.stage.as_str(), d.reason.as_str()), ("netfilter", "NETFILTER_DROP"), "{d:?}");
+            assert_eq!(
+                (d.stage.as_str(), d.reason.as_str()),
+                ("netfilter", "NETFILTER_DROP"),
+                "{d:?}"
+            );
         }
-        assert_eq!(faulty.lost_by_endpoint.keys().collect::<Vec<_>>(), vec!["10.244.0.10"]);
+        assert_eq!(
+            faulty.lost_by_endpoint.keys().collect::<Vec<_>>(),
+            vec!["10.244.0.10"]
+        );
         let after = TempFile::new("after.json");
         write_report(&after, faulty, traced);
 
@@ -129,22 +146,44 @@ fn probe_attributes_every_loss_and_compare_flags_the_fault() {
             Document::read(&again.0).expect("read again"),
         );
         assert_eq!(b.schema_version, SCHEMA_VERSION);
-        assert_eq!(a.probe.as_ref().map(|p| p.lost_queries.len()), Some(a.failed_queries.len()));
+        assert_eq!(
+            a.probe.as_ref().map(|p| p.lost_queries.len()),
+            Some(a.failed_queries.len())
+        );
         let clean = compare(&before.0, &b, &again.0, &g, &loss_only());
-        assert_eq!(clean.regressions, 0, "{backend:?}: two healthy reports: {}", clean.text());
+        assert_eq!(
+            clean.regressions,
+            0,
+            "{backend:?}: two healthy reports: {}",
+            clean.text()
+        );
         let flagged = compare(&before.0, &b, &after.0, &a, &loss_only());
         let names = flagged.regressed();
-        assert!(names.contains(&"probe.loss_percent"), "{backend:?}: {names:?}");
         assert!(
-            names.iter().any(|n| n.starts_with("probe.lost_by_cause[netfilter: NETFILTER_DROP")),
+            names.contains(&"probe.loss_percent"),
+            "{backend:?}: {names:?}"
+        );
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("probe.lost_by_cause[netfilter: NETFILTER_DROP")),
             "{backend:?}: {names:?}"
         );
 
         // The command: exit code 3 on a regression, 0 without.
         let out = tracer(&["compare", path(&before), path(&after)]);
         assert_eq!(out.status.code(), Some(3), "{backend:?}: {out:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("regression"), "{out:?}");
-        let out = tracer(&["compare", path(&before), path(&again), "--min-p99-increase-ms", "10000"]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("regression"),
+            "{out:?}"
+        );
+        let out = tracer(&[
+            "compare",
+            path(&before),
+            path(&again),
+            "--min-p99-increase-ms",
+            "10000",
+        ]);
         assert_eq!(out.status.code(), Some(0), "{backend:?}: {out:?}");
         let out = tracer(&["compare", path(&before), path(&after), "--output", "json"]);
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON comparison");
@@ -161,14 +200,22 @@ fn other_schema_versions_are_refused_with_both_versions_named() {
     v["schema_version"] = 0.into();
     std::fs::write(&old.0, v.to_string()).expect("write");
     let err = Document::read(&old.0).expect_err("version 0 is refused");
-    assert!(matches!(err, document::Error::Version { found: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, document::Error::Version { found: 0, .. }),
+        "{err:?}"
+    );
     let current = TempFile::new("current.json");
     doc.write(&current.0).expect("write");
     let out = tracer(&["compare", path(&old), path(&current)]);
-    assert_eq!(out.status.code(), Some(1), "an error, not a regression: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error, not a regression: {out:?}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("schema version 0") && stderr.contains(&format!("version {SCHEMA_VERSION}")),
+        stderr.contains("schema version 0")
+            && stderr.contains(&format!("version {SCHEMA_VERSION}")),
         "{stderr}"
     );
 }
@@ -178,31 +225,66 @@ fn other_schema_versions_are_refused_with_both_versions_named() {
 fn probe_trace_and_inspect_reports_round_trip() {
     let lab = LabGuard::up("trr2", Backend::Nft);
     let prefix = lab.info.prefix.as_str();
-    let (p, t, i) = (TempFile::new("p.json"), TempFile::new("t.json"), TempFile::new("i.json"));
+    let (p, t, i) = (
+        TempFile::new("p.json"),
+        TempFile::new("t.json"),
+        TempFile::new("i.json"),
+    );
     let out = tracer(&[
-        "probe", "--lab", "--prefix", prefix, "--count", "50", "--rate", "200", "--timeout", "1",
-        "--report", path(&p),
+        "probe",
+        "--lab",
+        "--prefix",
+        prefix,
+        "--count",
+        "50",
+        "--rate",
+        "200",
+        "--timeout",
+        "1",
+        "--report",
+        path(&p),
     ]);
     assert!(out.status.success(), "{out:?}");
     let out = tracer(&["inspect", "--lab", "--prefix", prefix, "--report", path(&i)]);
     assert!(out.status.success(), "{out:?}");
-    let out = tracer(&["trace", "--lab", "--prefix", prefix, "--duration", "1", "--report", path(&t)]);
+    let out = tracer(&[
+        "trace",
+        "--lab",
+        "--prefix",
+        prefix,
+        "--duration",
+        "1",
+        "--report",
+        path(&t),
+    ]);
     assert!(out.status.success(), "{out:?}");
     for (file, command) in [(&p, "probe"), (&t, "trace"), (&i, "inspect")] {
         let doc = Document::read(&file.0).unwrap_or_else(|e| panic!("{command}: {e}"));
         assert_eq!(doc.command, command);
         let node = doc.node.as_ref().expect("node facts from inspect");
         assert_eq!(node.iptables_backend, "nft", "{command}");
-        assert!(node.dns_service.as_deref().is_some_and(|s| s.starts_with("10.96.0.10:53")), "{command}");
+        assert!(
+            node.dns_service
+                .as_deref()
+                .is_some_and(|s| s.starts_with("10.96.0.10:53")),
+            "{command}"
+        );
         assert!(!doc.kernel.is_empty() && !doc.created.is_empty());
     }
     let probe = Document::read(&p.0).expect("probe report");
     let pr = probe.probe.as_ref().expect("probe result");
     assert_eq!((pr.sent, pr.lost), (50, 0), "{pr:?}");
-    assert!(probe.trace.is_some() && probe.tier.is_some(), "traced alongside");
+    assert!(
+        probe.trace.is_some() && probe.tier.is_some(),
+        "traced alongside"
+    );
     assert!(Document::read(&t.0).expect("trace report").trace.is_some());
     let out = tracer(&["compare", path(&p), path(&p)]);
-    assert_eq!(out.status.code(), Some(0), "a report against itself: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a report against itself: {out:?}"
+    );
     let out = tracer(&["compare", path(&i), path(&t)]);
     assert_eq!(
         out.status.code(),

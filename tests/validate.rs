@@ -15,17 +15,29 @@ fn validate_passes_on_this_kernel_scenario_by_scenario() {
         .unwrap_or_else(|e| panic!("validate: {e}"));
     assert_eq!(v.scenarios.len(), 18, "9 scenarios in each of 2 backends");
     let failed: Vec<String> = v.scenarios.iter().filter(|r| !r.passed).map(line).collect();
-    assert!(failed.is_empty(), "failed on this kernel:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "failed on this kernel:\n{}",
+        failed.join("\n")
+    );
     assert!(
         ["fentry", "kprobe", "tracepoint"].contains(&v.tier.as_str()),
         "names the hook tier: {}",
         v.tier
     );
-    let healthy: Vec<_> = v.scenarios.iter().filter(|r| r.scenario == "healthy").collect();
+    let healthy: Vec<_> = v
+        .scenarios
+        .iter()
+        .filter(|r| r.scenario == "healthy")
+        .collect();
     assert_eq!(healthy.len(), 2);
     for r in healthy {
         assert_eq!((r.probe.sent, r.probe.lost), (200, 0), "{}", line(r));
         assert!(r.probe.latency_ms.is_some(), "healthy latency measured");
     }
-    assert!(common::leftovers(prefix).is_empty(), "{:?}", common::leftovers(prefix));
+    assert!(
+        common::leftovers(prefix).is_empty(),
+        "{:?}",
+        common::leftovers(prefix)
+    );
 }

@@ -35,18 +35,18 @@ pub enum Error {
     Lab {
         prefix: String,
         scenario: String,
-        source: lab::Error,
+        source: Box<lab::Error>,
     },
     #[error("failed to run scenario {scenario} ({backend}): {source}")]
     Probe {
         scenario: String,
         backend: &'static str,
-        source: probe::Error,
+        source: Box<probe::Error>,
     },
     #[error("failed to read the lab's rules for scenario {scenario}: {source}")]
     Rules {
         scenario: String,
-        source: trace::Error,
+        source: Box<trace::Error>,
     },
     #[error("unknown scenario {name:?}: say healthy or a fault name ({known})")]
     UnknownScenario { name: String, known: String },
@@ -313,7 +313,10 @@ fn check_no_endpoints(s: &Seen, p: &mut Vec<String>) {
     let mut rejected = 0;
     for (id, r) in s.lost() {
         if r.endpoint.is_some() {
-            p.push(format!("query {id:#06x}: DNATed to {:?}, expected no DNAT", r.endpoint));
+            p.push(format!(
+                "query {id:#06x}: DNATed to {:?}, expected no DNAT",
+                r.endpoint
+            ));
         }
         match &r.drop {
             Some(d) if d.stage == "netfilter" && d.leg == Leg::QueryBeforeDnat => {}
@@ -332,7 +335,9 @@ fn check_no_endpoints(s: &Seen, p: &mut Vec<String>) {
         }
     }
     if rejected == 0 && s.report.lost > 0 {
-        p.push("no query was rejected with an ICMP error (the first one is not rate-limited)".into());
+        p.push(
+            "no query was rejected with an ICMP error (the first one is not rate-limited)".into(),
+        );
     }
 }
 
@@ -400,11 +405,15 @@ fn check_stale_conntrack(s: &Seen, p: &mut Vec<String>) {
 
 fn check_mixed_backend(s: &Seen, p: &mut Vec<String>) {
     if s.report.lost == 0 {
-        p.push("expected lost queries: the stale backend's rules send some to a dead target".into());
+        p.push(
+            "expected lost queries: the stale backend's rules send some to a dead target".into(),
+        );
     }
     for (id, r) in s.lost() {
         let not_endpoint = r.endpoint.is_some_and(|ep| !s.live.contains(&ep))
-            || r.drop.as_ref().is_some_and(|d| d.why.contains("not an endpoint"));
+            || r.drop
+                .as_ref()
+                .is_some_and(|d| d.why.contains("not an endpoint"));
         if !not_endpoint {
             p.push(format!(
                 "query {id:#06x}: expected it sent to a target that is not an endpoint ({:?}), got endpoint {:?}, drop {:?}",
@@ -446,23 +455,25 @@ impl Drop for LabDown<'_> {
 }
 
 fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<ScenarioResult, Error> {
-    let lab_err = |source| Error::Lab {
+    let lab_err = |source: lab::Error| Error::Lab {
         prefix: prefix.to_owned(),
         scenario: sc.name.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let _down = LabDown { prefix };
     lab::up(prefix, backend, 1).map_err(lab_err)?;
     if let Some((fault, pod)) = sc.fault {
         lab::fault(prefix, fault, pod).map_err(lab_err)?;
     }
-    let info = lab::info(prefix)
-        .map_err(lab_err)?
-        .ok_or_else(|| lab_err(lab::Error::NotUp { prefix: prefix.to_owned() }))?;
-    let probe_err = |source| Error::Probe {
+    let info = lab::info(prefix).map_err(lab_err)?.ok_or_else(|| {
+        lab_err(lab::Error::NotUp {
+            prefix: prefix.to_owned(),
+        })
+    })?;
+    let probe_err = |source: probe::Error| Error::Probe {
         scenario: sc.name.to_owned(),
         backend: backend_name(backend),
-        source,
+        source: Box::new(source),
     };
     let spec = BatchSpec {
         count: sc.count,
@@ -498,7 +509,7 @@ fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<Scenari
     let live = crate::node::dns_service(Some(&netns::named(&info.node_netns)))
         .map_err(|source| Error::Rules {
             scenario: sc.name.to_owned(),
-            source: source.into(),
+            source: Box::new(trace::Error::from(source)),
         })?
         .map(|s| s.endpoint_ips())
         .unwrap_or_default();
@@ -552,7 +563,10 @@ pub fn validate(
     let start = Instant::now();
     let mut results = Vec::new();
     for &backend in backends {
-        for sc in all.iter().filter(|s| names.is_empty() || names.iter().any(|n| n == s.name)) {
+        for sc in all
+            .iter()
+            .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        {
             let r = run_scenario(prefix, backend, sc)?;
             each(&r);
             results.push(r);

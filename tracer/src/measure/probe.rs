@@ -192,7 +192,9 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
             spec.parallel_a_aaaa = true;
             say("lab fault conntrack-race: sending A and AAAA in parallel from one socket".into());
         }
-        let (ip, port) = args.server.unwrap_or((info.service_ip, Some(info.dns_port)));
+        let (ip, port) = args
+            .server
+            .unwrap_or((info.service_ip, Some(info.dns_port)));
         let target = if args.no_trace {
             None
         } else {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     cli::{CompareArgs, OutputFormat},
-    report::document::{self, Document, LatencyMs, ProbeReport},
+    report::document::{self, Document, ProbeReport},
 };
 
 /// What failed while comparing.
@@ -177,8 +177,13 @@ impl Comparison {
             );
         }
         let mut t = Table::new();
-        t.load_style(UTF8_BORDERS_ONLY)
-            .set_header(vec!["figure", "before", "after", "change", "regression"]);
+        t.load_style(UTF8_BORDERS_ONLY).set_header(vec![
+            "figure",
+            "before",
+            "after",
+            "change",
+            "regression",
+        ]);
         for f in &self.figures {
             let show = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), |v| v.show(f.kind));
             let change = match (
@@ -187,7 +192,11 @@ impl Comparison {
             ) {
                 (Some(b), Some(a)) if f.kind != Kind::Pass && a != b => {
                     let d = a - b;
-                    if d.fract() == 0.0 { format!("{d:+.0}") } else { format!("{d:+.3}") }
+                    if d.fract() == 0.0 {
+                        format!("{d:+.0}")
+                    } else {
+                        format!("{d:+.3}")
+                    }
                 }
                 (Some(_), Some(_)) => String::new(),
                 _ if f.before != f.after && f.before.is_some() && f.after.is_some() => {
@@ -229,13 +238,25 @@ fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
     }
     if let Some(n) = &d.node {
         out.push(("node.tier".into(), Kind::Info, text(&n.tier)));
-        out.push(("node.iptables_backend".into(), Kind::Info, text(&n.iptables_backend)));
+        out.push((
+            "node.iptables_backend".into(),
+            Kind::Info,
+            text(&n.iptables_backend),
+        ));
         out.push(("node.proxy_mode".into(), Kind::Info, text(&n.proxy_mode)));
         if let Some(svc) = &n.dns_service {
             out.push(("node.dns_service".into(), Kind::Info, text(svc)));
         }
-        out.push(("node.conntrack_count".into(), Kind::Info, num(f64::from(n.conntrack_count))));
-        out.push(("node.conntrack_max".into(), Kind::Info, num(f64::from(n.conntrack_max))));
+        out.push((
+            "node.conntrack_count".into(),
+            Kind::Info,
+            num(f64::from(n.conntrack_count)),
+        ));
+        out.push((
+            "node.conntrack_max".into(),
+            Kind::Info,
+            num(f64::from(n.conntrack_max)),
+        ));
         out.push((
             "node.dns_conntrack_stale".into(),
             Kind::Info,
@@ -264,7 +285,11 @@ fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
         out.push(("trace.answered".into(), Kind::Info, num(c.answered as f64)));
         if c.queries > 0 {
             let loss = 100.0 * c.queries.saturating_sub(c.answered) as f64 / c.queries as f64;
-            out.push(("trace.loss_percent".into(), judged(Kind::LossPercent), num(loss)));
+            out.push((
+                "trace.loss_percent".into(),
+                judged(Kind::LossPercent),
+                num(loss),
+            ));
         }
         if t.latency.count > 0 {
             out.push((
@@ -274,9 +299,17 @@ fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
             ));
         }
         for (cause, n) in &t.by_cause {
-            out.push((format!("trace.drops[{cause}]"), judged(Kind::Drops), num(*n as f64)));
+            out.push((
+                format!("trace.drops[{cause}]"),
+                judged(Kind::Drops),
+                num(*n as f64),
+            ));
         }
-        out.push(("trace.lost_events".into(), Kind::Info, num(c.lost_events as f64)));
+        out.push((
+            "trace.lost_events".into(),
+            Kind::Info,
+            num(c.lost_events as f64),
+        ));
     }
     if let Some(ct) = &d.conntrack_delta {
         for (name, v) in ct.fields() {
@@ -292,7 +325,11 @@ fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
         out.push(("validate.tier".into(), Kind::Info, text(&v.tier)));
         for sc in &v.scenarios {
             let prefix = format!("validate.{}.{}", sc.backend_name(), sc.scenario);
-            out.push((prefix.clone(), Kind::Pass, num(if sc.passed { 1.0 } else { 0.0 })));
+            out.push((
+                prefix.clone(),
+                Kind::Pass,
+                num(if sc.passed { 1.0 } else { 0.0 }),
+            ));
             if sc.scenario == "healthy" {
                 probe_figures(&prefix, &sc.probe, &mut out);
             }
@@ -305,38 +342,65 @@ fn probe_figures(prefix: &str, p: &ProbeReport, out: &mut Vec<(String, Kind, Val
     let num = |n: f64| Value::Number(n);
     out.push((format!("{prefix}.sent"), Kind::Info, num(f64::from(p.sent))));
     out.push((format!("{prefix}.lost"), Kind::Info, num(f64::from(p.lost))));
-    out.push((format!("{prefix}.loss_percent"), Kind::LossPercent, num(p.loss_percent)));
+    out.push((
+        format!("{prefix}.loss_percent"),
+        Kind::LossPercent,
+        num(p.loss_percent),
+    ));
     if let Some(l) = &p.latency_ms {
-        let lat: [(&str, fn(&LatencyMs) -> f64, Kind); 4] = [
-            ("p50", |l| l.p50, Kind::Info),
-            ("p90", |l| l.p90, Kind::Info),
-            ("p99", |l| l.p99, Kind::P99Ms),
-            ("max", |l| l.max, Kind::Info),
-        ];
-        for (name, f, kind) in lat {
-            out.push((format!("{prefix}.latency_{name}_ms"), kind, num(f(l))));
+        for (name, v, kind) in [
+            ("p50", l.p50, Kind::Info),
+            ("p90", l.p90, Kind::Info),
+            ("p99", l.p99, Kind::P99Ms),
+            ("max", l.max, Kind::Info),
+        ] {
+            out.push((format!("{prefix}.latency_{name}_ms"), kind, num(v)));
         }
     }
     for (rcode, n) in &p.rcodes {
-        out.push((format!("{prefix}.rcode[{rcode}]"), Kind::Info, num(f64::from(*n))));
+        out.push((
+            format!("{prefix}.rcode[{rcode}]"),
+            Kind::Info,
+            num(f64::from(*n)),
+        ));
     }
     for (cause, n) in &p.lost_by_cause {
-        out.push((format!("{prefix}.lost_by_cause[{cause}]"), Kind::Drops, num(f64::from(*n))));
+        out.push((
+            format!("{prefix}.lost_by_cause[{cause}]"),
+            Kind::Drops,
+            num(f64::from(*n)),
+        ));
     }
     for (ep, n) in &p.lost_by_endpoint {
-        out.push((format!("{prefix}.lost_by_endpoint[{ep}]"), Kind::Info, num(f64::from(*n))));
+        out.push((
+            format!("{prefix}.lost_by_endpoint[{ep}]"),
+            Kind::Info,
+            num(f64::from(*n)),
+        ));
     }
 }
 
 /// Why `before` -> `after` of a `kind` figure is a regression, if it is one.
-fn judge(kind: Kind, before: Option<&Value>, after: Option<&Value>, t: &Thresholds) -> Option<String> {
-    let (b, a) = (before.and_then(Value::number), after.and_then(Value::number));
+fn judge(
+    kind: Kind,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    t: &Thresholds,
+) -> Option<String> {
+    let (b, a) = (
+        before.and_then(Value::number),
+        after.and_then(Value::number),
+    );
     match kind {
         Kind::Info => None,
         Kind::LossPercent => {
             let (b, a) = (b?, a?);
             (a - b > t.max_loss_increase).then(|| {
-                format!("loss rose {:.2} points (allowed {})", a - b, t.max_loss_increase)
+                format!(
+                    "loss rose {:.2} points (allowed {})",
+                    a - b,
+                    t.max_loss_increase
+                )
             })
         }
         Kind::P99Ms => {
@@ -371,7 +435,13 @@ pub fn compare(
     thresholds: &Thresholds,
 ) -> Comparison {
     let (fb, fa) = (figures(before), figures(after));
-    let sections = |d: &Document| (d.probe.is_some(), d.trace.is_some(), d.conntrack_delta.is_some());
+    let sections = |d: &Document| {
+        (
+            d.probe.is_some(),
+            d.trace.is_some(),
+            d.conntrack_delta.is_some(),
+        )
+    };
     let same_sections = sections(before) == sections(after);
     let mut order: Vec<(String, Kind)> = Vec::new();
     for (name, kind, _) in fb.iter().chain(&fa) {
@@ -380,7 +450,9 @@ pub fn compare(
         }
     }
     let find = |v: &[(String, Kind, Value)], name: &str| {
-        v.iter().find(|(n, _, _)| n == name).map(|(_, _, v)| v.clone())
+        v.iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| v.clone())
     };
     let figures: Vec<Figure> = order
         .into_iter()
@@ -421,9 +493,13 @@ pub fn run(args: CompareArgs) -> Result<Comparison, Error> {
         max_drop_increase: args.max_drop_increase,
         max_conntrack_drop_increase: args.max_conntrack_drop_increase,
     };
-    if ![t.max_loss_increase, t.max_p99_increase_percent, t.min_p99_increase_ms]
-        .iter()
-        .all(|v| v.is_finite() && *v >= 0.0)
+    if ![
+        t.max_loss_increase,
+        t.max_p99_increase_percent,
+        t.min_p99_increase_ms,
+    ]
+    .iter()
+    .all(|v| v.is_finite() && *v >= 0.0)
     {
         return Err(Error::Threshold {
             reason: "loss and latency thresholds must be finite and not negative",
@@ -456,10 +532,16 @@ mod tests {
         let j = |k, b: Option<Value>, a: Option<Value>| judge(k, b.as_ref(), a.as_ref(), &t);
         assert!(j(Kind::LossPercent, n(0.0), n(0.5)).is_none());
         assert!(j(Kind::LossPercent, n(0.0), n(50.0)).is_some());
-        assert!(j(Kind::P99Ms, n(0.4), n(5.0)).is_none(), "below the 10 ms floor");
+        assert!(
+            j(Kind::P99Ms, n(0.4), n(5.0)).is_none(),
+            "below the 10 ms floor"
+        );
         assert!(j(Kind::P99Ms, n(20.0), n(40.0)).is_some());
         assert!(j(Kind::P99Ms, n(100.0), n(140.0)).is_none(), "within 50 %");
-        assert!(j(Kind::Drops, None, n(3.0)).is_some(), "a new cause of drops");
+        assert!(
+            j(Kind::Drops, None, n(3.0)).is_some(),
+            "a new cause of drops"
+        );
         assert!(j(Kind::Drops, n(3.0), None).is_none(), "drops gone");
         assert!(j(Kind::ConntrackDrops, n(0.0), n(1.0)).is_some());
         assert!(j(Kind::Pass, n(1.0), n(0.0)).is_some());

@@ -485,11 +485,19 @@ impl ProbeReport {
             ms(|l| l.max),
         ]);
         let _ = writeln!(s, "{t}");
-        let rcodes: Vec<String> = self.rcodes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let rcodes: Vec<String> = self
+            .rcodes
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         let _ = writeln!(
             s,
             "answers by rcode: {}{}",
-            if rcodes.is_empty() { "none".to_owned() } else { rcodes.join(", ") },
+            if rcodes.is_empty() {
+                "none".to_owned()
+            } else {
+                rcodes.join(", ")
+            },
             if self.bad_answers > 0 {
                 format!("; {} datagrams matched no query", self.bad_answers)
             } else {
@@ -594,7 +602,10 @@ mod tests {
         let err = Document::parse(Path::new("old.json"), &v.to_string()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::Version { found: 0, .. }), "{err:?}");
-        assert!(msg.contains("version 0") && msg.contains(&format!("version {SCHEMA_VERSION}")), "{msg}");
+        assert!(
+            msg.contains("version 0") && msg.contains(&format!("version {SCHEMA_VERSION}")),
+            "{msg}"
+        );
         let err = Document::parse(Path::new("x.json"), "{\"a\": 1}").unwrap_err();
         assert!(matches!(err, Error::NoVersion { .. }), "{err:?}");
         let err = Document::parse(Path::new("x.json"), "not json").unwrap_err();
