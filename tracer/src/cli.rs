@@ -192,7 +192,8 @@ pub struct ProbeArgs {
     /// Send from this network namespace (`ip netns` name); default: the tracer's own.
     #[arg(long)]
     pub netns: Option<String>,
-    /// The DNS server, `IP[:PORT]` (port 53 by default); with `--lab`, the lab's Service IP.
+    /// The DNS server, `IP[:PORT]` (port 53 by default); default: the lab's Service IP with
+    /// `--lab`, else the kube-dns Service in this node's rules.
     #[arg(long, value_parser = parse_ip_port)]
     pub server: Option<(Ipv4Addr, Option<u16>)>,
     /// Number of lookups (default: rate × duration).

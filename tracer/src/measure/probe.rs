@@ -207,9 +207,15 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
             Some(netns::named(&info.node_netns)),
         )
     } else {
-        let (ip, port) = args.server.ok_or(super::Error::Spec {
-            reason: "say --server IP[:PORT], or --lab",
-        })?;
+        // The node's kube-dns Service from its rules, unless one is named.
+        let (ip, port) = match args.server {
+            Some(server) => server,
+            None => crate::node::dns_service(None)?
+                .map(|s| (s.ip, Some(s.port)))
+                .ok_or(super::Error::Spec {
+                    reason: "no kube-dns Service in this node's rules: say --server IP[:PORT], or --lab",
+                })?,
+        };
         let server = server_addr(ip, port);
         let target = if args.no_trace {
             None

@@ -548,4 +548,68 @@ mod tests {
         assert!(j(Kind::Pass, n(0.0), n(1.0)).is_none());
         assert!(j(Kind::Info, n(0.0), n(100.0)).is_none());
     }
+
+    /// A validate report whose scenario stopped passing, and whose healthy run started losing.
+    #[test]
+    fn validate_reports_flag_a_scenario_that_stopped_passing() {
+        use std::{
+            net::{Ipv4Addr, SocketAddrV4},
+            time::SystemTime,
+        };
+
+        use crate::{
+            cli::Backend,
+            measure::{BatchResult, BatchSpec},
+            validate::{ScenarioResult, Validation},
+        };
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
+        let probe = |lost: u32| {
+            let result = BatchResult {
+                started: SystemTime::now(),
+                sent: 100,
+                answered: 100 - lost,
+                lost,
+                bad_answers: 0,
+                queries: vec![],
+            };
+            ProbeReport::new("c", server, &BatchSpec::default(), &result, true, &[])
+        };
+        let scenario = |name: &str, passed: bool, lost: u32| ScenarioResult {
+            backend: Backend::Nft,
+            scenario: name.to_owned(),
+            passed,
+            tier: "tracepoint".to_owned(),
+            expected: String::new(),
+            problems: vec![],
+            probe: probe(lost),
+            conntrack_delta: None,
+        };
+        let doc = |passed: bool, lost: u32| {
+            let mut d = Document::new("validate").unwrap();
+            d.validate = Some(Validation {
+                tier: "tracepoint".to_owned(),
+                passed,
+                seconds: 1.0,
+                scenarios: vec![
+                    scenario("healthy", true, lost),
+                    scenario("filter-drop", passed, 50),
+                ],
+            });
+            d
+        };
+        let t = Thresholds::default();
+        let p = Path::new("x.json");
+        let same = compare(p, &doc(true, 0), p, &doc(true, 0), &t);
+        assert_eq!(same.regressions, 0, "{}", same.text());
+        let worse = compare(p, &doc(true, 0), p, &doc(false, 5), &t);
+        assert_eq!(
+            worse.regressed(),
+            vec![
+                "validate.nft.healthy.loss_percent",
+                "validate.nft.filter-drop"
+            ],
+            "{}",
+            worse.text()
+        );
+    }
 }
