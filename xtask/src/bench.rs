@@ -217,6 +217,8 @@ pub struct Run {
     pub busy_ns: u64,
     /// CPU time of the lab over the dnsperf run: dnsperf, the DNS pods' dnsmasq, ksoftirqd.
     pub lab_ns: u64,
+    /// dnsperf's share of `lab_ns`.
+    pub dnsperf_ns: u64,
     /// BPF run counters over the dnsperf run, per program of the tracing process.
     pub bpf: BTreeMap<String, ProgStats>,
     /// Ids of the tracing process's programs.
@@ -235,6 +237,13 @@ pub struct Run {
     pub tracer: Option<traced::TracerReport>,
     /// Packets the bpftrace anchor counted.
     pub bpftrace_packets: Option<u64>,
+}
+
+impl Run {
+    fn set(&mut self, l: Loaded) {
+        (self.dns, self.busy_ns, self.lab_ns, self.dnsperf_ns) =
+            (l.dns, l.busy_ns, l.lab_ns, l.dnsperf_ns);
+    }
 }
 
 /// The long run of many flows under the default-mode tracer.
@@ -285,6 +294,17 @@ pub struct Results {
     pub commit: String,
 }
 
+/// One dnsperf run and the CPU time it took.
+struct Loaded {
+    dns: dnsperf::Outcome,
+    /// The whole machine's busy time.
+    busy_ns: u64,
+    /// dnsperf, the DNS pods and ksoftirqd.
+    lab_ns: u64,
+    /// dnsperf alone.
+    dnsperf_ns: u64,
+}
+
 struct Bench {
     tracer: PathBuf,
     script: PathBuf,
@@ -302,18 +322,21 @@ impl Bench {
         dnsperf::command(&client_netns(), SERVICE, &self.queries, load, secs)
     }
 
-    /// One dnsperf run; the machine's busy CPU time and the lab's CPU time over it.
-    fn load(&self, load: Load, secs: u32) -> anyhow::Result<(dnsperf::Outcome, u64, u64)> {
+    /// One dnsperf run.
+    fn load(&self, load: Load, secs: u32) -> anyhow::Result<Loaded> {
         let pods = &self.netns[1..3];
         let busy = measure::machine_busy_ns()?;
-        let lab = measure::netns_cpu_ns(pods)? + measure::children_cpu_ns()?;
+        let pods_cpu = measure::netns_cpu_ns(pods)?;
+        let dnsperf_cpu = measure::children_cpu_ns()?;
         let dns = dnsperf::run(self.dnsperf(load, secs), || {})?;
-        let lab_after = measure::netns_cpu_ns(pods)? + measure::children_cpu_ns()?;
-        Ok((
+        let dnsperf_ns = measure::children_cpu_ns()?.saturating_sub(dnsperf_cpu);
+        let pods_ns = measure::netns_cpu_ns(pods)?.saturating_sub(pods_cpu);
+        Ok(Loaded {
             dns,
-            measure::machine_busy_ns()?.saturating_sub(busy),
-            lab_after.saturating_sub(lab),
-        ))
+            busy_ns: measure::machine_busy_ns()?.saturating_sub(busy),
+            lab_ns: pods_ns + dnsperf_ns,
+            dnsperf_ns,
+        })
     }
 
     fn run(&self, round: u32, mode: Mode, load: Load, secs: u32) -> anyhow::Result<Run> {
@@ -323,6 +346,7 @@ impl Bench {
             dns: Default::default(),
             busy_ns: 0,
             lab_ns: 0,
+            dnsperf_ns: 0,
             bpf: BTreeMap::new(),
             prog_ids: Vec::new(),
             proc_cpu_ns: None,
@@ -335,7 +359,7 @@ impl Bench {
         };
         let attached = match mode {
             Mode::Untraced => {
-                (run.dns, run.busy_ns, run.lab_ns) = self.load(load, secs)?;
+                run.set(self.load(load, secs)?);
                 return Ok(run);
             }
             Mode::Tracer | Mode::TracerAll => {
@@ -348,7 +372,7 @@ impl Bench {
         let bpf_before = measure::prog_stats(&ids)?;
         let cpu_before = measure::process_cpu_ns(attached.pid)?;
         let sampler = measure::RssSampler::start(attached.pid, Duration::from_millis(250));
-        (run.dns, run.busy_ns, run.lab_ns) = self.load(load, secs)?;
+        run.set(self.load(load, secs)?);
         run.proc_cpu_ns = Some(measure::process_cpu_ns(attached.pid)?.saturating_sub(cpu_before));
         run.bpf = measure::prog_delta(&bpf_before, &measure::prog_stats(&ids)?);
         run.prog_ids = ids;
@@ -367,7 +391,7 @@ impl Bench {
     fn calibrate(&self, plan: &Plan) -> anyhow::Result<(Load, Vec<(Load, dnsperf::Outcome)>)> {
         let mut tried = Vec::new();
         for load in plan.candidates() {
-            let (dns, ..) = self.load(load, plan.calibrate_seconds)?;
+            let dns = self.load(load, plan.calibrate_seconds)?.dns;
             println!(
                 "bench: calibrate {}: {:.0} qps, {} lost of {}",
                 load.args(),
@@ -425,11 +449,11 @@ impl Bench {
             long.completed += dns.completed;
             let rss = measure::status_kb(attached.pid, "VmRSS").unwrap_or(0);
             println!(
-                "bench: long run segment {}/{}: {:.0} qps, RSS {:.1} MiB",
+                "bench: long run segment {}/{}: {:.0} qps, RSS {:.1} MB",
                 i + 1,
                 plan.long_segments,
                 dns.qps,
-                rss as f64 / 1048576.0
+                rss as f64 / 1e6
             );
             long.rss_after_segment.push(rss);
         }
