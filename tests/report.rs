@@ -56,7 +56,18 @@ fn probe(lab: &LabGuard) -> (ProbeReport, Traced) {
         &indicatif::ProgressBar::hidden(),
     )
     .expect("traced probe");
-    let report = ProbeReport::new(client, server, &spec, &traced.result, true, &traced.records);
+    let report = ProbeReport::new(
+        client,
+        server,
+        &spec,
+        &traced.result,
+        traced.summary.as_ref(),
+        &traced.records,
+    );
+    assert!(
+        report.traced && report.tier.is_some(),
+        "the tracer ran alongside"
+    );
     (report, traced)
 }
 

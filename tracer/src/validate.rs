@@ -503,7 +503,7 @@ fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<Scenari
         server,
         &spec,
         &traced.result,
-        true,
+        traced.summary.as_ref(),
         &traced.records,
     );
     let live = crate::node::dns_service(Some(&netns::named(&info.node_netns)))

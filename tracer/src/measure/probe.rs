@@ -31,7 +31,7 @@ pub enum Error {
         #[from]
         source: super::Error,
     },
-    #[error("failed to trace the probe's queries: {source}")]
+    #[error("failed to trace the probe's queries (`--no-trace` only counts them): {source}")]
     Trace {
         #[from]
         source: trace::Error,
@@ -256,20 +256,15 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
         server,
         &spec,
         &traced.result,
-        traced.summary.is_some(),
+        traced.summary.as_ref(),
         &traced.records,
     );
-    let tier = traced
-        .summary
-        .as_ref()
-        .and_then(|s| s.plan.as_ref())
-        .map(|p| p.tier.to_string());
     let mut stdout = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut stdout, &report)?;
         writeln!(stdout)?;
     } else {
-        write!(stdout, "{}", report.text(tier.as_deref()))?;
+        write!(stdout, "{}", report.text())?;
     }
     if let Some(path) = &args.report {
         let mut doc = Document::new("probe")?;

@@ -572,7 +572,7 @@ mod tests {
                 bad_answers: 0,
                 queries: vec![],
             };
-            ProbeReport::new("c", server, &BatchSpec::default(), &result, true, &[])
+            ProbeReport::new("c", server, &BatchSpec::default(), &result, None, &[])
         };
         let scenario = |name: &str, passed: bool, lost: u32| ScenarioResult {
             backend: Backend::Nft,

@@ -351,6 +351,8 @@ pub struct ProbeReport {
     pub source_port: Option<u16>,
     /// The tracer ran alongside and attributed the losses.
     pub traced: bool,
+    /// The hook tier the tracer had.
+    pub tier: Option<String>,
     /// Queries sent.
     pub sent: u32,
     /// Queries answered.
@@ -376,14 +378,15 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
-    /// From a batch, its spec, and the tracer's records (empty when the tracer did not run):
-    /// each lost query is matched to its trace record by (source port, DNS id).
+    /// From a batch, its spec, and the tracer's summary and records (`None` and empty when the
+    /// tracer did not run): each lost query is matched to its trace record by (source port, DNS
+    /// id).
     pub fn new(
         from: &str,
         server: SocketAddrV4,
         spec: &BatchSpec,
         result: &BatchResult,
-        traced: bool,
+        summary: Option<&TraceSummary>,
         records: &[TraceRecord],
     ) -> Self {
         let by_key: BTreeMap<(u16, u16), &TraceRecord> = records
@@ -438,7 +441,10 @@ impl ProbeReport {
             },
             parallel_a_aaaa: spec.parallel_a_aaaa,
             source_port: spec.source_port,
-            traced,
+            traced: summary.is_some(),
+            tier: summary
+                .and_then(|s| s.plan.as_ref())
+                .map(|p| p.tier.to_string()),
             sent: result.sent,
             answered: result.answered,
             lost: result.lost,
@@ -463,7 +469,7 @@ const LOST_LINES: usize = 20;
 
 impl ProbeReport {
     /// The summary table, the losses by cause and endpoint, and the first lost queries.
-    pub fn text(&self, tier: Option<&str>) -> String {
+    pub fn text(&self) -> String {
         let mut s = String::new();
         let ms = |f: fn(&LatencyMs) -> f64| {
             self.latency_ms
@@ -504,7 +510,7 @@ impl ProbeReport {
                 String::new()
             }
         );
-        match (self.traced, tier) {
+        match (self.traced, &self.tier) {
             (true, Some(tier)) => {
                 let _ = writeln!(s, "traced with hook tier {tier}");
             }
