@@ -319,7 +319,7 @@ fn stale_conntrack_sends_queries_to_a_removed_endpoint() {
         let failed = t.failed();
         assert_eq!(failed.len(), 10);
         let node = tracer::netns::named(&info.node_netns);
-        let live = tracer::trace::service_from_rules(Some(&node))
+        let live = tracer::node::dns_service(Some(&node))
             .expect("read the rules")
             .expect("the Service")
             .endpoint_ips();
