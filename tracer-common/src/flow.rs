@@ -52,7 +52,9 @@ pub struct Slot {
     /// `flag::*`.
     pub flags: u16,
     /// Times the client sent the same query again (same socket and id) before an answer.
-    pub retries: u32,
+    pub retries: u16,
+    /// Bytes of `question` this query wrote (the rest is left from earlier queries).
+    pub question_len: u16,
     /// Interface index of the client's node-side link.
     pub client_ifindex: u32,
     /// The endpoint (pod IP) the query was delivered to after DNAT, 0 until seen.
@@ -83,6 +85,7 @@ impl Slot {
         state: state::FREE,
         flags: 0,
         retries: 0,
+        question_len: 0,
         client_ifindex: 0,
         endpoint_ip: 0,
         endpoint_ifindex: 0,

@@ -1,7 +1,10 @@
 //! Bounds-checked header reads: from a TC packet (direct access) and from an `sk_buff` pointer
 //! (probe reads, for tracepoints and kprobes).
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_skb_load_bytes},
+    programs::TcContext,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use tracer_common::flow::{Packet, QUESTION_LEN};
 
@@ -16,7 +19,8 @@ pub const DNS_HEADER_LEN: usize = 12;
 pub enum Parsed {
     /// Not UDP to or from the DNS port: not ours.
     Other,
-    /// A DNS packet: its summary, and where its question starts.
+    /// A DNS packet: its summary, and where its question starts (an offset into a TC packet,
+    /// or a kernel address for an `sk_buff`).
     Dns { packet: Packet, question_off: usize },
     /// UDP on the DNS port, but too short or fragmented to read: counted, never guessed at.
     Malformed,
@@ -106,34 +110,37 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
     }
 }
 
-/// Copies up to `QUESTION_LEN` bytes of the question into `dst` (zeroed first). The verifier
+/// Copies up to `QUESTION_LEN` bytes of the question into `dst` and returns how many. The verifier
 /// wants every load length proven non-zero and bounded, and LLVM folds a `min()` or a per-byte
-/// bound check into forms it cannot follow: so a full 64-byte load when the packet has them,
-/// else one constant-size load per set bit of the remaining length.
-// The last chunk's `cur += 1` is never read: the macro keeps every chunk the same shape.
-#[allow(unused_assignments)]
+/// bound check into forms it cannot follow: so a full 64-byte load when the packet has them, else
+/// one constant-size load per set bit of the remaining length, each straight into `dst` (a copy
+/// through a temporary would be a byte loop, see `emit::copy_words`). `dst` is not cleared.
 #[inline(always)]
-pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) {
-    *dst = [0; QUESTION_LEN];
+pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) -> u16 {
     let len = ctx.len() as usize;
     if off >= len {
-        return;
+        return 0;
     }
     let rem = len - off;
+    let skb = ctx.skb.skb as *const _;
+    let base = dst.as_mut_ptr();
     if rem >= QUESTION_LEN {
-        if let Ok(b) = ctx.load::<[u8; QUESTION_LEN]>(off) {
-            *dst = b;
-        }
-        return;
+        // SAFETY: dst holds QUESTION_LEN bytes; the helper checks the packet side.
+        let ok =
+            unsafe { bpf_skb_load_bytes(skb, off as u32, base as *mut _, QUESTION_LEN as u32) }
+                == 0;
+        return if ok { QUESTION_LEN as u16 } else { 0 };
     }
     let mut cur = 0usize;
     macro_rules! chunk {
         ($n:expr) => {
-            if rem & $n != 0 {
-                if cur + $n <= QUESTION_LEN {
-                    if let Ok(b) = ctx.load::<[u8; $n]>(off + cur) {
-                        dst[cur..cur + $n].copy_from_slice(&b);
-                    }
+            if rem & $n != 0 && cur + $n <= QUESTION_LEN {
+                // SAFETY: cur + n <= QUESTION_LEN, checked just above.
+                if unsafe {
+                    bpf_skb_load_bytes(skb, (off + cur) as u32, base.add(cur) as *mut _, $n)
+                } != 0
+                {
+                    return cur as u16;
                 }
                 cur += $n;
             }
@@ -145,6 +152,7 @@ pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) {
     chunk!(4);
     chunk!(2);
     chunk!(1);
+    cur as u16
 }
 
 #[inline(always)]
@@ -190,9 +198,9 @@ pub fn skb_place(skb: *const u8) -> Place {
     Place { netns, ifindex }
 }
 
-/// Parses the IPv4/UDP/DNS headers of an `sk_buff` at its network header, and copies the question.
+/// Parses the IPv4/UDP/DNS headers of an `sk_buff` at its network header.
 #[inline(always)]
-pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
+pub fn skb_packet(skb: *const u8) -> Parsed {
     let o = &config().offsets;
     let Some(head) = read::<*const u8>(skb.wrapping_add(o.skb_head as usize)) else {
         return Parsed::Other;
@@ -223,11 +231,9 @@ pub fn skb_packet(skb: *const u8, question: &mut [u8; QUESTION_LEN]) -> Parsed {
     let Some(dns) = read::<[u8; DNS_HEADER_LEN]>(dns_ptr) else {
         return Parsed::Malformed;
     };
-    // The question may end before QUESTION_LEN: userspace bounds it by the UDP length.
-    *question = read(dns_ptr.wrapping_add(DNS_HEADER_LEN)).unwrap_or([0; QUESTION_LEN]);
     Parsed::Dns {
         packet: packet(&ip, ports, &dns),
-        question_off: 0,
+        question_off: dns_ptr as usize + DNS_HEADER_LEN,
     }
 }
 

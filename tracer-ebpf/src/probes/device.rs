@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{now, scratch, send, slot_for_new, slot_of},
+    emit::{copy_words, now, scratch, send, slot_for_new, slot_of},
     maps::{LATENCY, config, count},
     parse::{self, Parsed},
 };
@@ -74,7 +74,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
         }
         count(counter::EVICTED);
         if let Some(e) = scratch(kind::EVICTED, &slot.query) {
-            e.slot = *slot;
+            copy_words(&mut e.slot, slot);
             send(e);
         }
     }
@@ -84,16 +84,20 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
     slot.flags = 0;
     slot.retries = 0;
     slot.client_ifindex = ifindex;
-    slot.endpoint_ip = 0;
-    slot.endpoint_ifindex = 0;
     slot.t_query = now();
-    slot.t_endpoint = 0;
-    slot.t_reply = 0;
-    parse::tc_question(ctx, question_off, &mut slot.question);
+    // Volatile: plain zero stores to neighbouring fields become a call to a byte-loop memset.
+    // SAFETY: fields of a valid map value.
+    unsafe {
+        core::ptr::write_volatile(&mut slot.endpoint_ip, 0);
+        core::ptr::write_volatile(&mut slot.endpoint_ifindex, 0);
+        core::ptr::write_volatile(&mut slot.t_endpoint, 0);
+        core::ptr::write_volatile(&mut slot.t_reply, 0);
+    }
+    slot.question_len = parse::tc_question(ctx, question_off, &mut slot.question);
     if config().export_all != 0 {
         if let Some(e) = scratch(kind::QUERY, packet) {
             e.ifindex = slot.client_ifindex;
-            e.slot = *slot;
+            copy_words(&mut e.slot, slot);
             send(e);
         }
     }
@@ -158,7 +162,7 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
             e.ts = t;
             // SAFETY: as above.
             e.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            e.slot = *slot;
+            copy_words(&mut e.slot, slot);
             send(e);
         }
     }

@@ -2,7 +2,9 @@
 //! ICMP error it sends about one (`icmp:icmp_send`: REJECT rules, closed ports). Both fire only
 //! when something goes wrong, so they export a record each time.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use tracer_common::{
     counter,
     event::{Event, kind},
@@ -10,7 +12,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{scratch, send, slot_of},
+    emit::{copy_words, scratch, send, slot_of},
     maps::{NETNS_FILTER, config, count},
     parse::{self, Parsed},
 };
@@ -57,9 +59,11 @@ pub fn skb_record(
     counter: u32,
     mark: u16,
 ) -> Option<&'static mut Event> {
-    let mut question = [0u8; QUESTION_LEN];
-    let packet = match parse::skb_packet(skb, &mut question) {
-        Parsed::Dns { packet, .. } => packet,
+    let (packet, question) = match parse::skb_packet(skb) {
+        Parsed::Dns {
+            packet,
+            question_off,
+        } => (packet, question_off as *const u8),
         Parsed::Malformed => {
             count(counter::PARSE_ERRORS);
             return None;
@@ -82,9 +86,16 @@ pub fn skb_record(
     match slot_of(client_ip, client_port, packet.dns_id) {
         Some(slot) if slot.state == state::PENDING => {
             slot.flags |= mark;
-            e.slot = *slot;
+            copy_words(&mut e.slot, slot);
         }
-        _ => e.slot.question = question,
+        _ => {
+            // The question may end before QUESTION_LEN; the bytes after it are the packet's
+            // next ones (or whatever follows in memory), which the decoder never reaches.
+            // SAFETY: the helper checks the address.
+            if unsafe { bpf_probe_read_kernel_buf(question, &mut e.slot.question) }.is_ok() {
+                e.slot.question_len = QUESTION_LEN as u16;
+            }
+        }
     }
     Some(e)
 }

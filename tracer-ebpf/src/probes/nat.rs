@@ -6,11 +6,7 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use tracer_common::{
-    counter,
-    event::kind,
-    flow::{Packet, QUESTION_LEN},
-};
+use tracer_common::{counter, event::kind, flow::Packet};
 
 use crate::{
     emit::send,
@@ -48,8 +44,7 @@ pub fn nat_manip_fexit(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn nat_done(skb: *const u8, mtype: u32) {
     if config().export_all == 0 {
-        let mut question = [0u8; QUESTION_LEN];
-        if let Parsed::Dns { packet, .. } = parse::skb_packet(skb, &mut question) {
+        if let Parsed::Dns { packet, .. } = parse::skb_packet(skb) {
             if parse::wanted(&packet) {
                 count(counter::DEEP_EVENTS);
             }

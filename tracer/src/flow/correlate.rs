@@ -202,7 +202,9 @@ impl Correlator {
         } else {
             query_of(&e.packet, self.ctx.dns_port)
         };
-        let question = dns::question(&s.question);
+        // Only the bytes this query wrote: the slot keeps older queries' bytes after them.
+        let question =
+            dns::question(&s.question[..usize::from(s.question_len).min(s.question.len())]);
         let seen = if !matched {
             Seen::Nowhere
         } else if s.t_reply != 0 {
@@ -233,7 +235,7 @@ impl Correlator {
             latency_us: None,
             stages: StageTimes::default(),
             last_seen: seen,
-            retries: if matched { s.retries } else { 0 },
+            retries: if matched { s.retries.into() } else { 0 },
             drop: None,
             icmp: None,
             conntrack: None,
