@@ -68,7 +68,7 @@ pub struct Facts {
     pub kprobes: bool,
     /// ftrace function hooks exist (`available_filter_functions`), which fentry needs.
     pub ftrace_functions: bool,
-    /// The tier tracing can expect (fentry is only confirmed by loading a program).
+    /// The tier tracing gets, found by loading every program (see `tracer hooks`).
     pub tier: Tier,
     /// Why that tier.
     pub tier_reason: String,
@@ -126,31 +126,6 @@ pub fn parse_links(text: &str) -> Vec<(String, LinkKind)> {
         .collect()
 }
 
-/// The tier the kernel's features point to.
-pub fn tier(btf: bool, ftrace_functions: bool, kprobes: bool) -> (Tier, String) {
-    if btf && ftrace_functions {
-        (
-            Tier::Fentry,
-            "BTF and ftrace function hooks present (confirmed when fexit programs load)".to_owned(),
-        )
-    } else if kprobes {
-        let why = if btf {
-            "no ftrace function hooks"
-        } else {
-            "no BTF"
-        };
-        (
-            Tier::Kprobe,
-            format!("{why}: fentry impossible; the kprobe PMU exists"),
-        )
-    } else {
-        (
-            Tier::Tracepoint,
-            "no ftrace function hooks and no kprobe PMU: tracepoints and TC only".to_owned(),
-        )
-    }
-}
-
 /// Whether the file can be read and is not empty: `available_filter_functions` exists but reading
 /// it fails (EPERM) where ftrace function hooks are disabled.
 fn lists_something(path: &Path) -> bool {
@@ -183,7 +158,12 @@ pub fn collect() -> Result<Facts, Error> {
     ]
     .iter()
     .any(|p| lists_something(Path::new(p)));
-    let (tier, tier_reason) = tier(features.btf, ftrace_functions, features.kprobes);
+    let (tier, tier_reason) = crate::probes::detect_tier(&features).unwrap_or_else(|e| {
+        (
+            Tier::Tracepoint,
+            format!("could not load the probes to find out: {e}"),
+        )
+    });
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
         .as_deref()
@@ -271,17 +251,5 @@ mod tests {
             links.contains(&("eth0".to_owned(), LinkKind::Other)),
             "{links:?}"
         );
-    }
-
-    #[test]
-    fn tiers_follow_the_features() {
-        assert_eq!(tier(true, true, true).0, Tier::Fentry);
-        assert_eq!(tier(true, false, true).0, Tier::Kprobe);
-        assert_eq!(
-            tier(true, false, false).0,
-            Tier::Tracepoint,
-            "this machine: BTF, no kprobes, no ftrace"
-        );
-        assert_eq!(tier(false, true, false).0, Tier::Tracepoint);
     }
 }

@@ -18,6 +18,41 @@ use crate::{
     kernel::features::Features,
 };
 
+/// The tier tracing gets on this kernel and why, found by loading every program (attaching none):
+/// whether fexit programs load is only known by trying.
+pub fn detect_tier(features: &Features) -> Result<(plan::Tier, String), session::Error> {
+    let session = session::Session::start(session::Options::default())?;
+    let tier = session.plan.would_get(features.kprobes);
+    let why = |h: table::Hook| {
+        session
+            .plan
+            .outcomes
+            .iter()
+            .find(|o| o.hook == h)
+            .map(|o| match &o.fate {
+                plan::Fate::Skipped { reason } | plan::Fate::Verified { reason } => reason.clone(),
+                plan::Fate::Attached { to } => to.clone(),
+            })
+    };
+    let reason = match tier {
+        plan::Tier::Fentry => "fexit programs load".to_owned(),
+        plan::Tier::Kprobe => format!(
+            "kprobe programs load; {}",
+            why(table::Hook::Fexit).unwrap_or_default()
+        ),
+        plan::Tier::Tracepoint => format!(
+            "{}; {}",
+            why(table::Hook::Fexit).unwrap_or_default(),
+            if features.kprobes {
+                "kprobe programs refused"
+            } else {
+                "no kprobe PMU"
+            }
+        ),
+    };
+    Ok((tier, reason))
+}
+
 /// `tracer hooks`: loads every program (the verifier checks each), attaches none, and says which
 /// tier tracing would get on this kernel and why each program would or would not attach.
 pub fn run_hooks(args: HooksArgs) -> Result<(), session::Error> {

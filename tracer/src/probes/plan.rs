@@ -135,3 +135,50 @@ impl fmt::Display for Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::table::PROBES;
+
+    fn plan(fexit_loads: bool, kprobe_loads: bool) -> Plan {
+        let outcomes = PROBES
+            .iter()
+            .map(|p| {
+                let loads = match p.hook {
+                    Hook::Fexit => fexit_loads,
+                    Hook::Kprobe | Hook::Kretprobe => kprobe_loads,
+                    _ => true,
+                };
+                let fate = if loads {
+                    Fate::Verified {
+                        reason: "loaded, not attached".into(),
+                    }
+                } else {
+                    Fate::Skipped {
+                        reason: "refused at load".into(),
+                    }
+                };
+                Outcome::new(p, fate)
+            })
+            .collect();
+        Plan::from_outcomes(outcomes)
+    }
+
+    #[test]
+    fn the_tier_follows_what_loads_and_what_attaches() {
+        assert_eq!(plan(true, true).would_get(true), Tier::Fentry);
+        assert_eq!(plan(false, true).would_get(true), Tier::Kprobe);
+        assert_eq!(
+            plan(false, true).would_get(false),
+            Tier::Tracepoint,
+            "this machine: no kprobe PMU, fexit EPERM"
+        );
+        assert_eq!(plan(false, false).would_get(true), Tier::Tracepoint);
+        assert_eq!(
+            plan(true, true).tier,
+            Tier::Tracepoint,
+            "a verify-only plan attached nothing"
+        );
+    }
+}
