@@ -65,7 +65,7 @@ impl Machine {
 }
 
 /// When the untraced rounds alone spread more than this (percent of their median), throughput
-/// cannot show a 3 % difference: the KERNEL.md machine varies ±5 % when quiet.
+/// cannot show a 3 % difference (identical rounds vary about ±5 % on a quiet 2-core machine).
 const NOISY_PERCENT: f64 = 10.0;
 
 /// Minimum, median and maximum.
