@@ -21,7 +21,7 @@ use tracer_common::{
 
 use super::{
     plan::{Fate, Outcome, Plan, Tier},
-    table::{Hook, PROBES, Probe},
+    table::{Hook, PROBES, Probe, Stage},
 };
 use crate::{
     kernel::{btf::KernelBtf, features::Features},
@@ -176,243 +176,70 @@ impl Session {
             }
         }
 
-        let kernel_functions: Vec<&str> = PROBES
-            .iter()
-            .flat_map(|p| p.targets.iter().copied())
-            .filter(|f| kbtf.has_function(f))
-            .collect();
-        drop(kbtf);
-        let deep_offsets_ok = |p: &Probe| match p.stage {
-            super::table::Stage::Netfilter => {
-                let o = &opts.config.offsets;
-                let have = |v: u32| v != KernelOffsets::MISSING;
-                if p.targets == ["nft_do_chain"] {
-                    [
-                        o.nft_chain_table,
-                        o.nft_chain_name,
-                        o.nft_pktinfo_skb,
-                        o.nft_table_name,
-                    ]
-                    .into_iter()
-                    .all(have)
-                } else {
-                    have(o.xt_table_name)
-                }
-            }
-            _ => true,
+        let mut plan = Planner {
+            functions: PROBES
+                .iter()
+                .flat_map(|p| p.targets.iter().copied())
+                .filter(|f| kbtf.has_function(f))
+                .collect(),
+            opts: &opts,
+            btf: &btf,
+            kprobes: features.kprobes,
+            fexit_stages: Vec::new(),
+            link_names: HashMap::new(),
         };
-
+        drop(kbtf);
         let mut outcomes = Vec::new();
-        let mut link_names = HashMap::new();
-        let mut fexit_stages = Vec::new();
         for probe in PROBES {
             let prog = ebpf.program_mut(probe.program).ok_or(Error::Missing {
                 kind: "program",
                 name: probe.program,
             })?;
-            let target = probe
-                .targets
-                .iter()
-                .find(|t| kernel_functions.contains(*t))
-                .copied();
+            let wrong_type = || Error::Missing {
+                kind: "program of its hook type",
+                name: probe.program,
+            };
             let fate = match probe.hook {
                 Hook::TcIngress | Hook::TcEgress => {
-                    let tc: &mut SchedClassifier = prog.try_into().map_err(|_| Error::Missing {
-                        kind: "TC program",
-                        name: probe.program,
-                    })?;
-                    match tc.load() {
-                        Err(e) => Fate::Skipped {
-                            reason: format!("load refused: {}", err_text(&e)),
-                        },
-                        Ok(()) if !opts.attach => Fate::Verified {
-                            reason: "loaded, not attached".into(),
-                        },
-                        Ok(()) => {
-                            let kind = if probe.hook == Hook::TcIngress {
-                                TcAttachType::Ingress
-                            } else {
-                                TcAttachType::Egress
-                            };
-                            let (names, failures) =
-                                attach_links(tc, kind, opts.links_netns.as_ref())?;
-                            link_names.extend(names.iter().cloned());
-                            let mut attached: Vec<String> =
-                                names.into_iter().map(|(_, n)| n).collect();
-                            attached.sort();
-                            if attached.is_empty() {
-                                Fate::Skipped {
-                                    reason: format!("no pod links to attach to{failures}"),
-                                }
-                            } else {
-                                Fate::Attached {
-                                    to: format!(
-                                        "{} links: {}{failures}",
-                                        attached.len(),
-                                        attached.join(" ")
-                                    ),
-                                }
-                            }
-                        }
-                    }
+                    plan.tc(probe, prog.try_into().map_err(|_| wrong_type())?)?
                 }
                 Hook::Tracepoint => {
-                    let tp: &mut BtfTracePoint = prog.try_into().map_err(|_| Error::Missing {
-                        kind: "tp_btf program",
-                        name: probe.program,
-                    })?;
-                    let name = probe.targets[0];
-                    match tp.load(name, &btf) {
-                        Err(e) => Fate::Skipped {
-                            reason: format!("tracepoint {name} refused: {}", err_text(&e)),
-                        },
-                        Ok(()) if !opts.attach => Fate::Verified {
-                            reason: "loaded, not attached".into(),
-                        },
-                        Ok(()) => match tp.attach() {
-                            Ok(_) => Fate::Attached {
-                                to: format!("tracepoint {name}"),
-                            },
-                            Err(e) => Fate::Skipped {
-                                reason: format!("attach to {name} failed: {}", err_text(&e)),
-                            },
-                        },
-                    }
+                    plan.tracepoint(probe, prog.try_into().map_err(|_| wrong_type())?)
                 }
-                Hook::Fexit => {
-                    let fx: &mut FExit = prog.try_into().map_err(|_| Error::Missing {
-                        kind: "fexit program",
-                        name: probe.program,
-                    })?;
-                    match (target, opts.tier) {
-                        (None, _) => Fate::Skipped {
-                            reason: format!("no kernel function among {:?}", probe.targets),
-                        },
-                        (_, Some(Tier::Kprobe | Tier::Tracepoint)) if opts.attach => {
-                            Fate::Skipped {
-                                reason: format!(
-                                    "--hooks {}",
-                                    opts.tier.unwrap_or(Tier::Tracepoint)
-                                ),
-                            }
-                        }
-                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped {
-                            reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
-                        },
-                        (Some(f), _) => match fx.load(f, &btf) {
-                            Err(e) if is_eperm(&e) => Fate::Skipped {
-                                reason: format!(
-                                    "fexit on {f} refused at load (EPERM): this kernel has no ftrace function hooks"
-                                ),
-                            },
-                            Err(e) => Fate::Skipped {
-                                reason: format!("fexit on {f} refused at load: {}", err_text(&e)),
-                            },
-                            Ok(()) if !opts.attach => Fate::Verified {
-                                reason: "loaded, not attached".into(),
-                            },
-                            Ok(()) => match fx.attach() {
-                                Ok(_) => {
-                                    fexit_stages.push(probe.stage);
-                                    Fate::Attached { to: f.to_owned() }
-                                }
-                                Err(e) => Fate::Skipped {
-                                    reason: format!(
-                                        "fexit on {f} failed to attach: {}",
-                                        err_text(&e)
-                                    ),
-                                },
-                            },
-                        },
-                    }
-                }
+                Hook::Fexit => plan.fexit(probe, prog.try_into().map_err(|_| wrong_type())?),
                 Hook::Kprobe | Hook::Kretprobe => {
-                    let kp: &mut KProbe = prog.try_into().map_err(|_| Error::Missing {
-                        kind: "kprobe program",
-                        name: probe.program,
-                    })?;
-                    // When tracing, a program that will not attach is not loaded either (its
-                    // verification costs about 40 ms); `tracer hooks` verifies every one.
-                    let unused = if fexit_stages.contains(&probe.stage) {
-                        Some("fexit covers this stage".to_owned())
-                    } else if opts.tier == Some(Tier::Tracepoint) {
-                        Some("--hooks tracepoint".to_owned())
-                    } else if !features.kprobes {
-                        Some("this kernel has no kprobes (/sys/bus/event_source/devices/kprobe is missing)".to_owned())
-                    } else {
-                        None
-                    };
-                    match (target, unused) {
-                        (None, _) => Fate::Skipped {
-                            reason: format!("no kernel function among {:?}", probe.targets),
-                        },
-                        (Some(_), _) if !deep_offsets_ok(probe) => Fate::Skipped {
-                            reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
-                        },
-                        (Some(_), Some(why)) if opts.attach => Fate::Skipped {
-                            reason: format!("not loaded: {why}; `tracer hooks` load-verifies it"),
-                        },
-                        (Some(f), unused) => match kp.load() {
-                            Err(e) => Fate::Skipped {
-                                reason: format!("refused at load: {}", err_text(&e)),
-                            },
-                            Ok(()) if !opts.attach => Fate::Verified {
-                                reason: format!(
-                                    "loaded, not attached{}",
-                                    unused.map(|w| format!(": {w}")).unwrap_or_default()
-                                ),
-                            },
-                            Ok(()) => match kp.attach(f, 0) {
-                                Ok(_) => Fate::Attached { to: f.to_owned() },
-                                Err(e) => Fate::Verified {
-                                    reason: format!("not attached to {f}: {}", err_text(&e)),
-                                },
-                            },
-                        },
-                    }
+                    plan.kprobe(probe, prog.try_into().map_err(|_| wrong_type())?)
                 }
             };
             outcomes.push(Outcome::new(probe, fate));
         }
-
-        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error::Missing {
-            kind: "map",
-            name: "EVENTS",
-        })?)
-        .map_err(|source| Error::Map {
-            name: "EVENTS",
-            source,
-        })?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(Error::Missing {
-            kind: "map",
-            name: "COUNTERS",
-        })?)
-        .map_err(|source| Error::Map {
-            name: "COUNTERS",
-            source,
-        })?;
-        let latency = PerCpuArray::try_from(ebpf.take_map("LATENCY").ok_or(Error::Missing {
-            kind: "map",
-            name: "LATENCY",
-        })?)
-        .map_err(|source| Error::Map {
-            name: "LATENCY",
-            source,
-        })?;
-        let slots = Array::try_from(ebpf.take_map("QUERY_SLOTS").ok_or(Error::Missing {
-            kind: "map",
-            name: "QUERY_SLOTS",
-        })?)
-        .map_err(|source| Error::Map {
-            name: "QUERY_SLOTS",
-            source,
-        })?;
+        let link_names = plan.link_names;
         Ok(Self {
+            events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
+                Error::Map {
+                    name: "EVENTS",
+                    source,
+                }
+            })?,
+            counters: PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?).map_err(
+                |source| Error::Map {
+                    name: "COUNTERS",
+                    source,
+                },
+            )?,
+            latency: PerCpuArray::try_from(take_map(&mut ebpf, "LATENCY")?).map_err(|source| {
+                Error::Map {
+                    name: "LATENCY",
+                    source,
+                }
+            })?,
+            slots: Array::try_from(take_map(&mut ebpf, "QUERY_SLOTS")?).map_err(|source| {
+                Error::Map {
+                    name: "QUERY_SLOTS",
+                    source,
+                }
+            })?,
             _ebpf: ebpf,
-            events,
-            counters,
-            latency,
-            slots,
             plan: Plan::from_outcomes(outcomes),
             drop_reasons,
             link_names,
@@ -497,6 +324,204 @@ impl Session {
             }
         }
         Ok(out)
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
+    ebpf.take_map(name)
+        .ok_or(Error::Missing { kind: "map", name })
+}
+
+/// Decides and carries out each program's fate on this kernel.
+struct Planner<'a> {
+    /// Kernel functions (probe targets) this kernel has.
+    functions: Vec<&'static str>,
+    opts: &'a Options,
+    btf: &'a Btf,
+    kprobes: bool,
+    /// Stages an fexit program covers: their kprobes stay unattached.
+    fexit_stages: Vec<Stage>,
+    /// Interface names of the links TC attached to.
+    link_names: HashMap<u32, String>,
+}
+
+const LOADED: &str = "loaded, not attached";
+
+impl Planner<'_> {
+    fn target(&self, probe: &Probe) -> Option<&'static str> {
+        probe
+            .targets
+            .iter()
+            .find(|t| self.functions.contains(*t))
+            .copied()
+    }
+
+    /// The kernel structs a netfilter program reads are in this kernel's BTF.
+    fn has_structs(&self, probe: &Probe) -> bool {
+        let o = &self.opts.config.offsets;
+        let have = |v: u32| v != KernelOffsets::MISSING;
+        match (probe.stage, probe.targets) {
+            (Stage::Netfilter, ["nft_do_chain"]) => [
+                o.nft_chain_table,
+                o.nft_chain_name,
+                o.nft_pktinfo_skb,
+                o.nft_table_name,
+            ]
+            .into_iter()
+            .all(have),
+            (Stage::Netfilter, _) => have(o.xt_table_name),
+            _ => true,
+        }
+    }
+
+    fn tc(&mut self, probe: &Probe, tc: &mut SchedClassifier) -> Result<Fate, Error> {
+        if let Err(e) = tc.load() {
+            return Ok(Fate::Skipped {
+                reason: format!("load refused: {}", err_text(&e)),
+            });
+        }
+        if !self.opts.attach {
+            return Ok(Fate::Verified {
+                reason: LOADED.into(),
+            });
+        }
+        let kind = if probe.hook == Hook::TcIngress {
+            TcAttachType::Ingress
+        } else {
+            TcAttachType::Egress
+        };
+        let (names, failures) = attach_links(tc, kind, self.opts.links_netns.as_ref())?;
+        self.link_names.extend(names.iter().cloned());
+        let mut attached: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+        attached.sort();
+        Ok(if attached.is_empty() {
+            Fate::Skipped {
+                reason: format!("no pod links to attach to{failures}"),
+            }
+        } else {
+            Fate::Attached {
+                to: format!("{} links: {}{failures}", attached.len(), attached.join(" ")),
+            }
+        })
+    }
+
+    fn tracepoint(&mut self, probe: &Probe, tp: &mut BtfTracePoint) -> Fate {
+        let name = probe.targets[0];
+        if let Err(e) = tp.load(name, self.btf) {
+            return Fate::Skipped {
+                reason: format!("tracepoint {name} refused: {}", err_text(&e)),
+            };
+        }
+        if !self.opts.attach {
+            return Fate::Verified {
+                reason: LOADED.into(),
+            };
+        }
+        match tp.attach() {
+            Ok(_) => Fate::Attached {
+                to: format!("tracepoint {name}"),
+            },
+            Err(e) => Fate::Skipped {
+                reason: format!("attach to {name} failed: {}", err_text(&e)),
+            },
+        }
+    }
+
+    fn fexit(&mut self, probe: &Probe, fx: &mut FExit) -> Fate {
+        let Some(f) = self.target(probe) else {
+            return Fate::Skipped {
+                reason: format!("no kernel function among {:?}", probe.targets),
+            };
+        };
+        if let (true, Some(tier @ (Tier::Kprobe | Tier::Tracepoint))) =
+            (self.opts.attach, self.opts.tier)
+        {
+            return Fate::Skipped {
+                reason: format!("--hooks {tier}"),
+            };
+        }
+        if !self.has_structs(probe) {
+            return Fate::Skipped {
+                reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
+            };
+        }
+        match fx.load(f, self.btf) {
+            Err(e) if is_eperm(&e) => {
+                return Fate::Skipped {
+                    reason: format!(
+                        "fexit on {f} refused at load (EPERM): this kernel has no ftrace function hooks"
+                    ),
+                };
+            }
+            Err(e) => {
+                return Fate::Skipped {
+                    reason: format!("fexit on {f} refused at load: {}", err_text(&e)),
+                };
+            }
+            Ok(()) => {}
+        }
+        if !self.opts.attach {
+            return Fate::Verified {
+                reason: LOADED.into(),
+            };
+        }
+        match fx.attach() {
+            Ok(_) => {
+                self.fexit_stages.push(probe.stage);
+                Fate::Attached { to: f.to_owned() }
+            }
+            Err(e) => Fate::Skipped {
+                reason: format!("fexit on {f} failed to attach: {}", err_text(&e)),
+            },
+        }
+    }
+
+    fn kprobe(&mut self, probe: &Probe, kp: &mut KProbe) -> Fate {
+        let Some(f) = self.target(probe) else {
+            return Fate::Skipped {
+                reason: format!("no kernel function among {:?}", probe.targets),
+            };
+        };
+        if !self.has_structs(probe) {
+            return Fate::Skipped {
+                reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
+            };
+        }
+        let unused = if self.fexit_stages.contains(&probe.stage) {
+            Some("fexit covers this stage")
+        } else if self.opts.tier == Some(Tier::Tracepoint) {
+            Some("--hooks tracepoint")
+        } else if !self.kprobes {
+            Some("this kernel has no kprobes (/sys/bus/event_source/devices/kprobe is missing)")
+        } else {
+            None
+        };
+        // When tracing, a program that will not attach is not loaded either (its verification
+        // costs about 40 ms); `tracer hooks` verifies every one.
+        if let (true, Some(why)) = (self.opts.attach, unused) {
+            return Fate::Skipped {
+                reason: format!("not loaded: {why}; `tracer hooks` load-verifies it"),
+            };
+        }
+        if let Err(e) = kp.load() {
+            return Fate::Skipped {
+                reason: format!("refused at load: {}", err_text(&e)),
+            };
+        }
+        if !self.opts.attach {
+            return Fate::Verified {
+                reason: format!(
+                    "{LOADED}{}",
+                    unused.map(|w| format!(": {w}")).unwrap_or_default()
+                ),
+            };
+        }
+        match kp.attach(f, 0) {
+            Ok(_) => Fate::Attached { to: f.to_owned() },
+            Err(e) => Fate::Verified {
+                reason: format!("not attached to {f}: {}", err_text(&e)),
+            },
+        }
     }
 }
 
