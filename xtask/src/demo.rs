@@ -39,7 +39,8 @@ fn trace_while_probing(count: &str) -> anyhow::Result<()> {
         .context("failed to start tracer trace")?;
     // Attaching takes well under a second; give it one before the first query.
     sleep(Duration::from_secs(1));
-    let probe = sh(tracer().args(["probe", "--lab", "--count", count]));
+    // The probe only counts (it can trace too): the trace above says where each lost query died.
+    let probe = sh(tracer().args(["probe", "--lab", "--no-trace", "--count", count]));
     let traced = trace.wait().context("failed to wait for tracer trace")?;
     probe?;
     anyhow::ensure!(traced.success(), "tracer trace failed: {traced}");
