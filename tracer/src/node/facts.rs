@@ -149,8 +149,9 @@ pub fn read_sysctl(path: impl AsRef<Path>) -> Result<Option<u32>, Error> {
     }
 }
 
-/// Reads the facts in the calling thread's namespace.
-pub fn collect() -> Result<Facts, Error> {
+/// Reads the facts in the calling thread's namespace. The hook tier is `known` when the caller
+/// already loaded the probes (trace); else it is found by loading them (`probes::detect_tier`).
+pub fn collect(known: Option<(Tier, String)>) -> Result<Facts, Error> {
     let features = Features::detect();
     let ftrace_functions = [
         "/sys/kernel/tracing/available_filter_functions",
@@ -158,11 +159,13 @@ pub fn collect() -> Result<Facts, Error> {
     ]
     .iter()
     .any(|p| lists_something(Path::new(p)));
-    let (tier, tier_reason) = crate::probes::detect_tier(&features).unwrap_or_else(|e| {
-        (
-            Tier::Tracepoint,
-            format!("could not load the probes to find out: {e}"),
-        )
+    let (tier, tier_reason) = known.unwrap_or_else(|| {
+        crate::probes::detect_tier(&features).unwrap_or_else(|e| {
+            (
+                Tier::Tracepoint,
+                format!("could not load the probes to find out: {e}"),
+            )
+        })
     });
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()

@@ -19,6 +19,7 @@ use super::{
 use crate::{
     cli::{Backend, InspectArgs, OutputFormat},
     netns,
+    probes::plan::Tier,
 };
 
 /// What failed while inspecting.
@@ -252,13 +253,22 @@ pub fn dns_counters(netns: Option<&Path>, service: &DnsService) -> Result<Vec<Ru
 
 /// Inspects `netns` (default: the calling thread's namespace).
 pub fn inspect(netns: Option<&Path>) -> Result<Report, Error> {
-    let mut report = in_netns(netns, collect)??;
+    inspect_with_tier(netns, None)
+}
+
+/// `inspect`, with the hook tier given by a caller that already loaded the probes (trace), so they
+/// are not loaded a second time.
+pub fn inspect_with_tier(
+    netns: Option<&Path>,
+    tier: Option<(Tier, String)>,
+) -> Result<Report, Error> {
+    let mut report = in_netns(netns, move || collect(tier))??;
     report.netns = netns.map(Path::to_owned);
     Ok(report)
 }
 
-fn collect() -> Result<Report, Error> {
-    let facts = facts::collect().map_err(|source| Error::Facts { source })?;
+fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
+    let facts = facts::collect(tier).map_err(|source| Error::Facts { source })?;
     let backends = backend::detect().map_err(|source| Error::Backend { source })?;
     let kube_ipvs0 = facts.links.iter().any(|l| l.kind == LinkKind::KubeIpvs);
     let saves = [backends.saves.legacy.as_ref(), backends.saves.nft.as_ref()];

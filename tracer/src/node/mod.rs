@@ -14,5 +14,5 @@ pub mod facts;
 pub mod inspect;
 pub mod kubeproxy;
 
-pub use inspect::{Report, dns_counters, dns_service, inspect};
+pub use inspect::{Report, dns_counters, dns_service, inspect, inspect_with_tier};
 pub use kubeproxy::{DnsService, RuleCounter, counter_deltas};
