@@ -4,10 +4,10 @@ use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, helpers::bpf_ktime_get_ns, maps::PerC
 use tracer_common::{
     counter,
     event::Event,
-    flow::{Packet, Slot, slot_index},
+    flow::{Packet, SLOTS, Slot, slot_index},
 };
 
-use crate::maps::{EVENTS, QUERY_SLOTS, count};
+use crate::maps::{EVENTS, PENDING, QUERY_SLOTS, count};
 
 /// Scratch space for building a record on the stack-less side (an `Event` is too big for the
 /// 512-byte BPF stack together with the rest of a program's frame).
@@ -78,6 +78,17 @@ pub fn slot_of(client_ip: u32, client_port: u16, dns_id: u16) -> Option<&'static
         Some(slot)
     } else {
         None
+    }
+}
+
+/// Marks a slot as waiting for an answer, or not, in `PENDING` (a byte store: no lost updates
+/// between CPUs, unlike bits in a shared word).
+#[inline(always)]
+pub fn mark_pending(client_ip: u32, client_port: u16, dns_id: u16, pending: bool) {
+    if let Some(p) = PENDING.get_ptr_mut(0) {
+        let i = (slot_index(client_ip, client_port, dns_id) & (SLOTS - 1)) as usize;
+        // SAFETY: i < SLOTS, the array's length.
+        unsafe { (*p)[i] = u8::from(pending) };
     }
 }
 

@@ -432,7 +432,8 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     };
     let mut tracer = Tracer::start(target.clone(), &settings)?;
     let json = args.output == OutputFormat::Json;
-    let mut stdout = std::io::stdout().lock();
+    // Buffered and flushed once per poll: with --all, a flush per line cost more than tracing.
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
         serde_json::to_writer(
             &mut stdout,
@@ -453,7 +454,8 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         )?;
         write!(stdout, "{}", tracer.plan())?;
         let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
-        match node::inspect(links) {
+        let tier = (tracer.plan().tier, "as attached by this trace".to_owned());
+        match node::inspect_with_tier(links, Some(tier)) {
             Ok(report) => {
                 for l in report.summary() {
                     writeln!(stdout, "{l}")?;
@@ -468,7 +470,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         )?;
     }
     stdout.flush()?;
-    let write = |out: &mut std::io::StdoutLock, r: &QueryRecord| -> Result<(), Error> {
+    let write = |out: &mut dyn std::io::Write, r: &QueryRecord| -> Result<(), Error> {
         if json {
             let mut v = serde_json::to_value(r)?;
             v["type"] = "query".into();
@@ -477,7 +479,6 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         } else {
             writeln!(out, "{}", line(r))?;
         }
-        out.flush()?;
         Ok(())
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -502,6 +503,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
                             kept.push(r);
                         }
                     }
+                    stdout.flush()?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
@@ -522,6 +524,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     } else {
         write!(stdout, "{}", summary.text())?;
     }
+    stdout.flush()?;
     if let Some(path) = &args.report {
         kept.extend(rest);
         let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());

@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{copy_words, now, scratch, send, slot_for_new, slot_of},
+    emit::{copy_words, mark_pending, now, scratch, send, slot_for_new, slot_of},
     maps::{LATENCY, config, count},
     parse::{self, Parsed},
 };
@@ -79,6 +79,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
         }
     }
     count(counter::QUERIES);
+    mark_pending(packet.saddr, packet.sport, packet.dns_id, true);
     slot.query = *packet;
     slot.state = state::PENDING;
     slot.flags = 0;
@@ -153,6 +154,7 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
         unsafe { *b += 1 };
     }
     slot.state = state::FREE;
+    mark_pending(packet.daddr, packet.dport, packet.dns_id, false);
     let slow = t - slot.t_query > config().slow_ns;
     if slow {
         count(counter::SLOW);

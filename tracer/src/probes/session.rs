@@ -2,7 +2,7 @@
 //! (aya owns each link), so no exit path leaves a hook behind.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -26,6 +26,7 @@ use super::{
 use crate::{
     kernel::{btf::KernelBtf, features::Features},
     netns,
+    node::facts::{LinkKind, parse_links},
 };
 
 /// The eBPF object, built by build.rs.
@@ -107,6 +108,7 @@ pub struct Session {
     counters: PerCpuArray<MapData, u64>,
     latency: PerCpuArray<MapData, u64>,
     slots: Array<MapData, Slot>,
+    pending: Array<MapData, [u8; SLOTS as usize]>,
     /// What was attached, verified or skipped, and why.
     pub plan: Plan,
     /// `enum skb_drop_reason` names of this kernel.
@@ -214,6 +216,11 @@ impl Session {
             outcomes.push(Outcome::new(probe, fate));
         }
         let link_names = plan.link_names;
+        drop(btf);
+        // Parsing the kernel's BTF (aya, for tp_btf and fexit) leaves about 16 MB of freed heap
+        // that glibc keeps; give it back so the steady footprint is the tracer's own.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { nix::libc::malloc_trim(0) };
         Ok(Self {
             events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| {
                 Error::Map {
@@ -230,6 +237,12 @@ impl Session {
             latency: PerCpuArray::try_from(take_map(&mut ebpf, "LATENCY")?).map_err(|source| {
                 Error::Map {
                     name: "LATENCY",
+                    source,
+                }
+            })?,
+            pending: Array::try_from(take_map(&mut ebpf, "PENDING")?).map_err(|source| {
+                Error::Map {
+                    name: "PENDING",
                     source,
                 }
             })?,
@@ -311,10 +324,15 @@ impl Session {
             .collect()
     }
 
-    /// Every slot holding a query still waiting for its answer.
+    /// Every slot holding a query still waiting for its answer: the kernel's pending index says
+    /// which to read (one lookup, then one per query in flight, not one per slot).
     pub fn pending(&self) -> Result<Vec<Slot>, Error> {
+        let marks = self.pending.get(&0, 0).map_err(|source| Error::Map {
+            name: "PENDING",
+            source,
+        })?;
         let mut out = Vec::new();
-        for i in 0..SLOTS {
+        for i in (0..SLOTS).filter(|i| marks[*i as usize] != 0) {
             let s = self.slots.get(&i, 0).map_err(|source| Error::Map {
                 name: "QUERY_SLOTS",
                 source,
@@ -525,8 +543,10 @@ impl Planner<'_> {
     }
 }
 
-/// Attaches a TC program to every interface but `lo` in the links' namespace. Returns the
-/// (index, name) of each link attached and a note on failures.
+/// Attaches a TC program to the pod links in the links' namespace: its veths (a bridge's own
+/// device and the uplink would see the same packets again, at a cost per packet). Where it has no
+/// veth (another CNI), to every interface but `lo`. Returns the (index, name) of each link
+/// attached and a note on failures.
 fn attach_links(
     tc: &mut SchedClassifier,
     kind: TcAttachType,
@@ -538,20 +558,35 @@ fn attach_links(
         let Ok(ifaces) = nix::net::if_::if_nameindex() else {
             return (ok, " (could not list interfaces)".to_owned());
         };
+        // `ip` runs in this thread's namespace: a child inherits it.
+        let veths: Option<HashSet<String>> = crate::node::backend::run("ip", &["-o", "-d", "link"])
+            .ok()
+            .flatten()
+            .map(|(out, _)| {
+                parse_links(&out)
+                    .into_iter()
+                    .filter(|(_, k)| *k == LinkKind::Veth)
+                    .map(|(n, _)| n)
+                    .collect()
+            })
+            .filter(|v: &HashSet<String>| !v.is_empty());
+        if veths.is_none() {
+            failed.push("no veth found: attached to every interface".to_owned());
+        }
         for iface in ifaces.iter() {
             let name = iface.name().to_string_lossy().into_owned();
-            if name == "lo" {
+            if name == "lo" || veths.as_ref().is_some_and(|v| !v.contains(&name)) {
                 continue;
             }
             match tc.attach(&name, kind) {
                 Ok(_) => ok.push((iface.index(), name)),
-                Err(e) => failed.push(format!("{name}: {}", err_text(&e))),
+                Err(e) => failed.push(format!("failed on {name}: {}", err_text(&e))),
             }
         }
         let note = if failed.is_empty() {
             String::new()
         } else {
-            format!(" (failed: {})", failed.join("; "))
+            format!(" ({})", failed.join("; "))
         };
         (ok, note)
     };
