@@ -66,16 +66,18 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The slot of the query (client address, client port, DNS id), if it is still that query's.
+/// The slot of the query (client address, client port, DNS id), with its index, if it is still
+/// that query's.
 #[inline(always)]
-pub fn slot_of(client_ip: u32, client_port: u16, dns_id: u16) -> Option<&'static mut Slot> {
-    let slot = QUERY_SLOTS.get_ptr_mut(slot_index(client_ip, client_port, dns_id))?;
+pub fn slot_of(client_ip: u32, client_port: u16, dns_id: u16) -> Option<(u32, &'static mut Slot)> {
+    let index = slot_index(client_ip, client_port, dns_id);
+    let slot = QUERY_SLOTS.get_ptr_mut(index)?;
     // SAFETY: array map value, valid for the program's lifetime; races between CPUs on one
     // slot only blur that one query's times, which userspace tolerates.
     let slot = unsafe { &mut *slot };
     let q = &slot.query;
     if q.saddr == client_ip && q.sport == client_port && q.dns_id == dns_id {
-        Some(slot)
+        Some((index, slot))
     } else {
         None
     }
@@ -84,18 +86,23 @@ pub fn slot_of(client_ip: u32, client_port: u16, dns_id: u16) -> Option<&'static
 /// Marks a slot as waiting for an answer, or not, in `PENDING` (a byte store: no lost updates
 /// between CPUs, unlike bits in a shared word).
 #[inline(always)]
-pub fn mark_pending(client_ip: u32, client_port: u16, dns_id: u16, pending: bool) {
+pub fn mark_pending(index: u32, pending: bool) {
     if let Some(p) = PENDING.get_ptr_mut(0) {
-        let i = (slot_index(client_ip, client_port, dns_id) & (SLOTS - 1)) as usize;
+        let i = (index & (SLOTS - 1)) as usize;
         // SAFETY: i < SLOTS, the array's length.
         unsafe { (*p)[i] = u8::from(pending) };
     }
 }
 
-/// The raw slot for a new query (whatever it holds now).
+/// The raw slot for a new query (whatever it holds now), with its index.
 #[inline(always)]
-pub fn slot_for_new(client_ip: u32, client_port: u16, dns_id: u16) -> Option<&'static mut Slot> {
-    let slot = QUERY_SLOTS.get_ptr_mut(slot_index(client_ip, client_port, dns_id))?;
+pub fn slot_for_new(
+    client_ip: u32,
+    client_port: u16,
+    dns_id: u16,
+) -> Option<(u32, &'static mut Slot)> {
+    let index = slot_index(client_ip, client_port, dns_id);
+    let slot = QUERY_SLOTS.get_ptr_mut(index)?;
     // SAFETY: as in slot_of.
-    Some(unsafe { &mut *slot })
+    Some((index, unsafe { &mut *slot }))
 }

@@ -112,9 +112,10 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
 
 /// Copies up to `QUESTION_LEN` bytes of the question into `dst` and returns how many. The verifier
 /// wants every load length proven non-zero and bounded, and LLVM folds a `min()` or a per-byte
-/// bound check into forms it cannot follow: so a full 64-byte load when the packet has them, else
-/// one constant-size load per set bit of the remaining length, each straight into `dst` (a copy
-/// through a temporary would be a byte loop, see `emit::copy_words`). `dst` is not cleared.
+/// bound check into forms it cannot follow: so a full 64-byte load when the packet has them, two
+/// overlapping 32-byte loads when it has 32 to 63, else one constant-size load per set bit of the
+/// remaining length; each straight into `dst` (a copy through a temporary would be a byte loop,
+/// see `emit::copy_words`). `dst` is not cleared.
 #[inline(always)]
 pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) -> u16 {
     let len = ctx.len() as usize;
@@ -131,6 +132,26 @@ pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) ->
                 == 0;
         return if ok { QUESTION_LEN as u16 } else { 0 };
     }
+    const HALF: usize = QUESTION_LEN / 2;
+    if rem >= HALF {
+        // The usual case (a name of 20 to 51 bytes): two overlapping 32-byte loads, the second
+        // ending where the packet ends, instead of one load per set bit of the length.
+        let tail = rem - HALF;
+        if tail > HALF {
+            return 0;
+        }
+        // SAFETY: both loads stay inside dst: [0, 32) and [tail, tail + 32) with tail <= 32.
+        let ok = unsafe {
+            bpf_skb_load_bytes(skb, off as u32, base as *mut _, HALF as u32) == 0
+                && bpf_skb_load_bytes(
+                    skb,
+                    (off + tail) as u32,
+                    base.add(tail) as *mut _,
+                    HALF as u32,
+                ) == 0
+        };
+        return if ok { rem as u16 } else { 0 };
+    }
     let mut cur = 0usize;
     macro_rules! chunk {
         ($n:expr) => {
@@ -146,7 +167,6 @@ pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) ->
             }
         };
     }
-    chunk!(32);
     chunk!(16);
     chunk!(8);
     chunk!(4);

@@ -54,7 +54,7 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
 /// A client sent a query: take its slot. A pending query found there is reported first.
 #[inline(always)]
 fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
-    let Some(slot) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else {
+    let Some((index, slot)) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else {
         return;
     };
     let same = slot.query.saddr == packet.saddr
@@ -79,7 +79,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
         }
     }
     count(counter::QUERIES);
-    mark_pending(packet.saddr, packet.sport, packet.dns_id, true);
+    mark_pending(index, true);
     slot.query = *packet;
     slot.state = state::PENDING;
     slot.flags = 0;
@@ -109,7 +109,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
 fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
     count(counter::AT_ENDPOINT);
     match slot_of(packet.saddr, packet.sport, packet.dns_id) {
-        Some(slot) if slot.state == state::PENDING => {
+        Some((_, slot)) if slot.state == state::PENDING => {
             slot.endpoint_ip = packet.daddr;
             // SAFETY: as above.
             slot.endpoint_ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -124,7 +124,7 @@ fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
 fn answer_from_endpoint(packet: &Packet) {
     count(counter::FROM_ENDPOINT);
     match slot_of(packet.daddr, packet.dport, packet.dns_id) {
-        Some(slot) if slot.state == state::PENDING => slot.t_reply = now(),
+        Some((_, slot)) if slot.state == state::PENDING => slot.t_reply = now(),
         _ => count(counter::UNMATCHED),
     }
 }
@@ -132,7 +132,7 @@ fn answer_from_endpoint(packet: &Packet) {
 /// The answer reached the client that asked: the query is done.
 #[inline(always)]
 fn answer_delivered(ctx: &TcContext, packet: &Packet) {
-    let Some(slot) = slot_of(packet.daddr, packet.dport, packet.dns_id) else {
+    let Some((index, slot)) = slot_of(packet.daddr, packet.dport, packet.dns_id) else {
         count(counter::UNMATCHED);
         return;
     };
@@ -154,7 +154,7 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
         unsafe { *b += 1 };
     }
     slot.state = state::FREE;
-    mark_pending(packet.daddr, packet.dport, packet.dns_id, false);
+    mark_pending(index, false);
     let slow = t - slot.t_query > config().slow_ns;
     if slow {
         count(counter::SLOW);

@@ -84,7 +84,7 @@ pub fn skb_record(
     e.ifindex = place.ifindex;
     let (client_ip, client_port) = parse::client_of(&packet);
     match slot_of(client_ip, client_port, packet.dns_id) {
-        Some(slot) if slot.state == state::PENDING => {
+        Some((_, slot)) if slot.state == state::PENDING => {
             slot.flags |= mark;
             copy_words(&mut e.slot, slot);
         }
