@@ -15,8 +15,6 @@ pub mod kind {
     pub const SOCKET_DROP: u32 = 4;
     /// A pending query was pushed out of its slot by a newer one: not answered so far.
     pub const EVICTED: u32 = 5;
-    /// A query left a client (only with `--all`).
-    pub const QUERY: u32 = 6;
     /// NAT rewrote a DNS packet (kprobe/fentry tier: `nf_nat_manip_pkt`).
     pub const NAT: u32 = 7;
     /// Conntrack confirmed (or refused) a DNS packet's entry (`__nf_conntrack_confirm` return).
@@ -46,10 +44,10 @@ pub struct Event {
     /// DROP: the code address that freed the packet; VERDICT: 1 legacy xtables, 2 nf_tables;
     /// SOCKET_DROP: 1 `udp_fail_queue_rcv_skb`, 2 `sock_rcvqueue_full`.
     pub location: u64,
-    /// The packet as it was at this point. For QUERY/ANSWERED/EVICTED, the query's slot below
+    /// The packet as it was at this point. For ANSWERED/EVICTED, the query's slot below
     /// holds the path; here `packet` is the packet the event saw.
     pub packet: crate::flow::Packet,
-    /// DROP/ICMP/SOCKET_DROP/VERDICT/NAT: the packet's DNS question; ANSWERED/EVICTED/QUERY: the
+    /// DROP/ICMP/SOCKET_DROP/VERDICT/NAT: the packet's DNS question; ANSWERED/EVICTED: the
     /// query's slot (times, endpoint, question).
     pub slot: Slot,
     /// VERDICT: the table name; NAT: the rewritten packet's source and destination addresses

@@ -19,7 +19,7 @@ static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 /// byte). Volatile word accesses keep LLVM from turning this loop back into such a call.
 #[inline(always)]
 pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8) };
     let (d, s) = (dst as *mut T as *mut u64, src as *const T as *const u64);
     for i in 0..core::mem::size_of::<T>() / 8 {
         // SAFETY: both point to a whole, 8-aligned T; i stays inside it.
@@ -30,7 +30,7 @@ pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
 /// Zeroes `dst` eight bytes at a time (see `copy_words`).
 #[inline(always)]
 pub fn zero_words<T: Copy>(dst: &mut T) {
-    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8) };
     let d = dst as *mut T as *mut u64;
     for i in 0..core::mem::size_of::<T>() / 8 {
         // SAFETY: as in copy_words.

@@ -116,6 +116,8 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
 /// overlapping 32-byte loads when it has 32 to 63, else one constant-size load per set bit of the
 /// remaining length; each straight into `dst` (a copy through a temporary would be a byte loop,
 /// see `emit::copy_words`). `dst` is not cleared.
+// Every chunk has the same shape (`cur + n <= QUESTION_LEN`), the 1-byte one included.
+#[allow(clippy::int_plus_one)]
 #[inline(always)]
 pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) -> u16 {
     let len = ctx.len() as usize;

@@ -62,7 +62,9 @@ pub enum HookChoice {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer trace --lab\n  tracer trace --service 10.96.0.10 --duration 60\n  tracer trace --lab --all --output json\n  tracer trace --lab --hooks tracepoint --slow-ms 20")]
+#[command(
+    after_help = "Examples:\n  tracer trace --lab\n  tracer trace --service 10.96.0.10 --duration 60\n  tracer trace --lab --all --output json\n  tracer trace --lab --hooks tracepoint --slow-ms 20"
+)]
 pub struct TraceArgs {
     /// Trace the lab: its node namespace, Service IP, endpoints and pods.
     #[arg(long)]
@@ -118,7 +120,9 @@ pub enum Backend {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer lab up --backend nft\n  tracer lab fault filter-drop\n  tracer lab fault clear\n  tracer lab down")]
+#[command(
+    after_help = "Examples:\n  tracer lab up --backend nft\n  tracer lab fault filter-drop\n  tracer lab fault clear\n  tracer lab down"
+)]
 pub struct LabArgs {
     /// Prefix of every namespace, interface and process name the lab creates.
     #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl", global = true)]
@@ -180,7 +184,9 @@ pub enum FaultName {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer probe --lab\n  tracer probe --lab --rate 100 --duration 10 --type A --type AAAA --report before.json\n  tracer probe --lab --count 200 --parallel-a-aaaa --output json\n  tracer probe --netns trl-client0 --server 10.96.0.10:53 --name kube-dns.kube-system.svc.cluster.local")]
+#[command(
+    after_help = "Examples:\n  tracer probe --lab\n  tracer probe --lab --rate 100 --duration 10 --type A --type AAAA --report before.json\n  tracer probe --lab --count 200 --parallel-a-aaaa --output json\n  tracer probe --netns trl-client0 --server 10.96.0.10:53 --name kube-dns.kube-system.svc.cluster.local"
+)]
 pub struct ProbeArgs {
     /// Query the lab's DNS Service from its client0 pod (following its stale-conntrack and
     /// conntrack-race faults: their source port, parallel A/AAAA).
@@ -254,7 +260,9 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer compare before.json after.json\n  tracer compare before.json after.json --max-loss-increase 0.5 --output json\n\nExit codes: 0 no regression, 3 a regression, 1 an error.")]
+#[command(
+    after_help = "Examples:\n  tracer compare before.json after.json\n  tracer compare before.json after.json --max-loss-increase 0.5 --output json\n\nExit codes: 0 no regression, 3 a regression, 1 an error."
+)]
 pub struct CompareArgs {
     /// The earlier report (`--report` of probe, trace, inspect or validate).
     pub before: std::path::PathBuf,
@@ -281,7 +289,9 @@ pub struct CompareArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 2 one failed, 1 an error.")]
+#[command(
+    after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 2 one failed, 1 an error."
+)]
 pub struct ValidateArgs {
     /// Prefix of the lab validate brings up (and down) for its scenarios.
     #[arg(long, env = "TRACER_VALIDATE_PREFIX", default_value = "trv")]
@@ -308,9 +318,15 @@ pub fn parse_ip_port(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
     match s.split_once(':') {
         Some((ip, port)) => Ok((
             ip.parse().map_err(|e| format!("bad address {ip:?}: {e}"))?,
-            Some(port.parse().map_err(|e| format!("bad port {port:?}: {e}"))?),
+            Some(
+                port.parse()
+                    .map_err(|e| format!("bad port {port:?}: {e}"))?,
+            ),
         )),
-        None => Ok((s.parse().map_err(|e| format!("bad address {s:?}: {e}"))?, None)),
+        None => Ok((
+            s.parse().map_err(|e| format!("bad address {s:?}: {e}"))?,
+            None,
+        )),
     }
 }
 
@@ -320,8 +336,14 @@ mod tests {
 
     #[test]
     fn ip_port_parses_and_rejects_garbage() {
-        assert_eq!(parse_ip_port("10.96.0.10"), Ok(("10.96.0.10".parse().unwrap(), None)));
-        assert_eq!(parse_ip_port("10.96.0.10:5353"), Ok(("10.96.0.10".parse().unwrap(), Some(5353))));
+        assert_eq!(
+            parse_ip_port("10.96.0.10"),
+            Ok(("10.96.0.10".parse().unwrap(), None))
+        );
+        assert_eq!(
+            parse_ip_port("10.96.0.10:5353"),
+            Ok(("10.96.0.10".parse().unwrap(), Some(5353)))
+        );
         assert!(parse_ip_port("10.96.0").is_err());
         assert!(parse_ip_port("10.96.0.10:99999").is_err());
     }

@@ -19,7 +19,11 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => {
             let c = tracer::report::compare::run(args).context("compare")?;
             if c.regressions > 0 {
-                eprintln!("compare: {} regression(s): {}", c.regressions, c.regressed().join(", "));
+                eprintln!(
+                    "compare: {} regression(s): {}",
+                    c.regressions,
+                    c.regressed().join(", ")
+                );
                 std::process::exit(EXIT_REGRESSION);
             }
             Ok(())

@@ -312,10 +312,10 @@ impl Tracer {
                 };
                 if self.ct_entries.insert(client, note).is_none() {
                     self.ct_order.push_back(client);
-                    if self.ct_order.len() > CONNTRACK_REMEMBERED {
-                        if let Some(old) = self.ct_order.pop_front() {
-                            self.ct_entries.remove(&old);
-                        }
+                    if self.ct_order.len() > CONNTRACK_REMEMBERED
+                        && let Some(old) = self.ct_order.pop_front()
+                    {
+                        self.ct_entries.remove(&old);
                     }
                 }
             }
@@ -339,15 +339,15 @@ impl Tracer {
         let mut events = Vec::new();
         self.session.drain(|e| events.push(e));
         self.read_conntrack_events();
-        if events.iter().any(|e| e.kind == kind::DROP) {
-            if let Some(now) = self.ct_stats() {
-                let rose = self
-                    .ct_last
-                    .map(|l| now.delta(&l).drop > 0)
-                    .unwrap_or(false);
-                self.corr.conntrack_dropping = rose;
-                self.ct_last = Some(now);
-            }
+        if events.iter().any(|e| e.kind == kind::DROP)
+            && let Some(now) = self.ct_stats()
+        {
+            let rose = self
+                .ct_last
+                .map(|l| now.delta(&l).drop > 0)
+                .unwrap_or(false);
+            self.corr.conntrack_dropping = rose;
+            self.ct_last = Some(now);
         }
         let mut out = Vec::new();
         for e in &events {

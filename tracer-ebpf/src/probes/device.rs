@@ -95,13 +95,6 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
         core::ptr::write_volatile(&mut slot.t_reply, 0);
     }
     slot.question_len = parse::tc_question(ctx, question_off, &mut slot.question);
-    if config().export_all != 0 {
-        if let Some(e) = scratch(kind::QUERY, packet) {
-            e.ifindex = slot.client_ifindex;
-            copy_words(&mut e.slot, slot);
-            send(e);
-        }
-    }
 }
 
 /// The query reached a DNS pod's link, after DNAT.
@@ -159,13 +152,13 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
     if slow {
         count(counter::SLOW);
     }
-    if slow || slot.flags & (flag::DROPPED | flag::ICMP) != 0 || config().export_all != 0 {
-        if let Some(e) = scratch(kind::ANSWERED, packet) {
-            e.ts = t;
-            // SAFETY: as above.
-            e.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            copy_words(&mut e.slot, slot);
-            send(e);
-        }
+    if (slow || slot.flags & (flag::DROPPED | flag::ICMP) != 0 || config().export_all != 0)
+        && let Some(e) = scratch(kind::ANSWERED, packet)
+    {
+        e.ts = t;
+        // SAFETY: as above.
+        e.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        copy_words(&mut e.slot, slot);
+        send(e);
     }
 }

@@ -75,7 +75,7 @@ pub fn skb_record(
     }
     let place = parse::skb_place(skb);
     // SAFETY: lookup in a hash map of plain values.
-    if config().netns_filter != 0 && unsafe { NETNS_FILTER.get(&place.netns) }.is_none() {
+    if config().netns_filter != 0 && unsafe { NETNS_FILTER.get(place.netns) }.is_none() {
         return None;
     }
     count(counter);

@@ -44,10 +44,10 @@ pub fn nat_manip_fexit(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn nat_done(skb: *const u8, mtype: u32) {
     if config().export_all == 0 {
-        if let Parsed::Dns { packet, .. } = parse::skb_packet(skb) {
-            if parse::wanted(&packet) {
-                count(counter::DEEP_EVENTS);
-            }
+        if let Parsed::Dns { packet, .. } = parse::skb_packet(skb)
+            && parse::wanted(&packet)
+        {
+            count(counter::DEEP_EVENTS);
         }
         return;
     }

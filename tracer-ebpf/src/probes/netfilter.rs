@@ -121,12 +121,10 @@ fn nft_verdict(pkt: *const u8, chain: *const u8, verdict: u32) {
             }
             if let Ok(table) = bpf_probe_read_kernel(
                 chain.wrapping_add(o.nft_chain_table as usize) as *const *const u8
+            ) && let Ok(name) = bpf_probe_read_kernel(
+                table.wrapping_add(o.nft_table_name as usize) as *const *const u8,
             ) {
-                if let Ok(name) = bpf_probe_read_kernel(
-                    table.wrapping_add(o.nft_table_name as usize) as *const *const u8,
-                ) {
-                    let _ = bpf_probe_read_kernel_str_bytes(name, &mut e.name);
-                }
+                let _ = bpf_probe_read_kernel_str_bytes(name, &mut e.name);
             }
         }
         send(e);

@@ -174,10 +174,10 @@ impl Correlator {
     fn remember(&mut self, key: Key, t_query: u64) {
         if self.reported.insert((key, t_query)) {
             self.order.push_back((key, t_query));
-            if self.order.len() > REMEMBERED {
-                if let Some(old) = self.order.pop_front() {
-                    self.reported.remove(&old);
-                }
+            if self.order.len() > REMEMBERED
+                && let Some(old) = self.order.pop_front()
+            {
+                self.reported.remove(&old);
             }
         }
     }
@@ -418,19 +418,18 @@ impl Correlator {
                     }
                 }
             }
-            kind::CONFIRM => {
-                if r.drop.is_none() {
-                    r.drop = Some(Drop {
-                        stage: "conntrack".to_owned(),
-                        reason: "CONFIRM_FAILED".to_owned(),
-                        location: "__nf_conntrack_confirm".to_owned(),
-                        backend: None,
-                        table: None,
-                        leg,
-                        at,
-                        why: "conntrack could not insert the new entry (a clash it could not resolve)".to_owned(),
-                    });
-                }
+            kind::CONFIRM if r.drop.is_none() => {
+                r.drop = Some(Drop {
+                    stage: "conntrack".to_owned(),
+                    reason: "CONFIRM_FAILED".to_owned(),
+                    location: "__nf_conntrack_confirm".to_owned(),
+                    backend: None,
+                    table: None,
+                    leg,
+                    at,
+                    why: "conntrack could not insert the new entry (a clash it could not resolve)"
+                        .to_owned(),
+                });
             }
             _ => {}
         }

@@ -94,12 +94,11 @@ impl KernelBtf {
             if name == field {
                 return Ok(Some((m.bit_offset() / 8, ty)));
             }
-            if name.is_empty() {
-                if let Type::Struct(inner) | Type::Union(inner) = self.resolve(ty)? {
-                    if let Some((off, t)) = self.field_in(&inner, field)? {
-                        return Ok(Some((m.bit_offset() / 8 + off, t)));
-                    }
-                }
+            if name.is_empty()
+                && let Type::Struct(inner) | Type::Union(inner) = self.resolve(ty)?
+                && let Some((off, t)) = self.field_in(&inner, field)?
+            {
+                return Ok(Some((m.bit_offset() / 8 + off, t)));
             }
         }
         Ok(None)
@@ -153,10 +152,10 @@ impl KernelBtf {
                 let pointee = self.resolve(
                     self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&ptr))?,
                 )?;
-                if let Type::Struct(s) = pointee {
-                    if self.btf.resolve_name(&s).unwrap_or_default() == "sk_buff" {
-                        return Ok(Some(i as u32));
-                    }
+                if let Type::Struct(s) = pointee
+                    && self.btf.resolve_name(&s).unwrap_or_default() == "sk_buff"
+                {
+                    return Ok(Some(i as u32));
                 }
             }
         }

@@ -80,10 +80,10 @@ mod tests {
     fn resolves_a_known_function_and_finds_it() {
         let mut addr = 0;
         each(|a, kind, name| {
-            if name == "kfree_skb_reason" || (name == "sk_skb_reason_drop" && addr == 0) {
-                if matches!(kind, 't' | 'T') {
-                    addr = a;
-                }
+            if (name == "kfree_skb_reason" || (name == "sk_skb_reason_drop" && addr == 0))
+                && matches!(kind, 't' | 'T')
+            {
+                addr = a;
             }
         })
         .unwrap();

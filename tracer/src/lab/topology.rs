@@ -282,7 +282,16 @@ pub fn set_link(prefix: &str, ifname: &str, up: bool) -> Result<(), Error> {
 pub fn forget_neighbour(prefix: &str, ip: Ipv4Addr) -> Result<(), Error> {
     run(
         "ip",
-        &["-n", &node_netns(prefix), "neigh", "flush", "to", &ip.to_string(), "dev", &bridge(prefix)],
+        &[
+            "-n",
+            &node_netns(prefix),
+            "neigh",
+            "flush",
+            "to",
+            &ip.to_string(),
+            "dev",
+            &bridge(prefix),
+        ],
     )
     .map(drop)
 }
