@@ -40,22 +40,21 @@ impl KernelOffsets {
     pub const MISSING: u32 = u32::MAX;
 }
 
-/// Filters and switches. Addresses and ports are in network byte order, as in the packet.
+/// Filters and switches. Addresses and ports are in network byte order, as in the packet. The
+/// kernel tells queries from answers by direction and port, so it needs no Service IP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// The DNS Service IP (the address clients query before DNAT); 0 means any.
-    pub service_ip: u32,
     /// Only this pod IP, as client or endpoint; 0 means any.
     pub pod_ip: u32,
-    /// The DNS port (53), network order.
-    pub dns_port: u16,
-    /// The Service port, network order.
-    pub service_port: u16,
     /// Non-zero: only namespaces listed in the `NETNS_FILTER` map are traced.
     pub netns_filter: u32,
     /// Non-zero: export a record for every query, answered ones included (`--all`).
     pub export_all: u32,
+    /// The DNS port (53), network order.
+    pub dns_port: u16,
+    /// Explicit padding (no implicit padding crosses the kernel boundary).
+    pub _pad: u16,
     /// Answers slower than this are exported (nanoseconds).
     pub slow_ns: u64,
     /// Offsets of kernel struct fields.
@@ -72,6 +71,6 @@ mod tests {
     #[test]
     fn sizes_are_pinned() {
         assert_eq!(core::mem::size_of::<KernelOffsets>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 32 + 56);
+        assert_eq!(core::mem::size_of::<Config>(), 24 + 56);
     }
 }

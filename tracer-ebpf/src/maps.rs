@@ -13,12 +13,11 @@ use tracer_common::{
 /// Set by the loader with `EbpfLoader::override_global("CONFIG", ..)`; read-only at run time.
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config {
-    service_ip: 0,
     pod_ip: 0,
-    dns_port: 53u16.to_be(),
-    service_port: 53u16.to_be(),
     netns_filter: 0,
     export_all: 0,
+    dns_port: 53u16.to_be(),
+    _pad: 0,
     slow_ns: 0,
     offsets: KernelOffsets {
         skb_head: 0,

@@ -193,12 +193,11 @@ impl Tracer {
     pub fn start(target: Target, settings: &Settings) -> Result<Self, Error> {
         let to_raw = |ip: Ipv4Addr| u32::from_ne_bytes(ip.octets());
         let config = Config {
-            service_ip: to_raw(*target.service.ip()),
             pod_ip: settings.pod_ip.map(to_raw).unwrap_or(0),
-            dns_port: 53u16.to_be(),
-            service_port: target.service.port().to_be(),
             netns_filter: u32::from(!target.netns_filter.is_empty()),
             export_all: u32::from(settings.all),
+            dns_port: 53u16.to_be(),
+            _pad: 0,
             slow_ns: settings.slow.as_nanos() as u64,
             offsets: Default::default(),
         };

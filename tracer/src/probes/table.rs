@@ -36,13 +36,6 @@ pub enum Hook {
     Fexit,
 }
 
-impl Hook {
-    /// The tier a hook belongs to: tracepoint-tier hooks run everywhere.
-    pub fn is_deep(self) -> bool {
-        matches!(self, Hook::Kprobe | Hook::Kretprobe | Hook::Fexit)
-    }
-}
-
 /// One program.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
