@@ -32,6 +32,17 @@ pub enum Command {
     Validate(ValidateArgs),
 }
 
+/// Where a command that reports writes its results (trace, probe, inspect, validate).
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Output format: text for people, or JSON (trace: one JSON line per query, then the summary).
+    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    /// Also write a versioned JSON report (node facts and this command's results) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+}
+
 /// How results are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -101,12 +112,8 @@ pub struct TraceArgs {
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Output format: text lines and summary, or JSON lines (a record per query, then the summary).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    /// Also write a versioned JSON report (node facts, summary, failed queries) to this file.
-    #[arg(long, value_name = "FILE")]
-    pub report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: Output,
 }
 
 /// Where kube-proxy's iptables rules live.
@@ -229,12 +236,8 @@ pub struct ProbeArgs {
     /// Do not run the tracer alongside: losses are then counted, not attributed.
     #[arg(long)]
     pub no_trace: bool,
-    /// Output format: a summary table, or one JSON object.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    /// Also write a versioned JSON report (node facts, probe and trace results) to this file.
-    #[arg(long, value_name = "FILE")]
-    pub report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: Output,
 }
 
 #[derive(Debug, Args)]
@@ -251,12 +254,8 @@ pub struct InspectArgs {
     /// Run the checks inside this network namespace (`ip netns` name); default: the tracer's own.
     #[arg(long)]
     pub netns: Option<String>,
-    /// Output format: tables and findings, or one JSON document.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    /// Also write a versioned JSON report (node facts) to this file.
-    #[arg(long, value_name = "FILE")]
-    pub report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: Output,
 }
 
 #[derive(Debug, Args)]
@@ -305,12 +304,8 @@ pub struct ValidateArgs {
     /// Lookups for the healthy measurement of loss and latency.
     #[arg(long, default_value_t = 500)]
     pub healthy_count: u32,
-    /// Output format: a line per scenario, or one JSON object.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    /// Also write a versioned JSON report to this file.
-    #[arg(long, value_name = "FILE")]
-    pub report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: Output,
 }
 
 /// Parses `IP[:PORT]`.

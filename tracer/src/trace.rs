@@ -430,7 +430,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         pod_ip: args.pod_ip,
     };
     let mut tracer = Tracer::start(target.clone(), &settings)?;
-    let json = args.output == OutputFormat::Json;
+    let json = args.out.format == OutputFormat::Json;
     // Buffered and flushed once per poll: with --all, a flush per line cost more than tracing.
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
@@ -498,7 +498,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
                 _ = tick.tick() => {
                     for r in tracer.poll()? {
                         write(&mut stdout, &r)?;
-                        if args.report.is_some() && r.verdict != Verdict::Answered {
+                        if args.out.report.is_some() && r.verdict != Verdict::Answered {
                             kept.push(r);
                         }
                     }
@@ -524,7 +524,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         write!(stdout, "{}", summary.text())?;
     }
     stdout.flush()?;
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         kept.extend(rest);
         let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
         crate::report::document::write_trace_report(path, links, summary, &kept)?;

@@ -608,7 +608,7 @@ pub fn line(r: &ScenarioResult) -> String {
 
 /// Runs `tracer validate`; returns whether every scenario passed.
 pub fn run(args: ValidateArgs) -> Result<bool, Error> {
-    let json = args.output == OutputFormat::Json;
+    let json = args.out.format == OutputFormat::Json;
     if !json {
         println!(
             "validating this kernel with the lab's scenarios (labs named {}-*, brought down after each)",
@@ -644,7 +644,7 @@ pub fn run(args: ValidateArgs) -> Result<bool, Error> {
             v.seconds
         )?;
     }
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         let mut doc = Document::new("validate")?;
         doc.tier = Some(v.tier.clone());
         doc.node = Some(NodeFacts::from_inspect(

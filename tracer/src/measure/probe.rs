@@ -164,7 +164,7 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
         source_port: args.source_port,
         parallel_a_aaaa: args.parallel_a_aaaa,
     };
-    let json = args.output == OutputFormat::Json;
+    let json = args.out.format == OutputFormat::Json;
     let say = |line: String| {
         if !json {
             println!("{line}");
@@ -224,7 +224,7 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
         };
         (args.netns, server, target, None)
     };
-    let node = match &args.report {
+    let node = match &args.out.report {
         Some(_) => Some(inspect::inspect(node_netns.as_deref())?),
         None => None,
     };
@@ -266,7 +266,7 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
     } else {
         write!(stdout, "{}", report.text())?;
     }
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         let mut doc = Document::new("probe")?;
         if let Some(summary) = traced.summary {
             doc = doc.with_trace(summary, &traced.records);

@@ -64,11 +64,11 @@ pub fn run(args: InspectArgs) -> Result<(), Error> {
         args.netns.as_deref().map(netns::named)
     };
     let report = inspect(netns.as_deref())?;
-    match args.output {
+    match args.out.format {
         OutputFormat::Text => print!("{}", report.render_text()),
         OutputFormat::Json => println!("{}", report.render_json()?),
     }
-    if let Some(path) = &args.report {
+    if let Some(path) = &args.out.report {
         crate::report::document::write_inspect_report(path, &report).map_err(|source| {
             Error::Report {
                 source: Box::new(source),
