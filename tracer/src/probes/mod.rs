@@ -3,10 +3,14 @@
 //!
 //! # Layout
 //! - `table`: one row per eBPF program: stage, hook kind, candidate kernel symbols.
+//! - `module_fexit`: fexit programs on functions in kernel modules (nf_tables, nf_nat, ...), which
+//!   aya 0.14 cannot load: the module's BTF object and split-BTF id, our own BPF_PROG_LOAD, the
+//!   session's maps shared.
 //! - `plan`: the hook tier (fentry, kprobe, tracepoint) and every program's fate, with reasons.
 //! - `run_hooks`: the `tracer hooks` command (verify every program, report the tier).
 //! - `session`: loads the object with the configuration, attaches what the plan says, drains the
 //!   ring buffer, reads counters and the slot table; dropping it detaches everything.
+pub mod module_fexit;
 pub mod plan;
 pub mod session;
 pub mod table;

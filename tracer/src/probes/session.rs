@@ -12,6 +12,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FExit, KProbe, ProgramError, SchedClassifier, TcAttachType},
 };
+use aya_obj::btf::BtfKind;
 use tracer_common::{
     config::{Config, KernelOffsets},
     counter,
@@ -20,6 +21,7 @@ use tracer_common::{
 };
 
 use super::{
+    module_fexit::{self, ModuleFexit},
     plan::{Fate, Outcome, Plan, Tier},
     table::{Hook, PROBES, Probe, Stage},
 };
@@ -52,6 +54,8 @@ pub enum Error {
     Netns(#[from] netns::Error),
     #[error("failed to write output: {source}")]
     Output { source: std::io::Error },
+    #[error(transparent)]
+    ModuleFexit(#[from] module_fexit::Error),
 }
 
 /// What to load and where.
@@ -104,6 +108,8 @@ pub struct Counters {
 pub struct Session {
     /// Owns every program and link: dropping it detaches them.
     _ebpf: Ebpf,
+    /// fexit programs on module functions, loaded outside aya: dropping them detaches them.
+    _module_fexits: Vec<ModuleFexit>,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     latency: PerCpuArray<MapData, u64>,
@@ -189,6 +195,8 @@ impl Session {
             kprobes: features.kprobes,
             fexit_stages: Vec::new(),
             link_names: HashMap::new(),
+            modules: module_fexit::Loader::new(OBJECT, ebpf.maps())?.global("CONFIG", &opts.config),
+            module_fexits: Vec::new(),
         };
         drop(kbtf);
         let mut outcomes = Vec::new();
@@ -216,6 +224,8 @@ impl Session {
             outcomes.push(Outcome::new(probe, fate));
         }
         let link_names = plan.link_names;
+        let module_fexits = plan.module_fexits;
+        drop(plan.modules);
         drop(btf);
         // Parsing the kernel's BTF (aya, for tp_btf and fexit) leaves about 16 MB of freed heap
         // that glibc keeps; give it back so the steady footprint is the tracer's own.
@@ -253,6 +263,7 @@ impl Session {
                 }
             })?,
             _ebpf: ebpf,
+            _module_fexits: module_fexits,
             plan: Plan::from_outcomes(outcomes),
             drop_reasons,
             link_names,
@@ -361,6 +372,10 @@ struct Planner<'a> {
     fexit_stages: Vec<Stage>,
     /// Interface names of the links TC attached to.
     link_names: HashMap<u32, String>,
+    /// Loads fexit programs on functions in modules (aya 0.14 only targets vmlinux).
+    modules: module_fexit::Loader,
+    /// Those loaded.
+    module_fexits: Vec<ModuleFexit>,
 }
 
 const LOADED: &str = "loaded, not attached";
@@ -446,7 +461,18 @@ impl Planner<'_> {
     }
 
     fn fexit(&mut self, probe: &Probe, fx: &mut FExit) -> Fate {
-        let Some(f) = self.target(probe) else {
+        // aya loads fexit on vmlinux functions; one in a module takes the module_fexit path.
+        let in_vmlinux = self
+            .target(probe)
+            .filter(|f| self.btf.id_by_type_name_kind(f, BtfKind::Func).is_ok());
+        let module = match in_vmlinux {
+            Some(_) => None,
+            None => self.modules.locate(probe.targets),
+        };
+        let Some(f) = in_vmlinux
+            .or(module.as_ref().map(|m| m.function))
+            .or(self.target(probe))
+        else {
             return Fate::Skipped {
                 reason: format!("no kernel function among {:?}", probe.targets),
             };
@@ -462,6 +488,9 @@ impl Planner<'_> {
             return Fate::Skipped {
                 reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
             };
+        }
+        if let Some(m) = module {
+            return self.module_fexit(probe, &m);
         }
         match fx.load(f, self.btf) {
             Err(e) if is_eperm(&e) => {
@@ -492,6 +521,42 @@ impl Planner<'_> {
                 reason: format!("fexit on {f} failed to attach: {}", err_text(&e)),
             },
         }
+    }
+
+    /// An fexit program on a module function, loaded by `module_fexit`.
+    fn module_fexit(&mut self, probe: &Probe, m: &module_fexit::ModuleFunction) -> Fate {
+        let mut fx = match self.modules.load(probe.program, m, Some(self.btf)) {
+            Ok(fx) => fx,
+            Err(e) if e.is_eperm() => {
+                return Fate::Skipped {
+                    reason: format!(
+                        "fexit on {m} refused at load (EPERM): this kernel has no ftrace function hooks"
+                    ),
+                };
+            }
+            Err(e) => {
+                if let Some(log) = e.verifier_log() {
+                    log::debug!("verifier log of {} on {m}:\n{log}", probe.program);
+                }
+                return Fate::Skipped {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let fate = if !self.opts.attach {
+            Fate::Verified {
+                reason: LOADED.into(),
+            }
+        } else if let Err(e) = fx.attach() {
+            return Fate::Skipped {
+                reason: e.to_string(),
+            };
+        } else {
+            self.fexit_stages.push(probe.stage);
+            Fate::Attached { to: m.to_string() }
+        };
+        self.module_fexits.push(fx);
+        fate
     }
 
     fn kprobe(&mut self, probe: &Probe, kp: &mut KProbe) -> Fate {
