@@ -11,7 +11,29 @@ use tracer::{
     measure::{self, BatchResult, BatchSpec, Outcome, RecordType},
     netns,
     node::conntrack::{self, CpuStats},
+    probes::plan::Tier,
 };
+
+/// The hook tier the scenario tests must run on: `TRACER_TEST_TIER` (fentry, kprobe,
+/// tracepoint), set by `cargo xtask test` for each tier a kernel offers; unset or `auto`: the best
+/// this kernel allows.
+pub fn tier() -> Option<Tier> {
+    match std::env::var("TRACER_TEST_TIER").as_deref() {
+        Ok("fentry") => Some(Tier::Fentry),
+        Ok("kprobe") => Some(Tier::Kprobe),
+        Ok("tracepoint") => Some(Tier::Tracepoint),
+        Ok("auto") | Err(_) => None,
+        Ok(other) => panic!("TRACER_TEST_TIER={other}: say fentry, kprobe, tracepoint or auto"),
+    }
+}
+
+/// Whether this kernel names drop reasons (5.17 and later); before, drops are placed by location.
+pub fn has_drop_reasons() -> bool {
+    !tracer::kernel::btf::KernelBtf::load()
+        .expect("kernel BTF")
+        .drop_reasons()
+        .is_empty()
+}
 
 /// A lab brought up for one test and brought down when the guard drops (also on panic).
 pub struct LabGuard {

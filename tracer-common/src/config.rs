@@ -31,13 +31,21 @@ pub struct KernelOffsets {
     pub nft_table_name: u32,
     /// `nft_pktinfo.skb` (struct sk_buff *).
     pub nft_pktinfo_skb: u32,
-    /// Argument index of the `struct sk_buff *` in `ipt_do_table` (it moved in 5.17).
+    /// Argument index of the `struct sk_buff *` in `ipt_do_table`: 0 before 5.16
+    /// `(skb, state, table)`, 1 since `(priv, skb, state)`. The state follows the skb in both.
     pub ipt_skb_arg: u32,
+    /// `nf_hook_state.hook` (u8): which netfilter hook a table runs at.
+    pub hook_state_hook: u32,
 }
 
 impl KernelOffsets {
     /// The offset of a field this kernel does not have (0 is a real offset: `nft_pktinfo.skb`).
     pub const MISSING: u32 = u32::MAX;
+}
+
+impl Config {
+    /// A `not_drops` entry this kernel has no value for.
+    pub const NOT_A_REASON: u32 = u32::MAX;
 }
 
 /// Filters and switches. Addresses and ports are in network byte order, as in the packet. The
@@ -55,10 +63,15 @@ pub struct Config {
     pub dns_port: u16,
     /// Explicit padding (no implicit padding crosses the kernel boundary).
     pub _pad: u16,
+    /// `enum skb_drop_reason` values that are not drops (`SKB_NOT_DROPPED_YET`,
+    /// `SKB_CONSUMED`), from this kernel's BTF; `NOT_A_REASON` where it has no such value.
+    pub not_drops: [u32; 2],
     /// Answers slower than this are exported (nanoseconds).
     pub slow_ns: u64,
     /// Offsets of kernel struct fields.
     pub offsets: KernelOffsets,
+    /// Explicit padding to the struct's alignment.
+    pub _pad_end: u32,
 }
 
 #[cfg(feature = "user")]
@@ -70,7 +83,7 @@ mod tests {
 
     #[test]
     fn sizes_are_pinned() {
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 56);
-        assert_eq!(core::mem::size_of::<Config>(), 24 + 56);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 60);
+        assert_eq!(core::mem::size_of::<Config>(), 32 + 60 + 4);
     }
 }

@@ -23,6 +23,25 @@ pub mod kind {
     pub const VERDICT: u32 = 9;
 }
 
+/// `Event::location` of a VERDICT record: the netfilter backend whose table returned it.
+pub mod backend {
+    /// Legacy xtables (`ipt_do_table`: iptables-legacy).
+    pub const XTABLES: u64 = 1;
+    /// nf_tables (`nft_do_chain`: iptables-nft, nft).
+    pub const NFTABLES: u64 = 2;
+}
+
+/// `Event::location` of a SOCKET_DROP record: which socket-side hook refused the packet.
+pub mod socket_hook {
+    /// `udp:udp_fail_queue_rcv_skb`.
+    pub const UDP_FAIL_QUEUE: u64 = 1;
+    /// `sock:sock_rcvqueue_full`.
+    pub const RCVQUEUE_FULL: u64 = 2;
+}
+
+/// `Event::hook` when the hook is not known.
+pub const NO_HOOK: u32 = u32::MAX;
+
 /// Bytes of a netfilter table or chain name carried by `VERDICT` records.
 pub const NAME_LEN: usize = 32;
 
@@ -41,9 +60,14 @@ pub struct Event {
     /// DROP/SOCKET_DROP: `enum skb_drop_reason` value; ICMP: type << 8 | code; VERDICT: the
     /// netfilter verdict; CONFIRM: the confirm result; NAT: the manip type (0 SRC, 1 DST).
     pub reason: u32,
-    /// DROP: the code address that freed the packet; VERDICT: 1 legacy xtables, 2 nf_tables;
-    /// SOCKET_DROP: 1 `udp_fail_queue_rcv_skb`, 2 `sock_rcvqueue_full`.
+    /// DROP: the code address that freed the packet (0 when the kernel's tracepoint has no
+    /// location); VERDICT: `backend::*`; SOCKET_DROP: `socket_hook::*`.
     pub location: u64,
+    /// VERDICT from xtables: the netfilter hook (`enum nf_inet_hooks`: 0 PREROUTING .. 4
+    /// POSTROUTING); `NO_HOOK` otherwise.
+    pub hook: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// The packet as it was at this point. For ANSWERED/EVICTED, the query's slot below
     /// holds the path; here `packet` is the packet the event saw.
     pub packet: crate::flow::Packet,
@@ -68,7 +92,7 @@ mod tests {
     fn size_is_pinned() {
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 16 + 8 + 16 + core::mem::size_of::<Slot>() + 2 * NAME_LEN
+            8 + 16 + 8 + 8 + 16 + core::mem::size_of::<Slot>() + 2 * NAME_LEN
         );
     }
 }

@@ -38,6 +38,12 @@ pub mod flag {
     pub const DROPPED: u16 = 1;
     /// An ICMP error was sent about this query.
     pub const ICMP: u16 = 2;
+    /// Conntrack confirmed the query's new entry (kprobe/fentry tier).
+    pub const CONFIRMED: u16 = 4;
+    /// NAT rewrote the query's destination (kprobe/fentry tier): `nat_ip`/`nat_port` hold it.
+    pub const NATTED: u16 = 8;
+    /// Flags that mean the query's failure evidence was exported.
+    pub const EVIDENCE: u16 = DROPPED | ICMP;
 }
 
 /// One query in flight, kept in the kernel from the moment the client sends it until its answer
@@ -61,12 +67,18 @@ pub struct Slot {
     pub endpoint_ip: u32,
     /// Interface index of the endpoint's node-side link.
     pub endpoint_ifindex: u32,
+    /// The destination NAT rewrote the query to (kprobe/fentry tier), 0 until seen.
+    pub nat_ip: u32,
     /// When the query left the client (bpf_ktime_get_ns).
     pub t_query: u64,
     /// When it reached the endpoint's link, 0 until seen.
     pub t_endpoint: u64,
     /// When the endpoint's answer left it, 0 until seen.
     pub t_reply: u64,
+    /// The destination port NAT rewrote the query to, network order, 0 until seen.
+    pub nat_port: u16,
+    /// Explicit padding.
+    pub _pad: [u16; 3],
     /// The question, raw: the wire-format name, then type and class; zero padded.
     pub question: [u8; QUESTION_LEN],
 }
@@ -89,9 +101,12 @@ impl Slot {
         client_ifindex: 0,
         endpoint_ip: 0,
         endpoint_ifindex: 0,
+        nat_ip: 0,
         t_query: 0,
         t_endpoint: 0,
         t_reply: 0,
+        nat_port: 0,
+        _pad: [0; 3],
         question: [0; QUESTION_LEN],
     };
 }
@@ -124,7 +139,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Packet>(), 16);
         assert_eq!(
             core::mem::size_of::<Slot>(),
-            16 + 20 + 4 + 24 + QUESTION_LEN
+            16 + 24 + 24 + 8 + QUESTION_LEN
         );
     }
 

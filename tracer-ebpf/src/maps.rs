@@ -18,6 +18,7 @@ static CONFIG: Config = Config {
     export_all: 0,
     dns_port: 53u16.to_be(),
     _pad: 0,
+    not_drops: [Config::NOT_A_REASON; 2],
     slow_ns: 0,
     offsets: KernelOffsets {
         skb_head: 0,
@@ -34,7 +35,9 @@ static CONFIG: Config = Config {
         nft_table_name: 0,
         nft_pktinfo_skb: 0,
         ipt_skb_arg: 0,
+        hook_state_hook: 0,
     },
+    _pad_end: 0,
 };
 
 /// The configuration, read through a volatile load so that the compiler cannot fold the

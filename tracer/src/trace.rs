@@ -10,10 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::{config::Config, event::kind};
+use tracer_common::{config::Config, event::kind, flow::flag};
 
 use crate::{
-    cli::{HookChoice, OutputFormat, TraceArgs},
+    cli::{Backend, HookChoice, OutputFormat, TraceArgs},
     flow::{
         correlate::{Context, Correlator},
         names::Names,
@@ -197,9 +197,8 @@ impl Tracer {
             netns_filter: u32::from(!target.netns_filter.is_empty()),
             export_all: u32::from(settings.all),
             dns_port: 53u16.to_be(),
-            _pad: 0,
             slow_ns: settings.slow.as_nanos() as u64,
-            offsets: Default::default(),
+            ..Config::default()
         };
         let session = Session::start(Options {
             config,
@@ -380,12 +379,13 @@ impl Tracer {
         };
         let s = &mut self.summary;
         s.rule_counters = node::counter_deltas(&self.rules_start, &rules_end);
+        attribute_backends(&mut out, &s.rule_counters);
         s.seconds = self.started.elapsed().as_secs_f64();
         s.counters = self.session.counters()?;
         s.latency = Latency::from_histogram(&self.session.latency_histogram()?);
         s.in_flight_at_end = pending
             .iter()
-            .filter(|p| p.flags == 0)
+            .filter(|p| p.flags & flag::EVIDENCE == 0)
             .count()
             .saturating_sub(judged_n) as u64;
         s.tally = self.corr.tally;
@@ -396,6 +396,32 @@ impl Tracer {
             _ => None,
         };
         Ok((out, self.summary.clone()))
+    }
+}
+
+/// Names the backend of netfilter drops that nothing else placed (no verdict probe, freed at
+/// `nf_hook_slow`) when the DROP/REJECT rules on the DNS path that moved are all in one backend:
+/// rule counters are evidence on every kernel, where the drop location is not.
+pub fn attribute_backends(records: &mut [QueryRecord], moved: &[RuleCounter]) {
+    let mut backends = moved
+        .iter()
+        .filter(|r| r.rule.contains("-j DROP") || r.rule.contains("-j REJECT"))
+        .map(|r| r.backend);
+    let Some(first) = backends.next() else {
+        return;
+    };
+    if backends.any(|b| b != first) {
+        return;
+    }
+    let name = match first {
+        Backend::Nft => "nf_tables",
+        Backend::Legacy => "xtables",
+    };
+    for d in records.iter_mut().filter_map(|r| r.drop.as_mut()) {
+        if d.stage == "netfilter" && d.backend.is_none() {
+            d.backend = Some(name.to_owned());
+            d.backend_from = Some("rule counters".to_owned());
+        }
     }
 }
 
@@ -526,6 +552,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     stdout.flush()?;
     if let Some(path) = &args.out.report {
         kept.extend(rest);
+        attribute_backends(&mut kept, &summary.rule_counters);
         let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
         crate::report::document::write_trace_report(path, links, summary, &kept)?;
     }

@@ -152,7 +152,7 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
     if slow {
         count(counter::SLOW);
     }
-    if (slow || slot.flags & (flag::DROPPED | flag::ICMP) != 0 || config().export_all != 0)
+    if (slow || slot.flags & flag::EVIDENCE != 0 || config().export_all != 0)
         && let Some(e) = scratch(kind::ANSWERED, packet)
     {
         e.ts = t;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     counter,
     event::{Event, kind},
-    flow::{QUESTION_LEN, flag, state},
+    flow::{Packet, QUESTION_LEN, Slot, flag, state},
 };
 
 use crate::{
@@ -17,24 +17,38 @@ use crate::{
     parse::{self, Parsed},
 };
 
-/// `enum skb_drop_reason`: SKB_NOT_DROPPED_YET and SKB_CONSUMED are not drops.
-const SKB_CONSUMED: u32 = 1;
-
+/// `skb:kfree_skb` since 5.17: TP_PROTO(struct sk_buff *skb, void *location,
+/// enum skb_drop_reason reason, ...). The loader picks this one when the tracepoint has the reason.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drop_kfree_skb(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    if reason <= SKB_CONSUMED {
+    let not_drops = config().not_drops;
+    if reason == not_drops[0] || reason == not_drops[1] {
         return 0;
     }
+    dropped(skb, location, reason);
+    0
+}
+
+/// `skb:kfree_skb` before 5.17: TP_PROTO(struct sk_buff *skb, void *location), no reason (freed
+/// packets that were not drops go to `skb:consume_skb` there). Drops are placed by location.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drop_kfree_skb_noreason(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    dropped(skb, location, 0);
+    0
+}
+
+#[inline(always)]
+fn dropped(skb: *const u8, location: u64, reason: u32) {
     if let Some(e) = skb_record(skb, kind::DROP, counter::DROPS, flag::DROPPED) {
         e.reason = reason;
         e.location = location;
         send(e);
     }
-    0
 }
 
 #[btf_tracepoint(function = "icmp_send")]
@@ -50,15 +64,12 @@ pub fn drop_icmp_send(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Parses `skb`; for a wanted DNS packet, counts it, marks its query's slot with `mark` and
-/// returns a record holding the packet and the query's path so far (or the packet's question).
+/// Parses `skb`; for a wanted DNS packet in a traced namespace, returns the packet and the
+/// query's slot if it is still pending.
 #[inline(always)]
-pub fn skb_record(
+pub fn skb_packet_slot(
     skb: *const u8,
-    kind: u32,
-    counter: u32,
-    mark: u16,
-) -> Option<&'static mut Event> {
+) -> Option<(Packet, *const u8, parse::Place, Option<&'static mut Slot>)> {
     let (packet, question) = match parse::skb_packet(skb) {
         Parsed::Dns {
             packet,
@@ -78,17 +89,35 @@ pub fn skb_record(
     if config().netns_filter != 0 && unsafe { NETNS_FILTER.get(place.netns) }.is_none() {
         return None;
     }
+    let (client_ip, client_port) = parse::client_of(&packet);
+    let slot = match slot_of(client_ip, client_port, packet.dns_id) {
+        Some((_, slot)) if slot.state == state::PENDING => Some(slot),
+        _ => None,
+    };
+    Some((packet, question, place, slot))
+}
+
+/// Parses `skb`; for a wanted DNS packet, counts it, marks its query's slot with `mark` and
+/// returns a record holding the packet and the query's path so far (or the packet's question).
+#[inline(always)]
+pub fn skb_record(
+    skb: *const u8,
+    kind: u32,
+    counter: u32,
+    mark: u16,
+) -> Option<&'static mut Event> {
+    let (packet, question, place, slot) = skb_packet_slot(skb)?;
     count(counter);
     let e = scratch(kind, &packet)?;
     e.netns = place.netns;
     e.ifindex = place.ifindex;
-    let (client_ip, client_port) = parse::client_of(&packet);
-    match slot_of(client_ip, client_port, packet.dns_id) {
-        Some((_, slot)) if slot.state == state::PENDING => {
+    e.hook = tracer_common::event::NO_HOOK;
+    match slot {
+        Some(slot) => {
             slot.flags |= mark;
             copy_words(&mut e.slot, slot);
         }
-        _ => {
+        None => {
             // The question may end before QUESTION_LEN; the bytes after it are the packet's
             // next ones (or whatever follows in memory), which the decoder never reaches.
             // SAFETY: the helper checks the address.

@@ -1,33 +1,49 @@
-//! NAT stage (kprobe/fentry tier): `nf_nat_manip_pkt` rewriting a DNS packet (DNAT of a query to
-//! a pod, un-DNAT of its answer). Records the rewritten addresses; exported only with `--all`
-//! since every DNS packet is rewritten on the healthy path.
+//! NAT stage (kprobe/fentry tier): `nf_nat_manip_pkt` rewriting a DNS packet. The DNAT of a query
+//! to a pod is written into the query's slot (so every exported query names the NAT target the
+//! kernel chose); with `--all` each rewrite is also exported.
 
 use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use tracer_common::{counter, event::kind, flow::Packet};
+use tracer_common::{
+    counter,
+    event::kind,
+    flow::{Packet, flag},
+};
 
 use crate::{
     emit::send,
     maps::{config, count},
-    parse::{self, Parsed},
-    probes::{drop::skb_record, stash},
+    probes::{
+        drop::{skb_packet_slot, skb_record},
+        stash::{self, Args},
+    },
 };
+
+/// `enum nf_nat_manip_type`: the destination is rewritten.
+const NF_NAT_MANIP_DST: u32 = 1;
 
 #[kprobe]
 pub fn nat_manip_enter(ctx: ProbeContext) -> u32 {
     // nf_nat_manip_pkt(struct sk_buff *skb, struct nf_conn *ct, enum nf_nat_manip_type mtype, dir)
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let mtype: u64 = ctx.arg(2).unwrap_or(0);
-    stash::put(stash::NAT, skb, mtype as *const u8);
+    stash::put(
+        stash::NAT,
+        Args {
+            a: skb as u64,
+            b: mtype,
+            c: 0,
+        },
+    );
     0
 }
 
 #[kretprobe]
 pub fn nat_manip_exit(_ctx: RetProbeContext) -> u32 {
-    if let Some((skb, mtype)) = stash::take(stash::NAT) {
-        nat_done(skb, mtype as u32);
+    if let Some(a) = stash::take(stash::NAT) {
+        nat_done(a.a as *const u8, a.b as u32);
     }
     0
 }
@@ -40,18 +56,25 @@ pub fn nat_manip_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
-/// After the rewrite: count it; with `--all`, export the packet as rewritten.
+/// After the rewrite: a query's new destination goes into its slot; with `--all`, the packet as
+/// rewritten is exported too.
 #[inline(always)]
 fn nat_done(skb: *const u8, mtype: u32) {
-    if config().export_all == 0 {
-        if let Parsed::Dns { packet, .. } = parse::skb_packet(skb)
-            && parse::wanted(&packet)
-        {
-            count(counter::DEEP_EVENTS);
-        }
+    let Some((packet, _, _, slot)) = skb_packet_slot(skb) else {
         return;
+    };
+    count(counter::DEEP_EVENTS);
+    if mtype == NF_NAT_MANIP_DST
+        && packet.dport == config().dns_port
+        && let Some(slot) = slot
+    {
+        slot.nat_ip = packet.daddr;
+        slot.nat_port = packet.dport;
+        slot.flags |= flag::NATTED;
     }
-    if let Some(e) = skb_record(skb, kind::NAT, counter::DEEP_EVENTS, 0) {
+    if config().export_all != 0
+        && let Some(e) = skb_record(skb, kind::NAT, counter::DEEP_EVENTS, 0)
+    {
         e.reason = mtype;
         let p: Packet = e.packet;
         e.name[..4].copy_from_slice(&p.saddr.to_ne_bytes());

@@ -1,6 +1,7 @@
-//! Arguments a kprobe keeps for its kretprobe, per CPU and per function (the netfilter and NAT
+//! Arguments a kprobe keeps for its kretprobe, per CPU and per function. The netfilter and NAT
 //! paths run with bottom halves off, so entry and return happen on one CPU; a nested call of the
-//! same function on that CPU, e.g. a REJECT's ICMP going through OUTPUT, overwrites the outer one).
+//! same function on that CPU (a REJECT's ICMP error going through OUTPUT inside the outer table)
+//! returns before the outer one, so each function gets a small stack: push at entry, pop at return.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
@@ -8,40 +9,59 @@ pub const IPT: u32 = 0;
 pub const NFT: u32 = 1;
 pub const NAT: u32 = 2;
 pub const CONFIRM: u32 = 3;
+const FUNCTIONS: u32 = 4;
+/// Nesting kept per function; deeper calls are not traced (their returns still pop).
+const DEPTH: u32 = 4;
 
-/// Two pointers per function.
+/// Three values per call.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Args {
-    a: u64,
-    b: u64,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
 }
 
 #[map]
-static STASH: PerCpuArray<Args> = PerCpuArray::with_max_entries(4, 0);
+static STASH: PerCpuArray<Args> = PerCpuArray::with_max_entries(FUNCTIONS * DEPTH, 0);
+
+/// Calls in progress per function on this CPU.
+#[map]
+static DEPTHS: PerCpuArray<u32> = PerCpuArray::with_max_entries(FUNCTIONS, 0);
 
 #[inline(always)]
-pub fn put(which: u32, a: *const u8, b: *const u8) {
-    if let Some(s) = STASH.get_ptr_mut(which) {
+pub fn put(which: u32, args: Args) {
+    let Some(d) = DEPTHS.get_ptr_mut(which) else {
+        return;
+    };
+    // SAFETY: per-CPU value.
+    let depth = unsafe { *d };
+    if depth < DEPTH
+        && let Some(s) = STASH.get_ptr_mut(which * DEPTH + depth)
+    {
         // SAFETY: per-CPU value.
-        unsafe {
-            *s = Args {
-                a: a as u64,
-                b: b as u64,
-            }
-        };
+        unsafe { *s = args };
     }
+    // SAFETY: per-CPU value.
+    unsafe { *d = depth.saturating_add(1) };
 }
 
 #[inline(always)]
-pub fn take(which: u32) -> Option<(*const u8, *const u8)> {
-    let s = STASH.get_ptr_mut(which)?;
+pub fn take(which: u32) -> Option<Args> {
+    let d = DEPTHS.get_ptr_mut(which)?;
     // SAFETY: per-CPU value.
-    let s = unsafe { &mut *s };
-    if s.a == 0 {
+    let depth = unsafe { *d };
+    if depth == 0 {
         return None;
     }
-    let out = (s.a as *const u8, s.b as *const u8);
-    s.a = 0;
-    Some(out)
+    let depth = depth - 1;
+    // SAFETY: per-CPU value.
+    unsafe { *d = depth };
+    if depth >= DEPTH {
+        return None;
+    }
+    let s = STASH.get_ptr_mut(which * DEPTH + depth)?;
+    // SAFETY: per-CPU value.
+    let args = unsafe { *s };
+    (args.a != 0).then_some(args)
 }

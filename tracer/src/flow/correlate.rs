@@ -12,8 +12,8 @@ use std::{
 };
 
 use tracer_common::{
-    event::{Event, kind},
-    flow::{Packet, Slot, state},
+    event::{Event, backend, kind, socket_hook},
+    flow::{Packet, Slot, flag, state},
 };
 
 use super::{
@@ -110,7 +110,9 @@ pub fn classify(
     conntrack_dropping: bool,
 ) -> (&'static str, Option<&'static str>, String) {
     match (reason, function) {
-        ("NETFILTER_DROP", "nft_do_chain") => {
+        // Only nf_tables code frees a packet inside nft_do_chain, on every kernel; the reverse
+        // does not hold (6.1's nf_tables drops are freed in nf_hook_slow, like xtables').
+        (_, "nft_do_chain") => {
             ("netfilter", Some("nf_tables"), "an nf_tables rule (iptables-nft or nft) dropped it".into())
         }
         ("NETFILTER_DROP", "nf_hook_slow") if conntrack_dropping => (
@@ -118,12 +120,27 @@ pub fn classify(
             None,
             "conntrack refused a new flow while its drop counter rose: the table is full".into(),
         ),
-        ("NETFILTER_DROP", "nf_hook_slow") => (
+        ("NETFILTER_DROP" | "", "nf_hook_slow") => (
             "netfilter",
-            Some("xtables"),
-            "an xtables rule (iptables-legacy) dropped it, or conntrack refused it".into(),
+            None,
+            "a netfilter rule dropped it (iptables-legacy, or on some kernels iptables-nft: the verdict \
+             probes or the rules' counters tell which), or conntrack refused it"
+                .into(),
         ),
         ("NETFILTER_DROP", _) => ("netfilter", None, "a netfilter hook dropped it".into()),
+        // Kernels before 5.17 give no reason: the location places these.
+        ("", "__udp4_lib_rcv") => (
+            "socket",
+            None,
+            "nothing listens on the DNS port there (placed by location: no drop reasons before 5.17)".into(),
+        ),
+        ("", f) if f.starts_with("neigh_") => (
+            "neighbour",
+            None,
+            "the next hop's address did not resolve on the link (placed by location: no drop reasons \
+             before 5.17)"
+                .into(),
+        ),
         ("NO_SOCKET", _) => ("socket", None, "nothing listens on the DNS port there".into()),
         ("OTHERHOST", _) => (
             "bridge",
@@ -228,6 +245,9 @@ impl Correlator {
             qtype: question.qtype,
             verdict: Verdict::Unanswered,
             endpoint: (matched && s.endpoint_ip != 0).then(|| addr(s.endpoint_ip)),
+            nat: (matched && s.flags & flag::NATTED != 0)
+                .then(|| SocketAddrV4::new(addr(s.nat_ip), port(s.nat_port))),
+            confirmed: matched && s.flags & flag::CONFIRMED != 0,
             client_link: (matched && s.client_ifindex != 0)
                 .then(|| self.names.link(links_netns, s.client_ifindex)),
             endpoint_link: (matched && s.endpoint_ifindex != 0)
@@ -271,7 +291,7 @@ impl Correlator {
             kind::EVICTED => {
                 let key = key_of(&e.slot.query);
                 // A slot flagged with a drop or ICMP error was reported through that evidence.
-                if e.slot.flags != 0
+                if e.slot.flags & flag::EVIDENCE != 0
                     || self.reported.contains(&(key, e.slot.t_query))
                     || self.held.contains_key(&key)
                 {
@@ -330,18 +350,23 @@ impl Correlator {
         let conntrack_dropping = self.conntrack_dropping;
         let (reason, location) = match e.kind {
             kind::DROP => (
-                self.ctx
-                    .drop_reasons
-                    .get(&e.reason)
-                    .cloned()
-                    .unwrap_or_else(|| format!("reason {}", e.reason)),
+                if self.ctx.drop_reasons.is_empty() {
+                    // Before 5.17: no reasons; the location places the drop.
+                    String::new()
+                } else {
+                    self.ctx
+                        .drop_reasons
+                        .get(&e.reason)
+                        .cloned()
+                        .unwrap_or_else(|| format!("reason {}", e.reason))
+                },
                 self.symbols
                     .resolve(e.location)
                     .unwrap_or_else(|_| format!("{:#x}", e.location)),
             ),
             kind::SOCKET_DROP => (
                 "SOCKET_REFUSED".to_owned(),
-                if e.location == 1 {
+                if e.location == socket_hook::UDP_FAIL_QUEUE {
                     "udp_fail_queue_rcv_skb".to_owned()
                 } else {
                     "sock_rcvqueue_full".to_owned()
@@ -372,37 +397,55 @@ impl Correlator {
                 let (stage, backend, mut why) =
                     classify(&reason, symbols::function(&location), conntrack_dropping);
                 why.push_str(&stale);
-                // The first drop wins; a later one (the same packet's copy) adds nothing.
-                if r.drop.is_none() {
-                    r.drop = Some(Drop {
-                        stage: stage.to_owned(),
-                        reason,
-                        location,
-                        backend: backend.map(str::to_owned),
-                        table: None,
-                        leg,
-                        at,
-                        why,
-                    });
+                match &mut r.drop {
+                    // A verdict probe's record came first (xtables returns its verdict before
+                    // nf_hook_slow frees the packet): add the reason and location to it.
+                    Some(d) if d.location.is_empty() => {
+                        d.reason = reason;
+                        d.location = location;
+                    }
+                    // The first drop wins; a later one (the same packet's copy) adds nothing.
+                    Some(_) => {}
+                    None => {
+                        r.drop = Some(Drop {
+                            stage: stage.to_owned(),
+                            reason,
+                            location,
+                            backend: backend.map(str::to_owned),
+                            backend_from: backend.map(|_| "location".to_owned()),
+                            table: None,
+                            chain: None,
+                            leg,
+                            at,
+                            why,
+                        });
+                    }
                 }
             }
             kind::VERDICT => {
                 let table = cstr(&e.name);
-                let chain = cstr(&e.chain);
-                let table = if chain.is_empty() {
-                    table
+                let (backend, chain) = if e.location == backend::XTABLES {
+                    ("xtables", hook_name(e.hook).map(str::to_owned))
                 } else {
-                    format!("{table}/{chain}")
+                    ("nf_tables", Some(cstr(&e.chain)).filter(|c| !c.is_empty()))
                 };
-                let backend = if e.location == 1 {
-                    "xtables"
-                } else {
-                    "nf_tables"
-                };
+                let why = format!(
+                    "a rule in {backend} table {table}{} dropped it{stale}",
+                    chain
+                        .as_deref()
+                        .map(|c| format!(" chain {c}"))
+                        .unwrap_or_default()
+                );
                 match &mut r.drop {
+                    // The kernel freed it inside the table (6.1's nf_tables): the drop record
+                    // came first.
                     Some(d) => {
-                        d.table = Some(table);
+                        d.stage = "netfilter".to_owned();
                         d.backend = Some(backend.to_owned());
+                        d.backend_from = Some("verdict probe".to_owned());
+                        d.table = Some(table);
+                        d.chain = chain;
+                        d.why = why;
                     }
                     None => {
                         r.drop = Some(Drop {
@@ -410,10 +453,12 @@ impl Correlator {
                             reason: "NETFILTER_DROP".to_owned(),
                             location: String::new(),
                             backend: Some(backend.to_owned()),
+                            backend_from: Some("verdict probe".to_owned()),
                             table: Some(table),
+                            chain,
                             leg,
                             at,
-                            why: format!("a rule in the {backend} table dropped it{stale}"),
+                            why,
                         })
                     }
                 }
@@ -424,7 +469,9 @@ impl Correlator {
                     reason: "CONFIRM_FAILED".to_owned(),
                     location: "__nf_conntrack_confirm".to_owned(),
                     backend: None,
+                    backend_from: None,
                     table: None,
+                    chain: None,
                     leg,
                     at,
                     why: "conntrack could not insert the new entry (a clash it could not resolve)"
@@ -487,7 +534,7 @@ impl Correlator {
         for s in pending {
             let key = key_of(&s.query);
             if now_ns.saturating_sub(s.t_query) < self.ctx.timeout_ns
-                || s.flags != 0
+                || s.flags & flag::EVIDENCE != 0
                 || self.reported.contains(&(key, s.t_query))
                 || self.held.contains_key(&key)
             {
@@ -500,6 +547,8 @@ impl Correlator {
                 ifindex: 0,
                 reason: 0,
                 location: 0,
+                hook: tracer_common::event::NO_HOOK,
+                _pad: 0,
                 packet: s.query,
                 slot: *s,
                 name: [0; tracer_common::event::NAME_LEN],
@@ -530,6 +579,13 @@ fn query_of(p: &Packet, dns_port: u16) -> Packet {
 
 fn key_of(q: &Packet) -> Key {
     (q.saddr, q.sport, q.dns_id)
+}
+
+/// `enum nf_inet_hooks` as iptables names its built-in chains.
+fn hook_name(hook: u32) -> Option<&'static str> {
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+        .get(hook as usize)
+        .copied()
 }
 
 fn cstr(b: &[u8]) -> String {

@@ -66,11 +66,18 @@ pub struct Drop {
     pub reason: String,
     /// Code location (`function+0xoff`).
     pub location: String,
-    /// The netfilter backend when the location or a verdict probe tells it: `nf_tables` or
-    /// `xtables`.
+    /// The netfilter backend, `nf_tables` or `xtables`, from evidence that holds on every
+    /// kernel: a verdict probe, a free inside `nft_do_chain`, or the rule counters that moved.
     pub backend: Option<String>,
-    /// The netfilter table (and chain) when a verdict probe saw it.
+    /// What told the backend: `verdict probe`, `location`, `rule counters`.
+    #[serde(default)]
+    pub backend_from: Option<String>,
+    /// The netfilter table when a verdict probe saw it.
     pub table: Option<String>,
+    /// The chain: nf_tables' chain name, or for xtables the hook the table ran at
+    /// (PREROUTING, INPUT, FORWARD, OUTPUT, POSTROUTING).
+    #[serde(default)]
+    pub chain: Option<String>,
     /// Which leg of the path.
     pub leg: Leg,
     /// Namespace and interface where it was dropped.
@@ -120,6 +127,12 @@ pub struct QueryRecord {
     pub verdict: Verdict,
     /// The pod the query was sent to after DNAT, when seen.
     pub endpoint: Option<Ipv4Addr>,
+    /// The destination NAT rewrote the query to, as the NAT stage saw it (kprobe/fentry tier).
+    #[serde(default)]
+    pub nat: Option<SocketAddrV4>,
+    /// Conntrack confirmed the query's entry (kprobe/fentry tier; `false` when not seen).
+    #[serde(default)]
+    pub confirmed: bool,
     /// The client's node-side link.
     pub client_link: Option<String>,
     /// The endpoint's node-side link.

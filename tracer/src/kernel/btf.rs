@@ -1,17 +1,32 @@
-//! The running kernel's BTF.
+//! The running kernel's BTF: vmlinux's, and that of the netfilter modules the deep tier reads
+//! (on most production kernels `nf_tables`, `ip_tables`, `nf_nat` and `nf_conntrack` are modules,
+//! whose functions and structs are only in `/sys/kernel/btf/<module>`, split BTF on top of
+//! vmlinux's, once they are loaded).
 
 use std::collections::HashMap;
 
 use btf_rs::{Backend, Btf, Type};
-use tracer_common::config::KernelOffsets;
+use tracer_common::config::{Config, KernelOffsets};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+/// Where loaded modules expose theirs.
+pub const BTF_DIR: &str = "/sys/kernel/btf";
+/// Modules whose functions and structs the deep tier uses, when they are modules.
+pub const NETFILTER_MODULES: &[&str] = &[
+    "x_tables",
+    "ip_tables",
+    "nf_tables",
+    "nf_conntrack",
+    "nf_nat",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "failed to read kernel BTF from {VMLINUX}: {source} (a kernel without BTF is not supported)"
+        "this kernel has no BTF ({VMLINUX}: {source}): tracing needs it (CONFIG_DEBUG_INFO_BTF=y, in \
+         every major distribution's kernel since about 2021); `tracer inspect` and `tracer probe \
+         --no-trace` work without it"
     )]
     Read { source: btf_rs::Error },
     #[error("kernel BTF has no {kind} named {name}")]
@@ -20,44 +35,169 @@ pub enum Error {
     Parse { what: String, source: btf_rs::Error },
 }
 
-/// The kernel's type information.
+/// The kernel's type information: vmlinux, then each loaded netfilter module.
 pub struct KernelBtf {
-    btf: Btf,
+    vmlinux: Btf,
+    modules: Vec<(String, Btf)>,
+}
+
+fn parse<T>(what: impl FnOnce() -> String, r: btf_rs::Result<T>) -> Result<T, Error> {
+    r.map_err(|source| Error::Parse {
+        what: what(),
+        source,
+    })
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn resolve(btf: &Btf, mut t: Type) -> Result<Type, Error> {
+    loop {
+        t = match t {
+            Type::Typedef(ref x) => parse(|| "typedef".into(), btf.resolve_chained_type(x))?,
+            Type::Const(ref x) | Type::Volatile(ref x) | Type::Restrict(ref x) => {
+                parse(|| "qualifier".into(), btf.resolve_chained_type(x))?
+            }
+            Type::TypeTag(ref x) => parse(|| "type tag".into(), btf.resolve_chained_type(x))?,
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Byte offset of `field` in `s`, looking through anonymous structs and unions.
+fn field_in(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>, Error> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let ty = parse(|| format!("member {field}"), btf.resolve_chained_type(m))?;
+        if name == field {
+            return Ok(Some((m.bit_offset() / 8, ty)));
+        }
+        if name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = resolve(btf, ty)?
+            && let Some((off, t)) = field_in(btf, &inner, field)?
+        {
+            return Ok(Some((m.bit_offset() / 8 + off, t)));
+        }
+    }
+    Ok(None)
+}
+
+/// The parameters of a function prototype, resolved.
+fn params(btf: &Btf, proto: &Type, what: &str) -> Result<Vec<Type>, Error> {
+    let Type::FuncProto(proto) = proto else {
+        return Err(Error::Missing {
+            kind: "function prototype",
+            name: what.to_owned(),
+        });
+    };
+    proto
+        .parameters
+        .iter()
+        .map(|p| resolve(btf, parse(|| what.to_owned(), btf.resolve_chained_type(p))?))
+        .collect()
+}
+
+/// Whether `t` is a pointer to `struct <name>`.
+fn points_to(btf: &Btf, t: &Type, name: &str) -> Result<bool, Error> {
+    let Type::Ptr(ptr) = t else {
+        return Ok(false);
+    };
+    let pointee = resolve(
+        btf,
+        parse(|| name.to_owned(), btf.resolve_chained_type(ptr))?,
+    )?;
+    Ok(matches!(&pointee, Type::Struct(s) if btf.resolve_name(s).unwrap_or_default() == name))
 }
 
 impl KernelBtf {
-    /// Maps `/sys/kernel/btf/vmlinux` and parses what is asked for on demand (a full parse costs
-    /// about 0.4 s and 20 MB); where the file cannot be mapped, parses it whole.
+    /// Maps vmlinux's BTF and parses what is asked for on demand (a full parse costs about 0.4 s
+    /// and 20 MB); where the file cannot be mapped, parses it whole. Adds the BTF of every
+    /// loaded netfilter module (one that cannot be read is left out: its probes are then skipped
+    /// for want of their function).
     pub fn load() -> Result<Self, Error> {
-        let btf = Btf::from_file_with_backend(VMLINUX, Backend::Mmap)
+        let vmlinux = Btf::from_file_with_backend(VMLINUX, Backend::Mmap)
             .or_else(|_| Btf::from_file(VMLINUX))
             .map_err(|source| Error::Read { source })?;
-        Ok(Self { btf })
+        let modules = NETFILTER_MODULES
+            .iter()
+            .filter_map(|m| {
+                let btf = Btf::from_split_file(format!("{BTF_DIR}/{m}"), &vmlinux).ok()?;
+                Some(((*m).to_owned(), btf))
+            })
+            .collect();
+        Ok(Self { vmlinux, modules })
+    }
+
+    /// vmlinux, then the modules, with the module's name.
+    fn all(&self) -> impl Iterator<Item = (Option<&str>, &Btf)> {
+        std::iter::once((None, &self.vmlinux))
+            .chain(self.modules.iter().map(|(m, b)| (Some(m.as_str()), b)))
+    }
+
+    fn function_in(&self, name: &str) -> Option<(Option<&str>, &Btf, btf_rs::Func)> {
+        self.all().find_map(|(m, btf)| {
+            btf.resolve_types_by_name(name)
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|t| match t {
+                    Type::Func(f) => Some((m, btf, f)),
+                    _ => None,
+                })
+        })
+    }
+
+    /// Where a kernel function is: `Some(None)` in vmlinux, `Some(Some(module))` in a loaded
+    /// module, `None` nowhere this BTF knows.
+    pub fn function_module(&self, name: &str) -> Option<Option<&str>> {
+        self.function_in(name).map(|(m, _, _)| m)
     }
 
     /// Whether the kernel has a function of this name (a kprobe or fexit target).
     pub fn has_function(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
+        self.function_in(name).is_some()
+    }
+
+    /// The arguments of tracepoint `name` (its `btf_trace_<name>` prototype, less the leading
+    /// context pointer), or `None` when this kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Result<Option<Vec<String>>, Error> {
+        let typedef = format!("btf_trace_{name}");
+        let Some(t) = self
+            .vmlinux
+            .resolve_types_by_name(&typedef)
             .unwrap_or_default()
-            .iter()
-            .any(|t| matches!(t, Type::Func(_)))
-    }
-
-    fn parse<T>(&self, what: impl FnOnce() -> String, r: btf_rs::Result<T>) -> Result<T, Error> {
-        r.map_err(|source| Error::Parse {
-            what: what(),
-            source,
-        })
-    }
-
-    fn named_struct(&self, name: &str) -> Result<btf_rs::Struct, Error> {
-        let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
-        types
             .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
+            .find(|t| matches!(t, Type::Typedef(_)))
+        else {
+            return Ok(None);
+        };
+        let btf = &self.vmlinux;
+        let Type::Ptr(ptr) = resolve(btf, t)? else {
+            return Err(Error::Missing {
+                kind: "tracepoint prototype",
+                name: typedef,
+            });
+        };
+        let proto = resolve(
+            btf,
+            parse(|| typedef.clone(), btf.resolve_chained_type(&ptr))?,
+        )?;
+        let args = params(btf, &proto, &typedef)?;
+        Ok(Some(
+            args.iter()
+                .skip(1)
+                .map(|a| describe(btf, a))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn named_struct(&self, name: &str) -> Result<(&Btf, btf_rs::Struct), Error> {
+        self.all()
+            .find_map(|(_, btf)| {
+                btf.resolve_types_by_name(name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|t| match t {
+                        Type::Struct(s) if !s.members.is_empty() => Some((btf, s)),
+                        _ => None,
+                    })
             })
             .ok_or_else(|| Error::Missing {
                 kind: "struct",
@@ -65,57 +205,18 @@ impl KernelBtf {
             })
     }
 
-    /// Follows typedefs and qualifiers to the underlying type.
-    fn resolve(&self, mut t: Type) -> Result<Type, Error> {
-        loop {
-            t = match t {
-                Type::Typedef(ref x) => {
-                    self.parse(|| "typedef".into(), self.btf.resolve_chained_type(x))?
-                }
-                Type::Const(ref x) | Type::Volatile(ref x) | Type::Restrict(ref x) => {
-                    self.parse(|| "qualifier".into(), self.btf.resolve_chained_type(x))?
-                }
-                Type::TypeTag(ref x) => {
-                    self.parse(|| "type tag".into(), self.btf.resolve_chained_type(x))?
-                }
-                other => return Ok(other),
-            }
-        }
-    }
-
-    /// Byte offset of `field` in `s`, looking through anonymous structs and unions.
-    fn field_in(&self, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>, Error> {
-        for m in &s.members {
-            let name = self.btf.resolve_name(m).unwrap_or_default();
-            let ty = self.parse(
-                || format!("member {field}"),
-                self.btf.resolve_chained_type(m),
-            )?;
-            if name == field {
-                return Ok(Some((m.bit_offset() / 8, ty)));
-            }
-            if name.is_empty()
-                && let Type::Struct(inner) | Type::Union(inner) = self.resolve(ty)?
-                && let Some((off, t)) = self.field_in(&inner, field)?
-            {
-                return Ok(Some((m.bit_offset() / 8 + off, t)));
-            }
-        }
-        Ok(None)
-    }
-
     /// Byte offset of a field path inside a struct, e.g. `("net_device", &["nd_net", "net"])`.
     pub fn offset(&self, strukt: &str, path: &[&str]) -> Result<u32, Error> {
-        let mut s = self.named_struct(strukt)?;
+        let (btf, mut s) = self.named_struct(strukt)?;
         let mut total = 0;
         for (i, field) in path.iter().enumerate() {
-            let (off, ty) = self.field_in(&s, field)?.ok_or_else(|| Error::Missing {
+            let (off, ty) = field_in(btf, &s, field)?.ok_or_else(|| Error::Missing {
                 kind: "field",
                 name: format!("{strukt}.{}", path[..=i].join(".")),
             })?;
             total += off;
             if i + 1 < path.len() {
-                s = match self.resolve(ty)? {
+                s = match resolve(btf, ty)? {
                     Type::Struct(x) | Type::Union(x) => x,
                     _ => {
                         return Err(Error::Missing {
@@ -131,39 +232,24 @@ impl KernelBtf {
 
     /// Index of the first `struct sk_buff *` parameter of a kernel function, if it has one.
     pub fn skb_param(&self, func: &str) -> Result<Option<u32>, Error> {
-        let types = self.btf.resolve_types_by_name(func).unwrap_or_default();
-        let Some(Type::Func(f)) = types.into_iter().find(|t| matches!(t, Type::Func(_))) else {
+        let Some((_, btf, f)) = self.function_in(func) else {
             return Err(Error::Missing {
                 kind: "function",
                 name: func.to_owned(),
             });
         };
-        let Type::FuncProto(proto) =
-            self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&f))?
-        else {
-            return Err(Error::Missing {
-                kind: "function prototype",
-                name: func.to_owned(),
-            });
-        };
-        for (i, p) in proto.parameters.iter().enumerate() {
-            let ty = self.parse(|| func.to_owned(), self.btf.resolve_chained_type(p))?;
-            if let Type::Ptr(ptr) = self.resolve(ty)? {
-                let pointee = self.resolve(
-                    self.parse(|| func.to_owned(), self.btf.resolve_chained_type(&ptr))?,
-                )?;
-                if let Type::Struct(s) = pointee
-                    && self.btf.resolve_name(&s).unwrap_or_default() == "sk_buff"
-                {
-                    return Ok(Some(i as u32));
-                }
+        let proto = parse(|| func.to_owned(), btf.resolve_chained_type(&f))?;
+        for (i, p) in params(btf, &proto, func)?.iter().enumerate() {
+            if points_to(btf, p, "sk_buff")? {
+                return Ok(Some(i as u32));
             }
         }
         Ok(None)
     }
 
     /// The offsets the eBPF programs need. The kprobe/fentry-tier ones (netfilter internals) are
-    /// `KernelOffsets::MISSING` when this kernel lacks the struct: those programs are then skipped.
+    /// `KernelOffsets::MISSING` when this kernel lacks the struct (its module not loaded): those
+    /// programs are then skipped.
     pub fn offsets(&self) -> Result<KernelOffsets, Error> {
         let optional = |s: &str, p: &[&str]| self.offset(s, p).unwrap_or(KernelOffsets::MISSING);
         Ok(KernelOffsets {
@@ -181,32 +267,61 @@ impl KernelBtf {
             nft_table_name: optional("nft_table", &["name"]),
             nft_pktinfo_skb: optional("nft_pktinfo", &["skb"]),
             ipt_skb_arg: self.skb_param("ipt_do_table").ok().flatten().unwrap_or(1),
+            hook_state_hook: optional("nf_hook_state", &["hook"]),
         })
     }
 
-    /// `enum skb_drop_reason` as value -> name without the `SKB_DROP_REASON_` prefix.
-    pub fn drop_reasons(&self) -> Result<HashMap<u32, String>, Error> {
+    /// `enum skb_drop_reason` as value -> name without the `SKB_DROP_REASON_` prefix; empty on
+    /// kernels before 5.17, which have no drop reasons (drops are then placed by location).
+    pub fn drop_reasons(&self) -> HashMap<u32, String> {
         let types = self
-            .btf
+            .vmlinux
             .resolve_types_by_name("skb_drop_reason")
             .unwrap_or_default();
         let Some(Type::Enum(e)) = types.into_iter().find(|t| matches!(t, Type::Enum(_))) else {
-            return Err(Error::Missing {
-                kind: "enum",
-                name: "skb_drop_reason".to_owned(),
-            });
+            return HashMap::new();
         };
-        Ok(e.members
+        e.members
             .iter()
             .filter_map(|m| {
-                let name = self.btf.resolve_name(m).ok()?;
+                let name = self.vmlinux.resolve_name(m).ok()?;
                 let short = name
                     .strip_prefix("SKB_DROP_REASON_")
                     .unwrap_or(&name)
                     .to_owned();
                 Some((m.val(), short))
             })
-            .collect())
+            .collect()
+    }
+}
+
+/// The values of `reasons` that are not drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`: their
+/// numbers moved between 5.17, 5.18-6.1 and later), `Config::NOT_A_REASON` where absent.
+pub fn not_drops(reasons: &HashMap<u32, String>) -> [u32; 2] {
+    let value = |name: &str| {
+        reasons
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map_or(Config::NOT_A_REASON, |(v, _)| *v)
+    };
+    [value("SKB_NOT_DROPPED_YET"), value("SKB_CONSUMED")]
+}
+
+/// A short description of a parameter type, e.g. `struct sk_buff *` or `int`.
+fn describe(btf: &Btf, t: &Type) -> String {
+    match t {
+        Type::Ptr(ptr) => match btf
+            .resolve_chained_type(ptr)
+            .ok()
+            .and_then(|p| resolve(btf, p).ok())
+        {
+            Some(Type::Struct(s)) => {
+                format!("struct {} *", btf.resolve_name(&s).unwrap_or_default())
+            }
+            _ => "pointer".to_owned(),
+        },
+        Type::Int(_) | Type::Enum(_) | Type::Enum64(_) => "integer".to_owned(),
+        _ => "other".to_owned(),
     }
 }
 
@@ -221,10 +336,28 @@ mod tests {
         let o = btf.offsets().unwrap();
         assert!(o.skb_head > 0 && o.skb_network_header > 0 && o.net_inum > 0);
         assert_ne!(o.skb_dev, o.skb_sk);
-        let reasons = btf.drop_reasons().unwrap();
+        let reasons = btf.drop_reasons();
         assert!(reasons.values().any(|n| n == "NETFILTER_DROP"));
         assert!(reasons.values().any(|n| n == "NO_SOCKET"));
+        let [not_dropped, consumed] = not_drops(&reasons);
+        assert_eq!(reasons[&not_dropped], "SKB_NOT_DROPPED_YET");
+        assert_eq!(reasons[&consumed], "SKB_CONSUMED");
         assert!(btf.offset("sk_buff", &["no_such_field"]).is_err());
         assert!(btf.has_function("nf_hook_slow") && !btf.has_function("no_such_function_here"));
+    }
+
+    #[test]
+    fn tracepoint_arguments_come_from_btf() {
+        let btf = KernelBtf::load().expect("this machine has BTF");
+        let args = btf
+            .tracepoint_args("kfree_skb")
+            .unwrap()
+            .expect("kfree_skb");
+        assert_eq!(args[0], "struct sk_buff *");
+        assert!(
+            args.len() >= 3,
+            "this kernel's kfree_skb has a reason: {args:?}"
+        );
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint").unwrap(), None);
     }
 }

@@ -67,6 +67,21 @@ impl Symbolizer {
     }
 }
 
+/// Which of `names` are kernel functions in `/proc/kallsyms` (vmlinux's and loaded modules'):
+/// kprobe targets, found where BTF may not know them (5.10 has no module BTF).
+pub fn functions<'a>(names: &[&'a str]) -> Result<Vec<&'a str>, Error> {
+    let mut found = Vec::new();
+    each(|_, kind, name| {
+        if matches!(kind, 't' | 'T')
+            && let Some(n) = names.iter().find(|n| **n == name)
+            && !found.contains(n)
+        {
+            found.push(*n);
+        }
+    })?;
+    Ok(found)
+}
+
 /// The function name of a `name+0xoff` location.
 pub fn function(location: &str) -> &str {
     location.split('+').next().unwrap_or(location)
@@ -91,5 +106,9 @@ mod tests {
         let s = Symbolizer::default().resolve(addr + 4).unwrap();
         assert!(s.ends_with("+0x4"), "{s}");
         assert_eq!(function("nft_do_chain+0x3a"), "nft_do_chain");
+        assert_eq!(
+            functions(&["nf_hook_slow", "no_such_function_here"]).unwrap(),
+            ["nf_hook_slow"]
+        );
     }
 }

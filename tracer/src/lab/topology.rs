@@ -178,8 +178,18 @@ pub fn create_node(prefix: &str) -> Result<(), Error> {
     ip(&["link", "set", &uplink, "up"])?;
     ip(&["route", "add", "default", "via", UPLINK_GATEWAY])?;
     sysctl(&node, "net/ipv4/ip_forward", "1")?;
+    load_br_netfilter()?;
     sysctl(&node, "net/bridge/bridge-nf-call-iptables", "1")?;
     Ok(())
+}
+
+/// Loads br_netfilter where it is a module, as kubeadm's preflight asks of every node: nothing
+/// autoloads it (its switches under /proc/sys/net/bridge appear only once it is loaded).
+fn load_br_netfilter() -> Result<(), Error> {
+    if Path::new("/proc/sys/net/bridge").exists() {
+        return Ok(());
+    }
+    run("modprobe", &["br_netfilter"]).map(|_| ())
 }
 
 /// Creates a pod namespace joined to the bridge by a veth (`eth0` inside, `host_ifname` on the

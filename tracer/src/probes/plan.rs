@@ -121,6 +121,26 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Why the programs of `tier` did not attach: their distinct reasons, on one line.
+    pub fn why_not(&self, tier: Tier) -> String {
+        let mut reasons: Vec<&str> = Vec::new();
+        for o in &self.outcomes {
+            let of_tier = match tier {
+                Tier::Fentry => o.hook == Hook::Fexit,
+                Tier::Kprobe => matches!(o.hook, Hook::Kprobe | Hook::Kretprobe),
+                Tier::Tracepoint => false,
+            };
+            if let (true, Fate::Skipped { reason } | Fate::Verified { reason }) = (of_tier, &o.fate)
+                && !reasons.contains(&reason.as_str())
+            {
+                reasons.push(reason);
+            }
+        }
+        reasons.join("; ")
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hook tier: {}", self.tier)?;

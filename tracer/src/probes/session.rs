@@ -23,7 +23,7 @@ use tracer_common::{
 use super::{
     module_fexit::{self, ModuleFexit},
     plan::{Fate, Outcome, Plan, Tier},
-    table::{Hook, PROBES, Probe, Stage},
+    table::{Hook, Need, PROBES, Probe, Stage},
 };
 use crate::{
     kernel::{btf::KernelBtf, features::Features},
@@ -54,6 +54,12 @@ pub enum Error {
     Netns(#[from] netns::Error),
     #[error("failed to write output: {source}")]
     Output { source: std::io::Error },
+    #[error("--hooks {wanted} cannot be honoured on this kernel (it gets the {got} tier): {why}")]
+    TierUnavailable {
+        wanted: Tier,
+        got: Tier,
+        why: String,
+    },
     #[error(transparent)]
     ModuleFexit(#[from] module_fexit::Error),
 }
@@ -108,6 +114,8 @@ pub struct Counters {
 pub struct Session {
     /// Owns every program and link: dropping it detaches them.
     _ebpf: Ebpf,
+    /// The clsact qdiscs this session added (kernels before 6.6): removed after the programs.
+    _clsact: Clsact,
     /// fexit programs on module functions, loaded outside aya: dropping them detaches them.
     _module_fexits: Vec<ModuleFexit>,
     events: RingBuf<MapData>,
@@ -127,6 +135,8 @@ pub struct Session {
     pub malformed_records: u64,
 }
 
+/// An error and its causes on one line; a verifier log (many lines) is cut to its first line and
+/// logged whole at debug level (`RUST_LOG=debug`).
 fn err_text(e: &ProgramError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
@@ -135,7 +145,13 @@ fn err_text(e: &ProgramError) -> String {
         s.push_str(&inner.to_string());
         src = inner.source();
     }
-    s
+    match s.split_once('\n') {
+        Some((first, _)) => {
+            log::debug!("{s}");
+            format!("{} (verifier log: RUST_LOG=debug)", first.trim_end())
+        }
+        None => s,
+    }
 }
 
 fn is_eperm(e: &ProgramError) -> bool {
@@ -155,7 +171,12 @@ impl Session {
         let started = Instant::now();
         let kbtf = KernelBtf::load()?;
         opts.config.offsets = kbtf.offsets()?;
-        let drop_reasons = kbtf.drop_reasons()?;
+        let drop_reasons = kbtf.drop_reasons();
+        opts.config.not_drops = crate::kernel::btf::not_drops(&drop_reasons);
+        let mut tracepoints = HashMap::new();
+        for p in PROBES.iter().filter(|p| p.hook == Hook::Tracepoint) {
+            tracepoints.insert(p.targets[0], kbtf.tracepoint_args(p.targets[0])?);
+        }
         let features = Features::detect();
         let btf = Btf::from_sys_fs().map_err(|e| Error::Load {
             source: aya::EbpfError::BtfError(e),
@@ -184,17 +205,23 @@ impl Session {
             }
         }
 
+        // Function targets from BTF (vmlinux and module) and kallsyms (kprobes need no BTF).
+        let targets: Vec<&'static str> = PROBES
+            .iter()
+            .filter(|p| matches!(p.hook, Hook::Fexit | Hook::Kprobe | Hook::Kretprobe))
+            .flat_map(|p| p.targets.iter().copied())
+            .collect();
+        let mut functions = crate::kernel::symbols::functions(&targets).unwrap_or_default();
+        functions.extend(targets.iter().filter(|f| kbtf.has_function(f)));
         let mut plan = Planner {
-            functions: PROBES
-                .iter()
-                .flat_map(|p| p.targets.iter().copied())
-                .filter(|f| kbtf.has_function(f))
-                .collect(),
+            functions,
             opts: &opts,
             btf: &btf,
+            tracepoints,
             kprobes: features.kprobes,
             fexit_stages: Vec::new(),
             link_names: HashMap::new(),
+            clsact: Vec::new(),
             modules: module_fexit::Loader::new(OBJECT, ebpf.maps())?.global("CONFIG", &opts.config),
             module_fexits: Vec::new(),
         };
@@ -224,9 +251,23 @@ impl Session {
             outcomes.push(Outcome::new(probe, fate));
         }
         let link_names = plan.link_names;
+        let clsact = Clsact {
+            netns: opts.links_netns.clone(),
+            links: plan.clsact,
+        };
         let module_fexits = plan.module_fexits;
         drop(plan.modules);
         drop(btf);
+        let plan = Plan::from_outcomes(outcomes);
+        if let Some(wanted @ (Tier::Fentry | Tier::Kprobe)) = opts.tier.filter(|_| opts.attach)
+            && plan.tier != wanted
+        {
+            return Err(Error::TierUnavailable {
+                wanted,
+                got: plan.tier,
+                why: plan.why_not(wanted),
+            });
+        }
         // Parsing the kernel's BTF (aya, for tp_btf and fexit) leaves about 16 MB of freed heap
         // that glibc keeps; give it back so the steady footprint is the tracer's own.
         // SAFETY: malloc_trim has no preconditions.
@@ -264,7 +305,8 @@ impl Session {
             })?,
             _ebpf: ebpf,
             _module_fexits: module_fexits,
-            plan: Plan::from_outcomes(outcomes),
+            _clsact: clsact,
+            plan,
             drop_reasons,
             link_names,
             attach_time: started.elapsed(),
@@ -367,11 +409,15 @@ struct Planner<'a> {
     functions: Vec<&'static str>,
     opts: &'a Options,
     btf: &'a Btf,
+    /// Each tracepoint's arguments (`None`: this kernel has no such tracepoint).
+    tracepoints: HashMap<&'static str, Option<Vec<String>>>,
     kprobes: bool,
     /// Stages an fexit program covers: their kprobes stay unattached.
     fexit_stages: Vec<Stage>,
     /// Interface names of the links TC attached to.
     link_names: HashMap<u32, String>,
+    /// Links this session added a clsact qdisc to.
+    clsact: Vec<String>,
     /// Loads fexit programs on functions in modules (aya 0.14 only targets vmlinux).
     modules: module_fexit::Loader,
     /// Those loaded.
@@ -389,21 +435,38 @@ impl Planner<'_> {
             .copied()
     }
 
-    /// The kernel structs a netfilter program reads are in this kernel's BTF.
-    fn has_structs(&self, probe: &Probe) -> bool {
+    /// Why this kernel cannot run the program, if it cannot: one line.
+    fn unmet(&self, probe: &Probe) -> Option<String> {
         let o = &self.opts.config.offsets;
-        let have = |v: u32| v != KernelOffsets::MISSING;
-        match (probe.stage, probe.targets) {
-            (Stage::Netfilter, ["nft_do_chain"]) => [
+        let have = |v: &[u32]| v.iter().all(|v| *v != KernelOffsets::MISSING);
+        match probe.needs {
+            Need::Nothing => None,
+            Need::NftStructs => (!have(&[
                 o.nft_chain_table,
                 o.nft_chain_name,
                 o.nft_pktinfo_skb,
                 o.nft_table_name,
-            ]
-            .into_iter()
-            .all(have),
-            (Stage::Netfilter, _) => have(o.xt_table_name),
-            _ => true,
+            ]))
+            .then(|| "no nf_tables structs in BTF (nf_tables not loaded)".to_owned()),
+            Need::XtStructs => (!have(&[o.xt_table_name, o.hook_state_hook]))
+                .then(|| "no xtables structs in BTF (x_tables not loaded)".to_owned()),
+            Need::Args { min, max, layout } => {
+                let name = probe.targets[0];
+                match self.tracepoints.get(name) {
+                    Some(Some(args)) if (min..=max).contains(&args.len()) => None,
+                    Some(Some(args)) => Some(format!(
+                        "tracepoint {name} has {} arguments here ({}), this program reads {}: {layout}",
+                        args.len(),
+                        args.join(", "),
+                        if min == max {
+                            format!("{min}")
+                        } else {
+                            format!("at least {min}")
+                        },
+                    )),
+                    _ => Some(format!("this kernel has no tracepoint {name}")),
+                }
+            }
         }
     }
 
@@ -423,7 +486,8 @@ impl Planner<'_> {
         } else {
             TcAttachType::Egress
         };
-        let (names, failures) = attach_links(tc, kind, self.opts.links_netns.as_ref())?;
+        let (names, failures, added) = attach_links(tc, kind, self.opts.links_netns.as_ref())?;
+        self.clsact.extend(added);
         self.link_names.extend(names.iter().cloned());
         let mut attached: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
         attached.sort();
@@ -440,6 +504,14 @@ impl Planner<'_> {
 
     fn tracepoint(&mut self, probe: &Probe, tp: &mut BtfTracePoint) -> Fate {
         let name = probe.targets[0];
+        if let Some(reason) = self.unmet(probe) {
+            return Fate::Skipped { reason };
+        }
+        if self.tracepoints.get(name).is_none_or(Option::is_none) {
+            return Fate::Skipped {
+                reason: format!("this kernel has no tracepoint {name}"),
+            };
+        }
         if let Err(e) = tp.load(name, self.btf) {
             return Fate::Skipped {
                 reason: format!("tracepoint {name} refused: {}", err_text(&e)),
@@ -484,10 +556,8 @@ impl Planner<'_> {
                 reason: format!("--hooks {tier}"),
             };
         }
-        if !self.has_structs(probe) {
-            return Fate::Skipped {
-                reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
-            };
+        if let Some(reason) = self.unmet(probe) {
+            return Fate::Skipped { reason };
         }
         if let Some(m) = module {
             return self.module_fexit(probe, &m);
@@ -565,15 +635,15 @@ impl Planner<'_> {
                 reason: format!("no kernel function among {:?}", probe.targets),
             };
         };
-        if !self.has_structs(probe) {
-            return Fate::Skipped {
-                reason: "this kernel's BTF lacks the netfilter structs it reads".into(),
-            };
+        if let Some(reason) = self.unmet(probe) {
+            return Fate::Skipped { reason };
         }
         let unused = if self.fexit_stages.contains(&probe.stage) {
             Some("fexit covers this stage")
         } else if self.opts.tier == Some(Tier::Tracepoint) {
             Some("--hooks tracepoint")
+        } else if self.opts.tier == Some(Tier::Fentry) {
+            Some("--hooks fentry")
         } else if !self.kprobes {
             Some("this kernel has no kprobes (/sys/bus/event_source/devices/kprobe is missing)")
         } else {
@@ -608,20 +678,62 @@ impl Planner<'_> {
     }
 }
 
+/// The clsact qdiscs a session added (TC before 6.6 hangs its programs there; from 6.6 aya uses
+/// TCX links, which need none). Dropped after the programs, it deletes them.
+struct Clsact {
+    netns: Option<PathBuf>,
+    links: Vec<String>,
+}
+
+impl Drop for Clsact {
+    fn drop(&mut self) {
+        if self.links.is_empty() {
+            return;
+        }
+        let links = std::mem::take(&mut self.links);
+        let work = move || {
+            for link in &links {
+                // iproute2's tc: aya 0.14 can add a clsact qdisc but not delete one.
+                let deleted = std::process::Command::new("tc")
+                    .args(["qdisc", "del", "dev", link, "clsact"])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if !deleted.is_ok_and(|s| s.success()) {
+                    log::warn!("failed to delete the clsact qdisc the tracer added on {link}");
+                }
+            }
+        };
+        let result = match &self.netns {
+            Some(p) => netns::run_in(p, work),
+            None => {
+                work();
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            log::warn!("failed to delete the tracer's clsact qdiscs: {e}");
+        }
+    }
+}
+
 /// Attaches a TC program to the pod links in the links' namespace: its veths (a bridge's own
 /// device and the uplink would see the same packets again, at a cost per packet). Where it has no
-/// veth (another CNI), to every interface but `lo`. Returns the (index, name) of each link
-/// attached and a note on failures.
+/// veth (another CNI), to every interface but `lo`. Before 6.6 (no TCX) each link needs a clsact
+/// qdisc first. Returns the (index, name) of each link attached, a note on failures, and the
+/// links this call added a clsact qdisc to.
 fn attach_links(
     tc: &mut SchedClassifier,
     kind: TcAttachType,
     netns_path: Option<&PathBuf>,
-) -> Result<(Vec<(u32, String)>, String), Error> {
+) -> Result<(Vec<(u32, String)>, String, Vec<String>), Error> {
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     let mut work = move || {
         let mut ok = Vec::new();
         let mut failed = Vec::new();
+        let mut added = Vec::new();
         let Ok(ifaces) = nix::net::if_::if_nameindex() else {
-            return (ok, " (could not list interfaces)".to_owned());
+            return (ok, " (could not list interfaces)".to_owned(), added);
         };
         // `ip` runs in this thread's namespace: a child inherits it.
         let veths: Option<HashSet<String>> = crate::node::backend::run("ip", &["-o", "-d", "link"])
@@ -643,6 +755,11 @@ fn attach_links(
             if name == "lo" || veths.as_ref().is_some_and(|v| !v.contains(&name)) {
                 continue;
             }
+            // An existing clsact (another tool's, or this session's other direction) is used
+            // as it is and left in place.
+            if !tcx && aya::programs::tc::qdisc_add_clsact(&name).is_ok() {
+                added.push(name.clone());
+            }
             match tc.attach(&name, kind) {
                 Ok(_) => ok.push((iface.index(), name)),
                 Err(e) => failed.push(format!("failed on {name}: {}", err_text(&e))),
@@ -653,7 +770,7 @@ fn attach_links(
         } else {
             format!(" ({})", failed.join("; "))
         };
-        (ok, note)
+        (ok, note, added)
     };
     Ok(match netns_path {
         Some(p) => netns::run_in(p, work)?,

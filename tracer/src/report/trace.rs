@@ -256,6 +256,9 @@ pub fn line(r: &QueryRecord) -> String {
                 r.latency_us.unwrap_or(0),
                 ep(r.endpoint, &r.endpoint_link)
             );
+            if let Some(n) = r.nat {
+                let _ = write!(s, " (NAT to {n})");
+            }
             let st = &r.stages;
             if let (Some(a), Some(b), Some(c)) = (st.to_endpoint_us, st.in_endpoint_us, st.back_us)
             {
@@ -271,7 +274,13 @@ pub fn line(r: &QueryRecord) -> String {
                 if let Some(b) = &d.backend {
                     let _ = write!(s, " [{b}");
                     if let Some(t) = &d.table {
-                        let _ = write!(s, " {t}");
+                        let _ = write!(s, " table {t}");
+                    }
+                    if let Some(c) = &d.chain {
+                        let _ = write!(s, " chain {c}");
+                    }
+                    if let Some(from) = &d.backend_from {
+                        let _ = write!(s, ", from the {from}");
                     }
                     s.push(']');
                 }
@@ -280,6 +289,9 @@ pub fn line(r: &QueryRecord) -> String {
                     let _ = write!(s, " to {e}");
                 }
                 let _ = write!(s, "): {}", d.why);
+            }
+            if let Some(n) = r.nat {
+                let _ = write!(s, " | NAT to {n}");
             }
             if let Some(c) = &r.conntrack {
                 let _ = write!(s, " | conntrack: {c}");
