@@ -13,6 +13,7 @@
 //! - `trace`: the trace command: hooks -> records -> correlator -> per-query paths -> report.
 //! - `node`: the node's state without eBPF (iptables backend, kube-proxy, conntrack), as findings.
 //! - `validate`: the lab's scenarios on this kernel, each checked for detection and attribution.
+//! - `vm`: another kernel (Debian's 5.10, 6.1, 6.12) booted under qemu on this machine's root, one command run in it.
 pub mod cli;
 pub mod flow;
 pub mod kernel;
@@ -24,3 +25,4 @@ pub mod probes;
 pub mod report;
 pub mod trace;
 pub mod validate;
+pub mod vm;

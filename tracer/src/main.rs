@@ -35,5 +35,9 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Vm(args) => {
+            let status = tracer::vm::command::run(args).context("vm")?;
+            std::process::exit(status);
+        }
     }
 }
