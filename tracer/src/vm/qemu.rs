@@ -55,7 +55,7 @@ pub fn run(kernel: &Kernel, argv: &[String], opts: &RunOptions) -> Result<GuestR
         let share = ShareDir::new()?;
         share.write("share/cmd.sh", &script)?;
         let guest = boot(&qemu, kernel, &initrd, &share, opts, deadline)?;
-        let console = share.read("console.log");
+        let console = clean_console(&share.read("console.log"));
         if let Some(status) = share.status() {
             return Ok(GuestRun {
                 status,
@@ -68,7 +68,7 @@ pub fn run(kernel: &Kernel, argv: &[String], opts: &RunOptions) -> Result<GuestR
                 share,
             });
         }
-        let console_tail = fetch::tail(&console, CONSOLE_TAIL);
+        let console_tail = excerpt(&console);
         if guest.timed_out {
             return Err(Error::Timeout {
                 release: kernel.release.clone(),
@@ -166,7 +166,10 @@ fn boot(
         .arg("-virtfs")
         // The host's `/` spans devices (/proc and /sys roots are both inode 1): without remapping,
         // 9p gives them one qid, the guest aliases the directories, and /proc mounts land on /sys.
-        .arg(format!("{},multidevs=remap", virtfs(Path::new("/"), "hostroot", true)))
+        .arg(format!(
+            "{},multidevs=remap",
+            virtfs(Path::new("/"), "hostroot", true)
+        ))
         .arg("-virtfs")
         .arg(virtfs(&kernel.modules, "kmods", true))
         .arg("-virtfs")
@@ -225,6 +228,56 @@ fn contains(path: &Path, needle: &str) -> bool {
         .and_then(|mut f| f.read_to_end(&mut s))
         .is_ok()
         && s.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The serial log without the terminal escapes and carriage returns SeaBIOS and the kernel write.
+fn clean_console(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // ESC [ params final-byte, or ESC and one character.
+                if chars.next_if_eq(&'[').is_some() {
+                    while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What an error shows of the console: from a few lines before the first panic, oops or init
+/// failure, and the last lines; else the last `CONSOLE_TAIL` lines.
+fn excerpt(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let first = lines.iter().position(|l| {
+        ["Kernel panic", "Oops", "BUG:", "tracer-vm: init failed"]
+            .iter()
+            .any(|p| l.contains(p))
+    });
+    match first {
+        Some(i) if lines.len() > CONSOLE_TAIL => {
+            let from = i.saturating_sub(3);
+            let to = (i + 15).min(lines.len());
+            let mut s = lines[from..to].join("\n");
+            if to < lines.len() {
+                let last = lines.len().saturating_sub(3).max(to);
+                if last > to {
+                    s += "\n  ...\n";
+                } else {
+                    s += "\n";
+                }
+                s += &lines[last..].join("\n");
+            }
+            s
+        }
+        _ => fetch::tail(console, CONSOLE_TAIL),
+    }
 }
 
 /// Kills and reaps qemu when dropped.
@@ -381,6 +434,24 @@ mod tests {
             .split_terminator('\0')
             .collect();
         assert_eq!(got, nasty);
+    }
+
+    #[test]
+    fn console_excerpt_starts_at_the_panic() {
+        let raw = "\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\nBooting from ROM...\n";
+        assert_eq!(clean_console(raw), "SeaBIOS\nBooting from ROM...\n");
+        let mut console = String::from("tracer-vm: init started\n");
+        for i in 0..10 {
+            console += &format!("early {i}\n");
+        }
+        console += "Kernel panic - not syncing: Attempted to kill init!\n";
+        for i in 0..40 {
+            console += &format!("trace {i}\n");
+        }
+        let e = excerpt(&console);
+        assert!(e.starts_with("early 7\nearly 8\nearly 9\nKernel panic"));
+        assert!(e.ends_with("trace 39"));
+        assert!(!e.contains("trace 20"));
     }
 
     #[test]
