@@ -23,6 +23,22 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsperf", "real DNS load for the bench"),
     ("dnsutils", "dig, for the README's manual checks"),
     ("bpftrace", "the bench's reference tracer"),
+    (
+        "qemu-system-x86",
+        "tracer vm: boots Debian's 5.10/6.1/6.12 kernels (TCG) for validate and the tests",
+    ),
+    (
+        "busybox-static",
+        "tracer vm: the initramfs's shell, insmod and switch_root (must be static)",
+    ),
+    (
+        "kmod",
+        "modprobe and depmod: the VM guest's module autoloading and its module trees",
+    ),
+    (
+        "xz-utils",
+        "tracer vm: 6.12's modules are .ko.xz, busybox insmod needs them plain",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
