@@ -321,7 +321,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -345,7 +345,7 @@ impl Cpio {
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[], (0, 0));
         // The kernel reads the archive in 512-byte blocks.
-        while self.buf.len() % 512 != 0 {
+        while !self.buf.len().is_multiple_of(512) {
             self.buf.push(0);
         }
         self.buf
@@ -421,7 +421,7 @@ kernel/drivers/virtio/virtio_pci_modern_dev.ko.xz:
         c.file("init", 0o755, b"#!/bin/sh\n");
         c.symlink("bin/sh", "busybox");
         let buf = c.finish();
-        assert_eq!(buf.len() % 512, 0);
+        assert!(buf.len().is_multiple_of(512));
         assert!(buf.starts_with(b"070701"));
         // name "init" + NUL after the 110-byte header, then data aligned to 4.
         assert_eq!(&buf[110..115], b"init\0");

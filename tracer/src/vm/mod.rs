@@ -237,6 +237,32 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The whole path on a real kernel: prepare (downloads once), boot, argv, env, out dir, status.
+    #[test]
+    #[ignore = "boots a VM: needs root, qemu-system-x86, busybox-static, kmod and Debian's archive"]
+    fn boots_6_1_and_brings_back_output_status_and_files() {
+        let kernel = prepare(&"6.1".parse().unwrap()).expect("prepare 6.1");
+        let opts = RunOptions {
+            timeout: Duration::from_secs(120),
+            env: vec![("GREETING".into(), "it's here".into())],
+            ..RunOptions::default()
+        };
+        let argv = [
+            "sh",
+            "-c",
+            "uname -r; echo \"$GREETING\" > $TRACER_VM_OUT/f; exit 3",
+        ];
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let guest = run(&kernel, &argv, &opts).expect("guest run");
+        assert_eq!(guest.status, 3);
+        assert_eq!(guest.stdout.trim(), kernel.release);
+        let f = guest.out_dir().join("f");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "it's here\n");
+        let dir = guest.out_dir().to_owned();
+        drop(guest);
+        assert!(!dir.exists(), "the out dir outlived its GuestRun");
+    }
+
     #[test]
     fn every_alias_is_a_generic_amd64_image() {
         for (alias, package, _) in ALIASES {
