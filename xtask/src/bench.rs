@@ -8,11 +8,15 @@
 //! - `measure`: machine and process CPU time, memory, BPF program run counters.
 //! - `traced`: the tracer and the bpftrace anchor as attached child processes, their output.
 //! - `report`: figures over the rounds, targets met or missed, the Markdown written and printed.
+//! - `vm`: the deep tier (kprobe, fentry) inside a Debian kernel under qemu, in ratios.
 
 mod dnsperf;
 mod measure;
 mod report;
 mod traced;
+mod vm;
+
+pub use vm::{GuestArgs, GuestPlan, guest as vm_guest};
 
 use std::{
     collections::BTreeMap,
@@ -34,7 +38,7 @@ const PREFIX: &str = "trb";
 const SERVICE: &str = "10.96.0.10";
 
 /// How long and how often.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// A short smoke run: one round of a few seconds, results not written to bench/RESULTS.md.
     pub quick: bool,
@@ -42,7 +46,12 @@ pub struct Options {
     pub rounds: Option<u32>,
     /// Seconds of dnsperf per run (default 8; quick 3).
     pub seconds: Option<u32>,
+    /// Only the VM part, on this kernel (`tracer vm run --kernel`).
+    pub vm: Option<String>,
 }
+
+/// The kernel of the full bench's VM part: Debian 12's, the one most nodes of its age run.
+const VM_KERNEL: &str = "6.1";
 
 /// Settings after defaults.
 #[derive(Debug, Clone, Copy)]
@@ -503,9 +512,43 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
+fn git_describe(root: &Path) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The VM part on `kernel`: measured, printed, its section returned.
+fn run_vm(
+    root: &Path,
+    target: &Path,
+    tracer: &Path,
+    kernel: &str,
+    opts: &Options,
+) -> anyhow::Result<String> {
+    let r = vm::run(
+        target,
+        tracer,
+        &vm::VmOptions {
+            kernel: kernel.to_owned(),
+            quick: opts.quick,
+            // The host's rounds and seconds are for the host's lab at full rate.
+            rounds: opts.vm.as_ref().and(opts.rounds),
+            seconds: opts.vm.as_ref().and(opts.seconds),
+        },
+        &git_describe(root),
+    )?;
+    vm::print_summary(&r);
+    Ok(vm::markdown(&r))
+}
+
 /// Runs the bench.
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let plan = Plan::of(opts);
+    let plan = Plan::of(opts.clone());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("xtask has no parent dir")?
@@ -515,6 +558,23 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     check_interrupted()?;
     let target = target_dir(&root);
     let tracer = target.join("release/tracer");
+    if let Some(kernel) = &opts.vm {
+        let md = run_vm(&root, &target, &tracer, kernel, &opts)?;
+        println!("\n{md}");
+        let out = if opts.quick {
+            target.join("bench/RESULTS-vm-quick.md")
+        } else {
+            root.join("bench/RESULTS.md")
+        };
+        if opts.quick {
+            std::fs::write(&out, md)
+                .with_context(|| format!("failed to write {}", out.display()))?;
+        } else {
+            vm::write_section(&out, &md)?;
+        }
+        println!("bench: written to {}", out.display());
+        return Ok(());
+    }
     println!("bench: lab up (prefix {PREFIX})");
     // The guard comes first: `lab up` may fail halfway and leave pieces for `lab down`.
     let _lab = LabGuard {
@@ -581,20 +641,21 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ),
         bpftrace_cmd: "bpftrace -B none bench/bpftrace.bt <netns inodes of trb-node, trb-dns0, trb-dns1, trb-client0>"
             .to_owned(),
-        commit: Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(["describe", "--always", "--dirty"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default(),
+        commit: git_describe(&root),
         calibration,
         load,
         runs,
         long,
         foreign,
     };
-    let md = report::markdown(&results, &report::Machine::read());
+    let mut md = report::markdown(&results, &report::Machine::read());
+    drop(_lab);
+    // The deep tier needs a kernel with kprobes and netfilter as modules: a VM (the quick run
+    // skips it; `--vm KERNEL` runs it alone).
+    if !plan.quick {
+        let section = run_vm(&root, &target, &bench.tracer, VM_KERNEL, &opts)?;
+        md = format!("{}\n\n{section}", md.trim_end());
+    }
     println!("\n{md}");
     let out = if plan.quick {
         target.join("bench/RESULTS-quick.md")

@@ -5,7 +5,8 @@
 //!   and tracefs mounts), idempotently; the other tasks run it first.
 //! - `demo`: the README's main job on the lab.
 //! - `test`: unit tests and the scenario tests under tests/, one at a time (they share the kernel).
-//! - `bench`: the tracer's cost at full DNS rate next to bpftrace; writes bench/RESULTS.md.
+//! - `bench`: the tracer's cost at full DNS rate next to bpftrace, and the deep tier's inside a
+//!   Debian kernel under qemu; writes bench/RESULTS.md.
 mod bench;
 mod demo;
 mod setup;
@@ -34,7 +35,8 @@ enum Task {
         filter: Option<String>,
     },
     /// Measure the tracer's overhead, lost events, attach/detach time and memory on its own lab
-    /// (about 8 minutes); writes bench/RESULTS.md. Never part of `test`.
+    /// (about 8 minutes), then the deep tier in a VM (about 8 more); writes bench/RESULTS.md.
+    /// Never part of `test`.
     Bench {
         /// A short smoke run (about a minute), written to the target dir instead.
         #[arg(long)]
@@ -42,9 +44,28 @@ enum Task {
         /// Interleaved rounds of every mode (default 6, quick 1).
         #[arg(long)]
         rounds: Option<u32>,
-        /// Seconds of dnsperf per run (default 8, quick 3).
+        /// Seconds of dnsperf per run (default 8, quick 3; with --vm: default 5, quick 3).
         #[arg(long)]
         seconds: Option<u32>,
+        /// Only the deep tier (kprobe, fentry) inside this Debian kernel under qemu (6.1, 5.10,
+        /// 6.12: `tracer vm list`), in ratios to the tracepoint tier in the same guest (about 8
+        /// minutes; rounds default 4). The full bench runs it on 6.1 after the host part.
+        #[arg(long, value_name = "KERNEL")]
+        vm: Option<String>,
+    },
+    /// The VM part's guest side (run by `bench` inside the guest, not by hand).
+    #[command(hide = true)]
+    BenchVmGuest {
+        #[arg(long)]
+        tracer: std::path::PathBuf,
+        #[arg(long)]
+        rounds: u32,
+        #[arg(long)]
+        seconds: u32,
+        #[arg(long)]
+        qps: u32,
+        #[arg(long)]
+        conn_rate: u32,
     },
     /// rustfmt and clippy on the host crates; clippy on the eBPF crate on its own.
     Lint,
@@ -65,14 +86,31 @@ fn main() -> anyhow::Result<()> {
             quick,
             rounds,
             seconds,
+            vm,
         } => {
             setup::run()?;
             bench::run(bench::Options {
                 quick,
                 rounds,
                 seconds,
+                vm,
             })
         }
+        Task::BenchVmGuest {
+            tracer,
+            rounds,
+            seconds,
+            qps,
+            conn_rate,
+        } => bench::vm_guest(bench::GuestArgs {
+            tracer,
+            plan: bench::GuestPlan {
+                rounds,
+                seconds,
+                qps,
+                conn_rate,
+            },
+        }),
         Task::Lint => lint(),
     }
 }

@@ -24,6 +24,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsutils", "dig, for the README's manual checks"),
     ("bpftrace", "the bench's reference tracer"),
     (
+        "bpftool",
+        "the bench's BPF run counters, and the deep programs' xlated dumps in the VM",
+    ),
+    (
         "qemu-system-x86",
         "tracer vm: boots Debian's 5.10/6.1/6.12 kernels (TCG) for validate and the tests",
     ),
