@@ -4,11 +4,13 @@
 //! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker, bpffs
 //!   and tracefs mounts), idempotently; the other tasks run it first.
 //! - `demo`: the README's main job on the lab.
-//! - `test`: unit tests and the scenario tests under tests/, one at a time (they share the kernel).
+//! - `test`: unit tests and the scenario tests under tests/, one at a time (they share the kernel),
+//!   then the kernel matrix (`matrix`): hooks and trace tests in Debian kernels under qemu.
 //! - `bench`: the tracer's cost at full DNS rate next to bpftrace, and the deep tier's inside a
 //!   Debian kernel under qemu; writes bench/RESULTS.md.
 mod bench;
 mod demo;
+mod matrix;
 mod setup;
 
 use std::process::Command;
@@ -29,8 +31,21 @@ enum Task {
     Setup,
     /// Set up, bring the lab up, show DNS answered, break it, trace it, tear it down.
     Demo,
-    /// Set up and run every test (unit and scenario), as root.
+    /// Set up and run every test (unit and scenario) as root, then the hooks and trace scenario
+    /// tests on each kernel and hook tier of the matrix (Debian kernels under qemu); prints the
+    /// matrix and writes target/matrix/MATRIX.md.
+    #[command(
+        after_help = "Examples:\n  cargo xtask test                      # host, then the CI subset of the matrix\n  cargo xtask test --kernels all        # every kernel on every tier\n  cargo xtask test --kernels host       # this machine's kernel only\n  cargo xtask test --kernels 6.1:kprobe,5.10 filter_drop"
+    )]
     Test {
+        /// Which kernels: ci (the host and the CI subset), all (every kernel, every tier), host,
+        /// or a comma-separated list of host, KERNEL (5.10, 6.1, 6.12: every tier it offers) and
+        /// KERNEL:TIER.
+        #[arg(long, default_value = "ci")]
+        kernels: String,
+        /// Guests booted at once (each one vCPU of qemu TCG).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
@@ -78,9 +93,13 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             demo::run()
         }
-        Task::Test { filter } => {
+        Task::Test {
+            kernels,
+            jobs,
+            filter,
+        } => {
             setup::run()?;
-            test(filter.as_deref())
+            matrix::run(&kernels, filter.as_deref(), jobs)
         }
         Task::Bench {
             quick,
@@ -129,18 +148,6 @@ pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
 /// `cargo` from the toolchain running xtask.
 pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-}
-
-fn test(filter: Option<&str>) -> anyhow::Result<()> {
-    // Release, like the demo and the binary users run: one build serves all three. The scenario
-    // tests change kernel state (namespaces, conntrack, rules), so one test at a time.
-    let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast"]);
-    cmd.args(["--", "--test-threads=1"]);
-    if let Some(f) = filter {
-        cmd.arg(f);
-    }
-    sh(&mut cmd)
 }
 
 fn lint() -> anyhow::Result<()> {
