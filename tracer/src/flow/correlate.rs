@@ -375,7 +375,10 @@ impl Correlator {
             _ => (String::new(), String::new()),
         };
         let mut stale = self.stale_note(p, leg);
-        if self.ctx.service_rejects && leg == Leg::QueryBeforeDnat && reason == "NETFILTER_DROP" {
+        if self.ctx.service_rejects
+            && leg == Leg::QueryBeforeDnat
+            && (reason == "NETFILTER_DROP" || e.kind == kind::VERDICT)
+        {
             stale.push_str(
                 "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
                  rate-limited per host, so most clients just time out)",
@@ -748,6 +751,25 @@ mod tests {
         );
         assert_eq!(d.reason, "NETFILTER_DROP");
         assert!(!d.location.is_empty(), "the drop record placed it: {d:?}");
+    }
+
+    #[test]
+    fn a_verdict_before_dnat_where_the_rules_reject_names_the_reject() {
+        let mut c = correlator();
+        c.ctx.service_rejects = true;
+        let s = slot(0, flag::DROPPED);
+        let mut verdict = event(kind::VERDICT, 2 * SECOND, query(SERVICE), s);
+        verdict.location = backend::NFTABLES;
+        verdict.name = name("filter");
+        verdict.chain = name("FORWARD");
+        c.push(&verdict, 0);
+        let out = c.flush(0, true);
+        let d = out[0].drop.as_ref().unwrap();
+        assert_eq!(d.leg, Leg::QueryBeforeDnat);
+        assert!(
+            d.why.contains("REJECT for a Service without endpoints"),
+            "{d:?}"
+        );
     }
 
     #[test]
