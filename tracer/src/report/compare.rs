@@ -583,6 +583,7 @@ mod tests {
             problems: vec![],
             probe: probe(lost),
             conntrack_delta: None,
+            counters: None,
         };
         let doc = |passed: bool, lost: u32| {
             let mut d = Document::new("validate").unwrap();
