@@ -292,7 +292,7 @@ pub struct CompareArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 2 one failed, 1 an error."
+    after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer validate --kernel linux-image-6.12.117+deb13-amd64 --report candidate.json\n  tracer validate --kernel 6.1 --scenario healthy --vm-timeout 600\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 2 one failed, 1 an error."
 )]
 pub struct ValidateArgs {
     /// Prefix of the lab validate brings up (and down) for its scenarios.
@@ -307,6 +307,19 @@ pub struct ValidateArgs {
     /// Lookups for the healthy measurement of loss and latency.
     #[arg(long, default_value_t = 500)]
     pub healthy_count: u32,
+    /// Run the scenarios on another kernel, booted in a VM (qemu TCG) on this machine's root
+    /// filesystem: an alias (5.10, 6.1, 6.12), a Debian package name, a .deb or an unpacked
+    /// directory. The report (--report, default validate-<release>.json) names the guest's kernel.
+    #[arg(long, value_name = "SPEC")]
+    pub kernel: Option<String>,
+    /// With --kernel: stop the VM (and fail) after this many seconds, boot included.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 1200,
+        requires = "kernel"
+    )]
+    pub vm_timeout: u64,
     #[command(flatten)]
     pub out: Output,
 }

@@ -97,6 +97,42 @@ pub struct Document {
     pub conntrack_delta: Option<CpuStats>,
     /// The scenarios `validate` ran.
     pub validate: Option<Validation>,
+    /// Set when the run happened in a virtual machine (`validate --kernel`): `kernel` is then the
+    /// guest's. Absent (null) for a run on the machine itself; reports written before this field
+    /// existed read as such.
+    #[serde(default)]
+    pub vm: Option<VmRun>,
+}
+
+/// How a report's run happened in a virtual machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRun {
+    /// The kernel asked for: an alias, a Debian package name, a `.deb` or a directory.
+    pub spec: String,
+    /// The guest kernel's release.
+    pub release: String,
+    /// The host kernel release that ran the VM.
+    pub host_kernel: String,
+    /// qemu's accelerator: `tcg` (emulation) makes wall times 5-20x the host's.
+    pub accel: String,
+    /// Guest vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Seconds from starting qemu until the command started.
+    pub boot_s: f64,
+    /// Seconds the VM ran, boot included.
+    pub wall_s: f64,
+}
+
+impl VmRun {
+    /// `qemu tcg, 1 vCPU, kernel 6.1.0-50-amd64 (--kernel 6.1)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "VM: qemu {}, {} vCPU, kernel {} (--kernel {})",
+            self.accel, self.cpus, self.release, self.spec
+        )
+    }
 }
 
 impl Document {
@@ -119,6 +155,7 @@ impl Document {
             failed_queries: Vec::new(),
             conntrack_delta: None,
             validate: None,
+            vm: None,
         })
     }
 
@@ -599,6 +636,31 @@ mod tests {
         let back = Document::parse(Path::new("r.json"), &text).unwrap();
         assert_eq!(back.schema_version, SCHEMA_VERSION);
         assert_eq!((back.command, back.kernel), (d.command, d.kernel));
+    }
+
+    /// `vm` is an optional field added within schema version 1: a report written before it
+    /// existed still reads (as a run on the machine itself), and a VM run round-trips.
+    #[test]
+    fn vm_field_is_optional_within_version_1() {
+        let mut v = serde_json::to_value(doc()).unwrap();
+        v.as_object_mut().unwrap().remove("vm");
+        let back = Document::parse(Path::new("old.json"), &v.to_string()).unwrap();
+        assert_eq!(back.vm, None);
+        let mut d = doc();
+        d.vm = Some(VmRun {
+            spec: "6.1".into(),
+            release: "6.1.0-50-amd64".into(),
+            host_kernel: "6.18.0".into(),
+            accel: "tcg".into(),
+            cpus: 1,
+            memory_mib: 2048,
+            boot_s: 4.0,
+            wall_s: 240.0,
+        });
+        let text = serde_json::to_string(&d).unwrap();
+        let back = Document::parse(Path::new("vm.json"), &text).unwrap();
+        assert_eq!(back.vm, d.vm);
+        assert_eq!(back.schema_version, 1);
     }
 
     #[test]
