@@ -1,6 +1,8 @@
-//! `tracer compare BEFORE AFTER`: every figure of two reports side by side, and the regressions
-//! among them against thresholds (loss, p99 latency, drops by reason, conntrack drops, validate
-//! scenarios that stopped passing).
+//! `tracer compare BEFORE AFTER`: every figure of two reports side by side, what changed between
+//! them in a few lines (kernel, hook tier, validate scenarios passing or failing, drop reasons and
+//! locations appearing or disappearing, latency ratios), and the regressions among them against
+//! thresholds (loss, p99 latency, drops by reason, conntrack drops, validate scenarios that
+//! stopped passing).
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
@@ -9,7 +11,10 @@ use serde::Serialize;
 
 use crate::{
     cli::{CompareArgs, OutputFormat},
-    report::document::{self, Document, ProbeReport},
+    report::{
+        document::{self, Document, ProbeReport},
+        trace::cause,
+    },
 };
 
 /// What failed while comparing.
@@ -127,6 +132,8 @@ pub struct Header {
     pub created: String,
     /// The tracer that wrote it.
     pub tool: String,
+    /// How it ran in a VM, when it did (`validate --kernel`).
+    pub vm: Option<String>,
 }
 
 impl Header {
@@ -137,6 +144,7 @@ impl Header {
             kernel: d.kernel.clone(),
             created: d.created.clone(),
             tool: format!("{} {}", d.tool.name, d.tool.version),
+            vm: d.vm.as_ref().map(|v| v.describe()),
         }
     }
 }
@@ -152,6 +160,11 @@ pub struct Comparison {
     pub thresholds: Thresholds,
     /// Every figure of either report, in report order.
     pub figures: Vec<Figure>,
+    /// What changed, one line each: kernel, tiers, scenarios passing or failing, causes of
+    /// loss appearing or disappearing, latency.
+    pub changes: Vec<String>,
+    /// Why some figures were not judged.
+    pub notes: Vec<String>,
     /// How many figures regressed.
     pub regressions: usize,
 }
@@ -172,8 +185,13 @@ impl Comparison {
         for (label, h) in [("before", &self.before), ("after", &self.after)] {
             let _ = writeln!(
                 s,
-                "{label:<6} {}: {} on kernel {}, {} ({})",
-                h.file, h.command, h.kernel, h.created, h.tool
+                "{label:<6} {}: {} on kernel {}, {} ({}){}",
+                h.file,
+                h.command,
+                h.kernel,
+                h.created,
+                h.tool,
+                h.vm.as_ref().map_or(String::new(), |v| format!(" [{v}]"))
             );
         }
         let mut t = Table::new();
@@ -192,17 +210,23 @@ impl Comparison {
             ) {
                 (Some(b), Some(a)) if f.kind != Kind::Pass && a != b => {
                     let d = a - b;
-                    if d.fract() == 0.0 {
+                    let mut c = if d.fract() == 0.0 {
                         format!("{d:+.0}")
                     } else {
                         format!("{d:+.3}")
+                    };
+                    if is_latency(&f.name) && b > 0.0 {
+                        let _ = write!(c, " (x{:.2})", a / b);
                     }
+                    c
                 }
                 (Some(_), Some(_)) => String::new(),
-                _ if f.before != f.after && f.before.is_some() && f.after.is_some() => {
-                    "changed".to_owned()
-                }
-                _ => String::new(),
+                _ => match (&f.before, &f.after) {
+                    (Some(b), Some(a)) if b != a => "changed".to_owned(),
+                    (None, Some(_)) => "new".to_owned(),
+                    (Some(_), None) => "gone".to_owned(),
+                    _ => String::new(),
+                },
             };
             t.add_row(vec![
                 f.name.clone(),
@@ -213,6 +237,17 @@ impl Comparison {
             ]);
         }
         let _ = writeln!(s, "{t}");
+        if self.changes.is_empty() {
+            let _ = writeln!(s, "changes: none");
+        } else {
+            let _ = writeln!(s, "changes:");
+            for c in &self.changes {
+                let _ = writeln!(s, "  {c}");
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
         if self.regressions == 0 {
             let _ = writeln!(s, "no regression");
         } else {
@@ -332,10 +367,104 @@ fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
             ));
             if sc.scenario == "healthy" {
                 probe_figures(&prefix, &sc.probe, &mut out);
+            } else {
+                out.push((
+                    format!("{prefix}.lost"),
+                    Kind::Info,
+                    num(f64::from(sc.probe.lost)),
+                ));
+            }
+            // Where each lost query died: a fault's own drops are expected (its pass or fail
+            // judges them); what matters between kernels is a reason or location that appears
+            // or disappears.
+            let mut causes: BTreeMap<String, u32> = BTreeMap::new();
+            for q in &sc.probe.lost_queries {
+                for c in died_at(q.trace.as_ref()) {
+                    *causes.entry(c).or_default() += 1;
+                }
+            }
+            for (c, n) in causes {
+                out.push((format!("{prefix}.{c}"), Kind::Info, num(f64::from(n))));
             }
         }
     }
     out
+}
+
+/// Where a lost query died, as compare names it: `drop[stage: REASON @ function (backend)]` and
+/// `icmp[what]` (both, for a query rejected after a drop), else how far it was seen.
+fn died_at(r: Option<&crate::flow::record::QueryRecord>) -> Vec<String> {
+    let Some(r) = r else {
+        return vec!["not seen by the tracer".to_owned()];
+    };
+    let mut out = Vec::new();
+    if let Some(d) = &r.drop {
+        out.push(format!(
+            "drop[{}: {} @ {}{}]",
+            d.stage,
+            d.reason,
+            crate::kernel::symbols::function(&d.location),
+            d.backend
+                .as_ref()
+                .map_or(String::new(), |b| format!(" ({b})"))
+        ));
+    }
+    if let Some(i) = &r.icmp {
+        out.push(format!("icmp[{}]", i.what));
+    }
+    if out.is_empty() {
+        out.push(format!("[{}]", cause(r)));
+    }
+    out
+}
+
+/// The group a figure belongs to: its scenario for validate's (`validate.nft.filter-drop`), else
+/// its section (`probe`, `trace`, `conntrack`, ...).
+fn group(name: &str) -> &str {
+    if name.starts_with("validate.") {
+        let mut dots = 0;
+        for (i, c) in name.char_indices() {
+            match c {
+                '[' => break,
+                '.' => {
+                    dots += 1;
+                    if dots == 3 {
+                        return &name[..i];
+                    }
+                }
+                _ => {}
+            }
+        }
+        return name;
+    }
+    name.split(['.', '[']).next().unwrap_or(name)
+}
+
+/// A latency figure (`..._ms`).
+fn is_latency(name: &str) -> bool {
+    name.ends_with("_ms")
+}
+
+/// One line for a figure that changed in a way a kernel upgrade cares about, if it did.
+fn change(f: &Figure) -> Option<String> {
+    let show = |v: &Value| v.show(f.kind);
+    match (&f.before, &f.after) {
+        (None, None) => None,
+        (None, Some(a)) => Some(format!("{}: new ({})", f.name, show(a))),
+        (Some(b), None) => Some(format!("{}: gone (was {})", f.name, show(b))),
+        (Some(b), Some(a)) if b == a => None,
+        (Some(bv @ Value::Number(b)), Some(av @ Value::Number(a))) => {
+            let latency = f.name.ends_with("latency_p50_ms") || f.name.ends_with("latency_p99_ms");
+            if latency && *b > 0.0 {
+                Some(format!("{}: {b:.3} -> {a:.3} ms (x{:.2})", f.name, a / b))
+            } else if f.kind != Kind::Info {
+                Some(format!("{}: {} -> {}", f.name, show(bv), show(av)))
+            } else {
+                None
+            }
+        }
+        (Some(b), Some(a)) => Some(format!("{}: {} -> {}", f.name, show(b), show(a))),
+    }
 }
 
 fn probe_figures(prefix: &str, p: &ProbeReport, out: &mut Vec<(String, Kind, Value)>) {
@@ -443,10 +572,25 @@ pub fn compare(
         )
     };
     let same_sections = sections(before) == sections(after);
+    let mut notes = Vec::new();
+    // A VM under TCG runs 5-20x slower than the machine: its latency is not comparable with a
+    // run on the machine itself, only ratios between figures within each report are.
+    let vm_vs_machine = before.vm.is_some() != after.vm.is_some();
+    if vm_vs_machine {
+        notes.push(
+            "one report ran in a VM (qemu TCG, 5-20x slower than the machine): latency is shown, not judged; compare ratios, not absolute times".to_owned(),
+        );
+    }
+    // BEFORE's order, with AFTER's own figures next to their group's (a drop location that
+    // appears beside the one that disappeared).
     let mut order: Vec<(String, Kind)> = Vec::new();
     for (name, kind, _) in fb.iter().chain(&fa) {
-        if !order.iter().any(|(n, _)| n == name) {
-            order.push((name.clone(), *kind));
+        if order.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        match order.iter().rposition(|(n, _)| group(n) == group(name)) {
+            Some(i) => order.insert(i + 1, (name.clone(), *kind)),
+            None => order.push((name.clone(), *kind)),
         }
     }
     let find = |v: &[(String, Kind, Value)], name: &str| {
@@ -462,6 +606,7 @@ pub fn compare(
             // same things.
             let judged = match kind {
                 Kind::Drops | Kind::ConntrackDrops if !same_sections => None,
+                Kind::P99Ms if vm_vs_machine => None,
                 _ => judge(kind, b.as_ref(), a.as_ref(), thresholds),
             };
             Figure {
@@ -478,6 +623,8 @@ pub fn compare(
         before: Header::of(before_file, before),
         after: Header::of(after_file, after),
         thresholds: *thresholds,
+        changes: figures.iter().filter_map(change).collect(),
+        notes,
         figures,
         regressions,
     }
@@ -611,6 +758,198 @@ mod tests {
             ],
             "{}",
             worse.text()
+        );
+    }
+
+    /// A running kernel's validate report against a candidate's from a VM: the hook tier, a
+    /// scenario that stopped passing, a drop location that moved, and the healthy latency, each
+    /// in one line of the changes; the VM's latency is not judged against the machine's.
+    #[test]
+    fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
+        use std::{
+            net::{Ipv4Addr, SocketAddrV4},
+            time::{Duration, SystemTime},
+        };
+
+        use crate::{
+            cli::Backend,
+            flow::record::{Drop, Leg, QueryRecord as TraceRecord, Seen, StageTimes, Verdict},
+            measure::{BatchResult, BatchSpec, Outcome, QueryRecord, RecordType, ResponseCode},
+            report::document::VmRun,
+            validate::{ScenarioResult, Validation},
+        };
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
+        let query = |i: u16, outcome| QueryRecord {
+            id: i,
+            name: "kubernetes.default.svc.cluster.local".to_owned(),
+            qtype: RecordType::A,
+            source_port: 1000 + i,
+            sent_at: Duration::from_millis(u64::from(i)),
+            outcome,
+        };
+        // 10 queries answered in `ms` (the last one 4x slower), then `lost` dropped at `location`.
+        let probe = |ms: f64, lost: u16, location: &str, backend: Option<&str>| {
+            let answered = (0..10u16).map(|i| {
+                let f = if i == 9 { 4.0 } else { 1.0 };
+                query(
+                    i,
+                    Outcome::Answered {
+                        latency: Duration::from_secs_f64(ms * f / 1000.0),
+                        rcode: ResponseCode::NoError,
+                        addresses: vec![],
+                    },
+                )
+            });
+            let queries: Vec<QueryRecord> = answered
+                .chain((10..10 + lost).map(|i| query(i, Outcome::TimedOut)))
+                .collect();
+            let records: Vec<TraceRecord> = (10..10 + lost)
+                .map(|i| TraceRecord {
+                    time_us: 0,
+                    client: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 20), 1000 + i),
+                    server,
+                    id: i,
+                    name: None,
+                    qtype: None,
+                    verdict: Verdict::Dropped,
+                    endpoint: Some(Ipv4Addr::new(10, 244, 0, 10)),
+                    nat: None,
+                    confirmed: false,
+                    client_link: None,
+                    endpoint_link: None,
+                    latency_us: None,
+                    stages: StageTimes::default(),
+                    last_seen: Seen::Sent,
+                    retries: 0,
+                    drop: Some(Drop {
+                        stage: "netfilter".to_owned(),
+                        reason: "NETFILTER_DROP".to_owned(),
+                        location: location.to_owned(),
+                        backend: backend.map(str::to_owned),
+                        backend_from: None,
+                        table: None,
+                        chain: None,
+                        leg: Leg::QueryToPod,
+                        at: "n/d0".to_owned(),
+                        why: String::new(),
+                    }),
+                    icmp: None,
+                    conntrack: None,
+                })
+                .collect();
+            let result = BatchResult {
+                started: SystemTime::now(),
+                sent: 10 + u32::from(lost),
+                answered: 10,
+                lost: u32::from(lost),
+                bad_answers: 0,
+                queries,
+            };
+            ProbeReport::new("c", server, &BatchSpec::default(), &result, None, &records)
+        };
+        let scenario = |name: &str, passed: bool, tier: &str, probe: ProbeReport| ScenarioResult {
+            backend: Backend::Nft,
+            scenario: name.to_owned(),
+            passed,
+            tier: tier.to_owned(),
+            expected: String::new(),
+            problems: vec![],
+            probe,
+            conntrack_delta: None,
+            counters: None,
+        };
+        let doc = |kernel: &str, tier: &str, ms: f64, location: &str, backend, pod_down: bool| {
+            let mut d = Document::new("validate").unwrap();
+            d.kernel = kernel.to_owned();
+            d.tier = Some(tier.to_owned());
+            d.validate = Some(Validation {
+                tier: tier.to_owned(),
+                passed: pod_down,
+                seconds: 1.0,
+                scenarios: vec![
+                    scenario("healthy", true, tier, probe(ms, 0, "", None)),
+                    scenario("filter-drop", true, tier, probe(ms, 5, location, backend)),
+                    scenario("pod-down", pod_down, tier, probe(ms, 0, "", None)),
+                ],
+            });
+            d
+        };
+        let running = doc(
+            "6.18.0",
+            "tracepoint",
+            0.25,
+            "nft_do_chain+0x3e8",
+            Some("nf_tables"),
+            true,
+        );
+        let mut candidate = doc(
+            "6.1.0-50-amd64",
+            "fentry",
+            2.5,
+            "nf_hook_slow+0x91",
+            None,
+            false,
+        );
+        candidate.vm = Some(VmRun {
+            spec: "6.1".into(),
+            release: "6.1.0-50-amd64".into(),
+            host_kernel: "6.18.0".into(),
+            accel: "tcg".into(),
+            cpus: 1,
+            memory_mib: 2048,
+            boot_s: 4.0,
+            wall_s: 240.0,
+        });
+        let c = compare(
+            Path::new("running.json"),
+            &running,
+            Path::new("candidate.json"),
+            &candidate,
+            &Thresholds::default(),
+        );
+        let text = c.text();
+        for line in [
+            "kernel: 6.18.0 -> 6.1.0-50-amd64",
+            "tracer.tier: tracepoint -> fentry",
+            "validate.tier: tracepoint -> fentry",
+            "validate.nft.pod-down: pass -> FAIL",
+            "validate.nft.filter-drop.drop[netfilter: NETFILTER_DROP @ nft_do_chain (nf_tables)]: gone (was 5)",
+            "validate.nft.filter-drop.drop[netfilter: NETFILTER_DROP @ nf_hook_slow]: new (5)",
+            "validate.nft.healthy.latency_p50_ms: 0.250 -> 2.500 ms (x10.00)",
+            "validate.nft.healthy.latency_p99_ms: 1.000 -> 10.000 ms (x10.00)",
+        ] {
+            assert!(
+                c.changes.iter().any(|c| c == line),
+                "no {line:?} in\n{text}"
+            );
+        }
+        assert!(
+            text.contains("[VM: qemu tcg, 1 vCPU, kernel 6.1.0-50-amd64 (--kernel 6.1)]"),
+            "{text}"
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("VM")),
+            "says why latency is not judged: {text}"
+        );
+        // The VM's 10x latency is not a regression against the machine; the failing scenario is.
+        assert_eq!(c.regressed(), vec!["validate.nft.pod-down"], "{text}");
+        // Both from the machine: the same latency rise is judged.
+        candidate.vm = None;
+        let c = compare(
+            Path::new("a"),
+            &running,
+            Path::new("b"),
+            &candidate,
+            &Thresholds {
+                min_p99_increase_ms: 1.0,
+                ..Thresholds::default()
+            },
+        );
+        assert!(
+            c.regressed()
+                .contains(&"validate.nft.healthy.latency_p99_ms"),
+            "{}",
+            c.text()
         );
     }
 }
