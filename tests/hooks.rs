@@ -24,7 +24,7 @@ const KERNEL_REASONS: &[&str] = &[
     "has no tracepoint",  // a tracepoint this kernel lacks
     "not loaded)",        // a module's structs not in BTF
     "no kernel function", // a module function not there
-    "has no module BTF",  // fexit on a module function before 5.11
+    "no BTF for module",  // fexit on a module function before 5.11
 ];
 
 // Scenario: load every program without attaching any; the verifier checks each, and every program

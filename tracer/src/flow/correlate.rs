@@ -115,7 +115,7 @@ pub fn classify(
         (_, "nft_do_chain") => {
             ("netfilter", Some("nf_tables"), "an nf_tables rule (iptables-nft or nft) dropped it".into())
         }
-        ("NETFILTER_DROP", "nf_hook_slow") if conntrack_dropping => (
+        ("NETFILTER_DROP" | "", "nf_hook_slow") if conntrack_dropping => (
             "conntrack",
             None,
             "conntrack refused a new flow while its drop counter rose: the table is full".into(),

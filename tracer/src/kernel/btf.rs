@@ -266,9 +266,21 @@ impl KernelBtf {
             nft_chain_name: optional("nft_chain", &["name"]),
             nft_table_name: optional("nft_table", &["name"]),
             nft_pktinfo_skb: optional("nft_pktinfo", &["skb"]),
-            ipt_skb_arg: self.skb_param("ipt_do_table").ok().flatten().unwrap_or(1),
+            ipt_skb_arg: self.ipt_skb_arg(),
             hook_state_hook: optional("nf_hook_state", &["hook"]),
         })
+    }
+
+    /// Where `ipt_do_table` takes its skb: from its prototype in BTF; where BTF does not have it
+    /// (5.10: no module BTF), from the release, the one fact left: 5.16 moved the skb from the
+    /// first argument to the second.
+    fn ipt_skb_arg(&self) -> u32 {
+        if let Ok(Some(i)) = self.skb_param("ipt_do_table") {
+            return i;
+        }
+        let before_5_16 = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v < aya::util::KernelVersion::new(5, 16, 0));
+        u32::from(!before_5_16)
     }
 
     /// `enum skb_drop_reason` as value -> name without the `SKB_DROP_REASON_` prefix; empty on

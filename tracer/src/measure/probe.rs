@@ -111,6 +111,7 @@ pub fn traced_batch(
             }
             let (rest, summary) = t.finish()?;
             records.extend(rest);
+            trace::attribute_backends(&mut records, &summary.rule_counters);
             Some(summary)
         }
         None => None,
