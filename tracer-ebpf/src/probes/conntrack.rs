@@ -13,7 +13,7 @@ use crate::{
     maps::count,
     probes::{
         drop::{skb_packet_slot, skb_record},
-        stash::{self, Args},
+        stash,
     },
 };
 
@@ -22,14 +22,7 @@ const NF_ACCEPT: u32 = 1;
 #[kprobe]
 pub fn conntrack_confirm_enter(ctx: ProbeContext) -> u32 {
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
-    stash::put(
-        stash::CONFIRM,
-        Args {
-            a: skb as u64,
-            b: 0,
-            c: 0,
-        },
-    );
+    stash::put(stash::CONFIRM, skb as u64, 0, 0);
     0
 }
 

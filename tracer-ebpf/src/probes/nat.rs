@@ -17,7 +17,7 @@ use crate::{
     maps::{config, count},
     probes::{
         drop::{skb_packet_slot, skb_record},
-        stash::{self, Args},
+        stash,
     },
 };
 
@@ -29,14 +29,7 @@ pub fn nat_manip_enter(ctx: ProbeContext) -> u32 {
     // nf_nat_manip_pkt(struct sk_buff *skb, struct nf_conn *ct, enum nf_nat_manip_type mtype, dir)
     let skb: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let mtype: u64 = ctx.arg(2).unwrap_or(0);
-    stash::put(
-        stash::NAT,
-        Args {
-            a: skb as u64,
-            b: mtype,
-            c: 0,
-        },
-    );
+    stash::put(stash::NAT, skb as u64, mtype, 0);
     0
 }
 

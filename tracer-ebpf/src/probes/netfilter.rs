@@ -17,10 +17,7 @@ use tracer_common::{
 use crate::{
     emit::send,
     maps::config,
-    probes::{
-        drop::skb_record,
-        stash::{self, Args},
-    },
+    probes::{drop::skb_record, stash},
 };
 
 const NF_DROP: u32 = 0;
@@ -56,11 +53,9 @@ pub fn netfilter_ipt_enter(ctx: ProbeContext) -> u32 {
     };
     stash::put(
         stash::IPT,
-        Args {
-            a: skb as u64,
-            b: table as u64,
-            c: u64::from(hook_of(state)),
-        },
+        skb as u64,
+        table as u64,
+        u64::from(hook_of(state)),
     );
     0
 }
@@ -106,14 +101,7 @@ fn ipt_verdict(skb: *const u8, table: *const u8, hook: u32, verdict: u32) {
 pub fn netfilter_nft_enter(ctx: ProbeContext) -> u32 {
     let pkt: *const u8 = ctx.arg(0).unwrap_or(core::ptr::null());
     let chain: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
-    stash::put(
-        stash::NFT,
-        Args {
-            a: pkt as u64,
-            b: chain as u64,
-            c: 0,
-        },
-    );
+    stash::put(stash::NFT, pkt as u64, chain as u64, 0);
     0
 }
 

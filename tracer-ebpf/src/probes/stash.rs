@@ -29,8 +29,10 @@ static STASH: PerCpuArray<Args> = PerCpuArray::with_max_entries(FUNCTIONS * DEPT
 #[map]
 static DEPTHS: PerCpuArray<u32> = PerCpuArray::with_max_entries(FUNCTIONS, 0);
 
+/// Pushes three values for `which`'s return. Fields are stored one by one: a struct store
+/// becomes a byte-loop memset plus copy on this target (83 of 116 instructions of a kprobe).
 #[inline(always)]
-pub fn put(which: u32, args: Args) {
+pub fn put(which: u32, a: u64, b: u64, c: u64) {
     let Some(d) = DEPTHS.get_ptr_mut(which) else {
         return;
     };
@@ -39,8 +41,12 @@ pub fn put(which: u32, args: Args) {
     if depth < DEPTH
         && let Some(s) = STASH.get_ptr_mut(which * DEPTH + depth)
     {
-        // SAFETY: per-CPU value.
-        unsafe { *s = args };
+        // SAFETY: per-CPU value; volatile keeps the three stores from being merged into a call.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*s).a, a);
+            core::ptr::write_volatile(&raw mut (*s).b, b);
+            core::ptr::write_volatile(&raw mut (*s).c, c);
+        }
     }
     // SAFETY: per-CPU value.
     unsafe { *d = depth.saturating_add(1) };
