@@ -15,8 +15,6 @@ pub mod kind {
     pub const SOCKET_DROP: u32 = 4;
     /// A pending query was pushed out of its slot by a newer one: not answered so far.
     pub const EVICTED: u32 = 5;
-    /// NAT rewrote a DNS packet (kprobe/fentry tier: `nf_nat_manip_pkt`).
-    pub const NAT: u32 = 7;
     /// Conntrack confirmed (or refused) a DNS packet's entry (`__nf_conntrack_confirm` return).
     pub const CONFIRM: u32 = 8;
     /// An iptables/nftables table dropped a DNS packet (`ipt_do_table`, `nft_do_chain` return).
@@ -58,7 +56,7 @@ pub struct Event {
     /// Interface index in that namespace (0 when the packet had no device).
     pub ifindex: u32,
     /// DROP/SOCKET_DROP: `enum skb_drop_reason` value; ICMP: type << 8 | code; VERDICT: the
-    /// netfilter verdict; CONFIRM: the confirm result; NAT: the manip type (0 SRC, 1 DST).
+    /// netfilter verdict; CONFIRM: the confirm result.
     pub reason: u32,
     /// DROP: the code address that freed the packet (0 when the kernel's tracepoint has no
     /// location); VERDICT: `backend::*`; SOCKET_DROP: `socket_hook::*`.
@@ -71,11 +69,10 @@ pub struct Event {
     /// The packet as it was at this point. For ANSWERED/EVICTED, the query's slot below
     /// holds the path; here `packet` is the packet the event saw.
     pub packet: crate::flow::Packet,
-    /// DROP/ICMP/SOCKET_DROP/VERDICT/NAT: the packet's DNS question; ANSWERED/EVICTED: the
+    /// DROP/ICMP/SOCKET_DROP/VERDICT/CONFIRM: the packet's DNS question; ANSWERED/EVICTED: the
     /// query's slot (times, endpoint, question).
     pub slot: Slot,
-    /// VERDICT: the table name; NAT: the rewritten packet's source and destination addresses
-    /// in the first 8 bytes.
+    /// VERDICT: the table name.
     pub name: [u8; NAME_LEN],
     /// VERDICT: the chain name (nf_tables only).
     pub chain: [u8; NAME_LEN],

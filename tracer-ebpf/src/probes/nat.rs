@@ -1,24 +1,16 @@
 //! NAT stage (kprobe/fentry tier): `nf_nat_manip_pkt` rewriting a DNS packet. The DNAT of a query
-//! to a pod is written into the query's slot (so every exported query names the NAT target the
-//! kernel chose); with `--all` each rewrite is also exported.
+//! to a pod is written into the query's slot, so every exported query names the NAT target the
+//! kernel chose; nothing is exported per rewrite.
 
 use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use tracer_common::{
-    counter,
-    event::kind,
-    flow::{Packet, flag},
-};
+use tracer_common::{counter, flow::flag};
 
 use crate::{
-    emit::send,
     maps::{config, count},
-    probes::{
-        drop::{skb_packet_slot, skb_record},
-        stash,
-    },
+    probes::{drop::skb_packet_slot, stash},
 };
 
 /// `enum nf_nat_manip_type`: the destination is rewritten.
@@ -49,8 +41,8 @@ pub fn nat_manip_fexit(ctx: FExitContext) -> u32 {
     0
 }
 
-/// After the rewrite: a query's new destination goes into its slot; with `--all`, the packet as
-/// rewritten is exported too.
+/// After the rewrite: a query's new destination goes into its slot, where every exported record
+/// of the query carries it.
 #[inline(always)]
 fn nat_done(skb: *const u8, mtype: u32) {
     let Some((packet, _, _, slot)) = skb_packet_slot(skb) else {
@@ -64,14 +56,5 @@ fn nat_done(skb: *const u8, mtype: u32) {
         slot.nat_ip = packet.daddr;
         slot.nat_port = packet.dport;
         slot.flags |= flag::NATTED;
-    }
-    if config().export_all != 0
-        && let Some(e) = skb_record(skb, kind::NAT, counter::DEEP_EVENTS, 0)
-    {
-        e.reason = mtype;
-        let p: Packet = e.packet;
-        e.name[..4].copy_from_slice(&p.saddr.to_ne_bytes());
-        e.name[4..8].copy_from_slice(&p.daddr.to_ne_bytes());
-        send(e);
     }
 }
