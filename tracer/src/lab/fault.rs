@@ -216,7 +216,7 @@ fn fill_conntrack(node: &str) -> Result<(), Error> {
                     SocketAddrV4::new(Ipv4Addr::new(10, 253, 0, 1), 53),
                 )
             });
-            conntrack::create_udp_assured(entries, FILL_TIMEOUT_S)?;
+            super::conntrack::create_udp_assured(entries, FILL_TIMEOUT_S)?;
             conntrack::table()
         },
     )
@@ -237,7 +237,7 @@ fn fill_conntrack(node: &str) -> Result<(), Error> {
 }
 
 fn flush_conntrack(node: &str) -> Result<(), Error> {
-    netns::run_in(&netns::named(node), conntrack::flush)
+    netns::run_in(&netns::named(node), super::conntrack::flush)
         .map_err(|source| Error::Netns {
             netns: node.to_owned(),
             source,

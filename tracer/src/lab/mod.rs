@@ -14,9 +14,11 @@
 //! - this file: the public API ([`up`], [`down`], [`info`], [`fault`], [`clear`]) and the CLI.
 //! - `topology`: namespaces, bridge, veths, addresses, sysctls, and running commands inside them.
 //! - `rules`: kube-proxy's and the kubelet's iptables rules as `iptables-restore` text.
+//! - `conntrack`: writes to the node's conntrack table (bulk create, delete, flush).
 //! - `dns`: the dnsmasq pods.
 //! - `fault`: applying and clearing each fault.
 
+pub mod conntrack;
 mod dns;
 mod fault;
 mod rules;
@@ -31,7 +33,6 @@ pub use self::{dns::WHOAMI, fault::STALE_ENDPOINT};
 use crate::{
     cli::{Backend, FaultName, LabAction, LabArgs},
     measure, netns,
-    node::conntrack,
 };
 
 /// The DNS Service's cluster IP.
@@ -94,7 +95,7 @@ pub enum Error {
     #[error("failed to change the conntrack table of {netns}: {source}")]
     Conntrack {
         netns: String,
-        source: conntrack::Error,
+        source: crate::node::conntrack::Error,
     },
     #[error("{what}")]
     Fault { what: String },
