@@ -245,7 +245,7 @@ pub struct ProbeArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  tracer inspect\n  tracer inspect --lab\n  tracer inspect --netns trl-node --output json"
+    after_help = "Examples:\n  tracer inspect\n  tracer inspect --lab\n  tracer inspect --netns trl-node --output json\n  tracer inspect --tier"
 )]
 pub struct InspectArgs {
     /// Inspect the lab's node namespace.
@@ -257,6 +257,10 @@ pub struct InspectArgs {
     /// Run the checks inside this network namespace (`ip netns` name); default: the tracer's own.
     #[arg(long)]
     pub netns: Option<String>,
+    /// Find the hook tier by loading every eBPF program (as `tracer hooks` does, attaching none);
+    /// without it inspect loads nothing and the tier comes from feature checks (fentry unknown).
+    #[arg(long)]
+    pub tier: bool,
     #[command(flatten)]
     pub out: Output,
 }

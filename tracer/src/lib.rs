@@ -5,6 +5,7 @@
 //! - `cli`: every command-line type.
 //! - `flow`: kernel records to one record per query (correlation across NAT, DNS questions).
 //! - `kernel`: what this kernel offers (BTF offsets, drop-reason names, symbols, hook support).
+//! - `links`: a namespace's interfaces and their kinds (`ip -o -d link`).
 //! - `netns`: running code inside another network namespace.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod flow;
 pub mod kernel;
 pub mod lab;
+pub mod links;
 pub mod measure;
 pub mod netns;
 pub mod node;

@@ -1,5 +1,6 @@
-//! Kernel and node facts: kernel and OS release, BTF, which hook tier tracing would get,
-//! br_netfilter, IP forwarding, rp_filter on the pod-facing interfaces, conntrack UDP timeouts.
+//! Kernel and node facts: kernel and OS release, BTF, which hook tier tracing would get (from cheap
+//! feature checks: nothing is loaded), br_netfilter, IP forwarding, rp_filter on the pod-facing
+//! interfaces, conntrack UDP timeouts.
 //!
 //! Sysctls under `/proc/sys/net` and `/proc/thread-self/net` are read in the calling thread's
 //! network namespace; the rest is the machine's.
@@ -8,7 +9,8 @@ use std::{io, path::Path};
 
 use serde::Serialize;
 
-use crate::{kernel::features::Features, probes::plan::Tier};
+pub use crate::links::LinkKind;
+use crate::{kernel::features::Features, links, probes::plan::Tier};
 
 /// What failed reading the facts.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +18,7 @@ pub enum Error {
     #[error("failed to read {path}: {source}")]
     Read { path: String, source: io::Error },
     #[error("failed to list the interfaces with `ip -o -d link`: {source}")]
-    Links { source: super::backend::Error },
+    Links { source: links::Error },
 }
 
 /// br_netfilter's switches (absent when the module is not loaded).
@@ -26,20 +28,6 @@ pub struct BrNetfilter {
     pub call_iptables: u32,
     /// `bridge-nf-call-ip6tables`.
     pub call_ip6tables: u32,
-}
-
-/// An interface's kind, as far as DNS cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkKind {
-    /// A Linux bridge (a bridge CNI's `cni0`).
-    Bridge,
-    /// A veth (a pod's link).
-    Veth,
-    /// kube-proxy's IPVS dummy interface.
-    KubeIpvs,
-    /// Anything else.
-    Other,
 }
 
 /// One interface with its reverse-path filter.
@@ -68,10 +56,17 @@ pub struct Facts {
     pub kprobes: bool,
     /// ftrace function hooks exist (`available_filter_functions`), which fentry needs.
     pub ftrace_functions: bool,
-    /// The tier tracing gets, found by loading every program (see `tracer hooks`).
+    /// Kernel modules have BTF (`/sys/kernel/btf/` holds more than `vmlinux`): fexit programs on
+    /// functions in modules (nf_tables, nf_nat, nf_conntrack built as modules) need it.
+    pub module_btf: bool,
+    /// The tier tracing gets. Without `tier_loaded` it is the tier the feature checks guarantee
+    /// (kprobe where the kprobe PMU exists, else tracepoint): whether fentry works is known only
+    /// by loading the programs (`tracer hooks`, `tracer inspect --tier`).
     pub tier: Tier,
     /// Why that tier.
     pub tier_reason: String,
+    /// The tier was found by loading every program (`inspect --tier`) or by a running trace.
+    pub tier_loaded: bool,
     /// br_netfilter's switches; `None` when br_netfilter is not loaded.
     pub br_netfilter: Option<BrNetfilter>,
     /// `net.ipv4.ip_forward`.
@@ -102,30 +97,6 @@ pub fn parse_os_release(text: &str) -> Option<String> {
     })
 }
 
-/// Interfaces and kinds from `ip -o -d link` (one line per link).
-pub fn parse_links(text: &str) -> Vec<(String, LinkKind)> {
-    text.lines()
-        .filter_map(|line| {
-            let name = line.split(": ").nth(1)?;
-            let name = name.split('@').next()?.trim().to_owned();
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let kind = if name == "kube-ipvs0" {
-                LinkKind::KubeIpvs
-            } else if words.contains(&"veth") {
-                LinkKind::Veth
-            } else if words
-                .windows(2)
-                .any(|w| w[0] == "bridge" && w[1] == "forward_delay")
-            {
-                LinkKind::Bridge
-            } else {
-                LinkKind::Other
-            };
-            (name != "lo").then_some((name, kind))
-        })
-        .collect()
-}
-
 /// Whether the file can be read and is not empty: `available_filter_functions` exists but reading
 /// it fails (EPERM) where ftrace function hooks are disabled.
 fn lists_something(path: &Path) -> bool {
@@ -149,9 +120,47 @@ pub fn read_sysctl(path: impl AsRef<Path>) -> Result<Option<u32>, Error> {
     }
 }
 
-/// Reads the facts in the calling thread's namespace. The hook tier is `known` when the caller
-/// already loaded the probes (trace); else it is found by loading them (`probes::detect_tier`).
-pub fn collect(known: Option<(Tier, String)>) -> Result<Facts, Error> {
+/// Whether `/sys/kernel/btf` holds a module's BTF besides `vmlinux`.
+fn has_module_btf() -> bool {
+    std::fs::read_dir("/sys/kernel/btf").is_ok_and(|dir| {
+        dir.filter_map(Result::ok)
+            .any(|e| e.file_name() != "vmlinux")
+    })
+}
+
+/// The tier the cheap feature checks guarantee, and why; loads nothing. fentry needs BTF and ftrace
+/// function hooks, and then only loading the programs tells whether the verifier and the attach
+/// points accept them.
+pub fn tier_from_features(
+    btf: bool,
+    kprobes: bool,
+    ftrace_functions: bool,
+    module_btf: bool,
+) -> (Tier, String) {
+    let fentry = if !btf {
+        "no fentry: no BTF (/sys/kernel/btf/vmlinux)".to_owned()
+    } else if !ftrace_functions {
+        "no fentry: no ftrace function hooks (available_filter_functions unreadable)".to_owned()
+    } else {
+        format!(
+            "fentry: unknown until loaded; run `tracer hooks` or `inspect --tier` ({})",
+            if module_btf {
+                "module BTF present"
+            } else {
+                "no module BTF: fexit only on built-in netfilter"
+            }
+        )
+    };
+    if kprobes {
+        (Tier::Kprobe, format!("kprobe PMU present; {fentry}"))
+    } else {
+        (Tier::Tracepoint, format!("no kprobe PMU; {fentry}"))
+    }
+}
+
+/// Reads the facts in the calling thread's namespace. The hook tier is `loaded` when the caller
+/// loaded the probes (trace, `inspect --tier`); else it comes from [`tier_from_features`].
+pub fn collect(loaded: Option<(Tier, String)>) -> Result<Facts, Error> {
     let features = Features::detect();
     let ftrace_functions = [
         "/sys/kernel/tracing/available_filter_functions",
@@ -159,13 +168,10 @@ pub fn collect(known: Option<(Tier, String)>) -> Result<Facts, Error> {
     ]
     .iter()
     .any(|p| lists_something(Path::new(p)));
-    let (tier, tier_reason) = known.unwrap_or_else(|| {
-        crate::probes::detect_tier(&features).unwrap_or_else(|e| {
-            (
-                Tier::Tracepoint,
-                format!("could not load the probes to find out: {e}"),
-            )
-        })
+    let module_btf = has_module_btf();
+    let tier_loaded = loaded.is_some();
+    let (tier, tier_reason) = loaded.unwrap_or_else(|| {
+        tier_from_features(features.btf, features.kprobes, ftrace_functions, module_btf)
     });
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
@@ -184,10 +190,9 @@ pub fn collect(known: Option<(Tier, String)>) -> Result<Facts, Error> {
     };
     let conf = "/proc/sys/net/ipv4/conf";
     let rp_filter_all = read_sysctl(format!("{conf}/all/rp_filter"))?;
-    let text = super::backend::run("ip", &["-o", "-d", "link"])
-        .map_err(|source| Error::Links { source })?;
+    let text = links::ip_link().map_err(|source| Error::Links { source })?;
     let mut links = Vec::new();
-    for (name, kind) in text.map(|(out, _)| parse_links(&out)).unwrap_or_default() {
+    for (name, kind) in text.map(|out| links::parse_links(&out)).unwrap_or_default() {
         let rp_filter = read_sysctl(format!("{conf}/{name}/rp_filter"))?;
         let rp_filter_effective = rp_filter.map(|v| v.max(rp_filter_all.unwrap_or(0)));
         links.push(Link {
@@ -204,8 +209,10 @@ pub fn collect(known: Option<(Tier, String)>) -> Result<Facts, Error> {
         btf: features.btf,
         kprobes: features.kprobes,
         ftrace_functions,
+        module_btf,
         tier,
         tier_reason,
+        tier_loaded,
         br_netfilter,
         ip_forward: read_sysctl("/proc/sys/net/ipv4/ip_forward")?,
         rp_filter_all,
@@ -234,25 +241,15 @@ mod tests {
     }
 
     #[test]
-    fn links_and_kinds_from_ip_o_d_link() {
-        let text = include_str!("../../../tests/fixtures/inspect/modern/ip-o-d-link.txt");
-        let links = parse_links(text);
-        assert!(links.iter().all(|(n, _)| n != "lo"));
-        assert!(
-            links.contains(&("cni0".to_owned(), LinkKind::Bridge)),
-            "{links:?}"
-        );
-        assert!(
-            links.contains(&("veth1a2b3c".to_owned(), LinkKind::Veth)),
-            "{links:?}"
-        );
-        assert!(
-            links.contains(&("kube-ipvs0".to_owned(), LinkKind::KubeIpvs)),
-            "{links:?}"
-        );
-        assert!(
-            links.contains(&("eth0".to_owned(), LinkKind::Other)),
-            "{links:?}"
-        );
+    fn tier_from_cheap_checks_never_claims_fentry() {
+        let (tier, why) = tier_from_features(true, false, false, false);
+        assert_eq!(tier, Tier::Tracepoint);
+        assert!(why.contains("no ftrace function hooks"), "{why}");
+        let (tier, why) = tier_from_features(true, true, true, true);
+        assert_eq!(tier, Tier::Kprobe);
+        assert!(why.contains("fentry: unknown until loaded"), "{why}");
+        assert!(why.contains("inspect --tier"), "{why}");
+        let (_, why) = tier_from_features(false, true, true, false);
+        assert!(why.contains("no BTF"), "{why}");
     }
 }

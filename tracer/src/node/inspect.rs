@@ -42,6 +42,10 @@ pub enum Error {
     },
     #[error("lab {prefix} is not up (`tracer lab up --prefix {prefix}`)")]
     NoLab { prefix: String },
+    #[error("failed to load the eBPF programs to find the hook tier: {source}")]
+    Tier {
+        source: Box<crate::probes::session::Error>,
+    },
     #[error(transparent)]
     Report {
         source: Box<crate::report::document::Error>,
@@ -63,7 +67,18 @@ pub fn run(args: InspectArgs) -> Result<(), Error> {
     } else {
         args.netns.as_deref().map(netns::named)
     };
-    let report = inspect(netns.as_deref())?;
+    // The load test runs here, outside the inspected namespace: loading attaches nothing.
+    let tier = if args.tier {
+        let features = crate::kernel::features::Features::detect();
+        Some(
+            crate::probes::detect_tier(&features).map_err(|source| Error::Tier {
+                source: Box::new(source),
+            })?,
+        )
+    } else {
+        None
+    };
+    let report = inspect_with_tier(netns.as_deref(), tier)?;
     match args.out.format {
         OutputFormat::Text => print!("{}", report.render_text()),
         OutputFormat::Json => println!("{}", report.render_json()?),
@@ -251,13 +266,13 @@ pub fn dns_counters(netns: Option<&Path>, service: &DnsService) -> Result<Vec<Ru
     })?
 }
 
-/// Inspects `netns` (default: the calling thread's namespace).
+/// Inspects `netns` (default: the calling thread's namespace). Loads no eBPF program.
 pub fn inspect(netns: Option<&Path>) -> Result<Report, Error> {
     inspect_with_tier(netns, None)
 }
 
-/// `inspect`, with the hook tier given by a caller that already loaded the probes (trace), so they
-/// are not loaded a second time.
+/// `inspect`, with the hook tier found by loading the probes (trace, `inspect --tier`); without
+/// one, the tier comes from the cheap feature checks and nothing is loaded.
 pub fn inspect_with_tier(
     netns: Option<&Path>,
     tier: Option<(Tier, String)>,
@@ -781,8 +796,8 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         ),
         evidence: vec![
             format!(
-                "BTF: {}, kprobes: {}, ftrace function hooks: {}",
-                f.btf, f.kprobes, f.ftrace_functions
+                "BTF: {}, module BTF: {}, kprobes: {}, ftrace function hooks: {}",
+                f.btf, f.module_btf, f.kprobes, f.ftrace_functions
             ),
             f.tier_reason.clone(),
             format!(
@@ -1043,8 +1058,10 @@ mod tests {
             btf: false,
             kprobes: true,
             ftrace_functions: true,
+            module_btf: false,
             tier: crate::probes::plan::Tier::Kprobe,
             tier_reason: "no BTF".into(),
+            tier_loaded: false,
             br_netfilter,
             ip_forward: Some(1),
             rp_filter_all: Some(0),

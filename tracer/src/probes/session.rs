@@ -27,8 +27,8 @@ use super::{
 };
 use crate::{
     kernel::{btf::KernelBtf, features::Features},
+    links::{LinkKind, parse_links},
     netns,
-    node::facts::{LinkKind, parse_links},
 };
 
 /// The eBPF object, built by build.rs.
@@ -736,10 +736,10 @@ fn attach_links(
             return (ok, " (could not list interfaces)".to_owned(), added);
         };
         // `ip` runs in this thread's namespace: a child inherits it.
-        let veths: Option<HashSet<String>> = crate::node::backend::run("ip", &["-o", "-d", "link"])
+        let veths: Option<HashSet<String>> = crate::links::ip_link()
             .ok()
             .flatten()
-            .map(|(out, _)| {
+            .map(|out| {
                 parse_links(&out)
                     .into_iter()
                     .filter(|(_, k)| *k == LinkKind::Veth)
