@@ -219,7 +219,9 @@ fn mixed_backend_fault_is_mixed() {
         let f = finding(&report, "iptables-mixed");
         assert_eq!(f.severity, Severity::Error);
         assert!(
-            f.evidence.iter().any(|e| e.contains("10.244.0.99:53")),
+            f.evidence
+                .iter()
+                .any(|e| e.to_string().contains("10.244.0.99:53")),
             "{f:#?}"
         );
         // The Service trace uses comes from the current backend, not the stale one.

@@ -6,15 +6,20 @@
 //! - `conntrack`: the conntrack table over ctnetlink, read-only (statistics, entries, events).
 //! - `ctnetlink`: the ctnetlink socket and its one receive loop (the lab writes through it too).
 //! - `facts`: kernel and OS release, BTF and hook tier, br_netfilter, rp_filter, UDP timeouts.
-//! - `inspect`: the findings (severity, evidence, action), text and JSON; the DNS Service and its
-//!   rule counters for `tracer trace`.
+//! - `findings`: one rule function per area (backend, kube-proxy, conntrack, kernel), each
+//!   returning findings with typed evidence.
+//! - `inspect`: the report (facts, backends, DNS Service, conntrack, findings); the DNS Service and
+//!   its rule counters for `tracer trace`.
 //! - `kubeproxy`: `iptables-save` parsing, kube-proxy's mode, the DNS Service and its rule counters.
+//! - `render`: the report as text and JSON, and trace's summary lines.
 pub mod backend;
 pub mod conntrack;
 pub(crate) mod ctnetlink;
 pub mod facts;
+pub mod findings;
 pub mod inspect;
 pub mod kubeproxy;
+pub mod render;
 
 pub use inspect::{Report, dns_counters, dns_service, inspect, inspect_with_tier};
 pub use kubeproxy::{DnsService, RuleCounter, counter_deltas};
