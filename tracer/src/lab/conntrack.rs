@@ -1,6 +1,6 @@
 //! The lab's writes to a conntrack table over ctnetlink: bulk create (conntrack-full fills the
 //! node's table with it), bulk delete and flush. Reading the table is `node::conntrack`'s; both go
-//! through the same transport (`node::ctnetlink`).
+//! through the same transport (`node::conntrack::netlink`).
 //!
 //! Every function works on the network namespace of the calling thread; call them inside
 //! [`crate::netns::run_in`] for the lab's node.
@@ -10,9 +10,10 @@ use std::net::{IpAddr, SocketAddrV4};
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, Status};
 
-use crate::node::{
-    conntrack::{self, CTA_ID, Entry, Error, Tuple, nl_tuple_of, status},
-    ctnetlink::{Answer, Ctnetlink, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, Request, refused},
+use crate::node::conntrack::{
+    self, CTA_ID, Entry, Error, Tuple,
+    netlink::{Answer, Ctnetlink, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_NEW, Request, refused},
+    nl_tuple_of, status,
 };
 
 /// Requests per `sendmsg` in bulk operations. Each request gets its own ack skb (about 1 KiB of

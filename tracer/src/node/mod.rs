@@ -3,8 +3,8 @@
 //!
 //! # Layout
 //! - `backend`: which iptables backend holds kube-proxy's rules (legacy, nft, mixed, stale).
-//! - `conntrack`: the conntrack table over ctnetlink, read-only (statistics, entries, events).
-//! - `ctnetlink`: the ctnetlink socket and its one receive loop (the lab writes through it too).
+//! - `conntrack`: the conntrack table over ctnetlink, read-only (statistics, entries, events);
+//!   its `netlink` transport, with the one receive loop, is the lab's too.
 //! - `facts`: kernel and OS release, BTF and hook tier, br_netfilter, rp_filter, UDP timeouts.
 //! - `findings`: one rule function per area (backend, kube-proxy, conntrack, kernel), each
 //!   returning findings with typed evidence.
@@ -14,7 +14,6 @@
 //! - `render`: the report as text and JSON, and trace's summary lines.
 pub mod backend;
 pub mod conntrack;
-pub(crate) mod ctnetlink;
 pub mod facts;
 pub mod findings;
 pub mod inspect;

@@ -1,6 +1,6 @@
 //! The ctnetlink transport: a `NETLINK_NETFILTER` socket, request serialization, and the one
 //! receive loop that matches answers to requests. It knows nothing of what a request asks:
-//! [`super::conntrack`] reads the table through it, the lab's `conntrack` module writes with it.
+//! [`super`] reads the table through it, the lab's `conntrack` module writes with it.
 //!
 //! A netlink socket belongs to the network namespace of the thread that opened it.
 
@@ -16,7 +16,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::conntrack::Error;
+use super::Error;
 
 // include/uapi/linux/netfilter/nfnetlink_conntrack.h
 pub(crate) const IPCTNL_MSG_CT_NEW: u8 = 0;
