@@ -15,7 +15,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::kubeproxy::{self, Save};
+use super::{
+    kubeproxy::{self, Save},
+    nft,
+};
 use crate::cli::Backend;
 
 /// What failed while looking at the backends.
@@ -33,6 +36,11 @@ pub enum Error {
     Parse {
         program: String,
         source: kubeproxy::Error,
+    },
+    #[error("failed to parse the JSON of `{program}`: {source}")]
+    Json {
+        program: String,
+        source: serde_json::Error,
     },
     #[error("failed to read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
@@ -74,14 +82,6 @@ pub fn parse_table_names(text: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// `nft list tables` output: `table FAMILY NAME` lines, returned as `FAMILY NAME`.
-pub fn parse_nft_tables(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("table "))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The symlink chain from `path` to the file it finally names (`/usr/sbin/iptables` ->
@@ -331,6 +331,19 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<Option<(String, String
     )))
 }
 
+/// `nft -j ARGS`, parsed; `Ok(None)` when nft is not installed.
+pub(crate) fn nft_json(args: &[&str]) -> Result<Option<nft::Ruleset>, Error> {
+    let Some((out, _)) = run("nft", &[&["-j"], args].concat())? else {
+        return Ok(None);
+    };
+    nft::Ruleset::parse(&out)
+        .map(Some)
+        .map_err(|source| Error::Json {
+            program: format!("nft -j {}", args.join(" ")),
+            source,
+        })
+}
+
 fn read_save(program: &str, warnings: &mut Vec<String>) -> Result<Option<Save>, Error> {
     let Some((stdout, stderr)) = run(program, &["-c"])? else {
         return Ok(None);
@@ -369,7 +382,7 @@ fn tolerate<T>(
     warnings: &mut Vec<String>,
 ) -> Result<Option<T>, Error> {
     match result {
-        Err(e @ (Error::Failed { .. } | Error::Parse { .. })) => {
+        Err(e @ (Error::Failed { .. } | Error::Parse { .. } | Error::Json { .. })) => {
             warnings.push(e.to_string());
             Ok(None)
         }
@@ -408,8 +421,8 @@ pub fn detect() -> Result<Backends, Error> {
             });
         }
     };
-    let nft_tables = tolerate(run("nft", &["list", "tables"]), &mut saves.warnings)?
-        .map(|(out, _)| parse_nft_tables(&out));
+    let nft_tables = tolerate(nft_json(&["list", "tables"]), &mut saves.warnings)?
+        .map(|ruleset| ruleset.tables());
     Ok(Backends::assemble(
         iptables_links,
         version,
@@ -487,12 +500,10 @@ mod tests {
     }
 
     #[test]
-    fn tables_from_proc_and_nft() {
+    fn tables_from_proc() {
         let names = std::fs::read_to_string(format!("{FX}/centos7/ip_tables_names")).unwrap();
         assert_eq!(parse_table_names(&names), ["filter", "nat"]);
         assert!(parse_table_names("").is_empty());
-        let nft = std::fs::read_to_string(format!("{FX}/mixed/nft-list-tables.txt")).unwrap();
-        assert_eq!(parse_nft_tables(&nft), ["ip mangle", "ip filter", "ip nat"]);
     }
 
     #[test]

@@ -178,10 +178,10 @@ fn nftables_mode_service(nft_tables: Option<&[String]>) -> Result<Option<DnsInBa
     if !nft_tables.is_some_and(|t| t.iter().any(|t| t == "ip kube-proxy")) {
         return Ok(None);
     }
-    let out = backend::run("nft", &["list", "table", "ip", "kube-proxy"])
+    let ruleset = backend::nft_json(&["list", "table", "ip", "kube-proxy"])
         .map_err(|source| Error::Backend { source })?;
-    Ok(out
-        .and_then(|(text, _)| kubeproxy::dns_service_nftables(&text))
+    Ok(ruleset
+        .and_then(|r| super::nft::dns_service(&r))
         .map(|service| DnsInBackend {
             backend: Backend::Nft,
             service,
@@ -215,9 +215,9 @@ pub fn dns_service(netns: Option<&Path>) -> Result<Option<DnsService>, Error> {
             .as_ref()
             .map(backend::Side::of)
             .unwrap_or_default();
-        let nft_tables = backend::run("nft", &["list", "tables"])
+        let nft_tables = backend::nft_json(&["list", "tables"])
             .map_err(|source| Error::Backend { source })?
-            .map(|(out, _)| backend::parse_nft_tables(&out));
+            .map(|ruleset| ruleset.tables());
         if let Some(d) = nftables_mode_service(nft_tables.as_deref())? {
             return Ok(Some(d.service));
         }

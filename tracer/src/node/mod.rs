@@ -11,6 +11,7 @@
 //! - `inspect`: the report (facts, backends, DNS Service, conntrack, findings); the DNS Service and
 //!   its rule counters for `tracer trace`.
 //! - `kubeproxy`: `iptables-save` parsing, kube-proxy's mode, the DNS Service and its rule counters.
+//! - `nft`: `nft -j` JSON: the tables, and the DNS Service in kube-proxy's nftables-mode table.
 //! - `render`: the report as text and JSON, and trace's summary lines.
 pub mod backend;
 pub mod conntrack;
@@ -18,6 +19,7 @@ pub mod facts;
 pub mod findings;
 pub mod inspect;
 pub mod kubeproxy;
+pub mod nft;
 pub mod render;
 
 pub use inspect::{Report, dns_counters, dns_service, inspect, inspect_with_tier};
