@@ -102,6 +102,8 @@ fn healthy(prefix: &str, backend: Backend) {
     assert_eq!(first.backends.verdict.stale, None);
     assert_eq!(first.backends.verdict.to_string(), name);
     assert_lab_service(&first);
+    // inspect loads no eBPF: the tier comes from the feature checks.
+    assert!(!first.facts.tier_loaded, "{:?}", first.facts.tier_reason);
     let errors: Vec<_> = first
         .findings
         .iter()
