@@ -377,7 +377,10 @@ impl Correlator {
         let mut stale = self.stale_note(p, leg);
         if self.ctx.service_rejects
             && leg == Leg::QueryBeforeDnat
-            && (reason == "NETFILTER_DROP" || e.kind == kind::VERDICT)
+            && (reason == "NETFILTER_DROP"
+                || e.kind == kind::VERDICT
+                // Before 5.17 (no reasons) a netfilter drop is placed by its location.
+                || (reason.is_empty() && symbols::function(&location) == "nf_hook_slow"))
         {
             stale.push_str(
                 "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
