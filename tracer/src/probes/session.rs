@@ -486,7 +486,11 @@ impl Planner<'_> {
         } else {
             TcAttachType::Egress
         };
-        let (names, failures, added) = attach_links(tc, kind, self.opts.links_netns.as_ref())?;
+        let Attached {
+            links: names,
+            note: failures,
+            clsact_added: added,
+        } = attach_links(tc, kind, self.opts.links_netns.as_ref())?;
         self.clsact.extend(added);
         self.link_names.extend(names.iter().cloned());
         let mut attached: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
@@ -721,11 +725,21 @@ impl Drop for Clsact {
 /// veth (another CNI), to every interface but `lo`. Before 6.6 (no TCX) each link needs a clsact
 /// qdisc first. Returns the (index, name) of each link attached, a note on failures, and the
 /// links this call added a clsact qdisc to.
+/// What `attach_links` did.
+struct Attached {
+    /// (index, name) of each link the program attached to.
+    links: Vec<(u32, String)>,
+    /// A note on failures, empty when none.
+    note: String,
+    /// Links this call added a clsact qdisc to.
+    clsact_added: Vec<String>,
+}
+
 fn attach_links(
     tc: &mut SchedClassifier,
     kind: TcAttachType,
     netns_path: Option<&PathBuf>,
-) -> Result<(Vec<(u32, String)>, String, Vec<String>), Error> {
+) -> Result<Attached, Error> {
     let tcx = aya::util::KernelVersion::current()
         .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     let mut work = move || {
@@ -733,7 +747,11 @@ fn attach_links(
         let mut failed = Vec::new();
         let mut added = Vec::new();
         let Ok(ifaces) = nix::net::if_::if_nameindex() else {
-            return (ok, " (could not list interfaces)".to_owned(), added);
+            return Attached {
+                links: ok,
+                note: " (could not list interfaces)".to_owned(),
+                clsact_added: added,
+            };
         };
         // `ip` runs in this thread's namespace: a child inherits it.
         let veths: Option<HashSet<String>> = crate::links::ip_link()
@@ -770,7 +788,11 @@ fn attach_links(
         } else {
             format!(" ({})", failed.join("; "))
         };
-        (ok, note, added)
+        Attached {
+            links: ok,
+            note,
+            clsact_added: added,
+        }
     };
     Ok(match netns_path {
         Some(p) => netns::run_in(p, work)?,
