@@ -330,7 +330,7 @@ pub fn is_stale(e: &Entry, svc: &DnsService) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
     use super::*;
@@ -350,7 +350,8 @@ mod tests {
         }
     }
 
-    fn entry(reply_src: [u8; 4]) -> Entry {
+    /// A DNS conntrack entry from a client to the Service, answered by `reply_src`.
+    pub(crate) fn entry(reply_src: [u8; 4]) -> Entry {
         let t = |src: [u8; 4], dst: [u8; 4], sport, dport| Tuple {
             src: IpAddr::from(src),
             dst: IpAddr::from(dst),

@@ -3,7 +3,7 @@
 //! with a full table, stale entries, br_netfilter off and strict rp_filter.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
 };
 
@@ -12,31 +12,14 @@ use crate::{
     cli::Backend,
     node::{
         backend::{Backends, Saves},
-        conntrack::{self, CpuStats, Entry, Tuple, status},
+        conntrack::{self, CpuStats, Entry},
         facts::{self, Facts, LinkKind},
         inspect::{ConntrackReport, Report, counters_of, dns_by_backend},
         kubeproxy,
     },
 };
 
-fn entry(reply_src: [u8; 4]) -> Entry {
-    let t = |src: [u8; 4], dst: [u8; 4], sport, dport| Tuple {
-        src: IpAddr::from(src),
-        dst: IpAddr::from(dst),
-        proto: 17,
-        sport,
-        dport,
-    };
-    Entry {
-        orig: t([10, 244, 0, 2], [10, 96, 0, 10], 40053, 53),
-        reply: t(reply_src, [10, 244, 0, 2], 53, 40053),
-        status: status::ASSURED | status::SEEN_REPLY,
-        timeout: Some(100),
-        mark: 0,
-        id: Some(1),
-        zone: 0,
-    }
-}
+use crate::node::inspect::tests::entry;
 
 const FX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/inspect");
 
