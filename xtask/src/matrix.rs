@@ -652,7 +652,8 @@ fn test_binaries() -> anyhow::Result<BTreeMap<&'static str, PathBuf>> {
         let key = match name {
             "hooks" if is("test") => "hooks",
             "trace" if is("test") => "trace",
-            "tracer" if is("bin") => "tracer",
+            // The bin target comes twice: its unit-test harness (profile.test) and the binary.
+            "tracer" if is("bin") && v["profile"]["test"] == false => "tracer",
             _ => continue,
         };
         if key != "tracer"
