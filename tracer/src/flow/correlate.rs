@@ -680,6 +680,14 @@ mod tests {
         }
     }
 
+    /// A NETFILTER_DROP (reason 2 in `correlator()`'s table) of `packet`.
+    fn netfilter_drop(ts: u64, packet: Packet, slot: Slot) -> Event {
+        Event {
+            reason: 2,
+            ..event(kind::DROP, ts, packet, slot)
+        }
+    }
+
     fn name(s: &str) -> [u8; tracer_common::event::NAME_LEN] {
         let mut n = [0; tracer_common::event::NAME_LEN];
         n[..s.len()].copy_from_slice(s.as_bytes());
@@ -716,8 +724,7 @@ mod tests {
             c.push(&verdict, 0).is_empty(),
             "held until the drop arrives"
         );
-        let mut drop = event(kind::DROP, 2 * SECOND + 10, query(POD), s);
-        drop.reason = 2;
+        let drop = netfilter_drop(2 * SECOND + 10, query(POD), s);
         c.push(&drop, 0);
         let out = c.flush(2 * SECOND + HOLD_NS, false);
         assert_eq!(out.len(), 1, "one record per query");
@@ -738,8 +745,7 @@ mod tests {
     fn a_drop_then_its_verdict_keep_the_location_and_take_the_chain() {
         let mut c = correlator();
         let s = slot(0, flag::DROPPED);
-        let mut drop = event(kind::DROP, 2 * SECOND, query(POD), s);
-        drop.reason = 2;
+        let drop = netfilter_drop(2 * SECOND, query(POD), s);
         c.push(&drop, 0);
         let mut verdict = event(kind::VERDICT, 2 * SECOND + 10, query(POD), s);
         verdict.location = backend::NFTABLES;
@@ -801,8 +807,7 @@ mod tests {
         let mut icmp = event(kind::ICMP, 2 * SECOND, query(SERVICE), s);
         icmp.reason = 3 << 8 | 3;
         c.push(&icmp, 0);
-        let mut drop = event(kind::DROP, 2 * SECOND, query(SERVICE), s);
-        drop.reason = 2;
+        let drop = netfilter_drop(2 * SECOND, query(SERVICE), s);
         c.push(&drop, 0);
         let out = c.flush(0, true);
         assert_eq!(out.len(), 1);
@@ -827,8 +832,7 @@ mod tests {
         );
         assert!(c.scan(&[s], 8 * SECOND, 0).is_empty(), "reported once");
         // Its drop arriving after the verdict is counted, not reported again.
-        let mut late = event(kind::DROP, 8 * SECOND, query(POD), s);
-        late.reason = 2;
+        let late = netfilter_drop(8 * SECOND, query(POD), s);
         c.push(&late, 0);
         assert!(c.flush(0, true).is_empty());
         assert_eq!(c.tally.late_evidence, 1);

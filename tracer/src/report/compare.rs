@@ -890,16 +890,7 @@ mod tests {
             None,
             false,
         );
-        candidate.vm = Some(VmRun {
-            spec: "6.1".into(),
-            release: "6.1.0-50-amd64".into(),
-            host_kernel: "6.18.0".into(),
-            accel: "tcg".into(),
-            cpus: 1,
-            memory_mib: 2048,
-            boot_s: 4.0,
-            wall_s: 240.0,
-        });
+        candidate.vm = Some(VmRun::sample());
         let c = compare(
             Path::new("running.json"),
             &running,

@@ -622,6 +622,23 @@ fn lost(q: &QueryRecord, trace: Option<&TraceRecord>) -> LostQuery {
 }
 
 #[cfg(test)]
+impl VmRun {
+    /// A 6.1 guest run, for tests of the reports that carry one.
+    pub(crate) fn sample() -> Self {
+        Self {
+            spec: "6.1".into(),
+            release: "6.1.0-50-amd64".into(),
+            host_kernel: "6.18.0".into(),
+            accel: "tcg".into(),
+            cpus: 1,
+            memory_mib: 2048,
+            boot_s: 4.0,
+            wall_s: 240.0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -647,16 +664,7 @@ mod tests {
         let back = Document::parse(Path::new("old.json"), &v.to_string()).unwrap();
         assert_eq!(back.vm, None);
         let mut d = doc();
-        d.vm = Some(VmRun {
-            spec: "6.1".into(),
-            release: "6.1.0-50-amd64".into(),
-            host_kernel: "6.18.0".into(),
-            accel: "tcg".into(),
-            cpus: 1,
-            memory_mib: 2048,
-            boot_s: 4.0,
-            wall_s: 240.0,
-        });
+        d.vm = Some(VmRun::sample());
         let text = serde_json::to_string(&d).unwrap();
         let back = Document::parse(Path::new("vm.json"), &text).unwrap();
         assert_eq!(back.vm, d.vm);
