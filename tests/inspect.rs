@@ -13,10 +13,10 @@ use std::{
 
 use common::{LabGuard, batch};
 use tracer::{
-    cli::{Backend, FaultName},
+    lab::FaultName,
     netns,
     node::{
-        self, Report,
+        self, Backend, Report,
         backend::Kind,
         inspect::{Finding, Severity},
     },

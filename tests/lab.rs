@@ -6,9 +6,9 @@ mod common;
 
 use common::{LabGuard, answer_addresses, batch, leftovers, whoami};
 use tracer::{
-    cli::{Backend, FaultName},
-    lab,
+    lab::{self, FaultName},
     measure::{BatchSpec, Outcome},
+    node::Backend,
 };
 
 /// Healthy after `fault clear`: every query of a batch answered.

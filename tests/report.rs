@@ -11,13 +11,13 @@ use std::{
 
 use common::{LabGuard, batch};
 use tracer::{
-    cli::{Backend, FaultName},
-    measure::probe::{Traced, traced_batch},
+    lab::FaultName,
+    node::Backend,
     report::{
         compare::{Thresholds, compare},
         document::{self, Document, ProbeReport, SCHEMA_VERSION},
     },
-    trace::{Settings, Target},
+    trace::{Settings, Target, Traced, traced_batch},
 };
 
 const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);

@@ -7,10 +7,11 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{LabGuard, batch, has_drop_reasons, tier};
 use tracer::{
-    cli::{Backend, FaultName},
     flow::record::{Drop, Leg, QueryRecord, Verdict},
     kernel::symbols,
+    lab::FaultName,
     measure::BatchSpec,
+    node::Backend,
     probes::plan::{Fate, Tier},
     report::trace::TraceSummary,
     trace::{Settings, Target, Tracer},

@@ -4,7 +4,7 @@
 
 mod common;
 
-use tracer::validate::{line, validate};
+use tracer::{report::validation::line, validate::validate};
 
 // Scenario: kernel-upgrade validation on the running kernel: healthy plus every fault, nft and
 // legacy, each scenario checked on its own.

@@ -6,11 +6,13 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use tracer::{
-    cli::Backend,
     lab::{self, LabInfo},
     measure::{self, BatchResult, BatchSpec, Outcome, RecordType},
     netns,
-    node::conntrack::{self, CpuStats},
+    node::{
+        Backend,
+        conntrack::{self, CpuStats},
+    },
     probes::plan::Tier,
 };
 
@@ -63,7 +65,7 @@ impl LabGuard {
     }
 
     /// Applies a fault, panicking with the error.
-    pub fn fault(&mut self, name: tracer::cli::FaultName, pod: Option<u8>) -> &LabInfo {
+    pub fn fault(&mut self, name: tracer::lab::FaultName, pod: Option<u8>) -> &LabInfo {
         lab::fault(&self.info.prefix, name, pod).unwrap_or_else(|e| panic!("fault {name:?}: {e}"));
         self.refresh()
     }

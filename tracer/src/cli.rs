@@ -4,6 +4,8 @@ use std::net::Ipv4Addr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::{lab::FaultName, node::Backend, probes::plan::Tier};
+
 /// Follows Kubernetes DNS queries through the Service IP, conntrack and DNAT, and says where each
 /// one that got no answer died.
 #[derive(Debug, Parser)]
@@ -62,19 +64,6 @@ pub struct HooksArgs {
     pub output: OutputFormat,
 }
 
-/// The hook tier for the deep stages (netfilter verdicts, NAT, conntrack confirm).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HookChoice {
-    /// The best this kernel allows: fentry, else kprobe, else tracepoints only.
-    Auto,
-    /// fexit programs.
-    Fentry,
-    /// kprobe/kretprobe programs.
-    Kprobe,
-    /// Tracepoints and TC only.
-    Tracepoint,
-}
-
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  tracer trace --lab\n  tracer trace --service 10.96.0.10 --duration 60\n  tracer trace --lab --all --output json\n  tracer trace --lab --hooks tracepoint --slow-ms 20"
@@ -99,9 +88,10 @@ pub struct TraceArgs {
     /// Only queries from or to this pod IP.
     #[arg(long)]
     pub pod_ip: Option<Ipv4Addr>,
-    /// Which hooks to use for the deep stages.
-    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
-    pub hooks: HookChoice,
+    /// Which hooks the deep stages use: auto (the best this kernel offers), fentry, kprobe or
+    /// tracepoint.
+    #[arg(long, value_parser = parse_hooks, default_value = "auto")]
+    pub hooks: Hooks,
     /// A line for every query, answered ones included (costs a record per query).
     #[arg(long)]
     pub all: bool,
@@ -117,16 +107,6 @@ pub struct TraceArgs {
     pub duration: Option<f64>,
     #[command(flatten)]
     pub out: Output,
-}
-
-/// Where kube-proxy's iptables rules live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// iptables-nft: rules in nf_tables (`table ip nat`, ...).
-    Nft,
-    /// iptables-legacy: rules in the xtables kernel tables.
-    Legacy,
 }
 
 #[derive(Debug, Args)]
@@ -168,29 +148,6 @@ pub struct FaultArgs {
     /// Only this DNS pod (0 or 1), where the fault is per pod; default: as the fault describes.
     #[arg(long)]
     pub pod: Option<u8>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultName {
-    /// A DROP for DNS to the pods after DNAT (filter FORWARD), on one pod (`--pod`) or both.
-    FilterDrop,
-    /// kube-proxy's REJECT for a DNS service with no endpoints.
-    NoEndpoints,
-    /// Stale kube-proxy rules in the other iptables backend that mis-NAT or drop DNS.
-    MixedBackend,
-    /// New flows dropped because the conntrack table is full.
-    ConntrackFull,
-    /// The DNS server in a pod stopped.
-    PodDown,
-    /// A DNS pod's link down.
-    PodLinkDown,
-    /// A UDP conntrack entry keeps sending a client to an endpoint that was removed.
-    StaleConntrack,
-    /// Parallel A and AAAA queries from one socket, as glibc sends them.
-    ConntrackRace,
-    /// Remove every fault and restore full answers.
-    Clear,
 }
 
 #[derive(Debug, Args)]
@@ -379,6 +336,18 @@ pub struct VmRunArgs {
     pub command: Vec<String>,
 }
 
+/// `--hooks`: a tier, or `None` for the best this kernel offers. An alias, so that clap takes
+/// `parse_hooks`'s `None` as a value rather than as an absent flag.
+pub type Hooks = Option<Tier>;
+
+/// Parses `--hooks`: `auto` or a tier's name.
+pub fn parse_hooks(s: &str) -> Result<Hooks, String> {
+    match s {
+        "auto" => Ok(None),
+        _ => Tier::from_str(s, true).map(Some),
+    }
+}
+
 /// Parses `NAME=VALUE`.
 pub fn parse_env(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
@@ -419,5 +388,14 @@ mod tests {
         );
         assert!(parse_ip_port("10.96.0").is_err());
         assert!(parse_ip_port("10.96.0.10:99999").is_err());
+    }
+
+    #[test]
+    fn hooks_parse_auto_and_every_tier() {
+        assert_eq!(parse_hooks("auto"), Ok(None));
+        assert_eq!(parse_hooks("fentry"), Ok(Some(Tier::Fentry)));
+        assert_eq!(parse_hooks("kprobe"), Ok(Some(Tier::Kprobe)));
+        assert_eq!(parse_hooks("tracepoint"), Ok(Some(Tier::Tracepoint)));
+        assert!(parse_hooks("kretprobe").is_err());
     }
 }

@@ -11,13 +11,13 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Lab(args) => tracer::lab::run(args).context("lab"),
-        Command::Trace(args) => tracer::trace::run(args).context("trace"),
-        Command::Hooks(args) => tracer::probes::run_hooks(args).context("hooks"),
-        Command::Inspect(args) => tracer::node::inspect::run(args).context("inspect"),
-        Command::Probe(args) => tracer::measure::probe::run(args).context("probe"),
+        Command::Lab(args) => tracer::cmd::lab::run(args).context("lab"),
+        Command::Trace(args) => tracer::cmd::trace::run(args).context("trace"),
+        Command::Hooks(args) => tracer::cmd::hooks::run(args).context("hooks"),
+        Command::Inspect(args) => tracer::cmd::inspect::run(args).context("inspect"),
+        Command::Probe(args) => tracer::cmd::probe::run(args).context("probe"),
         Command::Compare(args) => {
-            let c = tracer::report::compare::run(args).context("compare")?;
+            let c = tracer::cmd::compare::run(args).context("compare")?;
             if c.regressions > 0 {
                 eprintln!(
                     "compare: {} regression(s): {}",
@@ -29,14 +29,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Validate(args) => {
-            if !tracer::validate::run(args).context("validate")? {
+            if !tracer::cmd::validate::run(args).context("validate")? {
                 eprintln!("validate: a scenario failed on this kernel (see the FAIL lines)");
                 std::process::exit(EXIT_SCENARIO_FAILED);
             }
             Ok(())
         }
         Command::Vm(args) => {
-            let status = tracer::vm::command::run(args).context("vm")?;
+            let status = tracer::cmd::vm::run(args).context("vm")?;
             std::process::exit(status);
         }
     }

@@ -6,15 +6,61 @@ use std::{
     time::Duration,
 };
 
-use super::{
-    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, fault_label, rules, state_dir, topology,
-};
+use super::{ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, rules, state_dir, topology};
 use crate::{
-    cli::{Backend, FaultName},
     measure::{self, BatchSpec, Outcome, RecordType},
     netns,
-    node::conntrack,
+    node::{Backend, conntrack},
 };
+
+/// A fault the lab can inject.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultName {
+    /// A DROP for DNS to the pods after DNAT (filter FORWARD), on one pod (`--pod`) or both.
+    FilterDrop,
+    /// kube-proxy's REJECT for a DNS service with no endpoints.
+    NoEndpoints,
+    /// Stale kube-proxy rules in the other iptables backend that mis-NAT or drop DNS.
+    MixedBackend,
+    /// New flows dropped because the conntrack table is full.
+    ConntrackFull,
+    /// The DNS server in a pod stopped.
+    PodDown,
+    /// A DNS pod's link down.
+    PodLinkDown,
+    /// A UDP conntrack entry keeps sending a client to an endpoint that was removed.
+    StaleConntrack,
+    /// Parallel A and AAAA queries from one socket, as glibc sends them.
+    ConntrackRace,
+    /// Remove every fault and restore full answers.
+    Clear,
+}
+
+impl FaultName {
+    /// The name as the command line and the reports spell it (`filter-drop`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FilterDrop => "filter-drop",
+            Self::NoEndpoints => "no-endpoints",
+            Self::MixedBackend => "mixed-backend",
+            Self::ConntrackFull => "conntrack-full",
+            Self::PodDown => "pod-down",
+            Self::PodLinkDown => "pod-link-down",
+            Self::StaleConntrack => "stale-conntrack",
+            Self::ConntrackRace => "conntrack-race",
+            Self::Clear => "clear",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// mixed-backend: the endpoint a stale kube-proxy ruleset still DNATs to (no pod owns it).
 pub const STALE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 99);
@@ -92,7 +138,7 @@ pub fn apply(
     );
     if pod.is_some() && !per_pod {
         return Err(Error::PodNotAllowed {
-            fault: fault_label(name),
+            fault: name.to_string(),
         });
     }
     // filter-drop without --pod hits both pods; the others default to pod 0.

@@ -29,11 +29,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use self::{dns::WHOAMI, fault::STALE_ENDPOINT};
-use crate::{
-    cli::{Backend, FaultName, LabAction, LabArgs},
-    measure, netns,
+pub use self::{
+    dns::WHOAMI,
+    fault::{FaultName, STALE_ENDPOINT},
 };
+use crate::{measure, netns, node::Backend};
 
 /// The DNS Service's cluster IP.
 pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -154,19 +154,6 @@ struct ActiveFault {
     pod: Option<u8>,
     /// stale-conntrack: the client source port of the stale entry.
     source_port: Option<u16>,
-}
-
-/// The fault's name as the CLI spells it (`filter-drop`).
-pub fn fault_label(fault: FaultName) -> String {
-    label(&fault)
-}
-
-/// A value's name as the CLI spells it.
-fn label(value: &impl clap::ValueEnum) -> String {
-    value
-        .to_possible_value()
-        .map(|v| v.get_name().to_owned())
-        .unwrap_or_default()
 }
 
 /// The lab's state directory.
@@ -347,7 +334,7 @@ pub fn fault(prefix: &str, name: FaultName, pod: Option<u8>) -> Result<(), Error
     let mut state = up_state(prefix)?;
     if state.faults.iter().any(|f| f.name == name) {
         return Err(Error::FaultActive {
-            fault: fault_label(name),
+            fault: name.to_string(),
         });
     }
     if let Some(p) = pod
@@ -369,82 +356,6 @@ pub fn clear(prefix: &str) -> Result<(), Error> {
     write_state(prefix, &state)
 }
 
-/// Runs `tracer lab ...`.
-pub fn run(args: LabArgs) -> Result<(), Error> {
-    let prefix = args.prefix.as_str();
-    match args.action {
-        LabAction::Up { backend, clients } => {
-            let lab = up(prefix, backend, clients)?;
-            print_status(&lab);
-        }
-        LabAction::Down => {
-            down(prefix)?;
-            println!("lab {prefix}: down");
-        }
-        LabAction::Status => match info(prefix)? {
-            Some(lab) => print_status(&lab),
-            None => println!("lab {prefix}: down"),
-        },
-        LabAction::Fault(f) if f.name == FaultName::Clear => {
-            if f.pod.is_some() {
-                return Err(Error::PodNotAllowed {
-                    fault: fault_label(f.name),
-                });
-            }
-            clear(prefix)?;
-            println!("lab {prefix}: every fault cleared");
-        }
-        LabAction::Fault(f) => {
-            fault(prefix, f.name, f.pod)?;
-            let lab = info(prefix)?.ok_or_else(|| Error::NotUp {
-                prefix: prefix.to_owned(),
-            })?;
-            println!("lab {prefix}: fault {} applied", fault_label(f.name));
-            if let Some(port) = lab.stale_source_port
-                && f.name == FaultName::StaleConntrack
-            {
-                println!(
-                    "  client0 source port {port} still maps to the removed endpoint (tracer probe --lab uses it)"
-                );
-            }
-            if f.name == FaultName::ConntrackRace {
-                println!(
-                    "  tracer probe --lab now sends A and AAAA in parallel from one socket; conntrack's clash_resolve counts the races"
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_status(lab: &LabInfo) {
-    println!(
-        "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
-        lab.prefix,
-        label(&lab.backend),
-        lab.node_netns
-    );
-    println!(
-        "  service kube-system/kube-dns  {}:{} (udp, tcp)",
-        lab.service_ip, lab.dns_port
-    );
-    for pod in lab.endpoints.iter().chain(&lab.clients) {
-        println!(
-            "  {:<8} {:<15} netns {:<14} node side {}",
-            pod.name, pod.ip, pod.netns, pod.host_ifname
-        );
-    }
-    if lab.faults.is_empty() {
-        println!("  faults: none");
-    } else {
-        let names: Vec<String> = lab.faults.iter().map(|f| fault_label(*f)).collect();
-        println!("  faults: {}", names.join(", "));
-    }
-    if let Some(port) = lab.stale_source_port {
-        println!("  stale flow: client0 source port {port}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,8 +372,13 @@ mod tests {
     }
 
     #[test]
-    fn fault_labels_are_the_cli_names() {
-        assert_eq!(fault_label(FaultName::FilterDrop), "filter-drop");
-        assert_eq!(fault_label(FaultName::ConntrackRace), "conntrack-race");
+    fn fault_and_backend_names_are_the_cli_names() {
+        use clap::ValueEnum as _;
+        for f in FaultName::value_variants() {
+            assert_eq!(f.to_possible_value().unwrap().get_name(), f.name());
+        }
+        for b in Backend::value_variants() {
+            assert_eq!(b.to_possible_value().unwrap().get_name(), b.name());
+        }
     }
 }

@@ -32,8 +32,6 @@ use nix::{
 
 use crate::netns;
 
-pub mod probe;
-
 /// The largest DNS answer read over UDP (EDNS0's common buffer size).
 const MAX_ANSWER: usize = 4096;
 
@@ -68,10 +66,6 @@ pub enum Error {
     Netns { netns: String, source: netns::Error },
     #[error("the DNS query thread panicked")]
     Panicked,
-    #[error("failed to read the lab: {source}")]
-    Lab { source: Box<crate::lab::Error> },
-    #[error("the lab {prefix} is down: run `tracer lab up` first")]
-    NoLab { prefix: String },
 }
 
 /// What to send.

@@ -19,7 +19,34 @@ use super::{
     kubeproxy::{self, Save},
     nft,
 };
-use crate::cli::Backend;
+
+/// Where kube-proxy's iptables rules live.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// iptables-nft: rules in nf_tables (`table ip nat`, ...).
+    Nft,
+    /// iptables-legacy: rules in the xtables kernel tables.
+    Legacy,
+}
+
+impl Backend {
+    /// The name as the command line and the reports spell it (`nft`, `legacy`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nft => "nft",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What failed while looking at the backends.
 #[derive(Debug, thiserror::Error)]

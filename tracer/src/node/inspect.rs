@@ -1,4 +1,4 @@
-//! `tracer inspect`: every check an SRE runs by hand when DNS breaks on one node, read-only and
+//! Inspection: every check an SRE runs by hand when DNS breaks on one node, read-only and
 //! without eBPF (unless `--tier`), gathered into one [`Report`] whose findings come from
 //! [`super::findings`] and whose rendering is [`super::render`]'s. Also the pieces `tracer trace`
 //! uses: the DNS Service from the rules and its rule counters.
@@ -9,17 +9,13 @@ use serde::Serialize;
 
 pub use super::findings::{Evidence, Finding, Severity, findings};
 use super::{
-    backend::{self, Backends, Saves},
+    backend::{self, Backend, Backends, Saves},
     conntrack::{self, CpuStats, Entry},
     facts::{self, Facts, LinkKind},
     findings::usage_percent,
     kubeproxy::{self, DnsService, ModeEvidence, ProxyMode, RuleCounter},
 };
-use crate::{
-    cli::{Backend, InspectArgs, OutputFormat},
-    netns,
-    probes::plan::Tier,
-};
+use crate::{netns, probes::plan::Tier};
 
 /// What failed while inspecting.
 #[derive(Debug, thiserror::Error)]
@@ -34,62 +30,6 @@ pub enum Error {
     Facts { source: facts::Error },
     #[error("failed to write JSON: {source}")]
     Json { source: serde_json::Error },
-    #[error("failed to read the state of lab {prefix}: {source}")]
-    Lab {
-        prefix: String,
-        source: crate::lab::Error,
-    },
-    #[error("lab {prefix} is not up (`tracer lab up --prefix {prefix}`)")]
-    NoLab { prefix: String },
-    #[error("failed to load the eBPF programs to find the hook tier: {source}")]
-    Tier {
-        source: Box<crate::probes::session::Error>,
-    },
-    #[error(transparent)]
-    Report {
-        source: Box<crate::report::document::Error>,
-    },
-}
-
-/// `tracer inspect`: inspects the namespace the arguments name and prints the report.
-pub fn run(args: InspectArgs) -> Result<(), Error> {
-    let netns = if args.lab {
-        let info = crate::lab::info(&args.prefix)
-            .map_err(|source| Error::Lab {
-                prefix: args.prefix.clone(),
-                source,
-            })?
-            .ok_or_else(|| Error::NoLab {
-                prefix: args.prefix.clone(),
-            })?;
-        Some(netns::named(&info.node_netns))
-    } else {
-        args.netns.as_deref().map(netns::named)
-    };
-    // The load test runs here, outside the inspected namespace: loading attaches nothing.
-    let tier = if args.tier {
-        let features = crate::kernel::features::Features::detect();
-        Some(
-            crate::probes::detect_tier(&features).map_err(|source| Error::Tier {
-                source: Box::new(source),
-            })?,
-        )
-    } else {
-        None
-    };
-    let report = inspect_with_tier(netns.as_deref(), tier)?;
-    match args.out.format {
-        OutputFormat::Text => print!("{}", report.render_text()),
-        OutputFormat::Json => println!("{}", report.render_json()?),
-    }
-    if let Some(path) = &args.out.report {
-        crate::report::document::write_inspect_report(path, &report).map_err(|source| {
-            Error::Report {
-                source: Box::new(source),
-            }
-        })?;
-    }
-    Ok(())
 }
 
 /// The DNS Service as one backend's rules describe it.

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::cli::Backend;
+use super::Backend;
 
 /// What failed reading a save.
 #[derive(Debug, thiserror::Error)]

@@ -22,5 +22,6 @@ pub mod kubeproxy;
 pub mod nft;
 pub mod render;
 
+pub use backend::Backend;
 pub use inspect::{Report, dns_counters, dns_service, inspect, inspect_with_tier};
 pub use kubeproxy::{DnsService, RuleCounter, counter_deltas};

@@ -5,7 +5,9 @@ use std::fmt;
 use super::table::{Hook, Probe, Stage};
 
 /// The hook tier: what the deep stages (netfilter verdicts, NAT, conntrack confirm) use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// fexit programs (ftrace function hooks): cheapest, typed arguments.

@@ -9,12 +9,9 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
-use crate::{
-    cli::{CompareArgs, OutputFormat},
-    report::{
-        document::{self, Document, ProbeReport},
-        trace::cause,
-    },
+use crate::report::{
+    document::{self, Document, ProbeReport},
+    trace::cause,
 };
 
 /// What failed while comparing.
@@ -44,6 +41,26 @@ pub struct Thresholds {
     pub max_drop_increase: u64,
     /// Conntrack's drop and insert_failed statistics may rise by at most this many.
     pub max_conntrack_drop_increase: u64,
+}
+
+impl Thresholds {
+    /// Refuses thresholds no comparison can use.
+    pub fn check(&self) -> Result<(), Error> {
+        let ok = [
+            self.max_loss_increase,
+            self.max_p99_increase_percent,
+            self.min_p99_increase_ms,
+        ]
+        .iter()
+        .all(|v| v.is_finite() && *v >= 0.0);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Threshold {
+                reason: "loss and latency thresholds must be finite and not negative",
+            })
+        }
+    }
 }
 
 impl Default for Thresholds {
@@ -359,7 +376,7 @@ fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
     if let Some(v) = &d.validate {
         out.push(("validate.tier".into(), Kind::Info, text(&v.tier)));
         for sc in &v.scenarios {
-            let prefix = format!("validate.{}.{}", sc.backend_name(), sc.scenario);
+            let prefix = format!("validate.{}.{}", sc.backend.name(), sc.scenario);
             out.push((
                 prefix.clone(),
                 Kind::Pass,
@@ -630,41 +647,6 @@ pub fn compare(
     }
 }
 
-/// Runs `tracer compare`: prints the comparison and returns it (the caller turns a regression
-/// into the exit code).
-pub fn run(args: CompareArgs) -> Result<Comparison, Error> {
-    let t = Thresholds {
-        max_loss_increase: args.max_loss_increase,
-        max_p99_increase_percent: args.max_p99_increase_percent,
-        min_p99_increase_ms: args.min_p99_increase_ms,
-        max_drop_increase: args.max_drop_increase,
-        max_conntrack_drop_increase: args.max_conntrack_drop_increase,
-    };
-    if ![
-        t.max_loss_increase,
-        t.max_p99_increase_percent,
-        t.min_p99_increase_ms,
-    ]
-    .iter()
-    .all(|v| v.is_finite() && *v >= 0.0)
-    {
-        return Err(Error::Threshold {
-            reason: "loss and latency thresholds must be finite and not negative",
-        });
-    }
-    let before = Document::read(&args.before)?;
-    let after = Document::read(&args.after)?;
-    let c = compare(&args.before, &before, &args.after, &after, &t);
-    match args.output {
-        OutputFormat::Text => print!("{}", c.text()),
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&c).map_err(|source| Error::Json { source })?
-        ),
-    }
-    Ok(c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -705,9 +687,9 @@ mod tests {
         };
 
         use crate::{
-            cli::Backend,
             measure::{BatchResult, BatchSpec},
-            validate::{ScenarioResult, Validation},
+            node::Backend,
+            report::validation::{ScenarioResult, Validation},
         };
         let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
         let probe = |lost: u32| {
@@ -772,11 +754,11 @@ mod tests {
         };
 
         use crate::{
-            cli::Backend,
             flow::record::{Drop, Leg, QueryRecord as TraceRecord, Seen, StageTimes, Verdict},
             measure::{BatchResult, BatchSpec, Outcome, QueryRecord, RecordType, ResponseCode},
+            node::Backend,
             report::document::VmRun,
-            validate::{ScenarioResult, Validation},
+            report::validation::{ScenarioResult, Validation},
         };
         let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
         let query = |i: u16, outcome| QueryRecord {

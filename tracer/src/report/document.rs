@@ -17,7 +17,7 @@ use crate::{
     measure::{BatchResult, BatchSpec, Outcome, QueryRecord},
     node::{conntrack::CpuStats, inspect},
     report::trace::{TraceSummary, cause, endpoint_key, line},
-    validate::Validation,
+    report::validation::Validation,
 };
 
 /// The schema version this tracer writes and reads. Bump it on any change a reader of the

@@ -61,6 +61,18 @@ impl Latency {
     }
 }
 
+/// One line of `tracer trace --output json`, told apart by its `type` key.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TraceLine<'a> {
+    /// First: the plan as carried out and how long loading and attaching took.
+    Plan { plan: &'a Plan, attach_ms: f64 },
+    /// A failed or slow query (every query with `--all`).
+    Query(&'a QueryRecord),
+    /// Last: the summary.
+    Summary(&'a TraceSummary),
+}
+
 /// Everything a trace found.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TraceSummary {

@@ -10,7 +10,6 @@
 //! - `qemu`: one guest run: the shared directory, qemu, the timeout, the results.
 //! - `command`: `tracer vm run|prepare|list`.
 
-pub mod command;
 mod fetch;
 mod initramfs;
 mod qemu;
@@ -22,7 +21,7 @@ use std::{
 };
 
 pub use fetch::{cache_dir, cached, prepare};
-pub use qemu::{interrupt, run};
+pub use qemu::{interrupt, run, stop_on_interrupt};
 
 /// The Debian kernels the aliases stand for. Pinned so that CI boots the same kernel every run: each
 /// is the newest `-amd64` image of its suite's main component (not -security, whose packages are

@@ -33,6 +33,26 @@ pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+extern "C" fn interrupt_on_signal(_: libc::c_int) {
+    interrupt();
+}
+
+/// From now on Ctrl-C or SIGTERM stop the running guest (its guard kills qemu, temp dirs are
+/// removed) instead of killing this process outright.
+pub fn stop_on_interrupt() {
+    use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    let action = SigAction::new(
+        SigHandler::Handler(interrupt_on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        let _ = unsafe { signal::sigaction(sig, &action) };
+    }
+}
+
 /// Boots `kernel` and runs `argv` in it as root, in this machine's root filesystem (read-only
 /// underneath, writable in memory), with module autoloading, bpffs, tracefs and debugfs mounted.
 /// A boot that fails before the command starts (panic or oops on the console) is retried once.

@@ -2,10 +2,7 @@
 //! whether `iptables` and kube-proxy's iptables-wrapper point at it.
 
 use super::{Evidence, Finding, Severity, backend_name};
-use crate::{
-    cli::Backend,
-    node::{backend::Kind, inspect::Report, kubeproxy::ProxyMode},
-};
+use crate::node::{Backend, backend::Kind, inspect::Report, kubeproxy::ProxyMode};
 
 /// The backend findings of `r`.
 pub(super) fn findings(r: &Report) -> Vec<Finding> {

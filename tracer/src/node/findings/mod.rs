@@ -25,7 +25,7 @@ use super::{
     inspect::{DnsInBackend, Report},
     kubeproxy::{ModeEvidence, RuleCounter},
 };
-use crate::cli::Backend;
+use crate::node::Backend;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

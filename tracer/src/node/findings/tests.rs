@@ -8,15 +8,13 @@ use std::{
 };
 
 use super::{Evidence, Severity, findings};
-use crate::{
-    cli::Backend,
-    node::{
-        backend::{Backends, Saves},
-        conntrack::{self, CpuStats, Entry},
-        facts::{self, Facts, LinkKind},
-        inspect::{ConntrackReport, Report, counters_of, dns_by_backend},
-        kubeproxy,
-    },
+use crate::node::{
+    Backend,
+    backend::{Backends, Saves},
+    conntrack::{self, CpuStats, Entry},
+    facts::{self, Facts, LinkKind},
+    inspect::{ConntrackReport, Report, counters_of, dns_by_backend},
+    kubeproxy,
 };
 
 use crate::node::inspect::tests::entry;

@@ -1,10 +1,11 @@
-//! `tracer trace`: kernel hooks -> ring buffer -> correlator -> per-query records -> report.
+//! Tracing: kernel hooks -> ring buffer -> correlator -> per-query records -> summary.
 //!
-//! `Tracer` is the library face (tests and `probe` drive it); `run` is the command.
+//! # Layout
+//! - `Tracer` (here): a running trace of one Service; `poll` returns the completed queries.
+//! - `batch`: a batch of DNS queries sent while the tracer watches.
 
 use std::{
     collections::{HashMap, VecDeque},
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     time::{Duration, Instant},
@@ -12,8 +13,10 @@ use std::{
 
 use tracer_common::{config::Config, event::kind, flow::flag};
 
+mod batch;
+pub use batch::{Traced, progress_bar, traced_batch};
+
 use crate::{
-    cli::{Backend, HookChoice, OutputFormat, TraceArgs},
     flow::{
         correlate::{Context, Correlator},
         names::Names,
@@ -21,26 +24,24 @@ use crate::{
     },
     lab, netns,
     node::{
-        self, DnsService, RuleCounter,
+        self, Backend, DnsService, RuleCounter,
         conntrack::{self, CpuStats, EventKind},
     },
     probes::{
         plan::Tier,
         session::{Options, Session},
     },
-    report::trace::{Latency, TraceSummary, line},
+    report::trace::{Latency, TraceSummary},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
+    Measure(#[from] crate::measure::Error),
+    #[error("the DNS query thread panicked")]
+    Panicked,
+    #[error(transparent)]
     Lab(#[from] lab::Error),
-    #[error("the lab with prefix {prefix} is not up: run `tracer lab up --prefix {prefix}` first")]
-    LabDown { prefix: String },
-    #[error(
-        "no DNS Service to trace: no kube-dns Service in this node's rules; pass --service IP[:PORT], or --lab"
-    )]
-    NoService,
     #[error(transparent)]
     Session(#[from] crate::probes::session::Error),
     #[error(transparent)]
@@ -49,12 +50,6 @@ pub enum Error {
     Conntrack(#[from] conntrack::Error),
     #[error("failed to read the node's rules: {0}")]
     Rules(#[from] node::inspect::Error),
-    #[error("failed to write output: {0}")]
-    Output(#[from] std::io::Error),
-    #[error("failed to serialise a record: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error(transparent)]
-    Report(#[from] crate::report::document::Error),
 }
 
 /// What to trace.
@@ -86,52 +81,6 @@ impl Target {
             netns_filter,
             rules,
         })
-    }
-
-    /// From the command line (the lab fills what is not given when it is up).
-    pub fn from_args(args: &TraceArgs) -> Result<Self, Error> {
-        let lab = if args.lab || (args.service.is_none() && args.links_netns.is_none()) {
-            lab::info(&args.prefix)?
-        } else {
-            None
-        };
-        if args.lab && lab.is_none() {
-            return Err(Error::LabDown {
-                prefix: args.prefix.clone(),
-            });
-        }
-        let mut t = match &lab {
-            Some(info) => Self::lab(info)?,
-            None => Self {
-                service: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
-                links_netns: None,
-                netns_filter: Vec::new(),
-                rules: None,
-            },
-        };
-        if let Some(name) = &args.links_netns {
-            t.links_netns = Some((name.clone(), netns::named(name)));
-        }
-        if lab.is_none() {
-            t.rules = node::dns_service(t.links_netns.as_ref().map(|(_, p)| p.as_path()))?;
-            if let Some(svc) = &t.rules {
-                t.service = SocketAddrV4::new(svc.ip, svc.port);
-            }
-        }
-        if let Some((ip, port)) = args.service {
-            t.service = SocketAddrV4::new(ip, port.unwrap_or(53));
-        }
-        if t.service.ip().is_unspecified() {
-            return Err(Error::NoService);
-        }
-        if !args.netns.is_empty() {
-            t.netns_filter = args
-                .netns
-                .iter()
-                .map(|n| netns::inode(&netns::named(n)))
-                .collect::<Result<_, _>>()?;
-        }
-        Ok(t)
     }
 }
 
@@ -434,127 +383,4 @@ fn in_netns<T: Send>(
         Some(p) => netns::run_in(p, f)??,
         None => f()?,
     })
-}
-
-fn tier_of(h: HookChoice) -> Option<Tier> {
-    match h {
-        HookChoice::Auto => None,
-        HookChoice::Fentry => Some(Tier::Fentry),
-        HookChoice::Kprobe => Some(Tier::Kprobe),
-        HookChoice::Tracepoint => Some(Tier::Tracepoint),
-    }
-}
-
-/// The command.
-pub fn run(args: TraceArgs) -> Result<(), Error> {
-    let target = Target::from_args(&args)?;
-    let settings = Settings {
-        tier: tier_of(args.hooks),
-        all: args.all,
-        slow: Duration::from_millis(args.slow_ms),
-        timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
-        pod_ip: args.pod_ip,
-    };
-    let mut tracer = Tracer::start(target.clone(), &settings)?;
-    let json = args.out.format == OutputFormat::Json;
-    // Buffered and flushed once per poll: with --all, a flush per line cost more than tracing.
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    if json {
-        serde_json::to_writer(
-            &mut stdout,
-            &serde_json::json!({"type": "plan", "plan": tracer.plan()}),
-        )?;
-        writeln!(stdout)?;
-    } else {
-        writeln!(
-            stdout,
-            "tracing DNS to {} (pod links in {}), {:.0} ms to attach",
-            target.service,
-            target
-                .links_netns
-                .as_ref()
-                .map(|(n, _)| n.as_str())
-                .unwrap_or("this namespace"),
-            tracer.attach_time().as_secs_f64() * 1000.0
-        )?;
-        write!(stdout, "{}", tracer.plan())?;
-        let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
-        let tier = (tracer.plan().tier, "as attached by this trace".to_owned());
-        match node::inspect_with_tier(links, Some(tier)) {
-            Ok(report) => {
-                for l in report.summary() {
-                    writeln!(stdout, "{l}")?;
-                }
-            }
-            Err(e) => writeln!(stdout, "node inspection failed: {e}")?,
-        }
-        writeln!(
-            stdout,
-            "reporting failed queries and answers slower than {} ms; Ctrl-C to stop",
-            args.slow_ms
-        )?;
-    }
-    stdout.flush()?;
-    let write = |out: &mut dyn std::io::Write, r: &QueryRecord| -> Result<(), Error> {
-        if json {
-            let mut v = serde_json::to_value(r)?;
-            v["type"] = "query".into();
-            serde_json::to_writer(&mut *out, &v)?;
-            writeln!(out)?;
-        } else {
-            writeln!(out, "{}", line(r))?;
-        }
-        Ok(())
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let deadline = args
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-    // With --report, the failed records are kept for it.
-    let mut kept = Vec::new();
-    rt.block_on(async {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = tick.tick() => {
-                    for r in tracer.poll()? {
-                        write(&mut stdout, &r)?;
-                        if args.out.report.is_some() && r.verdict != Verdict::Answered {
-                            kept.push(r);
-                        }
-                    }
-                    stdout.flush()?;
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok::<(), Error>(())
-    })?;
-    let (rest, summary) = tracer.finish()?;
-    for r in &rest {
-        write(&mut stdout, r)?;
-    }
-    if json {
-        let mut v = serde_json::to_value(&summary)?;
-        v["type"] = "summary".into();
-        serde_json::to_writer(&mut stdout, &v)?;
-        writeln!(stdout)?;
-    } else {
-        write!(stdout, "{}", summary.text())?;
-    }
-    stdout.flush()?;
-    if let Some(path) = &args.out.report {
-        kept.extend(rest);
-        attribute_backends(&mut kept, &summary.rule_counters);
-        let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
-        crate::report::document::write_trace_report(path, links, summary, &kept)?;
-    }
-    Ok(())
 }

@@ -7,17 +7,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
-
-use super::{ALIASES, Error, KernelSpec, RunOptions};
-use crate::cli::{VmAction, VmArgs};
+use crate::{
+    cli::{VmAction, VmArgs},
+    vm::{self, ALIASES, Error, KernelSpec, RunOptions},
+};
 
 /// Runs the command; returns the process exit status (the guest command's, for `run`).
 pub fn run(args: VmArgs) -> Result<i32, Error> {
     match args.action {
         VmAction::Prepare { kernel } => {
             let t = Instant::now();
-            let k = super::prepare(&spec(&kernel))?;
+            let k = vm::prepare(&spec(&kernel))?;
             println!("release  {}", k.release);
             println!("vmlinuz  {}", k.vmlinuz.display());
             println!("modules  {}", k.modules.display());
@@ -29,11 +29,8 @@ pub fn run(args: VmArgs) -> Result<i32, Error> {
             for (alias, package, suite) in ALIASES {
                 println!("  {alias:<6} {package} ({suite})");
             }
-            let cached = super::cached();
-            println!(
-                "cached in {}:",
-                super::cache_dir().join("kernels").display()
-            );
+            let cached = vm::cached();
+            println!("cached in {}:", vm::cache_dir().join("kernels").display());
             if cached.is_empty() {
                 println!("  (none)");
             }
@@ -44,7 +41,7 @@ pub fn run(args: VmArgs) -> Result<i32, Error> {
         }
         VmAction::Run(a) => {
             let t = Instant::now();
-            let kernel = super::prepare(&spec(&a.kernel))?;
+            let kernel = vm::prepare(&spec(&a.kernel))?;
             let prepared = t.elapsed();
             let opts = RunOptions {
                 timeout: Duration::from_secs(a.timeout),
@@ -53,8 +50,8 @@ pub fn run(args: VmArgs) -> Result<i32, Error> {
                 env: a.env,
                 workdir: a.workdir,
             };
-            on_interrupt_stop_guests();
-            let guest = super::run(&kernel, &a.command, &opts)?;
+            vm::stop_on_interrupt();
+            let guest = vm::run(&kernel, &a.command, &opts)?;
             log::debug!("vm: console:\n{}", guest.console);
             print!("{}", guest.stdout);
             eprint!("{}", guest.stderr);
@@ -84,24 +81,6 @@ fn spec(s: &str) -> KernelSpec {
     match s.parse() {
         Ok(spec) => spec,
         Err(never) => match never {},
-    }
-}
-
-extern "C" fn stop_guests(_: libc::c_int) {
-    super::interrupt();
-}
-
-/// Ctrl-C or SIGTERM stop the guest (its guard kills qemu, temp dirs are removed) instead of
-/// killing this process outright.
-fn on_interrupt_stop_guests() {
-    let action = SigAction::new(
-        SigHandler::Handler(stop_guests),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        let _ = unsafe { signal::sigaction(sig, &action) };
     }
 }
 

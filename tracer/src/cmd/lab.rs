@@ -1,0 +1,80 @@
+//! `tracer lab`.
+
+use crate::{
+    cli::{LabAction, LabArgs},
+    lab::{self, FaultName, LabInfo},
+};
+
+/// Runs `tracer lab ...`.
+pub fn run(args: LabArgs) -> Result<(), lab::Error> {
+    let prefix = args.prefix.as_str();
+    match args.action {
+        LabAction::Up { backend, clients } => {
+            let lab = lab::up(prefix, backend, clients)?;
+            print_status(&lab);
+        }
+        LabAction::Down => {
+            lab::down(prefix)?;
+            println!("lab {prefix}: down");
+        }
+        LabAction::Status => match lab::info(prefix)? {
+            Some(lab) => print_status(&lab),
+            None => println!("lab {prefix}: down"),
+        },
+        LabAction::Fault(f) if f.name == FaultName::Clear => {
+            if f.pod.is_some() {
+                return Err(lab::Error::PodNotAllowed {
+                    fault: f.name.to_string(),
+                });
+            }
+            lab::clear(prefix)?;
+            println!("lab {prefix}: every fault cleared");
+        }
+        LabAction::Fault(f) => {
+            lab::fault(prefix, f.name, f.pod)?;
+            let lab = lab::info(prefix)?.ok_or_else(|| lab::Error::NotUp {
+                prefix: prefix.to_owned(),
+            })?;
+            println!("lab {prefix}: fault {} applied", f.name);
+            if let Some(port) = lab.stale_source_port
+                && f.name == FaultName::StaleConntrack
+            {
+                println!(
+                    "  client0 source port {port} still maps to the removed endpoint (tracer probe --lab uses it)"
+                );
+            }
+            if f.name == FaultName::ConntrackRace {
+                println!(
+                    "  tracer probe --lab now sends A and AAAA in parallel from one socket; conntrack's clash_resolve counts the races"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(lab: &LabInfo) {
+    println!(
+        "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
+        lab.prefix, lab.backend, lab.node_netns
+    );
+    println!(
+        "  service kube-system/kube-dns  {}:{} (udp, tcp)",
+        lab.service_ip, lab.dns_port
+    );
+    for pod in lab.endpoints.iter().chain(&lab.clients) {
+        println!(
+            "  {:<8} {:<15} netns {:<14} node side {}",
+            pod.name, pod.ip, pod.netns, pod.host_ifname
+        );
+    }
+    if lab.faults.is_empty() {
+        println!("  faults: none");
+    } else {
+        let names: Vec<String> = lab.faults.iter().map(|f| f.to_string()).collect();
+        println!("  faults: {}", names.join(", "));
+    }
+    if let Some(port) = lab.stale_source_port {
+        println!("  stale flow: client0 source port {port}");
+    }
+}

@@ -1,0 +1,208 @@
+//! `tracer trace`: every DNS query followed until Ctrl-C or `--duration`; one line (or JSON
+//! object) per failed or slow query, then the summary.
+
+use std::{
+    io::Write,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use super::Error;
+use crate::{
+    cli::{OutputFormat, TraceArgs},
+    flow::record::{QueryRecord, Verdict},
+    lab, netns, node,
+    report::{
+        document,
+        trace::{TraceLine, line},
+    },
+    trace::{Settings, Target, Tracer, attribute_backends},
+};
+
+/// What to trace, from the command line (the lab fills what is not given when it is up).
+fn target(args: &TraceArgs) -> Result<Target, Error> {
+    let lab = if args.lab || (args.service.is_none() && args.links_netns.is_none()) {
+        lab::info(&args.prefix).map_err(|source| Error::Lab {
+            prefix: args.prefix.clone(),
+            source,
+        })?
+    } else {
+        None
+    };
+    if args.lab && lab.is_none() {
+        return Err(Error::NoLab {
+            prefix: args.prefix.clone(),
+        });
+    }
+    let mut t = match &lab {
+        Some(info) => Target::lab(info)?,
+        None => Target {
+            service: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
+            links_netns: None,
+            netns_filter: Vec::new(),
+            rules: None,
+        },
+    };
+    if let Some(name) = &args.links_netns {
+        t.links_netns = Some((name.clone(), netns::named(name)));
+    }
+    if lab.is_none() {
+        t.rules = node::dns_service(t.links_netns.as_ref().map(|(_, p)| p.as_path()))?;
+        if let Some(svc) = &t.rules {
+            t.service = SocketAddrV4::new(svc.ip, svc.port);
+        }
+    }
+    if let Some((ip, port)) = args.service {
+        t.service = SocketAddrV4::new(ip, port.unwrap_or(53));
+    }
+    if t.service.ip().is_unspecified() {
+        return Err(Error::NoService);
+    }
+    if !args.netns.is_empty() {
+        t.netns_filter = args
+            .netns
+            .iter()
+            .map(|n| netns::inode(&netns::named(n)))
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(t)
+}
+
+/// Runs the command.
+pub fn run(args: TraceArgs) -> Result<(), Error> {
+    let target = target(&args)?;
+    let settings = Settings {
+        tier: args.hooks,
+        all: args.all,
+        slow: Duration::from_millis(args.slow_ms),
+        timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
+        pod_ip: args.pod_ip,
+    };
+    let mut tracer = Tracer::start(target.clone(), &settings)?;
+    let json = args.out.format == OutputFormat::Json;
+    // Buffered and flushed once per poll: with --all, a flush per line cost more than tracing.
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        let attach_ms = tracer.attach_time().as_secs_f64() * 1000.0;
+        write_json(
+            &mut stdout,
+            &TraceLine::Plan {
+                plan: tracer.plan(),
+                attach_ms,
+            },
+        )?;
+    } else {
+        header(&mut stdout, &target, &tracer, args.slow_ms)?;
+    }
+    stdout.flush()?;
+    let write = |out: &mut dyn Write, r: &QueryRecord| -> Result<(), Error> {
+        if json {
+            write_json(out, &TraceLine::Query(r))
+        } else {
+            Ok(writeln!(out, "{}", line(r))?)
+        }
+    };
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    // With --report, the failed records are kept for it.
+    let keep = args.out.report.is_some();
+    let mut kept = Vec::new();
+    follow(&mut tracer, deadline, |records| {
+        for r in records {
+            write(&mut stdout, &r)?;
+            if keep && r.verdict != Verdict::Answered {
+                kept.push(r);
+            }
+        }
+        Ok(stdout.flush()?)
+    })?;
+    let (rest, summary) = tracer.finish()?;
+    for r in &rest {
+        write(&mut stdout, r)?;
+    }
+    if json {
+        write_json(&mut stdout, &TraceLine::Summary(&summary))?;
+    } else {
+        write!(stdout, "{}", summary.text())?;
+    }
+    stdout.flush()?;
+    if let Some(path) = &args.out.report {
+        kept.extend(rest);
+        attribute_backends(&mut kept, &summary.rule_counters);
+        let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
+        document::write_trace_report(path, links, summary, &kept)?;
+    }
+    Ok(())
+}
+
+/// One JSON object and a newline.
+fn write_json(out: &mut dyn Write, line: &TraceLine) -> Result<(), Error> {
+    serde_json::to_writer(&mut *out, line)?;
+    Ok(writeln!(out)?)
+}
+
+/// What is traced, the plan, the node's state in a few lines.
+fn header(
+    out: &mut dyn Write,
+    target: &Target,
+    tracer: &Tracer,
+    slow_ms: u64,
+) -> Result<(), Error> {
+    writeln!(
+        out,
+        "tracing DNS to {} (pod links in {}), {:.0} ms to attach",
+        target.service,
+        target
+            .links_netns
+            .as_ref()
+            .map(|(n, _)| n.as_str())
+            .unwrap_or("this namespace"),
+        tracer.attach_time().as_secs_f64() * 1000.0
+    )?;
+    write!(out, "{}", tracer.plan())?;
+    let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
+    let tier = (tracer.plan().tier, "as attached by this trace".to_owned());
+    match node::inspect_with_tier(links, Some(tier)) {
+        Ok(report) => {
+            for l in report.summary() {
+                writeln!(out, "{l}")?;
+            }
+        }
+        Err(e) => writeln!(out, "node inspection failed: {e}")?,
+    }
+    writeln!(
+        out,
+        "reporting failed queries and answers slower than {slow_ms} ms; Ctrl-C to stop"
+    )?;
+    Ok(())
+}
+
+/// Polls the tracer until Ctrl-C, SIGTERM or `deadline`, handing over the queries each poll
+/// completed.
+fn follow(
+    tracer: &mut Tracer,
+    deadline: Option<Instant>,
+    mut each: impl FnMut(Vec<QueryRecord>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => {
+                    each(tracer.poll()?)?;
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}

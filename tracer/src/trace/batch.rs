@@ -1,0 +1,93 @@
+//! A batch of DNS queries sent while the tracer watches (`tracer probe`, `tracer validate`).
+
+use std::{
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Error, Settings, Target, Tracer, attribute_backends};
+use crate::{
+    flow::record::QueryRecord as TraceRecord,
+    measure::{BatchResult, BatchSpec, query_batch},
+    report::trace::TraceSummary,
+};
+
+/// A batch sent while the tracer watched.
+#[derive(Debug)]
+pub struct Traced {
+    /// What the client saw.
+    pub result: BatchResult,
+    /// The tracer's records: failed and slow queries (every query with `Settings::all`).
+    pub records: Vec<TraceRecord>,
+    /// The trace summary; `None` when the tracer did not run.
+    pub summary: Option<TraceSummary>,
+}
+
+/// Sends `spec` from `netns` to `server` while the tracer (when `trace` is given) follows every
+/// query: the tracer starts before the first query and stops after the last one was answered or
+/// timed out. `progress` counts lookups as they are sent.
+pub fn traced_batch(
+    netns: Option<&str>,
+    server: SocketAddrV4,
+    spec: &BatchSpec,
+    trace: Option<(Target, Settings)>,
+    progress: &ProgressBar,
+) -> Result<Traced, Error> {
+    let mut tracer = match trace {
+        Some((target, settings)) => Some(Tracer::start(target, &settings)?),
+        None => None,
+    };
+    let mut records = Vec::new();
+    let start = Instant::now();
+    let result = std::thread::scope(|scope| -> Result<BatchResult, Error> {
+        let sender = scope.spawn(|| query_batch(netns, server, spec));
+        while !sender.is_finished() {
+            if let Some(t) = tracer.as_mut() {
+                records.extend(t.poll()?);
+            }
+            let due = (start.elapsed().as_secs_f64() * spec.rate) as u64;
+            progress.set_position(due.min(u64::from(spec.count)));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(sender.join().map_err(|_| Error::Panicked)??)
+    })?;
+    progress.finish_and_clear();
+    let summary = match tracer {
+        Some(mut t) => {
+            // The client gave up on its last query a moment ago; let the tracer see the
+            // kernel's last word on it before judging.
+            let grace = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < grace {
+                records.extend(t.poll()?);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let (rest, summary) = t.finish()?;
+            records.extend(rest);
+            attribute_backends(&mut records, &summary.rule_counters);
+            Some(summary)
+        }
+        None => None,
+    };
+    Ok(Traced {
+        result,
+        records,
+        summary,
+    })
+}
+
+/// A progress bar on stderr for `count` lookups; hidden when stderr is not a terminal (or when
+/// `hidden`).
+pub fn progress_bar(count: u32, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(u64::from(count));
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} lookups ({eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
