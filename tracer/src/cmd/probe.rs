@@ -2,7 +2,7 @@
 //! alongside so that every lost query is attributed to a stage and reason; a progress bar while
 //! it runs, a summary table (or JSON) at the end, and a versioned report with `--report`.
 
-use std::{io::Write as _, net::SocketAddrV4, time::Duration};
+use std::{io::Write as _, net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use super::{Error, lab_info};
 use crate::{
@@ -32,8 +32,8 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
         .count
         .unwrap_or_else(|| (args.rate * args.duration).round().max(1.0) as u32);
     let mut spec = BatchSpec {
-        names: args.names,
-        qtypes: args.types,
+        names: args.names.clone(),
+        qtypes: args.types.clone(),
         count,
         rate: args.rate,
         timeout: Duration::from_secs_f64(args.timeout),
@@ -46,53 +46,15 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
             println!("{line}");
         }
     };
-    let (netns, server, target, node_netns) = if args.lab {
-        let info = lab_info(&args.prefix)?;
-        let client = info.clients.first().ok_or_else(|| Error::NoLab {
-            prefix: args.prefix.clone(),
-        })?;
-        if spec.source_port.is_none() && info.stale_source_port.is_some() {
-            spec.source_port = info.stale_source_port;
-            say(format!(
-                "lab fault stale-conntrack: sending from its stale source port {}",
-                spec.source_port.unwrap_or(0)
-            ));
-        }
-        if info.faults.contains(&FaultName::ConntrackRace) && !spec.parallel_a_aaaa {
-            spec.parallel_a_aaaa = true;
-            say("lab fault conntrack-race: sending A and AAAA in parallel from one socket".into());
-        }
-        let (ip, port) = args
-            .server
-            .unwrap_or((info.service_ip, Some(info.dns_port)));
-        let target = if args.no_trace {
-            None
-        } else {
-            Some(Target::lab(&info)?)
-        };
-        (
-            Some(client.netns.clone()),
-            server_addr(ip, port),
-            target,
-            Some(netns::named(&info.node_netns)),
-        )
+    let Path {
+        netns,
+        server,
+        target,
+        node_netns,
+    } = if args.lab {
+        lab_path(&args, &mut spec, say)?
     } else {
-        // The node's kube-dns Service from its rules, unless one is named.
-        let (ip, port) = match args.server {
-            Some(server) => server,
-            None => node::dns_service(None)?
-                .map(|s| (s.ip, Some(s.port)))
-                .ok_or(Error::Usage {
-                    reason: "no kube-dns Service in this node's rules: say --server IP[:PORT], or --lab",
-                })?,
-        };
-        let server = server_addr(ip, port);
-        let target = if args.no_trace {
-            None
-        } else {
-            Some(node_target(server)?)
-        };
-        (args.netns, server, target, None)
+        node_path(&args)?
     };
     let node = match &args.out.report {
         Some(_) => Some(inspect::inspect(node_netns.as_deref())?),
@@ -149,6 +111,75 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Where the queries go from and to, and what the tracer watches.
+struct Path {
+    /// The client's namespace; `None`: the node's (this process's).
+    netns: Option<String>,
+    server: SocketAddrV4,
+    /// `None` with `--no-trace`.
+    target: Option<Target>,
+    /// The node's namespace, for the report's node facts.
+    node_netns: Option<PathBuf>,
+}
+
+/// From the lab's first client to its Service, sending as its faults need (the stale source
+/// port, A and AAAA in parallel).
+fn lab_path(args: &ProbeArgs, spec: &mut BatchSpec, say: impl Fn(String)) -> Result<Path, Error> {
+    let info = lab_info(&args.prefix)?;
+    let client = info.clients.first().ok_or_else(|| Error::NoLab {
+        prefix: args.prefix.clone(),
+    })?;
+    if spec.source_port.is_none() && info.stale_source_port.is_some() {
+        spec.source_port = info.stale_source_port;
+        say(format!(
+            "lab fault stale-conntrack: sending from its stale source port {}",
+            spec.source_port.unwrap_or(0)
+        ));
+    }
+    if info.faults.contains(&FaultName::ConntrackRace) && !spec.parallel_a_aaaa {
+        spec.parallel_a_aaaa = true;
+        say("lab fault conntrack-race: sending A and AAAA in parallel from one socket".into());
+    }
+    let (ip, port) = args
+        .server
+        .unwrap_or((info.service_ip, Some(info.dns_port)));
+    let target = if args.no_trace {
+        None
+    } else {
+        Some(Target::lab(&info)?)
+    };
+    Ok(Path {
+        netns: Some(client.netns.clone()),
+        server: server_addr(ip, port),
+        target,
+        node_netns: Some(netns::named(&info.node_netns)),
+    })
+}
+
+/// From `--netns` (or the node) to `--server`, or to the node's kube-dns Service from its rules.
+fn node_path(args: &ProbeArgs) -> Result<Path, Error> {
+    let (ip, port) = match args.server {
+        Some(server) => server,
+        None => node::dns_service(None)?
+            .map(|s| (s.ip, Some(s.port)))
+            .ok_or(Error::Usage {
+                reason: "no kube-dns Service in this node's rules: say --server IP[:PORT], or --lab",
+            })?,
+    };
+    let server = server_addr(ip, port);
+    let target = if args.no_trace {
+        None
+    } else {
+        Some(node_target(server)?)
+    };
+    Ok(Path {
+        netns: args.netns.clone(),
+        server,
+        target,
+        node_netns: None,
+    })
 }
 
 /// The tracer's target for a probe of the node's own DNS Service at `server`: its endpoints

@@ -96,29 +96,7 @@ fn run_in_vm(spec: &str, args: &ValidateArgs) -> Result<bool, Error> {
     }
     let started = Instant::now();
     let kernel = vm::prepare(&kernel_spec).map_err(vm_err)?;
-    // The guest writes through its share; `exec "$0"` keeps the binary's path unexpanded.
-    let mut argv: Vec<String> = vec![
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "exec \"$0\" validate --report \"${}/report.json\" \"$@\"",
-            vm::OUT_ENV
-        ),
-        exe.to_string_lossy().into_owned(),
-        "--prefix".into(),
-        args.prefix.clone(),
-        "--healthy-count".into(),
-        args.healthy_count.to_string(),
-    ];
-    for b in &args.backends {
-        argv.extend(["--backend".into(), b.name().into()]);
-    }
-    for sc in &args.scenarios {
-        argv.extend(["--scenario".into(), sc.clone()]);
-    }
-    if args.out.format == OutputFormat::Json {
-        argv.extend(["--output".into(), "json".into()]);
-    }
+    let argv = guest_argv(&exe, args);
     let opts = RunOptions {
         timeout: Duration::from_secs(args.vm_timeout),
         env: std::env::var("RUST_LOG")
@@ -209,4 +187,32 @@ fn run_in_vm(spec: &str, args: &ValidateArgs) -> Result<bool, Error> {
             status,
         }),
     }
+}
+
+/// `validate` in the guest with this command's arguments, writing its report through the
+/// guest's share; `exec "$0"` keeps the binary's path unexpanded.
+fn guest_argv(exe: &std::path::Path, args: &ValidateArgs) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "exec \"$0\" validate --report \"${}/report.json\" \"$@\"",
+            vm::OUT_ENV
+        ),
+        exe.to_string_lossy().into_owned(),
+        "--prefix".into(),
+        args.prefix.clone(),
+        "--healthy-count".into(),
+        args.healthy_count.to_string(),
+    ];
+    for b in &args.backends {
+        argv.extend(["--backend".into(), b.name().into()]);
+    }
+    for sc in &args.scenarios {
+        argv.extend(["--scenario".into(), sc.clone()]);
+    }
+    if args.out.format == OutputFormat::Json {
+        argv.extend(["--output".into(), "json".into()]);
+    }
+    argv
 }

@@ -5,7 +5,7 @@ use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
 
 use super::{
     conntrack::CpuStats,
-    findings::{Severity, backend_name, endpoints_text},
+    findings::{Severity, endpoints_text},
     inspect::{Error, Report},
 };
 
@@ -128,7 +128,7 @@ impl Report {
             t.set_header(vec!["backend", "table", "packets", "rule"]);
             for c in &self.counters {
                 t.add_row(vec![
-                    backend_name(c.backend).to_owned(),
+                    c.backend.name().to_owned(),
                     c.table.clone(),
                     c.packets.to_string(),
                     c.rule.clone(),

@@ -1,7 +1,7 @@
 //! The iptables backend: which one holds kube-proxy's rules, both (mixed), none, leftovers, and
 //! whether `iptables` and kube-proxy's iptables-wrapper point at it.
 
-use super::{Evidence, Finding, Severity, backend_name};
+use super::{Evidence, Finding, Severity};
 use crate::node::{Backend, backend::Kind, inspect::Report, kubeproxy::ProxyMode};
 
 /// The backend findings of `r`.
@@ -52,8 +52,8 @@ pub(super) fn findings(r: &Report) -> Vec<Finding> {
                 id: "iptables-default-differs",
                 title: format!(
                     "`iptables` on this node is {} but kube-proxy's rules are in {}",
-                    backend_name(tool),
-                    backend_name(primary)
+                    tool.name(),
+                    primary.name()
                 ),
                 evidence: evidence[..2].to_vec(),
                 action: Some(
@@ -67,8 +67,8 @@ pub(super) fn findings(r: &Report) -> Vec<Finding> {
                 id: "iptables-wrapper-choice",
                 title: format!(
                     "kube-proxy's iptables-wrapper would pick {}, but the current rules are in {}",
-                    backend_name(b.wrapper_choice),
-                    backend_name(primary)
+                    b.wrapper_choice.name(),
+                    primary.name()
                 ),
                 evidence: evidence[4..6].to_vec(),
                 action: Some("A restarted kube-proxy container would write to the other backend: remove the stray hint chains or rules.".to_owned()),
@@ -85,7 +85,7 @@ fn mixed(r: &Report, mut evidence: Vec<Evidence>) -> Finding {
     let stale = b
         .verdict
         .stale
-        .map(backend_name)
+        .map(Backend::name)
         .unwrap_or("the one kube-proxy does not use");
     Finding {
         severity: Severity::Error,
@@ -115,14 +115,11 @@ fn stale_chains(r: &Report, stale: Backend) -> Finding {
     Finding {
         severity: Severity::Warning,
         id: "iptables-stale",
-        title: format!(
-            "the {} backend holds leftover KUBE-* chains",
-            backend_name(stale)
-        ),
+        title: format!("the {} backend holds leftover KUBE-* chains", stale.name()),
         evidence: vec![Evidence::Side(stale, side.clone())],
         action: Some(format!(
             "Harmless while they hold no rules; delete them (`iptables-{}` -X on the empty KUBE-* chains) so no tool counts them as a sign of that backend.",
-            backend_name(stale)
+            stale.name()
         )),
     }
 }

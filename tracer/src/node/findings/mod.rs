@@ -127,14 +127,6 @@ fn or_unknown(v: Option<u32>) -> String {
     v.map_or("?".to_owned(), |v| v.to_string())
 }
 
-/// `legacy` or `nft`.
-pub(crate) fn backend_name(b: Backend) -> &'static str {
-    match b {
-        Backend::Legacy => "legacy",
-        Backend::Nft => "nft",
-    }
-}
-
 /// The endpoints, comma-separated, or `no endpoints`.
 pub(crate) fn endpoints_text(endpoints: &[SocketAddrV4]) -> String {
     if endpoints.is_empty() {
@@ -155,7 +147,7 @@ pub(crate) fn usage_percent(t: &Table) -> f64 {
 }
 
 fn side_line(f: &mut fmt::Formatter<'_>, b: Backend, side: &Side) -> fmt::Result {
-    let name = backend_name(b);
+    let name = b.name();
     if !side.available {
         return write!(f, "{name}: save not available (tool not installed)");
     }
@@ -216,7 +208,7 @@ impl fmt::Display for Evidence {
             Evidence::ServiceIn(d) => write!(
                 f,
                 "{}: {} {}:{} -> {}",
-                backend_name(d.backend),
+                d.backend.name(),
                 d.service.name,
                 d.service.ip,
                 d.service.port,
@@ -234,7 +226,7 @@ impl fmt::Display for Evidence {
             Evidence::Rule(c) => write!(
                 f,
                 "{} {}: [{} pkts] {}",
-                backend_name(c.backend),
+                c.backend.name(),
                 c.table,
                 c.packets,
                 c.rule
