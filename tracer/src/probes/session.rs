@@ -2,7 +2,7 @@
 //! (aya owns each link), so no exit path leaves a hook behind.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     kernel::{btf::KernelBtf, features::Features},
-    links::{LinkKind, parse_links},
+    links::{self, Link, LinkKind},
     netns,
 };
 
@@ -720,11 +720,6 @@ impl Drop for Clsact {
     }
 }
 
-/// Attaches a TC program to the pod links in the links' namespace: its veths (a bridge's own
-/// device and the uplink would see the same packets again, at a cost per packet). Where it has no
-/// veth (another CNI), to every interface but `lo`. Before 6.6 (no TCX) each link needs a clsact
-/// qdisc first. Returns the (index, name) of each link attached, a note on failures, and the
-/// links this call added a clsact qdisc to.
 /// What `attach_links` did.
 struct Attached {
     /// (index, name) of each link the program attached to.
@@ -735,6 +730,10 @@ struct Attached {
     clsact_added: Vec<String>,
 }
 
+/// Attaches a TC program to the pod links in the links' namespace: its veths (a bridge's own
+/// device and the uplink would see the same packets again, at a cost per packet). Where it has no
+/// veth (another CNI), to every interface but loopback. Before 6.6 (no TCX) each link needs a
+/// clsact qdisc first.
 fn attach_links(
     tc: &mut SchedClassifier,
     kind: TcAttachType,
@@ -746,40 +745,34 @@ fn attach_links(
         let mut ok = Vec::new();
         let mut failed = Vec::new();
         let mut added = Vec::new();
-        let Ok(ifaces) = nix::net::if_::if_nameindex() else {
-            return Attached {
-                links: ok,
-                note: " (could not list interfaces)".to_owned(),
-                clsact_added: added,
-            };
-        };
-        // `ip` runs in this thread's namespace: a child inherits it.
-        let veths: Option<HashSet<String>> = crate::links::ip_link()
-            .ok()
-            .flatten()
-            .map(|out| {
-                parse_links(&out)
-                    .into_iter()
-                    .filter(|(_, k)| *k == LinkKind::Veth)
-                    .map(|(n, _)| n)
-                    .collect()
-            })
-            .filter(|v: &HashSet<String>| !v.is_empty());
-        if veths.is_none() {
-            failed.push("no veth found: attached to every interface".to_owned());
-        }
-        for iface in ifaces.iter() {
-            let name = iface.name().to_string_lossy().into_owned();
-            if name == "lo" || veths.as_ref().is_some_and(|v| !v.contains(&name)) {
-                continue;
+        // The netlink socket is opened in this thread's namespace.
+        let all = match links::list() {
+            Ok(all) => all,
+            Err(e) => {
+                return Attached {
+                    links: ok,
+                    note: format!(" (could not list interfaces: {e})"),
+                    clsact_added: added,
+                };
             }
+        };
+        let mut targets: Vec<Link> = all
+            .iter()
+            .filter(|l| l.kind == LinkKind::Veth)
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            failed.push("no veth found: attached to every interface".to_owned());
+            targets = all;
+        }
+        for Link { name, index, .. } in targets {
             // An existing clsact (another tool's, or this session's other direction) is used
             // as it is and left in place.
             if !tcx && aya::programs::tc::qdisc_add_clsact(&name).is_ok() {
                 added.push(name.clone());
             }
             match tc.attach(&name, kind) {
-                Ok(_) => ok.push((iface.index(), name)),
+                Ok(_) => ok.push((index, name)),
                 Err(e) => failed.push(format!("failed on {name}: {}", err_text(&e))),
             }
         }
