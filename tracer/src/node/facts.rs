@@ -17,7 +17,7 @@ use crate::{kernel::features::Features, links, probes::plan::Tier};
 pub enum Error {
     #[error("failed to read {path}: {source}")]
     Read { path: String, source: io::Error },
-    #[error("failed to list the interfaces with `ip -o -d link`: {source}")]
+    #[error("failed to list the interfaces: {source}")]
     Links { source: links::Error },
 }
 
@@ -158,6 +158,27 @@ pub fn tier_from_features(
     }
 }
 
+/// Each interface's kind and reverse-path filter: `rp_filter` reads an interface's own setting
+/// (`None` where it has none), `rp_filter_all` is `net.ipv4.conf.all.rp_filter`.
+fn link_facts(
+    links: Vec<links::Link>,
+    rp_filter_all: Option<u32>,
+    rp_filter: impl Fn(&str) -> Result<Option<u32>, Error>,
+) -> Result<Vec<Link>, Error> {
+    links
+        .into_iter()
+        .map(|link| {
+            let own = rp_filter(&link.name)?;
+            Ok(Link {
+                kind: link.kind,
+                rp_filter: own,
+                rp_filter_effective: own.map(|v| v.max(rp_filter_all.unwrap_or(0))),
+                name: link.name,
+            })
+        })
+        .collect()
+}
+
 /// Reads the facts in the calling thread's namespace. The hook tier is `loaded` when the caller
 /// loaded the probes (trace, `inspect --tier`); else it comes from [`tier_from_features`].
 pub fn collect(loaded: Option<(Tier, String)>) -> Result<Facts, Error> {
@@ -190,18 +211,11 @@ pub fn collect(loaded: Option<(Tier, String)>) -> Result<Facts, Error> {
     };
     let conf = "/proc/sys/net/ipv4/conf";
     let rp_filter_all = read_sysctl(format!("{conf}/all/rp_filter"))?;
-    let text = links::ip_link().map_err(|source| Error::Links { source })?;
-    let mut links = Vec::new();
-    for (name, kind) in text.map(|out| links::parse_links(&out)).unwrap_or_default() {
-        let rp_filter = read_sysctl(format!("{conf}/{name}/rp_filter"))?;
-        let rp_filter_effective = rp_filter.map(|v| v.max(rp_filter_all.unwrap_or(0)));
-        links.push(Link {
-            name,
-            kind,
-            rp_filter,
-            rp_filter_effective,
-        });
-    }
+    let links = link_facts(
+        links::list().map_err(|source| Error::Links { source })?,
+        rp_filter_all,
+        |name| read_sysctl(format!("{conf}/{name}/rp_filter")),
+    )?;
     let nf = "/proc/sys/net/netfilter";
     Ok(Facts {
         kernel: features.release,
@@ -238,6 +252,53 @@ mod tests {
             Some("Foo 2")
         );
         assert_eq!(parse_os_release("garbage"), None);
+    }
+
+    /// The interfaces of the modern fixture (an `RTM_GETLINK` dump, read by `links`' parser) with
+    /// their kinds and effective reverse-path filters; loopback left out.
+    #[test]
+    fn link_facts_of_the_modern_fixture() {
+        let dump = links::fixture::links(include_str!(
+            "../../../tests/fixtures/inspect/modern/links.json"
+        ));
+        // Strict on the veths, none on the bridge, nothing known for kube-ipvs0; `all` is loose.
+        let rp_filter = |name: &str| {
+            Ok(match name {
+                "cni0" => Some(0),
+                "kube-ipvs0" => None,
+                n if n.starts_with("veth") || n == "vpeer0" => Some(1),
+                _ => Some(0),
+            })
+        };
+        let got = link_facts(dump.clone(), Some(2), rp_filter).expect("link facts");
+        let link = |name: &str, kind, rp: Option<u32>| Link {
+            name: name.to_owned(),
+            kind,
+            rp_filter: rp,
+            rp_filter_effective: rp.map(|v| v.max(2)),
+        };
+        assert_eq!(
+            got,
+            [
+                link("cni0", LinkKind::Bridge, Some(0)),
+                link("vpeer0", LinkKind::Veth, Some(1)),
+                link("veth1a2b3c", LinkKind::Veth, Some(1)),
+                link("kube-ipvs0", LinkKind::KubeIpvs, None),
+                link("flannel.1", LinkKind::Other, Some(0)),
+                link("eth0", LinkKind::Other, Some(0)),
+                link("vethpod7", LinkKind::Veth, Some(1)),
+            ]
+        );
+        assert_eq!(got[0].rp_filter_effective, Some(2));
+        // A sysctl that cannot be read fails the facts instead of reading as absent.
+        let unreadable = |name: &str| {
+            Err(Error::Read {
+                path: format!("{name}/rp_filter"),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            })
+        };
+        let failed = link_facts(dump, None, unreadable);
+        assert!(matches!(failed, Err(Error::Read { path, .. }) if path == "cni0/rp_filter"));
     }
 
     #[test]
