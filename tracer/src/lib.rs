@@ -6,7 +6,7 @@
 //! - `cli`: every command-line type (clap only).
 //! - `flow`: kernel records to one record per query (correlation across NAT, DNS questions).
 //! - `kernel`: what this kernel offers (BTF offsets, drop-reason names, symbols, hook support).
-//! - `links`: a namespace's interfaces and their kinds (`ip -o -d link`).
+//! - `links`: a namespace's interfaces, their kinds and veth peers (an RTM_GETLINK dump over rtnetlink).
 //! - `netns`: running code inside another network namespace.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
