@@ -7,6 +7,7 @@
 //! - `flow`: kernel records to one record per query (correlation across NAT, DNS questions).
 //! - `kernel`: what this kernel offers (BTF offsets, drop-reason names, symbols, hook support).
 //! - `links`: a namespace's interfaces, their kinds and veth peers (an RTM_GETLINK dump over rtnetlink).
+//! - `netlink`: what every netlink family shares (a datagram split into its messages).
 //! - `netns`: running code inside another network namespace.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
@@ -23,6 +24,7 @@ pub mod kernel;
 pub mod lab;
 pub mod links;
 pub mod measure;
+pub mod netlink;
 pub mod netns;
 pub mod node;
 pub mod probes;

@@ -238,26 +238,11 @@ impl Dump {
     }
 }
 
-/// The netlink messages in one datagram.
+/// The RouteNetlinkMessages in one datagram.
 fn split(
-    mut bytes: &[u8],
+    bytes: &[u8],
 ) -> impl Iterator<Item = Result<NetlinkMessage<RouteNetlinkMessage>, DecodeError>> + '_ {
-    std::iter::from_fn(move || {
-        if bytes.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        if len < 16 || len > bytes.len() {
-            bytes = &[];
-            return Some(Err(DecodeError::from(format!(
-                "netlink message length {len} out of bounds"
-            ))));
-        }
-        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]);
-        // Messages are 4-byte aligned.
-        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
-        Some(message)
-    })
+    crate::netlink::split(bytes)
 }
 
 /// Links described by a JSON fixture, encoded as the kernel's `RTM_NEWLINK` messages and read back

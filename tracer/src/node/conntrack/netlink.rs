@@ -212,24 +212,9 @@ fn set_sockopt(
     }
 }
 
-/// The netlink messages in one datagram.
+/// The NetfilterMessages in one datagram.
 pub(crate) fn split(
-    mut bytes: &[u8],
+    bytes: &[u8],
 ) -> impl Iterator<Item = Result<NetlinkMessage<NetfilterMessage>, DecodeError>> + '_ {
-    std::iter::from_fn(move || {
-        if bytes.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-        if len < 16 || len > bytes.len() {
-            bytes = &[];
-            return Some(Err(DecodeError::from(format!(
-                "netlink message length {len} out of bounds"
-            ))));
-        }
-        let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[..len]);
-        // Messages are 4-byte aligned.
-        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
-        Some(msg)
-    })
+    crate::netlink::split(bytes)
 }
