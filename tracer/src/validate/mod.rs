@@ -20,6 +20,7 @@ use std::{
 
 use self::checks::*;
 use crate::{
+    flow::record::Stage,
     lab::{self, FaultName},
     measure::BatchSpec,
     netns,
@@ -65,7 +66,7 @@ struct Scenario {
     expected: &'static str,
     /// The stages that must have recorded the lost queries (any of them): a fault whose stage
     /// recorded none of them was missed, whatever the other checks say.
-    stages: &'static [&'static str],
+    stages: &'static [Stage],
     check: fn(&Seen, &mut Vec<String>),
 }
 
@@ -84,7 +85,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
         stages: &[],
         check,
     };
-    let at = |stages: &'static [&'static str], sc: Scenario| Scenario { stages, ..sc };
+    let at = |stages: &'static [Stage], sc: Scenario| Scenario { stages, ..sc };
     vec![
         s(
             "healthy",
@@ -95,7 +96,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             check_healthy,
         ),
         at(
-            &["netfilter"],
+            &[Stage::Netfilter],
             s(
                 "filter-drop",
                 Some((FaultName::FilterDrop, Some(0))),
@@ -106,7 +107,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["netfilter"],
+            &[Stage::Netfilter],
             s(
                 "no-endpoints",
                 Some((FaultName::NoEndpoints, None)),
@@ -117,7 +118,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["socket"],
+            &[Stage::Socket],
             s(
                 "pod-down",
                 Some((FaultName::PodDown, Some(0))),
@@ -128,7 +129,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["neighbour", "bridge"],
+            &[Stage::Neighbour, Stage::Bridge],
             s(
                 "pod-link-down",
                 Some((FaultName::PodLinkDown, Some(0))),
@@ -139,7 +140,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["conntrack"],
+            &[Stage::Conntrack],
             s(
                 "conntrack-full",
                 Some((FaultName::ConntrackFull, None)),

@@ -12,14 +12,17 @@ use std::{
 };
 
 use tracer_common::{
-    event::{Event, backend, kind, socket_hook},
+    event::{Event, kind, socket_hook},
     flow::{Packet, Slot, flag, state},
 };
 
 use super::{
     dns,
     names::Names,
-    record::{Drop, Icmp, Leg, QueryRecord, Seen, StageTimes, Verdict},
+    record::{
+        BackendEvidence, Drop, Icmp, Leg, NetfilterBackend, QueryRecord, Seen, Stage, StageTimes,
+        Verdict,
+    },
 };
 use crate::kernel::symbols::{self, Symbolizer};
 
@@ -103,69 +106,77 @@ fn icmp_text(t: u32, code: u32) -> String {
     }
 }
 
+/// What a drop's reason and code location say: its stage, the netfilter backend when the
+/// location proves one, and a plain-words explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The stage.
+    pub stage: Stage,
+    /// The backend, when only one could have freed the packet there.
+    pub backend: Option<NetfilterBackend>,
+    /// Why, in plain words.
+    pub why: String,
+}
+
 /// The stage, backend and explanation of a drop from its reason and code location.
-pub fn classify(
-    reason: &str,
-    function: &str,
-    conntrack_dropping: bool,
-) -> (&'static str, Option<&'static str>, String) {
+pub fn classify(reason: &str, function: &str, conntrack_dropping: bool) -> Classified {
+    let at = |stage, why: &str| Classified {
+        stage,
+        backend: None,
+        why: why.to_owned(),
+    };
     match (reason, function) {
         // Only nf_tables code frees a packet inside nft_do_chain, on every kernel; the reverse
         // does not hold (6.1's nf_tables drops are freed in nf_hook_slow, like xtables').
-        (_, "nft_do_chain") => {
-            ("netfilter", Some("nf_tables"), "an nf_tables rule (iptables-nft or nft) dropped it".into())
-        }
-        ("NETFILTER_DROP" | "", "nf_hook_slow") if conntrack_dropping => (
-            "conntrack",
-            None,
-            "conntrack refused a new flow while its drop counter rose: the table is full".into(),
+        (_, "nft_do_chain") => Classified {
+            backend: Some(NetfilterBackend::NfTables),
+            ..at(
+                Stage::Netfilter,
+                "an nf_tables rule (iptables-nft or nft) dropped it",
+            )
+        },
+        ("NETFILTER_DROP" | "", "nf_hook_slow") if conntrack_dropping => at(
+            Stage::Conntrack,
+            "conntrack refused a new flow while its drop counter rose: the table is full",
         ),
-        ("NETFILTER_DROP" | "", "nf_hook_slow") => (
-            "netfilter",
-            None,
+        ("NETFILTER_DROP" | "", "nf_hook_slow") => at(
+            Stage::Netfilter,
             "a netfilter rule dropped it (iptables-legacy, or on some kernels iptables-nft: the verdict \
-             probes or the rules' counters tell which), or conntrack refused it"
-                .into(),
+             probes or the rules' counters tell which), or conntrack refused it",
         ),
-        ("NETFILTER_DROP", _) => ("netfilter", None, "a netfilter hook dropped it".into()),
+        ("NETFILTER_DROP", _) => at(Stage::Netfilter, "a netfilter hook dropped it"),
         // Kernels before 5.17 give no reason: the location places these.
-        ("", "__udp4_lib_rcv") => (
-            "socket",
-            None,
-            "nothing listens on the DNS port there (placed by location: no drop reasons before 5.17)".into(),
+        ("", "__udp4_lib_rcv") => at(
+            Stage::Socket,
+            "nothing listens on the DNS port there (placed by location: no drop reasons before 5.17)",
         ),
-        ("", f) if f.starts_with("neigh_") => (
-            "neighbour",
-            None,
+        ("", f) if f.starts_with("neigh_") => at(
+            Stage::Neighbour,
             "the next hop's address did not resolve on the link (placed by location: no drop reasons \
-             before 5.17)"
-                .into(),
+             before 5.17)",
         ),
-        ("NO_SOCKET", _) => ("socket", None, "nothing listens on the DNS port there".into()),
-        ("OTHERHOST", _) => (
-            "bridge",
-            None,
+        ("NO_SOCKET", _) => at(Stage::Socket, "nothing listens on the DNS port there"),
+        ("OTHERHOST", _) => at(
+            Stage::Bridge,
             "a copy flooded by the bridge reached a pod it was not addressed to: no bridge port knows the \
-             destination's MAC (its link is down, or it is gone)"
-                .into(),
+             destination's MAC (its link is down, or it is gone)",
         ),
-        ("IP_INADDRERRORS", _) => (
-            "routing",
-            None,
+        ("IP_INADDRERRORS", _) => at(
+            Stage::Routing,
             "it reached a host that does not own the destination address (the pod lost its IP, or the \
-             address moved)"
-                .into(),
+             address moved)",
         ),
-        (r, _) if r.starts_with("NEIGH_") => (
-            "neighbour",
-            None,
-            "the next hop's address did not resolve on the link (pod gone, or its link down)".into(),
+        (r, _) if r.starts_with("NEIGH_") => at(
+            Stage::Neighbour,
+            "the next hop's address did not resolve on the link (pod gone, or its link down)",
         ),
         (r, _) if r.starts_with("SOCKET_") || r.starts_with("UDP_") => {
-            ("socket", None, "the receiving socket refused it".into())
+            at(Stage::Socket, "the receiving socket refused it")
         }
-        (r, _) if r.starts_with("IP_") || r.starts_with("IPV6") => ("routing", None, format!("the IP layer refused it ({r})")),
-        (r, _) => ("kernel", None, format!("dropped with reason {r}")),
+        (r, _) if r.starts_with("IP_") || r.starts_with("IPV6") => {
+            at(Stage::Routing, &format!("the IP layer refused it ({r})"))
+        }
+        (r, _) => at(Stage::Kernel, &format!("dropped with reason {r}")),
     }
 }
 
@@ -326,29 +337,86 @@ impl Correlator {
             self.names.link(e.netns, e.ifindex)
         );
         if !self.held.contains_key(&key) {
-            let mut record = self.base(e, links_netns);
-            if record.endpoint.is_none() && leg == Leg::QueryToPod {
-                record.endpoint = Some(addr(p.daddr));
-            }
-            if record.endpoint.is_none() && leg == Leg::Answer {
-                record.endpoint = Some(addr(p.saddr));
-            }
-            let t_query = if e.slot.state == state::PENDING {
-                e.slot.t_query
-            } else {
-                0
-            };
-            self.held.insert(
-                key,
-                Held {
-                    first_ns: e.ts,
-                    t_query,
-                    record,
-                },
+            let held = self.hold(e, leg, links_netns);
+            self.held.insert(key, held);
+        }
+        let (reason, location) = self.reason_and_location(e);
+        let mut stale = self.stale_note(p, leg);
+        if self.ctx.service_rejects
+            && leg == Leg::QueryBeforeDnat
+            && (reason == "NETFILTER_DROP"
+                || e.kind == kind::VERDICT
+                // Before 5.17 (no reasons) a netfilter drop is placed by its location.
+                || (reason.is_empty() && symbols::function(&location) == "nf_hook_slow"))
+        {
+            stale.push_str(
+                "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
+                 rate-limited per host, so most clients just time out)",
             );
         }
         let conntrack_dropping = self.conntrack_dropping;
-        let (reason, location) = match e.kind {
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        let r = &mut held.record;
+        let place = Place { leg, at, stale };
+        match e.kind {
+            kind::ICMP => {
+                r.icmp = Some(Icmp {
+                    what: icmp_text(e.reason >> 8, e.reason & 0xff),
+                    by: place.at,
+                    leg,
+                });
+            }
+            kind::DROP | kind::SOCKET_DROP => {
+                add_drop(r, reason, location, conntrack_dropping, place);
+            }
+            kind::VERDICT => add_verdict(r, e, place),
+            kind::CONFIRM if r.drop.is_none() => {
+                r.drop = Some(Drop {
+                    stage: Stage::Conntrack,
+                    reason: "CONFIRM_FAILED".to_owned(),
+                    location: "__nf_conntrack_confirm".to_owned(),
+                    backend: None,
+                    backend_from: None,
+                    table: None,
+                    chain: None,
+                    leg,
+                    at: place.at,
+                    why: "conntrack could not insert the new entry (a clash it could not resolve)"
+                        .to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A held record for the first evidence of a query: what the kernel knew of it, with the
+    /// endpoint the evidence's packet names when the slot had none.
+    fn hold(&mut self, e: &Event, leg: Leg, links_netns: u32) -> Held {
+        let p = &e.packet;
+        let mut record = self.base(e, links_netns);
+        if record.endpoint.is_none() && leg == Leg::QueryToPod {
+            record.endpoint = Some(addr(p.daddr));
+        }
+        if record.endpoint.is_none() && leg == Leg::Answer {
+            record.endpoint = Some(addr(p.saddr));
+        }
+        let t_query = if e.slot.state == state::PENDING {
+            e.slot.t_query
+        } else {
+            0
+        };
+        Held {
+            first_ns: e.ts,
+            t_query,
+            record,
+        }
+    }
+
+    /// A drop record's reason (empty before 5.17) and code location; a socket refusal's hook.
+    fn reason_and_location(&mut self, e: &Event) -> (String, String) {
+        match e.kind {
             kind::DROP => (
                 if self.ctx.drop_reasons.is_empty() {
                     // Before 5.17: no reasons; the location places the drop.
@@ -373,118 +441,6 @@ impl Correlator {
                 },
             ),
             _ => (String::new(), String::new()),
-        };
-        let mut stale = self.stale_note(p, leg);
-        if self.ctx.service_rejects
-            && leg == Leg::QueryBeforeDnat
-            && (reason == "NETFILTER_DROP"
-                || e.kind == kind::VERDICT
-                // Before 5.17 (no reasons) a netfilter drop is placed by its location.
-                || (reason.is_empty() && symbols::function(&location) == "nf_hook_slow"))
-        {
-            stale.push_str(
-                "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
-                 rate-limited per host, so most clients just time out)",
-            );
-        }
-        let Some(held) = self.held.get_mut(&key) else {
-            return;
-        };
-        let r = &mut held.record;
-        match e.kind {
-            kind::ICMP => {
-                r.icmp = Some(Icmp {
-                    what: icmp_text(e.reason >> 8, e.reason & 0xff),
-                    by: at,
-                    leg,
-                });
-            }
-            kind::DROP | kind::SOCKET_DROP => {
-                let (stage, backend, mut why) =
-                    classify(&reason, symbols::function(&location), conntrack_dropping);
-                why.push_str(&stale);
-                match &mut r.drop {
-                    // A verdict probe's record came first (xtables returns its verdict before
-                    // nf_hook_slow frees the packet): add the reason and location to it.
-                    Some(d) if d.location.is_empty() => {
-                        d.reason = reason;
-                        d.location = location;
-                    }
-                    // The first drop wins; a later one (the same packet's copy) adds nothing.
-                    Some(_) => {}
-                    None => {
-                        r.drop = Some(Drop {
-                            stage: stage.to_owned(),
-                            reason,
-                            location,
-                            backend: backend.map(str::to_owned),
-                            backend_from: backend.map(|_| "location".to_owned()),
-                            table: None,
-                            chain: None,
-                            leg,
-                            at,
-                            why,
-                        });
-                    }
-                }
-            }
-            kind::VERDICT => {
-                let table = cstr(&e.name);
-                let (backend, chain) = if e.location == backend::XTABLES {
-                    ("xtables", hook_name(e.hook).map(str::to_owned))
-                } else {
-                    ("nf_tables", Some(cstr(&e.chain)).filter(|c| !c.is_empty()))
-                };
-                let why = format!(
-                    "a rule in {backend} table {table}{} dropped it{stale}",
-                    chain
-                        .as_deref()
-                        .map(|c| format!(" chain {c}"))
-                        .unwrap_or_default()
-                );
-                match &mut r.drop {
-                    // The kernel freed it inside the table (6.1's nf_tables): the drop record
-                    // came first.
-                    Some(d) => {
-                        d.stage = "netfilter".to_owned();
-                        d.backend = Some(backend.to_owned());
-                        d.backend_from = Some("verdict probe".to_owned());
-                        d.table = Some(table);
-                        d.chain = chain;
-                        d.why = why;
-                    }
-                    None => {
-                        r.drop = Some(Drop {
-                            stage: "netfilter".to_owned(),
-                            reason: "NETFILTER_DROP".to_owned(),
-                            location: String::new(),
-                            backend: Some(backend.to_owned()),
-                            backend_from: Some("verdict probe".to_owned()),
-                            table: Some(table),
-                            chain,
-                            leg,
-                            at,
-                            why,
-                        })
-                    }
-                }
-            }
-            kind::CONFIRM if r.drop.is_none() => {
-                r.drop = Some(Drop {
-                    stage: "conntrack".to_owned(),
-                    reason: "CONFIRM_FAILED".to_owned(),
-                    location: "__nf_conntrack_confirm".to_owned(),
-                    backend: None,
-                    backend_from: None,
-                    table: None,
-                    chain: None,
-                    leg,
-                    at,
-                    why: "conntrack could not insert the new entry (a clash it could not resolve)"
-                        .to_owned(),
-                });
-            }
-            _ => {}
         }
     }
 
@@ -565,6 +521,92 @@ impl Correlator {
             out.push(r);
         }
         out
+    }
+}
+
+/// Where a piece of evidence was seen: its leg, namespace/interface, and a note on the
+/// endpoint or the rules (empty, or starting with `; `) for the explanation.
+struct Place {
+    leg: Leg,
+    at: String,
+    stale: String,
+}
+
+/// Adds a drop record's evidence to a held record.
+fn add_drop(
+    r: &mut QueryRecord,
+    reason: String,
+    location: String,
+    conntrack_dropping: bool,
+    place: Place,
+) {
+    match &mut r.drop {
+        // A verdict probe's record came first (xtables returns its verdict before
+        // nf_hook_slow frees the packet): add the reason and location to it.
+        Some(d) if d.location.is_empty() => {
+            d.reason = reason;
+            d.location = location;
+        }
+        // The first drop wins; a later one (the same packet's copy) adds nothing.
+        Some(_) => {}
+        None => {
+            let c = classify(&reason, symbols::function(&location), conntrack_dropping);
+            r.drop = Some(Drop {
+                stage: c.stage,
+                reason,
+                location,
+                backend: c.backend,
+                backend_from: c.backend.map(|_| BackendEvidence::Location),
+                table: None,
+                chain: None,
+                leg: place.leg,
+                at: place.at,
+                why: c.why + &place.stale,
+            });
+        }
+    }
+}
+
+/// Adds a netfilter verdict record (a table returned DROP) to a held record.
+fn add_verdict(r: &mut QueryRecord, e: &Event, place: Place) {
+    let table = cstr(&e.name);
+    let backend = NetfilterBackend::of_verdict(e.location);
+    let chain = match backend {
+        NetfilterBackend::Xtables => hook_name(e.hook).map(str::to_owned),
+        NetfilterBackend::NfTables => Some(cstr(&e.chain)).filter(|c| !c.is_empty()),
+    };
+    let why = format!(
+        "a rule in {backend} table {table}{} dropped it{}",
+        chain
+            .as_deref()
+            .map(|c| format!(" chain {c}"))
+            .unwrap_or_default(),
+        place.stale
+    );
+    match &mut r.drop {
+        // The kernel freed it inside the table (6.1's nf_tables): the drop record came first.
+        Some(d) => {
+            d.stage = Stage::Netfilter;
+            d.backend = Some(backend);
+            d.backend_from = Some(BackendEvidence::VerdictProbe);
+            d.table = Some(table);
+            d.chain = chain;
+            d.why = why;
+        }
+        None => {
+            r.drop = Some(Drop {
+                stage: Stage::Netfilter,
+                reason: "NETFILTER_DROP".to_owned(),
+                location: String::new(),
+                backend: Some(backend),
+                backend_from: Some(BackendEvidence::VerdictProbe),
+                table: Some(table),
+                chain,
+                leg: place.leg,
+                at: place.at,
+                why,
+            })
+        }
     }
 }
 

@@ -1,4 +1,7 @@
-use tracer_common::flow::{QUESTION_LEN, SLOTS};
+use tracer_common::{
+    event::backend,
+    flow::{QUESTION_LEN, SLOTS},
+};
 
 use super::*;
 
@@ -127,8 +130,9 @@ fn a_verdict_then_its_drop_make_one_dropped_record_with_table_chain_and_location
     assert_eq!(out.len(), 1, "one record per query");
     let d = out[0].drop.as_ref().expect("the drop");
     assert_eq!(out[0].verdict, Verdict::Dropped);
-    assert_eq!(d.backend.as_deref(), Some("xtables"));
-    assert_eq!(d.backend_from.as_deref(), Some("verdict probe"));
+    assert_eq!(d.stage, Stage::Netfilter);
+    assert_eq!(d.backend, Some(NetfilterBackend::Xtables));
+    assert_eq!(d.backend_from, Some(BackendEvidence::VerdictProbe));
     assert_eq!(d.table.as_deref(), Some("filter"));
     assert_eq!(d.chain.as_deref(), Some("FORWARD"));
     assert_eq!(
@@ -152,9 +156,10 @@ fn a_drop_then_its_verdict_keep_the_location_and_take_the_chain() {
     let out = c.flush(0, true);
     let d = out[0].drop.as_ref().unwrap();
     assert_eq!(
-        (d.backend.as_deref(), d.chain.as_deref()),
-        (Some("nf_tables"), Some("FORWARD"))
+        (d.backend, d.chain.as_deref()),
+        (Some(NetfilterBackend::NfTables), Some("FORWARD"))
     );
+    assert_eq!(d.backend_from, Some(BackendEvidence::VerdictProbe));
     assert_eq!(d.reason, "NETFILTER_DROP");
     assert!(!d.location.is_empty(), "the drop record placed it: {d:?}");
 }
@@ -180,21 +185,110 @@ fn a_verdict_before_dnat_where_the_rules_reject_names_the_reject() {
 
 #[test]
 fn nf_hook_slow_alone_names_no_backend_and_nft_do_chain_does() {
-    assert_eq!(classify("NETFILTER_DROP", "nf_hook_slow", false).1, None);
     assert_eq!(
-        classify("NETFILTER_DROP", "nf_hook_slow", true).0,
-        "conntrack"
+        classify("NETFILTER_DROP", "nf_hook_slow", false).backend,
+        None
     );
     assert_eq!(
-        classify("NETFILTER_DROP", "nft_do_chain", false).1,
-        Some("nf_tables")
+        classify("NETFILTER_DROP", "nf_hook_slow", true).stage,
+        Stage::Conntrack
     );
     assert_eq!(
-        classify("", "__udp4_lib_rcv", false).0,
-        "socket",
+        classify("NETFILTER_DROP", "nft_do_chain", false).backend,
+        Some(NetfilterBackend::NfTables)
+    );
+    assert_eq!(
+        classify("", "__udp4_lib_rcv", false).stage,
+        Stage::Socket,
         "placed by location"
     );
-    assert_eq!(classify("", "neigh_invalidate", false).0, "neighbour");
+    assert_eq!(
+        classify("", "neigh_invalidate", false).stage,
+        Stage::Neighbour
+    );
+}
+
+/// Every stage a drop reason or location can place, and the backend only a location inside
+/// nf_tables proves.
+#[test]
+fn classify_places_each_reason_at_its_stage() {
+    for (reason, function, stage) in [
+        ("NETFILTER_DROP", "nf_hook_slow", Stage::Netfilter),
+        ("NETFILTER_DROP", "ipt_do_table", Stage::Netfilter),
+        ("NO_SOCKET", "__udp4_lib_rcv", Stage::Socket),
+        ("SOCKET_REFUSED", "udp_fail_queue_rcv_skb", Stage::Socket),
+        ("UDP_CSUM", "__udp4_lib_rcv", Stage::Socket),
+        ("OTHERHOST", "ip_rcv_core", Stage::Bridge),
+        ("IP_INADDRERRORS", "ip_rcv_finish", Stage::Routing),
+        ("IP_NOPROTO", "ip_local_deliver", Stage::Routing),
+        ("NEIGH_FAILED", "neigh_invalidate", Stage::Neighbour),
+        ("TC_INGRESS", "tcf_classify", Stage::Kernel),
+    ] {
+        let c = classify(reason, function, false);
+        assert_eq!((c.stage, c.backend), (stage, None), "{reason} @ {function}");
+        assert!(!c.why.is_empty());
+    }
+}
+
+/// A drop freed inside nft_do_chain names nf_tables from its location, with no verdict probe.
+#[test]
+fn a_drop_inside_nft_do_chain_names_nf_tables_from_its_location() {
+    let mut c = correlator();
+    let s = slot(0, flag::DROPPED);
+    c.push(&netfilter_drop(2 * SECOND, query(POD), s), 0);
+    let mut r = c.flush(0, true).remove(0);
+    r.drop = None;
+    add_drop(
+        &mut r,
+        "NETFILTER_DROP".to_owned(),
+        "nft_do_chain+0x3e8".to_owned(),
+        false,
+        Place {
+            leg: Leg::QueryToPod,
+            at: "n/d0".to_owned(),
+            stale: String::new(),
+        },
+    );
+    let d = r.drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.backend, d.backend_from),
+        (
+            Stage::Netfilter,
+            Some(NetfilterBackend::NfTables),
+            Some(BackendEvidence::Location)
+        )
+    );
+}
+
+/// A conntrack confirm that failed, with no drop record, is a conntrack drop.
+#[test]
+fn a_failed_confirm_alone_is_a_conntrack_drop() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100, flag::DROPPED);
+    c.push(&event(kind::CONFIRM, 2 * SECOND, query(POD), s), 0);
+    let out = c.flush(0, true);
+    assert_eq!(out[0].verdict, Verdict::Dropped);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.reason.as_str(), d.backend),
+        (Stage::Conntrack, "CONFIRM_FAILED", None)
+    );
+}
+
+/// A socket refusing the packet is a drop at the socket stage, named by its hook.
+#[test]
+fn a_socket_refusal_is_a_socket_drop() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100, flag::DROPPED);
+    let mut e = event(kind::SOCKET_DROP, 2 * SECOND, query(POD), s);
+    e.location = socket_hook::RCVQUEUE_FULL;
+    c.push(&e, 0);
+    let out = c.flush(0, true);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.reason.as_str(), d.location.as_str()),
+        (Stage::Socket, "SOCKET_REFUSED", "sock_rcvqueue_full")
+    );
 }
 
 #[test]

@@ -3,16 +3,20 @@
 //! locations appearing or disappearing, latency ratios), and the regressions among them against
 //! thresholds (loss, p99 latency, drops by reason, conntrack drops, validate scenarios that
 //! stopped passing).
+//!
+//! # Layout
+//! - `mod.rs`: thresholds, judging each figure, the comparison and its text.
+//! - `figures`: the figures of one report, named after their groups and typed causes.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+mod figures;
+
+use std::{fmt::Write as _, path::Path};
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::Serialize;
 
-use crate::report::{
-    document::{self, Document, ProbeReport},
-    trace::cause,
-};
+use self::figures::{Row, figures};
+use crate::report::document::{self, Document};
 
 /// What failed while comparing.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +130,10 @@ impl Value {
 pub struct Figure {
     /// Its name (`probe.loss_percent`, `trace.drops[netfilter: NETFILTER_DROP @ nft_do_chain]`).
     pub name: String,
+    /// What it is kept with: its scenario for validate's (`validate.nft.filter-drop`), else its
+    /// section (`probe`, `trace`, `conntrack`, ...).
+    #[serde(skip)]
+    pub group: String,
     /// What it measures.
     pub kind: Kind,
     /// In BEFORE.
@@ -279,184 +287,6 @@ impl Comparison {
     }
 }
 
-/// The figures of one report, in order.
-fn figures(d: &Document) -> Vec<(String, Kind, Value)> {
-    let mut out = Vec::new();
-    let num = |n: f64| Value::Number(n);
-    let text = |t: &str| Value::Text(t.to_owned());
-    out.push(("kernel".to_owned(), Kind::Info, text(&d.kernel)));
-    if let Some(tier) = &d.tier {
-        out.push(("tracer.tier".to_owned(), Kind::Info, text(tier)));
-    }
-    if let Some(n) = &d.node {
-        out.push(("node.tier".into(), Kind::Info, text(&n.tier)));
-        out.push((
-            "node.iptables_backend".into(),
-            Kind::Info,
-            text(&n.iptables_backend),
-        ));
-        out.push(("node.proxy_mode".into(), Kind::Info, text(&n.proxy_mode)));
-        if let Some(svc) = &n.dns_service {
-            out.push(("node.dns_service".into(), Kind::Info, text(svc)));
-        }
-        out.push((
-            "node.conntrack_count".into(),
-            Kind::Info,
-            num(f64::from(n.conntrack_count)),
-        ));
-        out.push((
-            "node.conntrack_max".into(),
-            Kind::Info,
-            num(f64::from(n.conntrack_max)),
-        ));
-        out.push((
-            "node.dns_conntrack_stale".into(),
-            Kind::Info,
-            num(n.dns_conntrack_stale as f64),
-        ));
-        let mut by_severity: BTreeMap<&str, f64> = BTreeMap::new();
-        for f in &n.findings {
-            *by_severity.entry(f.severity.as_str()).or_default() += 1.0;
-        }
-        for sev in ["error", "warning"] {
-            out.push((
-                format!("node.findings.{sev}"),
-                Kind::Info,
-                num(by_severity.get(sev).copied().unwrap_or(0.0)),
-            ));
-        }
-    }
-    if let Some(p) = &d.probe {
-        probe_figures("probe", p, &mut out);
-    }
-    if let Some(t) = &d.trace {
-        // With a probe, its figures are judged; the trace's are shown beside them.
-        let judged = |k: Kind| if d.probe.is_some() { Kind::Info } else { k };
-        let c = &t.counters;
-        out.push(("trace.queries".into(), Kind::Info, num(c.queries as f64)));
-        out.push(("trace.answered".into(), Kind::Info, num(c.answered as f64)));
-        if c.queries > 0 {
-            let loss = 100.0 * c.queries.saturating_sub(c.answered) as f64 / c.queries as f64;
-            out.push((
-                "trace.loss_percent".into(),
-                judged(Kind::LossPercent),
-                num(loss),
-            ));
-        }
-        if t.latency.count > 0 {
-            out.push((
-                "trace.latency_p99_le_ms".into(),
-                judged(Kind::P99Ms),
-                num(t.latency.p99_le_us as f64 / 1000.0),
-            ));
-        }
-        for (cause, n) in &t.by_cause {
-            out.push((
-                format!("trace.drops[{cause}]"),
-                judged(Kind::Drops),
-                num(*n as f64),
-            ));
-        }
-        out.push((
-            "trace.lost_events".into(),
-            Kind::Info,
-            num(c.lost_events as f64),
-        ));
-    }
-    if let Some(ct) = &d.conntrack_delta {
-        for (name, v) in ct.fields() {
-            let kind = if matches!(name, "drop" | "insert_failed") {
-                Kind::ConntrackDrops
-            } else {
-                Kind::Info
-            };
-            out.push((format!("conntrack.{name}"), kind, num(f64::from(v))));
-        }
-    }
-    if let Some(v) = &d.validate {
-        out.push(("validate.tier".into(), Kind::Info, text(&v.tier)));
-        for sc in &v.scenarios {
-            let prefix = format!("validate.{}.{}", sc.backend.name(), sc.scenario);
-            out.push((
-                prefix.clone(),
-                Kind::Pass,
-                num(if sc.passed { 1.0 } else { 0.0 }),
-            ));
-            if sc.scenario == "healthy" {
-                probe_figures(&prefix, &sc.probe, &mut out);
-            } else {
-                out.push((
-                    format!("{prefix}.lost"),
-                    Kind::Info,
-                    num(f64::from(sc.probe.lost)),
-                ));
-            }
-            // Where each lost query died: a fault's own drops are expected (its pass or fail
-            // judges them); what matters between kernels is a reason or location that appears
-            // or disappears.
-            let mut causes: BTreeMap<String, u32> = BTreeMap::new();
-            for q in &sc.probe.lost_queries {
-                for c in died_at(q.trace.as_ref()) {
-                    *causes.entry(c).or_default() += 1;
-                }
-            }
-            for (c, n) in causes {
-                out.push((format!("{prefix}.{c}"), Kind::Info, num(f64::from(n))));
-            }
-        }
-    }
-    out
-}
-
-/// Where a lost query died, as compare names it: `drop[stage: REASON @ function (backend)]` and
-/// `icmp[what]` (both, for a query rejected after a drop), else how far it was seen.
-fn died_at(r: Option<&crate::flow::record::QueryRecord>) -> Vec<String> {
-    let Some(r) = r else {
-        return vec!["not seen by the tracer".to_owned()];
-    };
-    let mut out = Vec::new();
-    if let Some(d) = &r.drop {
-        out.push(format!(
-            "drop[{}: {} @ {}{}]",
-            d.stage,
-            d.reason,
-            crate::kernel::symbols::function(&d.location),
-            d.backend
-                .as_ref()
-                .map_or(String::new(), |b| format!(" ({b})"))
-        ));
-    }
-    if let Some(i) = &r.icmp {
-        out.push(format!("icmp[{}]", i.what));
-    }
-    if out.is_empty() {
-        out.push(format!("[{}]", cause(r)));
-    }
-    out
-}
-
-/// The group a figure belongs to: its scenario for validate's (`validate.nft.filter-drop`), else
-/// its section (`probe`, `trace`, `conntrack`, ...).
-fn group(name: &str) -> &str {
-    if name.starts_with("validate.") {
-        let mut dots = 0;
-        for (i, c) in name.char_indices() {
-            match c {
-                '[' => break,
-                '.' => {
-                    dots += 1;
-                    if dots == 3 {
-                        return &name[..i];
-                    }
-                }
-                _ => {}
-            }
-        }
-        return name;
-    }
-    name.split(['.', '[']).next().unwrap_or(name)
-}
-
 /// A latency figure (`..._ms`).
 fn is_latency(name: &str) -> bool {
     name.ends_with("_ms")
@@ -481,48 +311,6 @@ fn change(f: &Figure) -> Option<String> {
             }
         }
         (Some(b), Some(a)) => Some(format!("{}: {} -> {}", f.name, show(b), show(a))),
-    }
-}
-
-fn probe_figures(prefix: &str, p: &ProbeReport, out: &mut Vec<(String, Kind, Value)>) {
-    let num = |n: f64| Value::Number(n);
-    out.push((format!("{prefix}.sent"), Kind::Info, num(f64::from(p.sent))));
-    out.push((format!("{prefix}.lost"), Kind::Info, num(f64::from(p.lost))));
-    out.push((
-        format!("{prefix}.loss_percent"),
-        Kind::LossPercent,
-        num(p.loss_percent),
-    ));
-    if let Some(l) = &p.latency_ms {
-        for (name, v, kind) in [
-            ("p50", l.p50, Kind::Info),
-            ("p90", l.p90, Kind::Info),
-            ("p99", l.p99, Kind::P99Ms),
-            ("max", l.max, Kind::Info),
-        ] {
-            out.push((format!("{prefix}.latency_{name}_ms"), kind, num(v)));
-        }
-    }
-    for (rcode, n) in &p.rcodes {
-        out.push((
-            format!("{prefix}.rcode[{rcode}]"),
-            Kind::Info,
-            num(f64::from(*n)),
-        ));
-    }
-    for (cause, n) in &p.lost_by_cause {
-        out.push((
-            format!("{prefix}.lost_by_cause[{cause}]"),
-            Kind::Drops,
-            num(f64::from(*n)),
-        ));
-    }
-    for (ep, n) in &p.lost_by_endpoint {
-        out.push((
-            format!("{prefix}.lost_by_endpoint[{ep}]"),
-            Kind::Info,
-            num(f64::from(*n)),
-        ));
     }
 }
 
@@ -600,25 +388,26 @@ pub fn compare(
     }
     // BEFORE's order, with AFTER's own figures next to their group's (a drop location that
     // appears beside the one that disappeared).
-    let mut order: Vec<(String, Kind)> = Vec::new();
-    for (name, kind, _) in fb.iter().chain(&fa) {
-        if order.iter().any(|(n, _)| n == name) {
+    let mut order: Vec<&Row> = Vec::new();
+    for row in fb.0.iter().chain(&fa.0) {
+        if order.iter().any(|r| r.name == row.name) {
             continue;
         }
-        match order.iter().rposition(|(n, _)| group(n) == group(name)) {
-            Some(i) => order.insert(i + 1, (name.clone(), *kind)),
-            None => order.push((name.clone(), *kind)),
+        match order.iter().rposition(|r| r.group == row.group) {
+            Some(i) => order.insert(i + 1, row),
+            None => order.push(row),
         }
     }
-    let find = |v: &[(String, Kind, Value)], name: &str| {
-        v.iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, v)| v.clone())
+    let find = |rows: &[Row], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(|r| r.value.clone())
     };
     let figures: Vec<Figure> = order
         .into_iter()
-        .map(|(name, kind)| {
-            let (b, a) = (find(&fb, &name), find(&fa, &name));
+        .map(|row| {
+            let (b, a) = (find(&fb.0, &row.name), find(&fa.0, &row.name));
+            let kind = row.kind;
             // Drops missing from one side count as zero only when both reports measured the
             // same things.
             let judged = match kind {
@@ -627,7 +416,8 @@ pub fn compare(
                 _ => judge(kind, b.as_ref(), a.as_ref(), thresholds),
             };
             Figure {
-                name,
+                name: row.name.clone(),
+                group: row.group.clone(),
                 kind,
                 before: b,
                 after: a,

@@ -38,7 +38,10 @@ fn validate_reports_flag_a_scenario_that_stopped_passing() {
     use crate::{
         measure::{BatchResult, BatchSpec},
         node::Backend,
-        report::validation::{ScenarioResult, Validation},
+        report::{
+            document::ProbeReport,
+            validation::{ScenarioResult, Validation},
+        },
     };
     let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
     let probe = |lost: u32| {
@@ -103,11 +106,13 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
     };
 
     use crate::{
-        flow::record::{Drop, Leg, QueryRecord as TraceRecord, Seen, StageTimes, Verdict},
+        flow::record::{NetfilterBackend, QueryRecord as TraceRecord, Stage},
         measure::{BatchResult, BatchSpec, Outcome, QueryRecord, RecordType, ResponseCode},
         node::Backend,
-        report::document::VmRun,
-        report::validation::{ScenarioResult, Validation},
+        report::{
+            document::{ProbeReport, VmRun},
+            validation::{ScenarioResult, Validation},
+        },
     };
     let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
     let query = |i: u16, outcome| QueryRecord {
@@ -119,7 +124,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
         outcome,
     };
     // 10 queries answered in `ms` (the last one 4x slower), then `lost` dropped at `location`.
-    let probe = |ms: f64, lost: u16, location: &str, backend: Option<&str>| {
+    let probe = |ms: f64, lost: u16, location: &str, backend: Option<NetfilterBackend>| {
         let answered = (0..10u16).map(|i| {
             let f = if i == 9 { 4.0 } else { 1.0 };
             query(
@@ -135,37 +140,12 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
             .chain((10..10 + lost).map(|i| query(i, Outcome::TimedOut)))
             .collect();
         let records: Vec<TraceRecord> = (10..10 + lost)
-            .map(|i| TraceRecord {
-                time_us: 0,
-                client: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 20), 1000 + i),
-                server,
-                id: i,
-                name: None,
-                qtype: None,
-                verdict: Verdict::Dropped,
-                endpoint: Some(Ipv4Addr::new(10, 244, 0, 10)),
-                nat: None,
-                confirmed: false,
-                client_link: None,
-                endpoint_link: None,
-                latency_us: None,
-                stages: StageTimes::default(),
-                last_seen: Seen::Sent,
-                retries: 0,
-                drop: Some(Drop {
-                    stage: "netfilter".to_owned(),
-                    reason: "NETFILTER_DROP".to_owned(),
-                    location: location.to_owned(),
-                    backend: backend.map(str::to_owned),
-                    backend_from: None,
-                    table: None,
-                    chain: None,
-                    leg: Leg::QueryToPod,
-                    at: "n/d0".to_owned(),
-                    why: String::new(),
-                }),
-                icmp: None,
-                conntrack: None,
+            .map(|i| {
+                let mut r = TraceRecord::dropped(i, Stage::Netfilter);
+                let d = r.drop.as_mut().unwrap();
+                d.location = location.to_owned();
+                d.backend = backend;
+                r
             })
             .collect();
         let result = BatchResult {
@@ -210,7 +190,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
         "tracepoint",
         0.25,
         "nft_do_chain+0x3e8",
-        Some("nf_tables"),
+        Some(NetfilterBackend::NfTables),
         true,
     );
     let mut candidate = doc(
@@ -273,4 +253,77 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
         "{}",
         c.text()
     );
+}
+
+/// Figures about failed queries are named after their typed cause: a report written before
+/// `Seen` had a name ("no drop seen (last seen: AtEndpoint)") and one written now
+/// ("... at_endpoint") have the same figure, so nothing changed between them.
+#[test]
+fn a_cause_names_one_figure_in_reports_old_and_new() {
+    use crate::{
+        flow::record::{QueryRecord as TraceRecord, Seen, Stage, Verdict},
+        report::trace::TraceSummary,
+    };
+    let mut summary = TraceSummary::default();
+    let mut r = TraceRecord::dropped(1, Stage::Netfilter);
+    summary.add(&r);
+    r.drop = None;
+    r.verdict = Verdict::Unanswered;
+    r.last_seen = Seen::AtEndpoint;
+    summary.add(&r);
+    let mut new = Document::new("trace").unwrap();
+    new.trace = Some(summary);
+    let mut old = serde_json::to_value(&new).unwrap();
+    let by_cause = old["trace"]["by_cause"].as_object_mut().unwrap();
+    let n = by_cause
+        .remove("no drop seen (last seen: at_endpoint)")
+        .expect("the new key");
+    by_cause.insert("no drop seen (last seen: AtEndpoint)".to_owned(), n);
+    let old = Document::parse(Path::new("old.json"), &old.to_string()).unwrap();
+    let p = Path::new("x.json");
+    let c = compare(p, &old, p, &new, &Thresholds::default());
+    assert!(c.changes.is_empty(), "{}", c.text());
+    let names: Vec<&str> = c.figures.iter().map(|f| f.name.as_str()).collect();
+    for name in [
+        "trace.drops[netfilter: NETFILTER_DROP @ nft_do_chain]",
+        "trace.drops[no drop seen (last seen: at_endpoint)]",
+    ] {
+        assert!(names.contains(&name), "no {name} in {names:?}");
+    }
+    assert!(
+        c.figures
+            .iter()
+            .filter(|f| f.name.starts_with("trace."))
+            .all(|f| f.group == "trace")
+    );
+}
+
+/// How a lost query's death names a validate figure: its drop with the backend told, its ICMP
+/// error, how far it was seen, or no record.
+#[test]
+fn died_at_names_drops_icmp_errors_and_the_rest() {
+    use crate::flow::record::{Icmp, Leg, NetfilterBackend, QueryRecord as TraceRecord, Stage};
+
+    use super::figures::died_at;
+    let names = |r: Option<&TraceRecord>| -> Vec<String> {
+        died_at(r).iter().map(ToString::to_string).collect()
+    };
+    let mut r = TraceRecord::dropped(1, Stage::Netfilter);
+    r.drop.as_mut().unwrap().backend = Some(NetfilterBackend::NfTables);
+    r.icmp = Some(Icmp {
+        what: "port unreachable".to_owned(),
+        by: "n/d0".to_owned(),
+        leg: Leg::QueryBeforeDnat,
+    });
+    assert_eq!(
+        names(Some(&r)),
+        [
+            "drop[netfilter: NETFILTER_DROP @ nft_do_chain (nf_tables)]",
+            "icmp[port unreachable]"
+        ]
+    );
+    r.drop = None;
+    r.icmp = None;
+    assert_eq!(names(Some(&r)), ["[no drop seen (last seen: sent)]"]);
+    assert_eq!(names(None), ["not seen by the tracer"]);
 }

@@ -13,10 +13,10 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    flow::record::QueryRecord as TraceRecord,
+    flow::{cause::Cause, record::QueryRecord as TraceRecord},
     measure::{BatchResult, BatchSpec, Outcome, QueryRecord},
     node::{conntrack::CpuStats, inspect},
-    report::trace::{TraceSummary, cause, endpoint_key, line},
+    report::trace::{TraceSummary, endpoint_key, line},
     report::validation::Validation,
 };
 
@@ -356,12 +356,9 @@ pub struct LostQuery {
 }
 
 impl LostQuery {
-    /// Where and why it died, in the trace summary's words, or why that is unknown.
-    pub fn cause(&self) -> String {
-        match &self.trace {
-            Some(r) => cause(r),
-            None => "not seen by the tracer".to_owned(),
-        }
+    /// Where and why it died, as the trace summary counts it, or that the tracer has no record.
+    pub fn cause(&self) -> Cause {
+        self.trace.as_ref().map_or(Cause::NotTraced, Cause::of)
     }
 }
 
@@ -404,8 +401,8 @@ pub struct ProbeReport {
     pub rcodes: BTreeMap<String, u32>,
     /// Datagrams that matched no query.
     pub bad_answers: u32,
-    /// Lost queries by where and why they died.
-    pub lost_by_cause: BTreeMap<String, u32>,
+    /// Lost queries by where and why they died (in JSON, keyed by the cause's text).
+    pub lost_by_cause: BTreeMap<Cause, u32>,
     /// Lost queries by the endpoint they were sent to.
     pub lost_by_endpoint: BTreeMap<String, u32>,
     /// Lost queries the tracer has no record of.
@@ -561,18 +558,23 @@ impl ProbeReport {
         if self.lost == 0 {
             return s;
         }
-        for (title, map) in [
-            ("lost queries: where and why they died", &self.lost_by_cause),
-            ("lost queries sent to", &self.lost_by_endpoint),
+        let by_cause = self.lost_by_cause.iter().map(|(k, n)| (k.to_string(), *n));
+        let by_endpoint = self.lost_by_endpoint.iter().map(|(k, n)| (k.clone(), *n));
+        for (title, rows) in [
+            (
+                "lost queries: where and why they died",
+                by_cause.collect::<Vec<_>>(),
+            ),
+            ("lost queries sent to", by_endpoint.collect()),
         ] {
             let mut t = Table::new();
             t.load_style(UTF8_BORDERS_ONLY)
                 .set_header(vec![title, "queries", "share"]);
-            for (k, n) in map {
+            for (k, n) in rows {
                 t.add_row(vec![
-                    k.clone(),
+                    k,
                     n.to_string(),
-                    format!("{:.1} %", 100.0 * f64::from(*n) / f64::from(self.lost)),
+                    format!("{:.1} %", 100.0 * f64::from(n) / f64::from(self.lost)),
                 ]);
             }
             let _ = writeln!(s, "{t}");
