@@ -268,9 +268,7 @@ fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<Scenari
         backend,
         scenario: sc.name.to_owned(),
         passed: problems.is_empty(),
-        tier: summary
-            .and_then(|s| s.plan.as_ref())
-            .map_or("unknown".to_owned(), |p| p.tier.to_string()),
+        tier: summary.and_then(|s| s.plan.as_ref()).map(|p| p.tier),
         expected: sc.expected.to_owned(),
         problems,
         conntrack_delta: summary.and_then(|s| s.conntrack_delta),
@@ -314,9 +312,7 @@ pub fn validate(
             results.push(r);
         }
     }
-    let tier = results
-        .first()
-        .map_or("unknown".to_owned(), |r| r.tier.clone());
+    let tier = results.first().and_then(|r| r.tier);
     Ok(Validation {
         tier,
         passed: results.iter().all(|r| r.passed),

@@ -12,7 +12,7 @@ use crate::{
     report::{
         document::{Document, NodeFacts, ProbeReport},
         trace::TraceSummary,
-        validation::Validation,
+        validation::{Validation, show_tier},
     },
 };
 
@@ -77,7 +77,7 @@ fn text(t: impl fmt::Display) -> Value {
 pub(super) fn figures(d: &Document) -> Rows {
     let mut out = Rows::default();
     out.whole("kernel", Kind::Info, text(&d.kernel));
-    if let Some(tier) = &d.tier {
+    if let Some(tier) = d.tier {
         out.field("tracer", "tier", Kind::Info, text(tier));
     }
     if let Some(n) = &d.node {
@@ -107,7 +107,7 @@ pub(super) fn figures(d: &Document) -> Rows {
 
 fn node(n: &NodeFacts, out: &mut Rows) {
     let g = "node";
-    out.field(g, "tier", Kind::Info, text(&n.tier));
+    out.field(g, "tier", Kind::Info, text(n.tier));
     out.field(g, "iptables_backend", Kind::Info, text(&n.iptables_backend));
     out.field(g, "proxy_mode", Kind::Info, text(&n.proxy_mode));
     if let Some(svc) = &n.dns_service {
@@ -184,7 +184,7 @@ fn probe(group: &str, p: &ProbeReport, out: &mut Rows) {
 }
 
 fn validate(v: &Validation, out: &mut Rows) {
-    out.whole("validate.tier", Kind::Info, text(&v.tier));
+    out.whole("validate.tier", Kind::Info, text(show_tier(v.tier)));
     for sc in &v.scenarios {
         let group = format!("validate.{}.{}", sc.backend.name(), sc.scenario);
         out.whole(&group, Kind::Pass, num(if sc.passed { 1.0 } else { 0.0 }));

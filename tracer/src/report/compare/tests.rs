@@ -38,6 +38,7 @@ fn validate_reports_flag_a_scenario_that_stopped_passing() {
     use crate::{
         measure::{BatchResult, BatchSpec},
         node::Backend,
+        probes::plan::Tier,
         report::{
             document::ProbeReport,
             validation::{ScenarioResult, Validation},
@@ -59,7 +60,7 @@ fn validate_reports_flag_a_scenario_that_stopped_passing() {
         backend: Backend::Nft,
         scenario: name.to_owned(),
         passed,
-        tier: "tracepoint".to_owned(),
+        tier: Some(Tier::Tracepoint),
         expected: String::new(),
         problems: vec![],
         probe: probe(lost),
@@ -69,7 +70,7 @@ fn validate_reports_flag_a_scenario_that_stopped_passing() {
     let doc = |passed: bool, lost: u32| {
         let mut d = Document::new("validate").unwrap();
         d.validate = Some(Validation {
-            tier: "tracepoint".to_owned(),
+            tier: Some(Tier::Tracepoint),
             passed,
             seconds: 1.0,
             scenarios: vec![
@@ -109,6 +110,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
         flow::record::{NetfilterBackend, QueryRecord as TraceRecord, Stage},
         measure::{BatchResult, BatchSpec, Outcome, QueryRecord, RecordType, ResponseCode},
         node::Backend,
+        probes::plan::Tier,
         report::{
             document::{ProbeReport, VmRun},
             validation::{ScenarioResult, Validation},
@@ -158,23 +160,23 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
         };
         ProbeReport::new("c", server, &BatchSpec::default(), &result, None, &records)
     };
-    let scenario = |name: &str, passed: bool, tier: &str, probe: ProbeReport| ScenarioResult {
+    let scenario = |name: &str, passed: bool, tier: Tier, probe: ProbeReport| ScenarioResult {
         backend: Backend::Nft,
         scenario: name.to_owned(),
         passed,
-        tier: tier.to_owned(),
+        tier: Some(tier),
         expected: String::new(),
         problems: vec![],
         probe,
         conntrack_delta: None,
         counters: None,
     };
-    let doc = |kernel: &str, tier: &str, ms: f64, location: &str, backend, pod_down: bool| {
+    let doc = |kernel: &str, tier: Tier, ms: f64, location: &str, backend, pod_down: bool| {
         let mut d = Document::new("validate").unwrap();
         d.kernel = kernel.to_owned();
-        d.tier = Some(tier.to_owned());
+        d.tier = Some(tier);
         d.validate = Some(Validation {
-            tier: tier.to_owned(),
+            tier: Some(tier),
             passed: pod_down,
             seconds: 1.0,
             scenarios: vec![
@@ -187,7 +189,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
     };
     let running = doc(
         "6.18.0",
-        "tracepoint",
+        Tier::Tracepoint,
         0.25,
         "nft_do_chain+0x3e8",
         Some(NetfilterBackend::NfTables),
@@ -195,7 +197,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
     );
     let mut candidate = doc(
         "6.1.0-50-amd64",
-        "fentry",
+        Tier::Fentry,
         2.5,
         "nf_hook_slow+0x91",
         None,

@@ -16,6 +16,7 @@ use crate::{
     flow::{cause::Cause, record::QueryRecord as TraceRecord},
     measure::{BatchResult, BatchSpec, Outcome, QueryRecord},
     node::{conntrack::CpuStats, inspect},
+    probes::plan::Tier,
     report::trace::{TraceSummary, endpoint_key, line},
     report::validation::Validation,
 };
@@ -84,7 +85,7 @@ pub struct Document {
     /// When it was written (RFC 3339, UTC).
     pub created: String,
     /// The hook tier the tracer had (`fentry`, `kprobe`, `tracepoint`), when it ran.
-    pub tier: Option<String>,
+    pub tier: Option<Tier>,
     /// The node as `tracer inspect` saw it.
     pub node: Option<NodeFacts>,
     /// The probe's result (`probe`).
@@ -161,7 +162,7 @@ impl Document {
 
     /// Adds a trace's summary, its failed records and its conntrack delta.
     pub fn with_trace(mut self, summary: TraceSummary, records: &[TraceRecord]) -> Self {
-        self.tier = summary.plan.as_ref().map(|p| p.tier.to_string());
+        self.tier = summary.plan.as_ref().map(|p| p.tier);
         self.conntrack_delta = summary.conntrack_delta;
         self.failed_queries = records
             .iter()
@@ -236,7 +237,7 @@ pub fn write_trace_report(
 /// Writes the report of `tracer inspect`.
 pub fn write_inspect_report(path: &Path, report: &inspect::Report) -> Result<(), Error> {
     let mut doc = Document::new("inspect")?;
-    doc.tier = Some(report.facts.tier.to_string());
+    doc.tier = Some(report.facts.tier);
     doc.node = Some(NodeFacts::from_inspect(report));
     doc.write(path)
 }
@@ -262,7 +263,7 @@ pub struct NodeFacts {
     /// OS release.
     pub os: Option<String>,
     /// The hook tier tracing gets here.
-    pub tier: String,
+    pub tier: Tier,
     /// The iptables backend verdict (`legacy`, `nft`, `mixed`, ...).
     pub iptables_backend: String,
     /// kube-proxy's mode.
@@ -297,7 +298,7 @@ impl NodeFacts {
             netns: r.netns.clone(),
             kernel: r.facts.kernel.clone(),
             os: r.facts.os.clone(),
-            tier: r.facts.tier.to_string(),
+            tier: r.facts.tier,
             iptables_backend: r.backends.verdict.to_string(),
             proxy_mode: text(serde_json::to_value(r.proxy_mode)),
             dns_service: r.dns_service.as_ref().map(|s| {
@@ -386,7 +387,7 @@ pub struct ProbeReport {
     /// The tracer ran alongside and attributed the losses.
     pub traced: bool,
     /// The hook tier the tracer had.
-    pub tier: Option<String>,
+    pub tier: Option<Tier>,
     /// Queries sent.
     pub sent: u32,
     /// Queries answered.
@@ -476,9 +477,7 @@ impl ProbeReport {
             parallel_a_aaaa: spec.parallel_a_aaaa,
             source_port: spec.source_port,
             traced: summary.is_some(),
-            tier: summary
-                .and_then(|s| s.plan.as_ref())
-                .map(|p| p.tier.to_string()),
+            tier: summary.and_then(|s| s.plan.as_ref()).map(|p| p.tier),
             sent: result.sent,
             answered: result.answered,
             lost: result.lost,
