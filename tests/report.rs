@@ -11,6 +11,7 @@ use std::{
 
 use common::{LabGuard, batch};
 use tracer::{
+    flow::record::Stage,
     lab::FaultName,
     node::Backend,
     report::{
@@ -138,8 +139,8 @@ fn probe_attributes_every_loss_and_compare_flags_the_fault() {
             assert_eq!(r.endpoint, Some(DNS0), "{backend:?}: sent to dns0: {r:?}");
             let d = r.drop.as_ref().expect("a drop");
             assert_eq!(
-                (d.stage.as_str(), d.reason.as_str()),
-                ("netfilter", "NETFILTER_DROP"),
+                (d.stage, d.reason.as_str()),
+                (Stage::Netfilter, "NETFILTER_DROP"),
                 "{d:?}"
             );
         }

@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{LabGuard, batch, has_drop_reasons, tier};
 use tracer::{
-    flow::record::{Drop, Leg, QueryRecord, Verdict},
+    flow::record::{BackendEvidence, Drop, Leg, NetfilterBackend, QueryRecord, Stage, Verdict},
     kernel::symbols,
     lab::FaultName,
     measure::BatchSpec,
@@ -117,13 +117,6 @@ fn quick() -> Settings {
     Settings {
         timeout: Duration::from_secs(1),
         ..Settings::default()
-    }
-}
-
-fn backend_name(b: Backend) -> &'static str {
-    match b {
-        Backend::Nft => "nf_tables",
-        Backend::Legacy => "xtables",
     }
 }
 
@@ -237,14 +230,14 @@ fn filter_drop_is_a_netfilter_drop_after_dnat_naming_the_pod() {
             );
             let d = r.drop.as_ref().unwrap();
             assert_eq!(
-                (d.stage.as_str(), d.leg),
-                ("netfilter", Leg::QueryToPod),
+                (d.stage, d.leg),
+                (Stage::Netfilter, Leg::QueryToPod),
                 "{d:?}"
             );
             assert_reason(d, "NETFILTER_DROP", "nf_hook_slow");
             assert_eq!(
-                d.backend.as_deref(),
-                Some(backend_name(backend)),
+                d.backend,
+                Some(NetfilterBackend::from(backend)),
                 "the verdict probe, the location or the rule counters tell the backend: {d:?}"
             );
             if t.deep_verdicts(backend) {
@@ -253,7 +246,7 @@ fn filter_drop_is_a_netfilter_drop_after_dnat_naming_the_pod() {
                     (Some("filter"), Some("FORWARD")),
                     "the verdict probe names the table and chain: {d:?}"
                 );
-                assert_eq!(d.backend_from.as_deref(), Some("verdict probe"), "{d:?}");
+                assert_eq!(d.backend_from, Some(BackendEvidence::VerdictProbe), "{d:?}");
             }
             if t.deep_nat() {
                 assert_eq!(r.nat.map(|n| *n.ip()), Some(DNS0), "DNATed to dns0: {r:?}");
@@ -295,8 +288,8 @@ fn no_endpoints_is_rejected_before_dnat() {
             );
             let d = r.drop.as_ref().expect("the REJECT drops the packet");
             assert_eq!(
-                (d.stage.as_str(), d.leg),
-                ("netfilter", Leg::QueryBeforeDnat),
+                (d.stage, d.leg),
+                (Stage::Netfilter, Leg::QueryBeforeDnat),
                 "{d:?}"
             );
             match &r.icmp {
@@ -332,7 +325,7 @@ fn pod_down_is_no_socket_in_the_pod() {
         for r in t.failed() {
             assert_eq!(r.endpoint, Some(DNS0), "{r:?}");
             let d = r.drop.as_ref().expect("a drop");
-            assert_eq!(d.stage, "socket", "{d:?}");
+            assert_eq!(d.stage, Stage::Socket, "{d:?}");
             assert_reason(d, "NO_SOCKET", "__udp4_lib_rcv");
             assert!(
                 d.at.starts_with("trtp-dns0/"),
@@ -359,7 +352,7 @@ fn conntrack_full_is_dropped_at_conntrack_with_evidence() {
         assert_eq!(failed.len(), 10);
         for r in failed {
             let d = r.drop.as_ref().expect("a drop");
-            assert_eq!(d.stage, "conntrack", "{d:?}");
+            assert_eq!(d.stage, Stage::Conntrack, "{d:?}");
             assert_reason(d, "NETFILTER_DROP", "nf_hook_slow");
             assert!(d.why.contains("full"), "{d:?}");
         }
@@ -394,7 +387,7 @@ fn pod_link_down_dies_at_neighbour_resolution() {
         for r in t.failed() {
             assert_eq!(r.endpoint, Some(DNS0), "{r:?}");
             let d = r.drop.as_ref().expect("a drop");
-            assert_eq!(d.stage, "neighbour", "{d:?}");
+            assert_eq!(d.stage, Stage::Neighbour, "{d:?}");
             assert!(
                 d.reason.starts_with("NEIGH_") || !has_drop_reasons(),
                 "{d:?}"

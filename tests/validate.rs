@@ -20,11 +20,7 @@ fn validate_passes_on_this_kernel_scenario_by_scenario() {
         "failed on this kernel:\n{}",
         failed.join("\n")
     );
-    assert!(
-        ["fentry", "kprobe", "tracepoint"].contains(&v.tier.as_str()),
-        "names the hook tier: {}",
-        v.tier
-    );
+    assert!(v.tier.is_some(), "names the hook tier: {:?}", v.tier);
     let healthy: Vec<_> = v
         .scenarios
         .iter()

@@ -54,13 +54,13 @@ pub fn run(args: ValidateArgs) -> Result<bool, Error> {
             nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            v.tier,
+            crate::report::validation::show_tier(v.tier),
             v.seconds
         )?;
     }
     if let Some(path) = &args.out.report {
         let mut doc = Document::new("validate")?;
-        doc.tier = Some(v.tier.clone());
+        doc.tier = v.tier;
         doc.node = Some(NodeFacts::from_inspect(&inspect::inspect(None)?));
         doc.validate = Some(v.clone());
         doc.write(path)?;

@@ -3,9 +3,12 @@
 //! # Layout
 //! - `dns`: the question (name, type) from the raw bytes the kernel copied.
 //! - `names`: namespace and interface names for the numbers in records.
-//! - `record`: the per-query record (verdict, path, where and why it died).
+//! - `record`: the per-query record (verdict, path, where and why it died) and its typed parts
+//!   (stage, netfilter backend and what told it, how far a query was seen).
+//! - `cause`: where and why a failed query died as one value, the key of the counts by cause.
 //! - `correlate`: merges the records of one query (drop, ICMP, eviction, answer) across NAT,
 //!   holding each briefly so evidence arriving in any order ends up in one verdict.
+pub mod cause;
 pub mod correlate;
 pub mod dns;
 pub mod names;

@@ -2,6 +2,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::{node::Backend, probes::table::Stage as ProbeStage};
+
 /// How a query ended.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -41,8 +43,10 @@ pub enum Leg {
     Answer,
 }
 
-/// The furthest point of the path a query was seen at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The furthest point of the path a query was seen at, in path order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Seen {
     /// Not seen on a pod link (a drop or ICMP error was the only trace).
@@ -57,21 +61,200 @@ pub enum Seen {
     Delivered,
 }
 
+impl Seen {
+    /// Every point, in path order.
+    pub const ALL: [Seen; 5] = [
+        Seen::Nowhere,
+        Seen::Sent,
+        Seen::AtEndpoint,
+        Seen::AnsweredByEndpoint,
+        Seen::Delivered,
+    ];
+
+    /// Its name, as in JSON (`at_endpoint`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Seen::Nowhere => "nowhere",
+            Seen::Sent => "sent",
+            Seen::AtEndpoint => "at_endpoint",
+            Seen::AnsweredByEndpoint => "answered_by_endpoint",
+            Seen::Delivered => "delivered",
+        }
+    }
+
+    /// The point named `name` (`at_endpoint`), or by its Rust name (`AtEndpoint`), which reports
+    /// written before `Seen` had a name used in their cause keys.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name || format!("{s:?}") == name)
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where on the packet path a query died, as the kernel names the stage. Not
+/// [`crate::probes::table::Stage`], which groups the tracer's programs: [`Stage::recorded_by`]
+/// names the program groups whose records place a drop here.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// An iptables/nftables rule, or a netfilter hook.
+    Netfilter,
+    /// Conntrack refused the flow (table full, or an insert clash it could not resolve).
+    Conntrack,
+    /// The IP layer (routing, an address the host does not own).
+    Routing,
+    /// The bridge flooded a copy to a pod it was not addressed to.
+    Bridge,
+    /// The next hop's address did not resolve.
+    Neighbour,
+    /// The receiving socket: none listening, or it refused the packet.
+    Socket,
+    /// A drop reason no stage above claims.
+    Kernel,
+}
+
+impl Stage {
+    /// Every stage, in path order.
+    pub const ALL: [Stage; 7] = [
+        Stage::Netfilter,
+        Stage::Conntrack,
+        Stage::Routing,
+        Stage::Bridge,
+        Stage::Neighbour,
+        Stage::Socket,
+        Stage::Kernel,
+    ];
+
+    /// Its name, as in JSON and text (`netfilter`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Netfilter => "netfilter",
+            Stage::Conntrack => "conntrack",
+            Stage::Routing => "routing",
+            Stage::Bridge => "bridge",
+            Stage::Neighbour => "neighbour",
+            Stage::Socket => "socket",
+            Stage::Kernel => "kernel",
+        }
+    }
+
+    /// The stage named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The program groups whose records can place a drop at this stage: the drop-reason
+    /// programs (`skb:kfree_skb`) for every stage, and the stage's own programs where it has
+    /// some (netfilter verdicts, conntrack confirm, socket refusals).
+    pub fn recorded_by(self) -> &'static [ProbeStage] {
+        match self {
+            Stage::Netfilter => &[ProbeStage::Netfilter, ProbeStage::Drop],
+            Stage::Conntrack => &[ProbeStage::Conntrack, ProbeStage::Drop],
+            Stage::Socket => &[ProbeStage::Socket, ProbeStage::Drop],
+            Stage::Routing | Stage::Bridge | Stage::Neighbour | Stage::Kernel => {
+                &[ProbeStage::Drop]
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kernel's netfilter implementation whose table dropped a packet. Not
+/// [`crate::node::Backend`], the iptables flavour that wrote the rules; iptables-nft's rules
+/// run in nf_tables and iptables-legacy's in xtables, hence the `From`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum NetfilterBackend {
+    /// nf_tables (`nft_do_chain`: iptables-nft, nft).
+    #[serde(rename = "nf_tables")]
+    NfTables,
+    /// Legacy xtables (`ipt_do_table`: iptables-legacy).
+    #[serde(rename = "xtables")]
+    Xtables,
+}
+
+impl NetfilterBackend {
+    /// The backend a verdict record's `location` names (`tracer_common::event::backend`).
+    pub fn of_verdict(location: u64) -> Self {
+        if location == tracer_common::event::backend::XTABLES {
+            Self::Xtables
+        } else {
+            Self::NfTables
+        }
+    }
+}
+
+impl From<Backend> for NetfilterBackend {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Nft => Self::NfTables,
+            Backend::Legacy => Self::Xtables,
+        }
+    }
+}
+
+impl std::fmt::Display for NetfilterBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NfTables => "nf_tables",
+            Self::Xtables => "xtables",
+        })
+    }
+}
+
+/// What told a drop's netfilter backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BackendEvidence {
+    /// A verdict probe saw the table return the drop (`ipt_do_table`, `nft_do_chain`).
+    #[serde(rename = "verdict probe")]
+    VerdictProbe,
+    /// The packet was freed inside `nft_do_chain`.
+    #[serde(rename = "location")]
+    Location,
+    /// The DROP/REJECT rules on the DNS path whose counters moved were all in one backend.
+    #[serde(rename = "rule counters")]
+    RuleCounters,
+}
+
+impl std::fmt::Display for BackendEvidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::VerdictProbe => "verdict probe",
+            Self::Location => "location",
+            Self::RuleCounters => "rule counters",
+        })
+    }
+}
+
 /// A drop: stage, kernel reason and code location, and what tells the netfilter backend.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Drop {
     /// The stage, as the kernel names it: netfilter, conntrack, neighbour, socket, ...
-    pub stage: String,
+    pub stage: Stage,
     /// `enum skb_drop_reason` name from this kernel's BTF (or the socket hook's name).
     pub reason: String,
     /// Code location (`function+0xoff`).
     pub location: String,
     /// The netfilter backend, `nf_tables` or `xtables`, from evidence that holds on every
     /// kernel: a verdict probe, a free inside `nft_do_chain`, or the rule counters that moved.
-    pub backend: Option<String>,
+    pub backend: Option<NetfilterBackend>,
     /// What told the backend: `verdict probe`, `location`, `rule counters`.
     #[serde(default)]
-    pub backend_from: Option<String>,
+    pub backend_from: Option<BackendEvidence>,
     /// The netfilter table when a verdict probe saw it.
     pub table: Option<String>,
     /// The chain: nf_tables' chain name, or for xtables the hook the table ran at
@@ -151,4 +334,150 @@ pub struct QueryRecord {
     pub icmp: Option<Icmp>,
     /// The conntrack entry the query created (from ctnetlink NEW events), or why there is none.
     pub conntrack: Option<String>,
+}
+
+#[cfg(test)]
+impl QueryRecord {
+    /// For tests: query `id` from 10.244.0.20 port 1000 + `id` to the Service 10.96.0.10:53,
+    /// DNATed to 10.244.0.10 and dropped there at `stage` (`NETFILTER_DROP` at
+    /// `nft_do_chain+0x3e8`, no backend told).
+    pub(crate) fn dropped(id: u16, stage: Stage) -> Self {
+        Self {
+            time_us: 0,
+            client: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 20), 1000 + id),
+            server: SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53),
+            id,
+            name: None,
+            qtype: None,
+            verdict: Verdict::Dropped,
+            endpoint: Some(Ipv4Addr::new(10, 244, 0, 10)),
+            nat: None,
+            confirmed: false,
+            client_link: None,
+            endpoint_link: None,
+            latency_us: None,
+            stages: StageTimes::default(),
+            last_seen: Seen::Sent,
+            retries: 0,
+            drop: Some(Drop {
+                stage,
+                reason: "NETFILTER_DROP".to_owned(),
+                location: "nft_do_chain+0x3e8".to_owned(),
+                backend: None,
+                backend_from: None,
+                table: None,
+                chain: None,
+                leg: Leg::QueryToPod,
+                at: "t-node/td0".to_owned(),
+                why: String::new(),
+            }),
+            icmp: None,
+            conntrack: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON string of a unit variant.
+    fn json<T: serde::Serialize>(v: T) -> String {
+        serde_json::to_value(v)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Each enum's JSON strings are the ones records had when these fields were strings, and
+    /// its text is its JSON string.
+    #[test]
+    fn json_strings_are_the_record_schema_and_the_text() {
+        let stages: Vec<String> = Stage::ALL.into_iter().map(json).collect();
+        assert_eq!(
+            stages,
+            [
+                "netfilter",
+                "conntrack",
+                "routing",
+                "bridge",
+                "neighbour",
+                "socket",
+                "kernel"
+            ]
+        );
+        for s in Stage::ALL {
+            assert_eq!(s.to_string(), json(s));
+            assert_eq!(Stage::from_name(&json(s)), Some(s));
+            assert_eq!(serde_json::from_value::<Stage>(json(s).into()).unwrap(), s);
+        }
+        for s in Seen::ALL {
+            assert_eq!(s.to_string(), json(s));
+            assert_eq!(Seen::from_name(&json(s)), Some(s));
+            assert_eq!(Seen::from_name(&format!("{s:?}")), Some(s));
+        }
+        for (b, name) in [
+            (NetfilterBackend::NfTables, "nf_tables"),
+            (NetfilterBackend::Xtables, "xtables"),
+        ] {
+            assert_eq!((json(b), b.to_string()), (name.to_owned(), name.to_owned()));
+            assert_eq!(
+                serde_json::from_value::<NetfilterBackend>(name.into()).unwrap(),
+                b
+            );
+        }
+        for (e, name) in [
+            (BackendEvidence::VerdictProbe, "verdict probe"),
+            (BackendEvidence::Location, "location"),
+            (BackendEvidence::RuleCounters, "rule counters"),
+        ] {
+            assert_eq!((json(e), e.to_string()), (name.to_owned(), name.to_owned()));
+            assert_eq!(
+                serde_json::from_value::<BackendEvidence>(name.into()).unwrap(),
+                e
+            );
+        }
+    }
+
+    #[test]
+    fn iptables_flavours_map_to_the_kernel_backend_their_rules_run_in() {
+        assert_eq!(
+            NetfilterBackend::from(Backend::Nft),
+            NetfilterBackend::NfTables
+        );
+        assert_eq!(
+            NetfilterBackend::from(Backend::Legacy),
+            NetfilterBackend::Xtables
+        );
+        use tracer_common::event::backend;
+        assert_eq!(
+            NetfilterBackend::of_verdict(backend::XTABLES),
+            NetfilterBackend::Xtables
+        );
+        assert_eq!(
+            NetfilterBackend::of_verdict(backend::NFTABLES),
+            NetfilterBackend::NfTables
+        );
+    }
+
+    /// Every drop stage is recorded by the drop-reason programs; the stages with programs of
+    /// their own are recorded by those too.
+    #[test]
+    fn every_stage_is_recorded_by_the_drop_programs() {
+        for s in Stage::ALL {
+            assert!(s.recorded_by().contains(&ProbeStage::Drop), "{s}");
+        }
+        assert!(
+            Stage::Netfilter
+                .recorded_by()
+                .contains(&ProbeStage::Netfilter)
+        );
+        assert!(
+            Stage::Conntrack
+                .recorded_by()
+                .contains(&ProbeStage::Conntrack)
+        );
+        assert!(Stage::Socket.recorded_by().contains(&ProbeStage::Socket));
+    }
 }

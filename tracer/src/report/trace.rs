@@ -6,8 +6,9 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 
 use crate::{
     flow::{
+        cause::Cause,
         correlate::Tally,
-        record::{QueryRecord, Verdict},
+        record::{QueryRecord, Stage, Verdict},
     },
     node::{RuleCounter, conntrack::CpuStats},
     probes::{plan::Plan, session::Counters},
@@ -87,8 +88,9 @@ pub struct TraceSummary {
     pub latency: Latency,
     /// Query records by verdict (failed, slow or, with `--all`, every one).
     pub by_verdict: BTreeMap<Verdict, u64>,
-    /// Failed queries by `stage: reason @ function`.
-    pub by_cause: BTreeMap<String, u64>,
+    /// Failed queries by where and why they died (in JSON, keyed by the cause's text:
+    /// `stage: reason @ function`, `icmp: what`, `no drop seen (last seen: how far)`).
+    pub by_cause: BTreeMap<Cause, u64>,
     /// Failed queries by endpoint they were sent to (or `before DNAT`).
     pub by_endpoint: BTreeMap<String, u64>,
     /// Queries still pending when the trace ended, younger than the timeout: not judged.
@@ -112,7 +114,7 @@ impl TraceSummary {
         if r.verdict == Verdict::Answered {
             return;
         }
-        *self.by_cause.entry(cause(r)).or_default() += 1;
+        *self.by_cause.entry(Cause::of(r)).or_default() += 1;
         *self.by_endpoint.entry(endpoint_key(r)).or_default() += 1;
     }
 
@@ -146,7 +148,7 @@ impl TraceSummary {
             t.load_style(UTF8_BORDERS_ONLY)
                 .set_header(vec!["where and why it died", "queries"]);
             for (k, n) in &self.by_cause {
-                t.add_row(vec![k.clone(), n.to_string()]);
+                t.add_row(vec![k.to_string(), n.to_string()]);
             }
             let _ = writeln!(s, "{t}");
             let mut t = Table::new();
@@ -172,7 +174,16 @@ impl TraceSummary {
                 .iter()
                 .filter(|r| r.rule.contains("-j DROP") || r.rule.contains("-j REJECT"))
                 .collect();
-            if !blocking.is_empty() && self.by_cause.keys().any(|k| k.starts_with("netfilter")) {
+            let netfilter = self.by_cause.keys().any(|k| {
+                matches!(
+                    k,
+                    Cause::Drop {
+                        stage: Stage::Netfilter,
+                        ..
+                    }
+                )
+            });
+            if !blocking.is_empty() && netfilter {
                 let _ = writeln!(s, "netfilter drops above match these rules' counters:");
                 for r in blocking {
                     let _ = writeln!(
@@ -213,21 +224,6 @@ impl TraceSummary {
             c.unmatched,
         );
         s
-    }
-}
-
-/// Where and why a failed query died: `stage: reason @ function`, `icmp: what`, or the last
-/// stage it was seen at.
-pub fn cause(r: &QueryRecord) -> String {
-    match (&r.icmp, &r.drop) {
-        (Some(i), _) => format!("icmp: {}", i.what),
-        (None, Some(d)) => format!(
-            "{}: {} @ {}",
-            d.stage,
-            d.reason,
-            crate::kernel::symbols::function(&d.location)
-        ),
-        (None, None) => format!("no drop seen (last seen: {:?})", r.last_seen),
     }
 }
 
@@ -309,7 +305,7 @@ pub fn line(r: &QueryRecord) -> String {
                 let _ = write!(s, " | conntrack: {c}");
             }
             if r.icmp.is_none() && r.drop.is_none() {
-                let _ = write!(s, " | no drop seen; last seen: {:?}", r.last_seen);
+                let _ = write!(s, " | no drop seen; last seen: {}", r.last_seen);
                 if let Some(e) = r.endpoint {
                     let _ = write!(s, " (sent to {})", ep(Some(e), &r.endpoint_link));
                 }
@@ -337,5 +333,51 @@ mod tests {
             (100, 128, 128, 2048, 2048)
         );
         assert_eq!(Latency::from_histogram(&[0; 24]), Latency::default());
+    }
+
+    /// Failed queries are counted by typed cause; in JSON the counts are keyed by the cause's
+    /// text, and a query record keeps its stage, backend and evidence strings.
+    #[test]
+    fn summary_counts_by_cause_keyed_by_its_text() {
+        use crate::flow::record::{BackendEvidence, NetfilterBackend, Seen};
+        let mut s = TraceSummary::default();
+        let mut r = QueryRecord::dropped(1, Stage::Netfilter);
+        {
+            let d = r.drop.as_mut().unwrap();
+            d.backend = Some(NetfilterBackend::NfTables);
+            d.backend_from = Some(BackendEvidence::RuleCounters);
+        }
+        s.add(&r);
+        s.add(&r);
+        let mut lost = QueryRecord::dropped(2, Stage::Netfilter);
+        lost.drop = None;
+        lost.verdict = Verdict::Unanswered;
+        lost.last_seen = Seen::AtEndpoint;
+        s.add(&lost);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["by_cause"],
+            serde_json::json!({
+                "netfilter: NETFILTER_DROP @ nft_do_chain": 2,
+                "no drop seen (last seen: at_endpoint)": 1,
+            })
+        );
+        let back: TraceSummary = serde_json::from_value(json).unwrap();
+        assert_eq!(back.by_cause, s.by_cause);
+        let record = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            (
+                &record["drop"]["stage"],
+                &record["drop"]["backend"],
+                &record["drop"]["backend_from"]
+            ),
+            (
+                &serde_json::json!("netfilter"),
+                &serde_json::json!("nf_tables"),
+                &serde_json::json!("rule counters")
+            )
+        );
+        assert!(s.text().contains("no drop seen (last seen: at_endpoint)"));
+        assert!(line(&r).contains("| netfilter NETFILTER_DROP at nft_do_chain+0x3e8 [nf_tables, from the rule counters]"), "{}", line(&r));
     }
 }

@@ -20,11 +20,11 @@ use crate::{
     flow::{
         correlate::{Context, Correlator},
         names::Names,
-        record::{QueryRecord, Verdict},
+        record::{BackendEvidence, NetfilterBackend, QueryRecord, Stage, Verdict},
     },
     lab, netns,
     node::{
-        self, Backend, DnsService, RuleCounter,
+        self, DnsService, RuleCounter,
         conntrack::{self, CpuStats, EventKind},
     },
     probes::{
@@ -362,14 +362,11 @@ pub fn attribute_backends(records: &mut [QueryRecord], moved: &[RuleCounter]) {
     if backends.any(|b| b != first) {
         return;
     }
-    let name = match first {
-        Backend::Nft => "nf_tables",
-        Backend::Legacy => "xtables",
-    };
+    let backend = NetfilterBackend::from(first);
     for d in records.iter_mut().filter_map(|r| r.drop.as_mut()) {
-        if d.stage == "netfilter" && d.backend.is_none() {
-            d.backend = Some(name.to_owned());
-            d.backend_from = Some("rule counters".to_owned());
+        if d.stage == Stage::Netfilter && d.backend.is_none() {
+            d.backend = Some(backend);
+            d.backend_from = Some(BackendEvidence::RuleCounters);
         }
     }
 }

@@ -4,12 +4,12 @@ use std::net::Ipv4Addr;
 
 use super::Scenario;
 use crate::{
-    flow::record::{Leg, QueryRecord as TraceRecord, Verdict},
+    flow::record::{Leg, QueryRecord as TraceRecord, Stage, Verdict},
     lab::LabInfo,
     node::conntrack::CpuStats,
     probes::{
-        plan::{Fate, Tier},
-        table::Stage,
+        plan::{Fate, Plan, Tier},
+        table::Stage as ProbeStage,
     },
     report::{document::ProbeReport, trace::TraceSummary},
 };
@@ -94,7 +94,7 @@ pub(super) fn check_filter_drop(s: &Seen, p: &mut Vec<String>) {
         to_dns0(s, id, r, p);
         match &r.drop {
             Some(d)
-                if d.stage == "netfilter"
+                if d.stage == Stage::Netfilter
                     && d.reason == "NETFILTER_DROP"
                     && d.leg == Leg::QueryToPod => {}
             other => p.push(format!(
@@ -115,7 +115,7 @@ pub(super) fn check_no_endpoints(s: &Seen, p: &mut Vec<String>) {
             ));
         }
         match &r.drop {
-            Some(d) if d.stage == "netfilter" && d.leg == Leg::QueryBeforeDnat => {}
+            Some(d) if d.stage == Stage::Netfilter && d.leg == Leg::QueryBeforeDnat => {}
             other => p.push(format!(
                 "query {id:#06x}: expected a netfilter drop before DNAT, got {other:?}"
             )),
@@ -144,7 +144,7 @@ pub(super) fn check_pod_down(s: &Seen, p: &mut Vec<String>) {
         to_dns0(s, id, r, p);
         match &r.drop {
             Some(d)
-                if d.stage == "socket"
+                if d.stage == Stage::Socket
                     && d.reason == "NO_SOCKET"
                     && pod_ns.as_ref().is_some_and(|ns| d.at.starts_with(ns)) => {}
             other => p.push(format!(
@@ -159,7 +159,7 @@ pub(super) fn check_pod_link_down(s: &Seen, p: &mut Vec<String>) {
     for (id, r) in s.lost() {
         to_dns0(s, id, r, p);
         match &r.drop {
-            Some(d) if d.stage == "neighbour" || d.stage == "bridge" => {}
+            Some(d) if matches!(d.stage, Stage::Neighbour | Stage::Bridge) => {}
             other => p.push(format!(
                 "query {id:#06x}: expected a drop at the neighbour or bridge stage, got {other:?}"
             )),
@@ -171,7 +171,7 @@ pub(super) fn check_conntrack_full(s: &Seen, p: &mut Vec<String>) {
     all_lost(s, p);
     for (id, r) in s.lost() {
         match &r.drop {
-            Some(d) if d.stage == "conntrack" => {}
+            Some(d) if d.stage == Stage::Conntrack => {}
             other => p.push(format!(
                 "query {id:#06x}: expected a drop at conntrack, got {other:?}"
             )),
@@ -264,23 +264,21 @@ fn dead_stages(sc: &Scenario, s: &Seen, p: &mut Vec<String>) {
             .filter(|(_, r)| {
                 r.drop
                     .as_ref()
-                    .is_some_and(|d| sc.stages.contains(&d.stage.as_str()))
+                    .is_some_and(|d| sc.stages.contains(&d.stage))
             })
             .count();
         if recorded == 0 {
             p.push(format!(
-                "{} stage recorded none of the {} lost queries: its programs did not attach or did not see them",
-                sc.stages.join(" or "),
-                s.report.lost
+                "{} stage recorded none of the {} lost queries: {}",
+                join(sc.stages, " or "),
+                s.report.lost,
+                recorders(sc.stages, summary.plan.as_ref())
             ));
         }
     }
     // On a deep tier the NAT stage rewrites every healthy query to a pod.
     let Some(plan) = &summary.plan else { return };
-    let nat_attached = plan
-        .outcomes
-        .iter()
-        .any(|o| o.stage == Stage::Nat && matches!(o.fate, Fate::Attached { .. }));
+    let nat_attached = attached(plan, ProbeStage::Nat);
     if plan.tier == Tier::Tracepoint || sc.fault.is_some() || answered == 0 {
         return;
     }
@@ -302,6 +300,57 @@ fn dead_stages(sc: &Scenario, s: &Seen, p: &mut Vec<String>) {
             records.len(),
             plan.tier
         ));
+    }
+}
+
+fn join(stages: &[Stage], sep: &str) -> String {
+    stages
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// Whether any program of `stage` attached.
+fn attached(plan: &Plan, stage: ProbeStage) -> bool {
+    plan.outcomes
+        .iter()
+        .any(|o| o.stage == stage && matches!(o.fate, Fate::Attached { .. }))
+}
+
+/// Which programs should have recorded a drop at `stages`, and which of them attached.
+fn recorders(stages: &[Stage], plan: Option<&Plan>) -> String {
+    let mut groups: Vec<ProbeStage> = Vec::new();
+    for g in stages.iter().flat_map(|s| s.recorded_by()) {
+        if !groups.contains(g) {
+            groups.push(*g);
+        }
+    }
+    let name = |g: ProbeStage| {
+        serde_json::to_value(g)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{g:?}"))
+    };
+    let names: Vec<String> = groups.iter().map(|g| name(*g)).collect();
+    let Some(plan) = plan else {
+        return format!(
+            "the {} programs did not attach or did not see them",
+            names.join(" and ")
+        );
+    };
+    let up: Vec<String> = groups
+        .iter()
+        .filter(|g| attached(plan, **g))
+        .map(|g| name(*g))
+        .collect();
+    if up.is_empty() {
+        format!("none of the {} programs attached", names.join(" or "))
+    } else {
+        format!(
+            "the {} programs attached but did not see them",
+            up.join(" and ")
+        )
     }
 }
 

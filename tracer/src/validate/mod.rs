@@ -20,6 +20,7 @@ use std::{
 
 use self::checks::*;
 use crate::{
+    flow::record::Stage,
     lab::{self, FaultName},
     measure::BatchSpec,
     netns,
@@ -65,7 +66,7 @@ struct Scenario {
     expected: &'static str,
     /// The stages that must have recorded the lost queries (any of them): a fault whose stage
     /// recorded none of them was missed, whatever the other checks say.
-    stages: &'static [&'static str],
+    stages: &'static [Stage],
     check: fn(&Seen, &mut Vec<String>),
 }
 
@@ -84,7 +85,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
         stages: &[],
         check,
     };
-    let at = |stages: &'static [&'static str], sc: Scenario| Scenario { stages, ..sc };
+    let at = |stages: &'static [Stage], sc: Scenario| Scenario { stages, ..sc };
     vec![
         s(
             "healthy",
@@ -95,7 +96,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             check_healthy,
         ),
         at(
-            &["netfilter"],
+            &[Stage::Netfilter],
             s(
                 "filter-drop",
                 Some((FaultName::FilterDrop, Some(0))),
@@ -106,7 +107,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["netfilter"],
+            &[Stage::Netfilter],
             s(
                 "no-endpoints",
                 Some((FaultName::NoEndpoints, None)),
@@ -117,7 +118,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["socket"],
+            &[Stage::Socket],
             s(
                 "pod-down",
                 Some((FaultName::PodDown, Some(0))),
@@ -128,7 +129,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["neighbour", "bridge"],
+            &[Stage::Neighbour, Stage::Bridge],
             s(
                 "pod-link-down",
                 Some((FaultName::PodLinkDown, Some(0))),
@@ -139,7 +140,7 @@ fn scenarios(healthy_count: u32) -> Vec<Scenario> {
             ),
         ),
         at(
-            &["conntrack"],
+            &[Stage::Conntrack],
             s(
                 "conntrack-full",
                 Some((FaultName::ConntrackFull, None)),
@@ -267,9 +268,7 @@ fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<Scenari
         backend,
         scenario: sc.name.to_owned(),
         passed: problems.is_empty(),
-        tier: summary
-            .and_then(|s| s.plan.as_ref())
-            .map_or("unknown".to_owned(), |p| p.tier.to_string()),
+        tier: summary.and_then(|s| s.plan.as_ref()).map(|p| p.tier),
         expected: sc.expected.to_owned(),
         problems,
         conntrack_delta: summary.and_then(|s| s.conntrack_delta),
@@ -313,9 +312,7 @@ pub fn validate(
             results.push(r);
         }
     }
-    let tier = results
-        .first()
-        .map_or("unknown".to_owned(), |r| r.tier.clone());
+    let tier = results.first().and_then(|r| r.tier);
     Ok(Validation {
         tier,
         passed: results.iter().all(|r| r.passed),

@@ -2,13 +2,13 @@ use std::{net::Ipv4Addr, time::SystemTime};
 
 use super::*;
 use crate::{
-    flow::record::{Drop, Leg, QueryRecord as TraceRecord, Seen as Reached, StageTimes, Verdict},
+    flow::record::{QueryRecord as TraceRecord, Stage, Verdict},
     lab::{LabInfo, Pod},
     measure::{BatchResult, Outcome, QueryRecord, RecordType, ResponseCode},
     probes::{
         plan::{Fate, Outcome as ProgramOutcome, Plan, Tier},
         session::Counters,
-        table::{Hook, Stage},
+        table::{Hook, Stage as ProbeStage},
     },
     report::trace::TraceSummary,
 };
@@ -68,39 +68,8 @@ fn batch(answered: u32, lost: u32) -> BatchResult {
 }
 
 /// The trace record of query `i`, dropped at `stage` after DNAT to dns0.
-fn dropped(i: u32, stage: &str) -> TraceRecord {
-    TraceRecord {
-        time_us: 0,
-        client: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 20), 1000 + i as u16),
-        server: SERVICE,
-        id: i as u16,
-        name: None,
-        qtype: None,
-        verdict: Verdict::Dropped,
-        endpoint: Some(DNS0),
-        nat: None,
-        confirmed: false,
-        client_link: None,
-        endpoint_link: None,
-        latency_us: None,
-        stages: StageTimes::default(),
-        last_seen: Reached::Sent,
-        retries: 0,
-        drop: Some(Drop {
-            stage: stage.to_owned(),
-            reason: "NETFILTER_DROP".to_owned(),
-            location: "nft_do_chain+0x3e8".to_owned(),
-            backend: None,
-            backend_from: None,
-            table: None,
-            chain: None,
-            leg: Leg::QueryToPod,
-            at: "t-node/td0".to_owned(),
-            why: String::new(),
-        }),
-        icmp: None,
-        conntrack: None,
-    }
+fn dropped(i: u32, stage: Stage) -> TraceRecord {
+    TraceRecord::dropped(i as u16, stage)
 }
 
 fn summary(queries: u64, answered: u64, plan: Option<Plan>) -> TraceSummary {
@@ -168,14 +137,34 @@ fn a_device_stage_that_saw_nothing_fails_the_scenario_and_is_named() {
 #[test]
 fn a_fault_whose_stage_recorded_nothing_names_the_stage() {
     let result = batch(20, 20);
-    let records: Vec<TraceRecord> = (20..40).map(|i| dropped(i, "drop")).collect();
+    let records: Vec<TraceRecord> = (20..40).map(|i| dropped(i, Stage::Kernel)).collect();
     let p = check("filter-drop", &result, &summary(40, 20, None), &records);
     assert!(
-        p.iter()
-            .any(|p| p.starts_with("netfilter stage recorded none of the 20 lost queries")),
+        p.iter().any(|p| p
+            == "netfilter stage recorded none of the 20 lost queries: the netfilter and drop programs did not attach or did not see them"),
         "{p:?}"
     );
-    let records: Vec<TraceRecord> = (20..40).map(|i| dropped(i, "netfilter")).collect();
+    // With a plan, it says which of those programs attached.
+    let drop_only = Plan::from_outcomes(vec![ProgramOutcome {
+        program: "drop_kfree_skb",
+        stage: ProbeStage::Drop,
+        hook: Hook::Tracepoint,
+        fate: Fate::Attached {
+            to: "skb:kfree_skb".to_owned(),
+        },
+    }]);
+    let p = check(
+        "filter-drop",
+        &result,
+        &summary(40, 20, Some(drop_only)),
+        &records,
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.ends_with("lost queries: the drop programs attached but did not see them")),
+        "{p:?}"
+    );
+    let records: Vec<TraceRecord> = (20..40).map(|i| dropped(i, Stage::Netfilter)).collect();
     let p = check("filter-drop", &result, &summary(40, 20, None), &records);
     assert!(p.is_empty(), "{p:?}");
 }
@@ -185,7 +174,7 @@ fn a_fault_whose_stage_recorded_nothing_names_the_stage() {
 fn a_deep_tier_whose_nat_stage_saw_nothing_fails_healthy() {
     let plan = Plan::from_outcomes(vec![ProgramOutcome {
         program: "nat_manip_fexit",
-        stage: Stage::Nat,
+        stage: ProbeStage::Nat,
         hook: Hook::Fexit,
         fate: Fate::Attached {
             to: "nf_nat_manip_pkt".to_owned(),
@@ -199,7 +188,7 @@ fn a_deep_tier_whose_nat_stage_saw_nothing_fails_healthy() {
                 verdict: Verdict::Answered,
                 drop: None,
                 nat: nat.then(|| SocketAddrV4::new(DNS0, 53)),
-                ..dropped(i, "none")
+                ..dropped(i, Stage::Netfilter)
             })
             .collect()
     };

@@ -13,10 +13,11 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    flow::record::QueryRecord as TraceRecord,
+    flow::{cause::Cause, record::QueryRecord as TraceRecord},
     measure::{BatchResult, BatchSpec, Outcome, QueryRecord},
     node::{conntrack::CpuStats, inspect},
-    report::trace::{TraceSummary, cause, endpoint_key, line},
+    probes::plan::Tier,
+    report::trace::{TraceSummary, endpoint_key, line},
     report::validation::Validation,
 };
 
@@ -84,7 +85,7 @@ pub struct Document {
     /// When it was written (RFC 3339, UTC).
     pub created: String,
     /// The hook tier the tracer had (`fentry`, `kprobe`, `tracepoint`), when it ran.
-    pub tier: Option<String>,
+    pub tier: Option<Tier>,
     /// The node as `tracer inspect` saw it.
     pub node: Option<NodeFacts>,
     /// The probe's result (`probe`).
@@ -161,7 +162,7 @@ impl Document {
 
     /// Adds a trace's summary, its failed records and its conntrack delta.
     pub fn with_trace(mut self, summary: TraceSummary, records: &[TraceRecord]) -> Self {
-        self.tier = summary.plan.as_ref().map(|p| p.tier.to_string());
+        self.tier = summary.plan.as_ref().map(|p| p.tier);
         self.conntrack_delta = summary.conntrack_delta;
         self.failed_queries = records
             .iter()
@@ -236,7 +237,7 @@ pub fn write_trace_report(
 /// Writes the report of `tracer inspect`.
 pub fn write_inspect_report(path: &Path, report: &inspect::Report) -> Result<(), Error> {
     let mut doc = Document::new("inspect")?;
-    doc.tier = Some(report.facts.tier.to_string());
+    doc.tier = Some(report.facts.tier);
     doc.node = Some(NodeFacts::from_inspect(report));
     doc.write(path)
 }
@@ -262,7 +263,7 @@ pub struct NodeFacts {
     /// OS release.
     pub os: Option<String>,
     /// The hook tier tracing gets here.
-    pub tier: String,
+    pub tier: Tier,
     /// The iptables backend verdict (`legacy`, `nft`, `mixed`, ...).
     pub iptables_backend: String,
     /// kube-proxy's mode.
@@ -297,7 +298,7 @@ impl NodeFacts {
             netns: r.netns.clone(),
             kernel: r.facts.kernel.clone(),
             os: r.facts.os.clone(),
-            tier: r.facts.tier.to_string(),
+            tier: r.facts.tier,
             iptables_backend: r.backends.verdict.to_string(),
             proxy_mode: text(serde_json::to_value(r.proxy_mode)),
             dns_service: r.dns_service.as_ref().map(|s| {
@@ -356,12 +357,9 @@ pub struct LostQuery {
 }
 
 impl LostQuery {
-    /// Where and why it died, in the trace summary's words, or why that is unknown.
-    pub fn cause(&self) -> String {
-        match &self.trace {
-            Some(r) => cause(r),
-            None => "not seen by the tracer".to_owned(),
-        }
+    /// Where and why it died, as the trace summary counts it, or that the tracer has no record.
+    pub fn cause(&self) -> Cause {
+        self.trace.as_ref().map_or(Cause::NotTraced, Cause::of)
     }
 }
 
@@ -389,7 +387,7 @@ pub struct ProbeReport {
     /// The tracer ran alongside and attributed the losses.
     pub traced: bool,
     /// The hook tier the tracer had.
-    pub tier: Option<String>,
+    pub tier: Option<Tier>,
     /// Queries sent.
     pub sent: u32,
     /// Queries answered.
@@ -404,8 +402,8 @@ pub struct ProbeReport {
     pub rcodes: BTreeMap<String, u32>,
     /// Datagrams that matched no query.
     pub bad_answers: u32,
-    /// Lost queries by where and why they died.
-    pub lost_by_cause: BTreeMap<String, u32>,
+    /// Lost queries by where and why they died (in JSON, keyed by the cause's text).
+    pub lost_by_cause: BTreeMap<Cause, u32>,
     /// Lost queries by the endpoint they were sent to.
     pub lost_by_endpoint: BTreeMap<String, u32>,
     /// Lost queries the tracer has no record of.
@@ -479,9 +477,7 @@ impl ProbeReport {
             parallel_a_aaaa: spec.parallel_a_aaaa,
             source_port: spec.source_port,
             traced: summary.is_some(),
-            tier: summary
-                .and_then(|s| s.plan.as_ref())
-                .map(|p| p.tier.to_string()),
+            tier: summary.and_then(|s| s.plan.as_ref()).map(|p| p.tier),
             sent: result.sent,
             answered: result.answered,
             lost: result.lost,
@@ -561,18 +557,23 @@ impl ProbeReport {
         if self.lost == 0 {
             return s;
         }
-        for (title, map) in [
-            ("lost queries: where and why they died", &self.lost_by_cause),
-            ("lost queries sent to", &self.lost_by_endpoint),
+        let by_cause = self.lost_by_cause.iter().map(|(k, n)| (k.to_string(), *n));
+        let by_endpoint = self.lost_by_endpoint.iter().map(|(k, n)| (k.clone(), *n));
+        for (title, rows) in [
+            (
+                "lost queries: where and why they died",
+                by_cause.collect::<Vec<_>>(),
+            ),
+            ("lost queries sent to", by_endpoint.collect()),
         ] {
             let mut t = Table::new();
             t.load_style(UTF8_BORDERS_ONLY)
                 .set_header(vec![title, "queries", "share"]);
-            for (k, n) in map {
+            for (k, n) in rows {
                 t.add_row(vec![
-                    k.clone(),
+                    k,
                     n.to_string(),
-                    format!("{:.1} %", 100.0 * f64::from(*n) / f64::from(self.lost)),
+                    format!("{:.1} %", 100.0 * f64::from(n) / f64::from(self.lost)),
                 ]);
             }
             let _ = writeln!(s, "{t}");
@@ -639,52 +640,4 @@ impl VmRun {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn doc() -> Document {
-        Document::new("probe").unwrap()
-    }
-
-    #[test]
-    fn round_trips_through_text() {
-        let d = doc();
-        let text = serde_json::to_string(&d).unwrap();
-        let back = Document::parse(Path::new("r.json"), &text).unwrap();
-        assert_eq!(back.schema_version, SCHEMA_VERSION);
-        assert_eq!((back.command, back.kernel), (d.command, d.kernel));
-    }
-
-    /// `vm` is an optional field added within schema version 1: a report written before it
-    /// existed still reads (as a run on the machine itself), and a VM run round-trips.
-    #[test]
-    fn vm_field_is_optional_within_version_1() {
-        let mut v = serde_json::to_value(doc()).unwrap();
-        v.as_object_mut().unwrap().remove("vm");
-        let back = Document::parse(Path::new("old.json"), &v.to_string()).unwrap();
-        assert_eq!(back.vm, None);
-        let mut d = doc();
-        d.vm = Some(VmRun::sample());
-        let text = serde_json::to_string(&d).unwrap();
-        let back = Document::parse(Path::new("vm.json"), &text).unwrap();
-        assert_eq!(back.vm, d.vm);
-        assert_eq!(back.schema_version, 1);
-    }
-
-    #[test]
-    fn other_versions_and_non_reports_are_refused() {
-        let mut v = serde_json::to_value(doc()).unwrap();
-        v["schema_version"] = 0.into();
-        let err = Document::parse(Path::new("old.json"), &v.to_string()).unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::Version { found: 0, .. }), "{err:?}");
-        assert!(
-            msg.contains("version 0") && msg.contains(&format!("version {SCHEMA_VERSION}")),
-            "{msg}"
-        );
-        let err = Document::parse(Path::new("x.json"), "{\"a\": 1}").unwrap_err();
-        assert!(matches!(err, Error::NoVersion { .. }), "{err:?}");
-        let err = Document::parse(Path::new("x.json"), "not json").unwrap_err();
-        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
-    }
-}
+mod tests;

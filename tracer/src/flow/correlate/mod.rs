@@ -1,0 +1,645 @@
+//! Merges the kernel's records of one query into one `QueryRecord`.
+//!
+//! A query is keyed by (client address, client port, DNS id): DNAT rewrites the destination of
+//! the query and the source of the answer, never the client side, so the key holds across NAT.
+//! Evidence of a failure (drop, ICMP error, netfilter verdict) is held for `HOLD` so that records
+//! arriving in any order (a REJECT sends its ICMP error before the packet is freed) end in one
+//! verdict; an answer ends a query at once.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use tracer_common::{
+    event::{Event, kind, socket_hook},
+    flow::{Packet, Slot, flag, state},
+};
+
+use super::{
+    dns,
+    names::Names,
+    record::{
+        BackendEvidence, Drop, Icmp, Leg, NetfilterBackend, QueryRecord, Seen, Stage, StageTimes,
+        Verdict,
+    },
+};
+use crate::kernel::symbols::{self, Symbolizer};
+
+/// How long failure evidence is held before the verdict is final (nanoseconds).
+pub const HOLD_NS: u64 = 200_000_000;
+/// How many reported queries are remembered, so a later eviction or scan does not report one twice.
+const REMEMBERED: usize = 8192;
+
+type Key = (u32, u16, u16);
+
+/// What the correlator knows about the node.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The DNS Service IP.
+    pub service: Option<Ipv4Addr>,
+    /// The DNS port (host order).
+    pub dns_port: u16,
+    /// The Service's current endpoints, when known (to call an entry stale).
+    pub endpoints: Vec<Ipv4Addr>,
+    /// The node's rules hold kube-proxy's "has no endpoints" REJECT for the Service.
+    pub service_rejects: bool,
+    /// `enum skb_drop_reason` names.
+    pub drop_reasons: HashMap<u32, String>,
+    /// Unix time minus monotonic time, microseconds.
+    pub clock_offset_us: i64,
+    /// A query pending longer than this is unanswered (nanoseconds).
+    pub timeout_ns: u64,
+}
+
+/// Counts the correlator keeps besides records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    /// Pending queries pushed out of the slot table before their timeout: not judged.
+    pub evicted_in_flight: u64,
+    /// Records about a query already reported (merged, not printed twice).
+    pub merged: u64,
+    /// Failure evidence that arrived after its query was judged unanswered (a timeout shorter than
+    /// the kernel's own, such as ARP's 3 s): counted, not reported twice.
+    pub late_evidence: u64,
+}
+
+struct Held {
+    first_ns: u64,
+    /// The query's send time from its slot (0 when no slot matched).
+    t_query: u64,
+    record: QueryRecord,
+}
+
+/// The correlator.
+pub struct Correlator {
+    ctx: Context,
+    names: Names,
+    symbols: Symbolizer,
+    held: HashMap<Key, Held>,
+    reported: HashSet<(Key, u64)>,
+    order: VecDeque<(Key, u64)>,
+    /// Set by the caller while conntrack's `drop` statistic is rising: a NETFILTER_DROP at
+    /// `nf_hook_slow` is then the full table refusing a new flow.
+    pub conntrack_dropping: bool,
+    /// Counts besides records.
+    pub tally: Tally,
+}
+
+fn addr(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn port(raw: u16) -> u16 {
+    u16::from_be_bytes(raw.to_ne_bytes())
+}
+
+fn icmp_text(t: u32, code: u32) -> String {
+    match (t, code) {
+        (3, 0) => "net unreachable".into(),
+        (3, 1) => "host unreachable".into(),
+        (3, 3) => "port unreachable".into(),
+        (3, 9 | 10 | 13) => "administratively prohibited".into(),
+        (3, c) => format!("destination unreachable (code {c})"),
+        (11, _) => "time exceeded".into(),
+        (t, c) => format!("ICMP type {t} code {c}"),
+    }
+}
+
+/// What a drop's reason and code location say: its stage, the netfilter backend when the
+/// location proves one, and a plain-words explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// The stage.
+    pub stage: Stage,
+    /// The backend, when only one could have freed the packet there.
+    pub backend: Option<NetfilterBackend>,
+    /// Why, in plain words.
+    pub why: String,
+}
+
+/// The stage, backend and explanation of a drop from its reason and code location.
+pub fn classify(reason: &str, function: &str, conntrack_dropping: bool) -> Classified {
+    let at = |stage, why: &str| Classified {
+        stage,
+        backend: None,
+        why: why.to_owned(),
+    };
+    match (reason, function) {
+        // Only nf_tables code frees a packet inside nft_do_chain, on every kernel; the reverse
+        // does not hold (6.1's nf_tables drops are freed in nf_hook_slow, like xtables').
+        (_, "nft_do_chain") => Classified {
+            backend: Some(NetfilterBackend::NfTables),
+            ..at(
+                Stage::Netfilter,
+                "an nf_tables rule (iptables-nft or nft) dropped it",
+            )
+        },
+        ("NETFILTER_DROP" | "", "nf_hook_slow") if conntrack_dropping => at(
+            Stage::Conntrack,
+            "conntrack refused a new flow while its drop counter rose: the table is full",
+        ),
+        ("NETFILTER_DROP" | "", "nf_hook_slow") => at(
+            Stage::Netfilter,
+            "a netfilter rule dropped it (iptables-legacy, or on some kernels iptables-nft: the verdict \
+             probes or the rules' counters tell which), or conntrack refused it",
+        ),
+        ("NETFILTER_DROP", _) => at(Stage::Netfilter, "a netfilter hook dropped it"),
+        // Kernels before 5.17 give no reason: the location places these.
+        ("", "__udp4_lib_rcv") => at(
+            Stage::Socket,
+            "nothing listens on the DNS port there (placed by location: no drop reasons before 5.17)",
+        ),
+        ("", f) if f.starts_with("neigh_") => at(
+            Stage::Neighbour,
+            "the next hop's address did not resolve on the link (placed by location: no drop reasons \
+             before 5.17)",
+        ),
+        ("NO_SOCKET", _) => at(Stage::Socket, "nothing listens on the DNS port there"),
+        ("OTHERHOST", _) => at(
+            Stage::Bridge,
+            "a copy flooded by the bridge reached a pod it was not addressed to: no bridge port knows the \
+             destination's MAC (its link is down, or it is gone)",
+        ),
+        ("IP_INADDRERRORS", _) => at(
+            Stage::Routing,
+            "it reached a host that does not own the destination address (the pod lost its IP, or the \
+             address moved)",
+        ),
+        (r, _) if r.starts_with("NEIGH_") => at(
+            Stage::Neighbour,
+            "the next hop's address did not resolve on the link (pod gone, or its link down)",
+        ),
+        (r, _) if r.starts_with("SOCKET_") || r.starts_with("UDP_") => {
+            at(Stage::Socket, "the receiving socket refused it")
+        }
+        (r, _) if r.starts_with("IP_") || r.starts_with("IPV6") => {
+            at(Stage::Routing, &format!("the IP layer refused it ({r})"))
+        }
+        (r, _) => at(Stage::Kernel, &format!("dropped with reason {r}")),
+    }
+}
+
+impl Correlator {
+    /// A correlator for `ctx`.
+    pub fn new(ctx: Context, names: Names) -> Self {
+        Self {
+            ctx,
+            names,
+            symbols: Symbolizer::default(),
+            held: HashMap::new(),
+            reported: HashSet::new(),
+            order: VecDeque::new(),
+            conntrack_dropping: false,
+            tally: Tally::default(),
+        }
+    }
+
+    fn unix_us(&self, mono_ns: u64) -> u64 {
+        ((mono_ns / 1000) as i64 + self.ctx.clock_offset_us).max(0) as u64
+    }
+
+    fn remember(&mut self, key: Key, t_query: u64) {
+        if self.reported.insert((key, t_query)) {
+            self.order.push_back((key, t_query));
+            if self.order.len() > REMEMBERED
+                && let Some(old) = self.order.pop_front()
+            {
+                self.reported.remove(&old);
+            }
+        }
+    }
+
+    fn leg(&self, p: &Packet) -> Leg {
+        if port(p.sport) == self.ctx.dns_port {
+            Leg::Answer
+        } else if Some(addr(p.daddr)) == self.ctx.service {
+            Leg::QueryBeforeDnat
+        } else {
+            Leg::QueryToPod
+        }
+    }
+
+    /// A record from what the kernel knew: the slot when the query was matched, else the packet.
+    fn base(&mut self, e: &Event, links_netns: u32) -> QueryRecord {
+        let s = &e.slot;
+        let matched =
+            s.state == state::PENDING || e.kind == kind::ANSWERED || e.kind == kind::EVICTED;
+        let q = if matched {
+            s.query
+        } else {
+            query_of(&e.packet, self.ctx.dns_port)
+        };
+        // Only the bytes this query wrote: the slot keeps older queries' bytes after them.
+        let question =
+            dns::question(&s.question[..usize::from(s.question_len).min(s.question.len())]);
+        let seen = if !matched {
+            Seen::Nowhere
+        } else if s.t_reply != 0 {
+            Seen::AnsweredByEndpoint
+        } else if s.t_endpoint != 0 {
+            Seen::AtEndpoint
+        } else {
+            Seen::Sent
+        };
+        let first = if matched && s.t_query != 0 {
+            s.t_query
+        } else {
+            e.ts
+        };
+        QueryRecord {
+            time_us: self.unix_us(first),
+            client: SocketAddrV4::new(addr(q.saddr), port(q.sport)),
+            server: SocketAddrV4::new(addr(q.daddr), port(q.dport)),
+            id: u16::from_be_bytes(q.dns_id.to_ne_bytes()),
+            name: question.name,
+            qtype: question.qtype,
+            verdict: Verdict::Unanswered,
+            endpoint: (matched && s.endpoint_ip != 0).then(|| addr(s.endpoint_ip)),
+            nat: (matched && s.flags & flag::NATTED != 0)
+                .then(|| SocketAddrV4::new(addr(s.nat_ip), port(s.nat_port))),
+            confirmed: matched && s.flags & flag::CONFIRMED != 0,
+            client_link: (matched && s.client_ifindex != 0)
+                .then(|| self.names.link(links_netns, s.client_ifindex)),
+            endpoint_link: (matched && s.endpoint_ifindex != 0)
+                .then(|| self.names.link(links_netns, s.endpoint_ifindex)),
+            latency_us: None,
+            stages: StageTimes::default(),
+            last_seen: seen,
+            retries: if matched { s.retries.into() } else { 0 },
+            drop: None,
+            icmp: None,
+            conntrack: None,
+        }
+    }
+
+    /// Takes one kernel record; returns the records it completes. `links_netns` is the inode of
+    /// the namespace the TC programs (and so the slots' interface indexes) live in.
+    pub fn push(&mut self, e: &Event, links_netns: u32) -> Vec<QueryRecord> {
+        let mut out = Vec::new();
+        match e.kind {
+            kind::ANSWERED => {
+                let key = key_of(&e.slot.query);
+                let mut r = self.base(e, links_netns);
+                let s = &e.slot;
+                r.verdict = Verdict::Answered;
+                r.last_seen = Seen::Delivered;
+                r.latency_us = Some(e.ts.saturating_sub(s.t_query) / 1000);
+                let us = |a: u64, b: u64| (a != 0 && b != 0 && b >= a).then(|| (b - a) / 1000);
+                r.stages = StageTimes {
+                    to_endpoint_us: us(s.t_query, s.t_endpoint),
+                    in_endpoint_us: us(s.t_endpoint, s.t_reply),
+                    back_us: us(s.t_reply, e.ts),
+                };
+                if let Some(h) = self.held.remove(&key) {
+                    r.drop = h.record.drop;
+                    r.icmp = h.record.icmp;
+                    self.tally.merged += 1;
+                }
+                self.remember(key, s.t_query);
+                out.push(r);
+            }
+            kind::EVICTED => {
+                let key = key_of(&e.slot.query);
+                // A slot flagged with a drop or ICMP error was reported through that evidence.
+                if e.slot.flags & flag::EVIDENCE != 0
+                    || self.reported.contains(&(key, e.slot.t_query))
+                    || self.held.contains_key(&key)
+                {
+                    self.tally.merged += 1;
+                } else if e.ts.saturating_sub(e.slot.t_query) >= self.ctx.timeout_ns {
+                    let r = self.base(e, links_netns);
+                    self.remember(key, e.slot.t_query);
+                    out.push(r);
+                } else {
+                    self.tally.evicted_in_flight += 1;
+                }
+            }
+            kind::DROP | kind::SOCKET_DROP | kind::ICMP | kind::VERDICT | kind::CONFIRM => {
+                self.evidence(e, links_netns);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn evidence(&mut self, e: &Event, links_netns: u32) {
+        let p = &e.packet;
+        let key = key_of(&query_of(p, self.ctx.dns_port));
+        if e.slot.state == state::PENDING && self.reported.contains(&(key, e.slot.t_query)) {
+            self.tally.late_evidence += 1;
+            return;
+        }
+        let leg = self.leg(p);
+        let at = format!(
+            "{}/{}",
+            self.names.netns(e.netns),
+            self.names.link(e.netns, e.ifindex)
+        );
+        if !self.held.contains_key(&key) {
+            let held = self.hold(e, leg, links_netns);
+            self.held.insert(key, held);
+        }
+        let (reason, location) = self.reason_and_location(e);
+        let mut stale = self.stale_note(p, leg);
+        if self.ctx.service_rejects
+            && leg == Leg::QueryBeforeDnat
+            && (reason == "NETFILTER_DROP"
+                || e.kind == kind::VERDICT
+                // Before 5.17 (no reasons) a netfilter drop is placed by its location.
+                || (reason.is_empty() && symbols::function(&location) == "nf_hook_slow"))
+        {
+            stale.push_str(
+                "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
+                 rate-limited per host, so most clients just time out)",
+            );
+        }
+        let conntrack_dropping = self.conntrack_dropping;
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        let r = &mut held.record;
+        let place = Place { leg, at, stale };
+        match e.kind {
+            kind::ICMP => {
+                r.icmp = Some(Icmp {
+                    what: icmp_text(e.reason >> 8, e.reason & 0xff),
+                    by: place.at,
+                    leg,
+                });
+            }
+            kind::DROP | kind::SOCKET_DROP => {
+                add_drop(r, reason, location, conntrack_dropping, place);
+            }
+            kind::VERDICT => add_verdict(r, e, place),
+            kind::CONFIRM if r.drop.is_none() => {
+                r.drop = Some(Drop {
+                    stage: Stage::Conntrack,
+                    reason: "CONFIRM_FAILED".to_owned(),
+                    location: "__nf_conntrack_confirm".to_owned(),
+                    backend: None,
+                    backend_from: None,
+                    table: None,
+                    chain: None,
+                    leg,
+                    at: place.at,
+                    why: "conntrack could not insert the new entry (a clash it could not resolve)"
+                        .to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A held record for the first evidence of a query: what the kernel knew of it, with the
+    /// endpoint the evidence's packet names when the slot had none.
+    fn hold(&mut self, e: &Event, leg: Leg, links_netns: u32) -> Held {
+        let p = &e.packet;
+        let mut record = self.base(e, links_netns);
+        if record.endpoint.is_none() && leg == Leg::QueryToPod {
+            record.endpoint = Some(addr(p.daddr));
+        }
+        if record.endpoint.is_none() && leg == Leg::Answer {
+            record.endpoint = Some(addr(p.saddr));
+        }
+        let t_query = if e.slot.state == state::PENDING {
+            e.slot.t_query
+        } else {
+            0
+        };
+        Held {
+            first_ns: e.ts,
+            t_query,
+            record,
+        }
+    }
+
+    /// A drop record's reason (empty before 5.17) and code location; a socket refusal's hook.
+    fn reason_and_location(&mut self, e: &Event) -> (String, String) {
+        match e.kind {
+            kind::DROP => (
+                if self.ctx.drop_reasons.is_empty() {
+                    // Before 5.17: no reasons; the location places the drop.
+                    String::new()
+                } else {
+                    self.ctx
+                        .drop_reasons
+                        .get(&e.reason)
+                        .cloned()
+                        .unwrap_or_else(|| format!("reason {}", e.reason))
+                },
+                self.symbols
+                    .resolve(e.location)
+                    .unwrap_or_else(|_| format!("{:#x}", e.location)),
+            ),
+            kind::SOCKET_DROP => (
+                "SOCKET_REFUSED".to_owned(),
+                if e.location == socket_hook::UDP_FAIL_QUEUE {
+                    "udp_fail_queue_rcv_skb".to_owned()
+                } else {
+                    "sock_rcvqueue_full".to_owned()
+                },
+            ),
+            _ => (String::new(), String::new()),
+        }
+    }
+
+    fn stale_note(&self, p: &Packet, leg: Leg) -> String {
+        let pod = match leg {
+            Leg::QueryToPod => addr(p.daddr),
+            Leg::Answer => addr(p.saddr),
+            Leg::QueryBeforeDnat => return String::new(),
+        };
+        if !self.ctx.endpoints.is_empty()
+            && !self.ctx.endpoints.contains(&pod)
+            && Some(pod) != self.ctx.service
+        {
+            format!(
+                "; {pod} is not an endpoint of the Service: a stale conntrack entry or stale rule sent it there"
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    /// Finalises held queries older than `HOLD_NS` (all of them with `force`).
+    pub fn flush(&mut self, now_ns: u64, force: bool) -> Vec<QueryRecord> {
+        let due: Vec<Key> = self
+            .held
+            .iter()
+            .filter(|(_, h)| force || now_ns.saturating_sub(h.first_ns) >= HOLD_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for key in due {
+            let Some(h) = self.held.remove(&key) else {
+                continue;
+            };
+            let mut r = h.record;
+            r.verdict = if r.icmp.is_some() {
+                Verdict::Rejected
+            } else if r.drop.is_some() {
+                Verdict::Dropped
+            } else {
+                Verdict::Unanswered
+            };
+            self.remember(key, h.t_query);
+            out.push(r);
+        }
+        out.sort_by_key(|r| r.time_us);
+        out
+    }
+
+    /// Judges slots still pending: older than the timeout and not yet reported means unanswered.
+    pub fn scan(&mut self, pending: &[Slot], now_ns: u64, links_netns: u32) -> Vec<QueryRecord> {
+        let mut out = Vec::new();
+        for s in pending {
+            let key = key_of(&s.query);
+            if now_ns.saturating_sub(s.t_query) < self.ctx.timeout_ns
+                || s.flags & flag::EVIDENCE != 0
+                || self.reported.contains(&(key, s.t_query))
+                || self.held.contains_key(&key)
+            {
+                continue;
+            }
+            let e = Event {
+                ts: now_ns,
+                kind: kind::EVICTED,
+                netns: 0,
+                ifindex: 0,
+                reason: 0,
+                location: 0,
+                hook: tracer_common::event::NO_HOOK,
+                _pad: 0,
+                packet: s.query,
+                slot: *s,
+                name: [0; tracer_common::event::NAME_LEN],
+                chain: [0; tracer_common::event::NAME_LEN],
+            };
+            let r = self.base(&e, links_netns);
+            self.remember(key, s.t_query);
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// Where a piece of evidence was seen: its leg, namespace/interface, and a note on the
+/// endpoint or the rules (empty, or starting with `; `) for the explanation.
+struct Place {
+    leg: Leg,
+    at: String,
+    stale: String,
+}
+
+/// Adds a drop record's evidence to a held record.
+fn add_drop(
+    r: &mut QueryRecord,
+    reason: String,
+    location: String,
+    conntrack_dropping: bool,
+    place: Place,
+) {
+    match &mut r.drop {
+        // A verdict probe's record came first (xtables returns its verdict before
+        // nf_hook_slow frees the packet): add the reason and location to it.
+        Some(d) if d.location.is_empty() => {
+            d.reason = reason;
+            d.location = location;
+        }
+        // The first drop wins; a later one (the same packet's copy) adds nothing.
+        Some(_) => {}
+        None => {
+            let c = classify(&reason, symbols::function(&location), conntrack_dropping);
+            r.drop = Some(Drop {
+                stage: c.stage,
+                reason,
+                location,
+                backend: c.backend,
+                backend_from: c.backend.map(|_| BackendEvidence::Location),
+                table: None,
+                chain: None,
+                leg: place.leg,
+                at: place.at,
+                why: c.why + &place.stale,
+            });
+        }
+    }
+}
+
+/// Adds a netfilter verdict record (a table returned DROP) to a held record.
+fn add_verdict(r: &mut QueryRecord, e: &Event, place: Place) {
+    let table = cstr(&e.name);
+    let backend = NetfilterBackend::of_verdict(e.location);
+    let chain = match backend {
+        NetfilterBackend::Xtables => hook_name(e.hook).map(str::to_owned),
+        NetfilterBackend::NfTables => Some(cstr(&e.chain)).filter(|c| !c.is_empty()),
+    };
+    let why = format!(
+        "a rule in {backend} table {table}{} dropped it{}",
+        chain
+            .as_deref()
+            .map(|c| format!(" chain {c}"))
+            .unwrap_or_default(),
+        place.stale
+    );
+    match &mut r.drop {
+        // The kernel freed it inside the table (6.1's nf_tables): the drop record came first.
+        Some(d) => {
+            d.stage = Stage::Netfilter;
+            d.backend = Some(backend);
+            d.backend_from = Some(BackendEvidence::VerdictProbe);
+            d.table = Some(table);
+            d.chain = chain;
+            d.why = why;
+        }
+        None => {
+            r.drop = Some(Drop {
+                stage: Stage::Netfilter,
+                reason: "NETFILTER_DROP".to_owned(),
+                location: String::new(),
+                backend: Some(backend),
+                backend_from: Some(BackendEvidence::VerdictProbe),
+                table: Some(table),
+                chain,
+                leg: place.leg,
+                at: place.at,
+                why,
+            })
+        }
+    }
+}
+
+/// The packet as the client sent it: for an answer, swap the ends.
+fn query_of(p: &Packet, dns_port: u16) -> Packet {
+    if port(p.sport) == dns_port {
+        Packet {
+            saddr: p.daddr,
+            daddr: p.saddr,
+            sport: p.dport,
+            dport: p.sport,
+            ..*p
+        }
+    } else {
+        *p
+    }
+}
+
+fn key_of(q: &Packet) -> Key {
+    (q.saddr, q.sport, q.dns_id)
+}
+
+/// `enum nf_inet_hooks` as iptables names its built-in chains.
+fn hook_name(hook: u32) -> Option<&'static str> {
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+        .get(hook as usize)
+        .copied()
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,368 @@
+use tracer_common::{
+    event::backend,
+    flow::{QUESTION_LEN, SLOTS},
+};
+
+use super::*;
+
+const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const SECOND: u64 = 1_000_000_000;
+
+fn raw(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn be(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+fn correlator() -> Correlator {
+    let reasons = [(2, "NETFILTER_DROP"), (3, "NO_SOCKET")]
+        .into_iter()
+        .map(|(v, n)| (v, n.to_owned()))
+        .collect();
+    Correlator::new(
+        Context {
+            service: Some(SERVICE),
+            dns_port: 53,
+            endpoints: vec![POD],
+            drop_reasons: reasons,
+            timeout_ns: 5 * SECOND,
+            ..Context::default()
+        },
+        Names::new(0, &HashMap::new()),
+    )
+}
+
+/// The query from CLIENT:40000 id 7, to `to`.
+fn query(to: Ipv4Addr) -> Packet {
+    Packet {
+        saddr: raw(CLIENT),
+        daddr: raw(to),
+        sport: be(40000),
+        dport: be(53),
+        dns_id: 7u16.to_be(),
+        dns_flags: 0,
+    }
+}
+
+/// The query's slot as the kernel keeps it: sent at 1 s, at the pod at `endpoint_ns`.
+fn slot(endpoint_ns: u64, flags: u16) -> Slot {
+    Slot {
+        query: query(SERVICE),
+        state: state::PENDING,
+        flags,
+        endpoint_ip: if endpoint_ns != 0 { raw(POD) } else { 0 },
+        t_query: SECOND,
+        t_endpoint: endpoint_ns,
+        nat_ip: raw(POD),
+        nat_port: be(53),
+        ..Slot::EMPTY
+    }
+}
+
+fn event(kind: u32, ts: u64, packet: Packet, slot: Slot) -> Event {
+    Event {
+        ts,
+        kind,
+        netns: 0,
+        ifindex: 0,
+        reason: 0,
+        location: 0,
+        hook: tracer_common::event::NO_HOOK,
+        _pad: 0,
+        packet,
+        slot,
+        name: [0; tracer_common::event::NAME_LEN],
+        chain: [0; tracer_common::event::NAME_LEN],
+    }
+}
+
+/// A NETFILTER_DROP (reason 2 in `correlator()`'s table) of `packet`.
+fn netfilter_drop(ts: u64, packet: Packet, slot: Slot) -> Event {
+    Event {
+        reason: 2,
+        ..event(kind::DROP, ts, packet, slot)
+    }
+}
+
+fn name(s: &str) -> [u8; tracer_common::event::NAME_LEN] {
+    let mut n = [0; tracer_common::event::NAME_LEN];
+    n[..s.len()].copy_from_slice(s.as_bytes());
+    n
+}
+
+#[test]
+fn an_answer_ends_the_query_with_its_path_nat_and_confirmation() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100_000, flag::NATTED | flag::CONFIRMED);
+    let out = c.push(
+        &event(kind::ANSWERED, SECOND + 500_000, query(SERVICE), s),
+        0,
+    );
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(r.verdict, Verdict::Answered);
+    assert_eq!(r.latency_us, Some(500));
+    assert_eq!(r.endpoint, Some(POD));
+    assert_eq!(r.nat, Some(SocketAddrV4::new(POD, 53)));
+    assert!(r.confirmed);
+    assert_eq!(r.last_seen, Seen::Delivered);
+}
+
+#[test]
+fn a_verdict_then_its_drop_make_one_dropped_record_with_table_chain_and_location() {
+    let mut c = correlator();
+    let s = slot(0, flag::DROPPED);
+    let mut verdict = event(kind::VERDICT, 2 * SECOND, query(POD), s);
+    verdict.location = backend::XTABLES;
+    verdict.hook = 2;
+    verdict.name = name("filter");
+    assert!(
+        c.push(&verdict, 0).is_empty(),
+        "held until the drop arrives"
+    );
+    let drop = netfilter_drop(2 * SECOND + 10, query(POD), s);
+    c.push(&drop, 0);
+    let out = c.flush(2 * SECOND + HOLD_NS, false);
+    assert_eq!(out.len(), 1, "one record per query");
+    let d = out[0].drop.as_ref().expect("the drop");
+    assert_eq!(out[0].verdict, Verdict::Dropped);
+    assert_eq!(d.stage, Stage::Netfilter);
+    assert_eq!(d.backend, Some(NetfilterBackend::Xtables));
+    assert_eq!(d.backend_from, Some(BackendEvidence::VerdictProbe));
+    assert_eq!(d.table.as_deref(), Some("filter"));
+    assert_eq!(d.chain.as_deref(), Some("FORWARD"));
+    assert_eq!(
+        d.reason, "NETFILTER_DROP",
+        "the drop's reason fills the verdict's"
+    );
+    assert_eq!(d.leg, Leg::QueryToPod);
+}
+
+#[test]
+fn a_drop_then_its_verdict_keep_the_location_and_take_the_chain() {
+    let mut c = correlator();
+    let s = slot(0, flag::DROPPED);
+    let drop = netfilter_drop(2 * SECOND, query(POD), s);
+    c.push(&drop, 0);
+    let mut verdict = event(kind::VERDICT, 2 * SECOND + 10, query(POD), s);
+    verdict.location = backend::NFTABLES;
+    verdict.name = name("filter");
+    verdict.chain = name("FORWARD");
+    c.push(&verdict, 0);
+    let out = c.flush(0, true);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (d.backend, d.chain.as_deref()),
+        (Some(NetfilterBackend::NfTables), Some("FORWARD"))
+    );
+    assert_eq!(d.backend_from, Some(BackendEvidence::VerdictProbe));
+    assert_eq!(d.reason, "NETFILTER_DROP");
+    assert!(!d.location.is_empty(), "the drop record placed it: {d:?}");
+}
+
+#[test]
+fn a_verdict_before_dnat_where_the_rules_reject_names_the_reject() {
+    let mut c = correlator();
+    c.ctx.service_rejects = true;
+    let s = slot(0, flag::DROPPED);
+    let mut verdict = event(kind::VERDICT, 2 * SECOND, query(SERVICE), s);
+    verdict.location = backend::NFTABLES;
+    verdict.name = name("filter");
+    verdict.chain = name("FORWARD");
+    c.push(&verdict, 0);
+    let out = c.flush(0, true);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(d.leg, Leg::QueryBeforeDnat);
+    assert!(
+        d.why.contains("REJECT for a Service without endpoints"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn nf_hook_slow_alone_names_no_backend_and_nft_do_chain_does() {
+    assert_eq!(
+        classify("NETFILTER_DROP", "nf_hook_slow", false).backend,
+        None
+    );
+    assert_eq!(
+        classify("NETFILTER_DROP", "nf_hook_slow", true).stage,
+        Stage::Conntrack
+    );
+    assert_eq!(
+        classify("NETFILTER_DROP", "nft_do_chain", false).backend,
+        Some(NetfilterBackend::NfTables)
+    );
+    assert_eq!(
+        classify("", "__udp4_lib_rcv", false).stage,
+        Stage::Socket,
+        "placed by location"
+    );
+    assert_eq!(
+        classify("", "neigh_invalidate", false).stage,
+        Stage::Neighbour
+    );
+}
+
+/// Every stage a drop reason or location can place, and the backend only a location inside
+/// nf_tables proves.
+#[test]
+fn classify_places_each_reason_at_its_stage() {
+    for (reason, function, stage) in [
+        ("NETFILTER_DROP", "nf_hook_slow", Stage::Netfilter),
+        ("NETFILTER_DROP", "ipt_do_table", Stage::Netfilter),
+        ("NO_SOCKET", "__udp4_lib_rcv", Stage::Socket),
+        ("SOCKET_REFUSED", "udp_fail_queue_rcv_skb", Stage::Socket),
+        ("UDP_CSUM", "__udp4_lib_rcv", Stage::Socket),
+        ("OTHERHOST", "ip_rcv_core", Stage::Bridge),
+        ("IP_INADDRERRORS", "ip_rcv_finish", Stage::Routing),
+        ("IP_NOPROTO", "ip_local_deliver", Stage::Routing),
+        ("NEIGH_FAILED", "neigh_invalidate", Stage::Neighbour),
+        ("TC_INGRESS", "tcf_classify", Stage::Kernel),
+    ] {
+        let c = classify(reason, function, false);
+        assert_eq!((c.stage, c.backend), (stage, None), "{reason} @ {function}");
+        assert!(!c.why.is_empty());
+    }
+}
+
+/// A drop freed inside nft_do_chain names nf_tables from its location, with no verdict probe.
+#[test]
+fn a_drop_inside_nft_do_chain_names_nf_tables_from_its_location() {
+    let mut c = correlator();
+    let s = slot(0, flag::DROPPED);
+    c.push(&netfilter_drop(2 * SECOND, query(POD), s), 0);
+    let mut r = c.flush(0, true).remove(0);
+    r.drop = None;
+    add_drop(
+        &mut r,
+        "NETFILTER_DROP".to_owned(),
+        "nft_do_chain+0x3e8".to_owned(),
+        false,
+        Place {
+            leg: Leg::QueryToPod,
+            at: "n/d0".to_owned(),
+            stale: String::new(),
+        },
+    );
+    let d = r.drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.backend, d.backend_from),
+        (
+            Stage::Netfilter,
+            Some(NetfilterBackend::NfTables),
+            Some(BackendEvidence::Location)
+        )
+    );
+}
+
+/// A conntrack confirm that failed, with no drop record, is a conntrack drop.
+#[test]
+fn a_failed_confirm_alone_is_a_conntrack_drop() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100, flag::DROPPED);
+    c.push(&event(kind::CONFIRM, 2 * SECOND, query(POD), s), 0);
+    let out = c.flush(0, true);
+    assert_eq!(out[0].verdict, Verdict::Dropped);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.reason.as_str(), d.backend),
+        (Stage::Conntrack, "CONFIRM_FAILED", None)
+    );
+}
+
+/// A socket refusing the packet is a drop at the socket stage, named by its hook.
+#[test]
+fn a_socket_refusal_is_a_socket_drop() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100, flag::DROPPED);
+    let mut e = event(kind::SOCKET_DROP, 2 * SECOND, query(POD), s);
+    e.location = socket_hook::RCVQUEUE_FULL;
+    c.push(&e, 0);
+    let out = c.flush(0, true);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.reason.as_str(), d.location.as_str()),
+        (Stage::Socket, "SOCKET_REFUSED", "sock_rcvqueue_full")
+    );
+}
+
+#[test]
+fn an_icmp_error_with_a_drop_is_rejected_before_dnat() {
+    let mut c = correlator();
+    let s = slot(0, flag::DROPPED | flag::ICMP);
+    let mut icmp = event(kind::ICMP, 2 * SECOND, query(SERVICE), s);
+    icmp.reason = 3 << 8 | 3;
+    c.push(&icmp, 0);
+    let drop = netfilter_drop(2 * SECOND, query(SERVICE), s);
+    c.push(&drop, 0);
+    let out = c.flush(0, true);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].verdict, Verdict::Rejected);
+    let icmp = out[0].icmp.as_ref().unwrap();
+    assert_eq!(
+        (icmp.what.as_str(), icmp.leg),
+        ("port unreachable", Leg::QueryBeforeDnat)
+    );
+}
+
+#[test]
+fn a_query_past_its_timeout_is_unanswered_once() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100, 0);
+    assert!(c.scan(&[s], 2 * SECOND, 0).is_empty(), "not yet timed out");
+    let out = c.scan(&[s], 7 * SECOND, 0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].verdict, out[0].last_seen),
+        (Verdict::Unanswered, Seen::AtEndpoint)
+    );
+    assert!(c.scan(&[s], 8 * SECOND, 0).is_empty(), "reported once");
+    // Its drop arriving after the verdict is counted, not reported again.
+    let late = netfilter_drop(8 * SECOND, query(POD), s);
+    c.push(&late, 0);
+    assert!(c.flush(0, true).is_empty());
+    assert_eq!(c.tally.late_evidence, 1);
+}
+
+#[test]
+fn evictions_are_judged_by_age_and_never_lost() {
+    let mut c = correlator();
+    let young = event(kind::EVICTED, 2 * SECOND, query(SERVICE), slot(0, 0));
+    assert!(c.push(&young, 0).is_empty());
+    assert_eq!(
+        c.tally.evicted_in_flight, 1,
+        "pushed out in flight: counted"
+    );
+    let old = event(kind::EVICTED, 9 * SECOND, query(SERVICE), slot(0, 0));
+    let out = c.push(&old, 0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].verdict, Verdict::Unanswered);
+    let flagged = event(
+        kind::EVICTED,
+        9 * SECOND,
+        query(SERVICE),
+        slot(0, flag::DROPPED),
+    );
+    assert!(c.push(&flagged, 0).is_empty(), "its drop reported it");
+    assert_eq!(c.tally.merged, 1);
+}
+
+#[test]
+fn retries_and_the_question_come_from_the_slot() {
+    let mut c = correlator();
+    let mut s = slot(0, 0);
+    s.retries = 2;
+    let q = b"\x0akubernetes\x07default\x00\x00\x01\x00\x01";
+    s.question[..q.len()].copy_from_slice(q);
+    s.question_len = q.len() as u16;
+    assert!(q.len() <= QUESTION_LEN && SLOTS > 0);
+    let out = c.scan(&[s], 7 * SECOND, 0);
+    assert_eq!(out[0].retries, 2);
+    assert_eq!(out[0].name.as_deref(), Some("kubernetes.default."));
+    assert_eq!(out[0].qtype.as_deref(), Some("A"));
+}
