@@ -129,7 +129,7 @@ pub enum Outcome {
 
 /// One query sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryRecord {
+pub struct SentQuery {
     /// The DNS message id.
     pub id: u16,
     /// The name asked for.
@@ -144,7 +144,7 @@ pub struct QueryRecord {
     pub outcome: Outcome,
 }
 
-impl QueryRecord {
+impl SentQuery {
     /// The latency of an answered query.
     pub fn latency(&self) -> Option<Duration> {
         match self.outcome {
@@ -169,17 +169,14 @@ pub struct BatchResult {
     /// duplicates. Counted, never fatal.
     pub bad_answers: u32,
     /// Every query, in send order.
-    pub queries: Vec<QueryRecord>,
+    pub queries: Vec<SentQuery>,
 }
 
 impl BatchResult {
     /// The `p`-th percentile (0-100) of the answered queries' latencies (nearest rank).
     pub fn latency_percentile(&self, p: f64) -> Option<Duration> {
-        let mut latencies: Vec<Duration> = self
-            .queries
-            .iter()
-            .filter_map(QueryRecord::latency)
-            .collect();
+        let mut latencies: Vec<Duration> =
+            self.queries.iter().filter_map(SentQuery::latency).collect();
         if latencies.is_empty() {
             return None;
         }
@@ -189,7 +186,7 @@ impl BatchResult {
     }
 
     /// The queries that got no answer.
-    pub fn lost_queries(&self) -> impl Iterator<Item = &QueryRecord> {
+    pub fn lost_queries(&self) -> impl Iterator<Item = &SentQuery> {
         self.queries.iter().filter(|q| q.latency().is_none())
     }
 }
@@ -344,7 +341,7 @@ struct Batch<'a> {
     server: SocketAddrV4,
     spec: &'a BatchSpec,
     start: Instant,
-    queries: Vec<QueryRecord>,
+    queries: Vec<SentQuery>,
     sent_instants: Vec<Instant>,
     flows: Vec<Flow>,
     bad_answers: u32,
@@ -484,7 +481,7 @@ impl Batch<'_> {
                     error: e.to_string(),
                 },
             };
-            self.queries.push(QueryRecord {
+            self.queries.push(SentQuery {
                 id,
                 name: name.clone(),
                 qtype,

@@ -77,7 +77,7 @@ fn bad_specs_are_refused() {
 
 #[test]
 fn percentiles_use_nearest_rank() {
-    let rec = |ms| QueryRecord {
+    let rec = |ms| SentQuery {
         id: 0,
         name: "x".into(),
         qtype: RecordType::A,

@@ -14,8 +14,8 @@ use crate::{
     report::{document::ProbeReport, trace::TraceSummary},
 };
 
-/// What a check sees.
-pub(super) struct Seen<'a> {
+/// What a check sees of one scenario: the lab, the tracer's records and summary, the probe.
+pub(super) struct Observed<'a> {
     pub lab: &'a LabInfo,
     /// The tracer's summary (`None`: it gave none).
     pub summary: Option<&'a TraceSummary>,
@@ -26,7 +26,7 @@ pub(super) struct Seen<'a> {
     pub live: Vec<Ipv4Addr>,
 }
 
-impl Seen<'_> {
+impl Observed<'_> {
     fn dns0(&self) -> Option<Ipv4Addr> {
         self.lab.endpoints.first().map(|p| p.ip)
     }
@@ -40,7 +40,7 @@ impl Seen<'_> {
     }
 }
 
-fn attributed(s: &Seen, p: &mut Vec<String>) {
+fn attributed(s: &Observed, p: &mut Vec<String>) {
     if s.report.unattributed > 0 {
         p.push(format!(
             "{} of {} lost queries have no trace record",
@@ -49,7 +49,7 @@ fn attributed(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-fn some_lost(s: &Seen, p: &mut Vec<String>) {
+fn some_lost(s: &Observed, p: &mut Vec<String>) {
     if s.report.lost == 0 || s.report.lost == s.report.sent {
         p.push(format!(
             "expected some of {} queries lost (one endpoint of two), lost {}",
@@ -58,7 +58,7 @@ fn some_lost(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-fn all_lost(s: &Seen, p: &mut Vec<String>) {
+fn all_lost(s: &Observed, p: &mut Vec<String>) {
     if s.report.lost != s.report.sent {
         p.push(format!(
             "expected all {} queries lost, lost {}",
@@ -67,7 +67,7 @@ fn all_lost(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-fn to_dns0(s: &Seen, id: u16, r: &TraceRecord, p: &mut Vec<String>) -> bool {
+fn to_dns0(s: &Observed, id: u16, r: &TraceRecord, p: &mut Vec<String>) -> bool {
     if r.endpoint != s.dns0() {
         p.push(format!(
             "query {id:#06x}: sent to {:?}, expected dns0 {:?}",
@@ -79,7 +79,7 @@ fn to_dns0(s: &Seen, id: u16, r: &TraceRecord, p: &mut Vec<String>) -> bool {
     true
 }
 
-pub(super) fn check_healthy(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_healthy(s: &Observed, p: &mut Vec<String>) {
     if s.report.lost != 0 || s.report.sent == 0 {
         p.push(format!(
             "expected every query answered: sent {}, lost {}",
@@ -88,7 +88,7 @@ pub(super) fn check_healthy(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_filter_drop(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_filter_drop(s: &Observed, p: &mut Vec<String>) {
     some_lost(s, p);
     for (id, r) in s.lost() {
         to_dns0(s, id, r, p);
@@ -104,7 +104,7 @@ pub(super) fn check_filter_drop(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_no_endpoints(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_no_endpoints(s: &Observed, p: &mut Vec<String>) {
     all_lost(s, p);
     let mut rejected = 0;
     for (id, r) in s.lost() {
@@ -137,7 +137,7 @@ pub(super) fn check_no_endpoints(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_pod_down(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_pod_down(s: &Observed, p: &mut Vec<String>) {
     some_lost(s, p);
     let pod_ns = s.lab.endpoints.first().map(|e| format!("{}/", e.netns));
     for (id, r) in s.lost() {
@@ -154,7 +154,7 @@ pub(super) fn check_pod_down(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_pod_link_down(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_pod_link_down(s: &Observed, p: &mut Vec<String>) {
     some_lost(s, p);
     for (id, r) in s.lost() {
         to_dns0(s, id, r, p);
@@ -167,7 +167,7 @@ pub(super) fn check_pod_link_down(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_conntrack_full(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_conntrack_full(s: &Observed, p: &mut Vec<String>) {
     all_lost(s, p);
     for (id, r) in s.lost() {
         match &r.drop {
@@ -186,7 +186,7 @@ pub(super) fn check_conntrack_full(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_stale_conntrack(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_stale_conntrack(s: &Observed, p: &mut Vec<String>) {
     all_lost(s, p);
     for (id, r) in s.lost() {
         match r.endpoint {
@@ -199,7 +199,7 @@ pub(super) fn check_stale_conntrack(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_mixed_backend(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_mixed_backend(s: &Observed, p: &mut Vec<String>) {
     if s.report.lost == 0 {
         p.push(
             "expected lost queries: the stale backend's rules send some to a dead target".into(),
@@ -219,7 +219,7 @@ pub(super) fn check_mixed_backend(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-pub(super) fn check_conntrack_race(s: &Seen, p: &mut Vec<String>) {
+pub(super) fn check_conntrack_race(s: &Observed, p: &mut Vec<String>) {
     if s.report.lost != 0 {
         p.push(format!(
             "expected nothing lost (this kernel resolves the clashes), lost {}",
@@ -233,14 +233,14 @@ pub(super) fn check_conntrack_race(s: &Seen, p: &mut Vec<String>) {
     }
 }
 
-fn conntrack_delta(s: &Seen) -> Option<CpuStats> {
+fn conntrack_delta(s: &Observed) -> Option<CpuStats> {
     s.summary.and_then(|t| t.conntrack_delta)
 }
 
 /// Stages that saw nothing where the probe says they must have seen something. A program that
 /// did not attach, or attached where the packets are not, passes every per-query check by
 /// seeing nothing; this names the stage instead.
-fn dead_stages(sc: &Scenario, s: &Seen, p: &mut Vec<String>) {
+fn dead_stages(sc: &Scenario, s: &Observed, p: &mut Vec<String>) {
     let Some(summary) = s.summary else {
         p.push("the tracer gave no summary: no stage can be checked".into());
         return;
@@ -355,7 +355,7 @@ fn recorders(stages: &[Stage], plan: Option<&Plan>) -> String {
 }
 
 /// Every check of a scenario: attribution, the scenario's own, and dead stages.
-pub(super) fn problems(sc: &Scenario, s: &Seen) -> Vec<String> {
+pub(super) fn problems(sc: &Scenario, s: &Observed) -> Vec<String> {
     let mut p = Vec::new();
     attributed(s, &mut p);
     (sc.check)(s, &mut p);

@@ -67,7 +67,7 @@ struct Scenario {
     /// The stages that must have recorded the lost queries (any of them): a fault whose stage
     /// recorded none of them was missed, whatever the other checks say.
     stages: &'static [Stage],
-    check: fn(&Seen, &mut Vec<String>),
+    check: fn(&Observed, &mut Vec<String>),
 }
 
 /// The scenarios, healthy first. Timeouts are 1 s, and 5 s where the kernel's neighbour code
@@ -256,7 +256,7 @@ fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<Scenari
         .map(|s| s.endpoint_ips())
         .unwrap_or_default();
     let summary = traced.summary.as_ref();
-    let seen = Seen {
+    let seen = Observed {
         lab: &info,
         summary,
         records: &traced.records,

@@ -4,7 +4,7 @@ use super::*;
 use crate::{
     flow::record::{QueryRecord as TraceRecord, Stage, Verdict},
     lab::{LabInfo, Pod},
-    measure::{BatchResult, Outcome, QueryRecord, RecordType, ResponseCode},
+    measure::{BatchResult, Outcome, RecordType, ResponseCode, SentQuery},
     probes::{
         plan::{Fate, Outcome as ProgramOutcome, Plan, Tier},
         session::Counters,
@@ -41,7 +41,7 @@ fn lab() -> LabInfo {
 
 /// `answered` queries answered and `lost` timed out, from source ports 1000 on.
 fn batch(answered: u32, lost: u32) -> BatchResult {
-    let query = |i: u32, outcome| QueryRecord {
+    let query = |i: u32, outcome| SentQuery {
         id: i as u16,
         name: "kubernetes.default.svc.cluster.local".to_owned(),
         qtype: RecordType::A,
@@ -104,7 +104,7 @@ fn check(
         Some(summary),
         records,
     );
-    let seen = Seen {
+    let seen = Observed {
         lab: &lab,
         summary: Some(summary),
         records,

@@ -108,7 +108,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
 
     use crate::{
         flow::record::{NetfilterBackend, QueryRecord as TraceRecord, Stage},
-        measure::{BatchResult, BatchSpec, Outcome, QueryRecord, RecordType, ResponseCode},
+        measure::{BatchResult, BatchSpec, Outcome, RecordType, ResponseCode, SentQuery},
         node::Backend,
         probes::plan::Tier,
         report::{
@@ -117,7 +117,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
         },
     };
     let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
-    let query = |i: u16, outcome| QueryRecord {
+    let query = |i: u16, outcome| SentQuery {
         id: i,
         name: "kubernetes.default.svc.cluster.local".to_owned(),
         qtype: RecordType::A,
@@ -138,7 +138,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
                 },
             )
         });
-        let queries: Vec<QueryRecord> = answered
+        let queries: Vec<SentQuery> = answered
             .chain((10..10 + lost).map(|i| query(i, Outcome::TimedOut)))
             .collect();
         let records: Vec<TraceRecord> = (10..10 + lost)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     flow::{cause::Cause, record::QueryRecord as TraceRecord},
-    measure::{BatchResult, BatchSpec, Outcome, QueryRecord},
+    measure::{BatchResult, BatchSpec, Outcome, SentQuery},
     node::{conntrack::CpuStats, inspect},
     probes::plan::Tier,
     report::trace::{TraceSummary, endpoint_key, line},
@@ -605,7 +605,7 @@ impl ProbeReport {
     }
 }
 
-fn lost(q: &QueryRecord, trace: Option<&TraceRecord>) -> LostQuery {
+fn lost(q: &SentQuery, trace: Option<&TraceRecord>) -> LostQuery {
     LostQuery {
         id: q.id,
         name: q.name.clone(),

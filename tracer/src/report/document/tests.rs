@@ -36,9 +36,9 @@ fn vm_field_is_optional_within_version_1() {
 fn lost_by_cause_is_keyed_by_the_cause_text_old_and_new() {
     use crate::{
         flow::record::{Seen, Stage},
-        measure::{BatchResult, Outcome, QueryRecord, RecordType},
+        measure::{BatchResult, Outcome, RecordType, SentQuery},
     };
-    let lost = |i: u16| QueryRecord {
+    let lost = |i: u16| SentQuery {
         id: i,
         name: "kubernetes.default".to_owned(),
         qtype: RecordType::A,
