@@ -2,21 +2,28 @@
 //! DNAT to the DNS pod and back, and says where each unanswered one died and why.
 //!
 //! # Layout
-//! - `cmd`: one file per command: arguments -> domain call -> rendering.
+//! Modules depend one way, each only on modules listed below it (`cargo xtask lint` checks it):
+//! - `cmd`: one file per command: arguments -> domain call -> rendering (`main` maps the results
+//!   to exit codes).
 //! - `cli`: every command-line type (clap only).
-//! - `flow`: kernel records to one record per query (correlation across NAT, DNS questions).
-//! - `kernel`: what this kernel offers (BTF offsets, drop-reason names, symbols, hook support).
-//! - `links`: a namespace's interfaces, their kinds and veth peers (an RTM_GETLINK dump over rtnetlink).
-//! - `netlink`: what every netlink family shares (a datagram split into its messages).
-//! - `netns`: running code inside another network namespace.
+//! - `validate`: the lab's scenarios, each on a fresh lab, checked for detection and attribution.
+//! - `trace`: a running trace (hooks -> records -> correlator -> per-query records -> summary),
+//!   and DNS batches sent while it watches.
+//! - `report`: the data models of results (the versioned report, the trace summary and its JSON
+//!   lines, validation, compare), each rendered as text or JSON.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
+//! - `flow`: kernel records to one record per query (correlation across NAT, typed causes, DNS
+//!   questions).
+//! - `node`: the node's state without eBPF, read-only (iptables backend, kube-proxy, conntrack),
+//!   as findings.
 //! - `probes`: the eBPF programs: table, per-kernel plan, load/attach/read session.
-//! - `report`: the data models of results, rendered as text or JSON.
-//! - `trace`: a running trace: hooks -> records -> correlator -> per-query records -> summary.
-//! - `node`: the node's state without eBPF (iptables backend, kube-proxy, conntrack), as findings.
-//! - `validate`: the lab's scenarios, each checked for detection and attribution.
-//! - `vm`: another kernel (Debian's 5.10, 6.1, 6.12) booted under qemu on this machine's root, one command run in it.
+//! - `vm`: another kernel (Debian's 5.10, 6.1, 6.12) booted under qemu on this machine's root, one
+//!   command run in it.
+//! - `kernel`: what this kernel offers (BTF offsets, drop-reason names, symbols, hook support).
+//! - `links`: a namespace's interfaces, their kinds and veth peers (an RTM_GETLINK dump).
+//! - `netlink`: what every netlink family shares (a datagram split into its messages).
+//! - `netns`: running code inside another network namespace.
 pub mod cli;
 pub mod cmd;
 pub mod flow;
