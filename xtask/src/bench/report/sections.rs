@@ -76,7 +76,7 @@ pub fn commands(w: &mut String, r: &Results) {
     );
     let _ = writeln!(
         w,
-        "- tracer: `tracer trace --lab --prefix trb` and `tracer trace --lab --prefix trb --all` (text output)"
+        "- tracer: `tracer trace --lab --prefix trb --output json` and `tracer trace --lab --prefix trb --output json --all` (JSON lines: the plan, a line per query reported, the summary)"
     );
     let _ = writeln!(w, "- anchor: `{}`", r.bpftrace_cmd);
     let rounds = r.runs.iter().map(|x| x.round).max().unwrap_or(0);
@@ -435,7 +435,7 @@ pub fn tracer_process(w: &mut String, r: &Results, h: &Headline) {
     );
     let _ = writeln!(
         w,
-        "\nAttach, as the tracer reports it (\"N ms to attach\": load + verify + attach): min / median / max {} ms. Spawn to ready (adds reading BTF, the lab's rules and namespaces, process start): {} ms. Detach, SIGINT to exit (the tracer's last drain and scan of its query slots, the summary, closing every program, link and map, where closing a TC link waits for an RCU grace period, and process exit): {} ms.",
+        "\nAttach, as the tracer reports it (its plan line's `attach_ms`: load + verify + attach): min / median / max {} ms. Spawn to ready, the plan line printed (adds reading BTF, the lab's rules and namespaces, process start): {} ms. Detach, SIGINT to exit (the tracer's last drain and scan of its query slots, the summary, closing every program, link and map, where closing a TC link waits for an RCU grace period, and process exit): {} ms.",
         h.attach_ms.show(0),
         h.ready_ms.show(0),
         h.detach_ms.show(0)

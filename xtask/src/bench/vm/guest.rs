@@ -90,6 +90,33 @@ fn stats_json(s: &BTreeMap<String, ProgStats>) -> Value {
         .into()
 }
 
+/// bpftool's stdout with `args`, failing when it fails.
+fn bpftool(args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let o = Command::new("bpftool")
+        .args(args)
+        .output()
+        .context("failed to run bpftool")?;
+    if !o.status.success() {
+        bail!(
+            "bpftool {} failed ({}): {}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(o.stdout)
+}
+
+/// The instructions of program `id` as the kernel runs it: `bpftool -j prog dump xlated` is an
+/// array with an object per instruction (a 16-byte `ld_imm64` is one), carrying `disasm`, and
+/// `src` and `proto` when the program has line and function info.
+fn xlated_insns(id: u32) -> anyhow::Result<u64> {
+    let args = ["-j", "prog", "dump", "xlated", "id", &id.to_string()];
+    let insns: Vec<Value> = serde_json::from_slice(&bpftool(&args)?)
+        .with_context(|| format!("bpftool {} printed no JSON array", args.join(" ")))?;
+    Ok(insns.iter().filter(|i| i.get("disasm").is_some()).count() as u64)
+}
+
 /// One run of one tier: DNS load, then non-DNS load, BPF counters around each.
 fn guest_run(
     a: &GuestArgs,
@@ -103,12 +130,11 @@ fn guest_run(
     let attached = if tier == "untraced" {
         None
     } else {
-        let mut cmd = Command::new(&a.tracer);
-        cmd.args(["trace", "--lab", "--prefix", PREFIX, "--hooks", tier]);
-        Some(traced::Attached::start(
+        Some(traced::tracer_with(
+            &a.tracer,
+            PREFIX,
+            &["--hooks", tier],
             "tracer",
-            cmd,
-            "reporting failed queries",
             Duration::from_secs(180),
         )?)
     };
@@ -147,21 +173,11 @@ fn guest_run(
     if DEEP.contains(&tier) {
         for (id, (name, _)) in measure::progs()? {
             if ids.contains(&id) && is_deep_program(&name) && !dumped.contains_key(&name) {
-                let o = Command::new("bpftool")
-                    .args(["prog", "dump", "xlated", "id", &id.to_string()])
-                    .output()
-                    .context("failed to run bpftool prog dump")?;
-                let text = String::from_utf8_lossy(&o.stdout);
-                let insns = text
-                    .lines()
-                    .filter(|l| {
-                        l.trim_start()
-                            .split_once(':')
-                            .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
-                    })
-                    .count() as u64;
+                let insns = xlated_insns(id)?;
+                // The text form for people (the early-exit counts were made on it).
+                let text = bpftool(&["prog", "dump", "xlated", "id", &id.to_string()])?;
                 std::fs::create_dir_all(out.join("xlated"))?;
-                std::fs::write(out.join(format!("xlated/{name}.txt")), text.as_bytes())?;
+                std::fs::write(out.join(format!("xlated/{name}.txt")), text)?;
                 dumped.insert(name, insns);
             }
         }

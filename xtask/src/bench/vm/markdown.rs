@@ -142,7 +142,7 @@ fn method(md: &mut String, r: &VmResults) {
     );
     let _ = writeln!(
         md,
-        "- lab: `tracer lab up --prefix {PREFIX}` in the guest; tiers: untraced, then `tracer trace --lab --prefix {PREFIX} --hooks tracepoint|kprobe|fentry`, \
+        "- lab: `tracer lab up --prefix {PREFIX}` in the guest; tiers: untraced, then `tracer trace --lab --prefix {PREFIX} --output json --hooks tracepoint|kprobe|fentry`, \
          {} interleaved rounds, order rotated each round",
         d["rounds"].as_u64().unwrap_or(0)
     );
