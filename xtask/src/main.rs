@@ -8,6 +8,7 @@
 //!   then the kernel matrix (`matrix`): hooks and trace tests in Debian kernels under qemu.
 //! - `bench`: the tracer's cost at full DNS rate next to bpftrace, and the deep tier's inside a
 //!   Debian kernel under qemu; writes bench/RESULTS.md.
+//! - `lint`: rustfmt, clippy, and the function limit (clippy's `too_many_lines`).
 mod bench;
 mod demo;
 mod matrix;
@@ -83,7 +84,9 @@ enum Task {
         #[arg(long)]
         conn_rate: u32,
     },
-    /// rustfmt and clippy on the host crates; clippy on the eBPF crate on its own.
+    /// rustfmt and clippy on the host crates; functions at most 120 lines outside tests
+    /// (clippy.toml); clippy on the eBPF crate on its own. Runs every step, then fails if one
+    /// did.
     Lint,
 }
 
@@ -152,24 +155,49 @@ pub fn cargo() -> Command {
 }
 
 fn lint() -> anyhow::Result<()> {
-    sh(cargo().args(["fmt", "--all", "--check"]))?;
-    sh(cargo().args([
-        "clippy",
-        "--release",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    sh(cargo()
-        .args([
-            "clippy",
-            "--release",
-            "-p",
-            "tracer-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
-        .env("RUSTC_BOOTSTRAP", "1"))
+    let steps: [(&str, &dyn Fn() -> anyhow::Result<()>); 4] = [
+        ("rustfmt", &|| sh(cargo().args(["fmt", "--all", "--check"]))),
+        ("clippy", &|| {
+            sh(cargo().args([
+                "clippy",
+                "--release",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }),
+        // Tests are excepted from the function limit: only the libraries and binaries.
+        ("function size", &|| {
+            sh(cargo()
+                .args(["clippy", "--release"])
+                .args(["-p", "tracer", "-p", "tracer-common", "-p", "xtask"])
+                .args(["--lib", "--bins", "--", "-D", "clippy::too_many_lines"]))
+        }),
+        ("clippy (eBPF)", &|| {
+            sh(cargo()
+                .args([
+                    "clippy",
+                    "--release",
+                    "-p",
+                    "tracer-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+                .env("RUSTC_BOOTSTRAP", "1"))
+        }),
+    ];
+    let mut failed = Vec::new();
+    for (name, step) in steps {
+        println!("lint: {name}");
+        if let Err(e) = step() {
+            eprintln!("lint: {name} failed: {e:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
