@@ -8,13 +8,15 @@
 //!   then the kernel matrix (`matrix`): hooks and trace tests in Debian kernels under qemu.
 //! - `bench`: the tracer's cost at full DNS rate next to bpftrace, and the deep tier's inside a
 //!   Debian kernel under qemu; writes bench/RESULTS.md.
-//! - `lint`: rustfmt, clippy, and the function limit (clippy's `too_many_lines`).
+//! - `lint` (`arch`): rustfmt, clippy, the function limit (clippy's `too_many_lines`), and the
+//!   architecture check: file sizes and the tracer's module layering.
+mod arch;
 mod bench;
 mod demo;
 mod matrix;
 mod setup;
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -85,8 +87,8 @@ enum Task {
         conn_rate: u32,
     },
     /// rustfmt and clippy on the host crates; functions at most 120 lines outside tests
-    /// (clippy.toml); clippy on the eBPF crate on its own. Runs every step, then fails if one
-    /// did.
+    /// (clippy.toml); clippy on the eBPF crate on its own; files at most 700 lines and the
+    /// tracer's module layering (xtask/src/arch.rs). Runs every step, then fails if one did.
     Lint,
 }
 
@@ -155,7 +157,10 @@ pub fn cargo() -> Command {
 }
 
 fn lint() -> anyhow::Result<()> {
-    let steps: [(&str, &dyn Fn() -> anyhow::Result<()>); 4] = [
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent dir")?;
+    let steps: [(&str, &dyn Fn() -> anyhow::Result<()>); 5] = [
         ("rustfmt", &|| sh(cargo().args(["fmt", "--all", "--check"]))),
         ("clippy", &|| {
             sh(cargo().args([
@@ -187,6 +192,7 @@ fn lint() -> anyhow::Result<()> {
                 .args(["-Z", "build-std=core", "--", "-D", "warnings"])
                 .env("RUSTC_BOOTSTRAP", "1"))
         }),
+        ("architecture", &|| arch::run(root)),
     ];
     let mut failed = Vec::new();
     for (name, step) in steps {
