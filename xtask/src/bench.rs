@@ -186,9 +186,9 @@ impl Drop for LabGuard {
 pub enum Mode {
     /// Nothing attached.
     Untraced,
-    /// `tracer trace --lab`: the default mode.
+    /// `tracer trace --lab --output json`: the default mode.
     Tracer,
-    /// `tracer trace --lab --all`: a record per query.
+    /// `tracer trace --lab --output json --all`: a record per query.
     TracerAll,
     /// The bpftrace anchor.
     Bpftrace,

@@ -8,12 +8,15 @@
 //!   then the kernel matrix (`matrix`): hooks and trace tests in Debian kernels under qemu.
 //! - `bench`: the tracer's cost at full DNS rate next to bpftrace, and the deep tier's inside a
 //!   Debian kernel under qemu; writes bench/RESULTS.md.
+//! - `lint` (`arch`): rustfmt, clippy, the function limit (clippy's `too_many_lines`), and the
+//!   architecture check: file sizes and the tracer's module layering.
+mod arch;
 mod bench;
 mod demo;
 mod matrix;
 mod setup;
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -83,7 +86,9 @@ enum Task {
         #[arg(long)]
         conn_rate: u32,
     },
-    /// rustfmt and clippy on the host crates; clippy on the eBPF crate on its own.
+    /// rustfmt and clippy on the host crates; functions at most 120 lines outside tests
+    /// (clippy.toml); clippy on the eBPF crate on its own; files at most 700 lines and the
+    /// tracer's module layering (xtask/src/arch.rs). Runs every step, then fails if one did.
     Lint,
 }
 
@@ -152,24 +157,53 @@ pub fn cargo() -> Command {
 }
 
 fn lint() -> anyhow::Result<()> {
-    sh(cargo().args(["fmt", "--all", "--check"]))?;
-    sh(cargo().args([
-        "clippy",
-        "--release",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    sh(cargo()
-        .args([
-            "clippy",
-            "--release",
-            "-p",
-            "tracer-ebpf",
-            "--target",
-            "bpfel-unknown-none",
-        ])
-        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
-        .env("RUSTC_BOOTSTRAP", "1"))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent dir")?;
+    let steps: [(&str, &dyn Fn() -> anyhow::Result<()>); 5] = [
+        ("rustfmt", &|| sh(cargo().args(["fmt", "--all", "--check"]))),
+        ("clippy", &|| {
+            sh(cargo().args([
+                "clippy",
+                "--release",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }),
+        // Tests are excepted from the function limit: only the libraries and binaries.
+        ("function size", &|| {
+            sh(cargo()
+                .args(["clippy", "--release"])
+                .args(["-p", "tracer", "-p", "tracer-common", "-p", "xtask"])
+                .args(["--lib", "--bins", "--", "-D", "clippy::too_many_lines"]))
+        }),
+        ("clippy (eBPF)", &|| {
+            sh(cargo()
+                .args([
+                    "clippy",
+                    "--release",
+                    "-p",
+                    "tracer-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+                .env("RUSTC_BOOTSTRAP", "1"))
+        }),
+        ("architecture", &|| arch::run(root)),
+    ];
+    let mut failed = Vec::new();
+    for (name, step) in steps {
+        println!("lint: {name}");
+        if let Err(e) = step() {
+            eprintln!("lint: {name} failed: {e:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The tracer and the bpftrace anchor as child processes: started, waited on until attached,
-//! stopped with SIGINT, their output kept and parsed.
+//! stopped with SIGINT, their output kept and parsed. The tracer runs with `--output json` and is
+//! read through its JSON lines (`TraceLine`), never its text.
 
 use std::{
     collections::VecDeque,
@@ -12,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use serde::Deserialize;
 
 use super::{ChildGuard, check_interrupted};
 
@@ -50,11 +52,11 @@ enum Msg {
 }
 
 impl Attached {
-    /// Spawns `cmd` and waits until it prints a line containing `marker`.
+    /// Spawns `cmd` and waits until it prints a line `ready` accepts (the attach marker).
     pub fn start(
         name: &'static str,
         mut cmd: Command,
-        marker: &'static str,
+        ready: fn(&str) -> bool,
         within: Duration,
     ) -> anyhow::Result<Self> {
         let stderr_path =
@@ -74,14 +76,14 @@ impl Attached {
         let reader = thread::spawn(move || {
             let mut cap = Captured::default();
             let mut tail = VecDeque::with_capacity(TAIL_LINES);
-            let mut ready = false;
+            let mut attached = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !ready {
-                    ready = line.contains(marker);
+                if !attached {
+                    attached = ready(&line);
                     cap.head.push(line.clone());
                     let _ = tx.send(Msg::Line(line));
-                    if ready {
+                    if attached {
                         let _ = tx.send(Msg::Ready);
                     }
                     continue;
@@ -165,19 +167,30 @@ impl Attached {
     }
 }
 
-/// The tracer, attached to the lab.
+/// The tracer, attached to the lab: `--all` or the default mode.
 pub fn tracer(bin: &Path, prefix: &str, all: bool) -> anyhow::Result<Attached> {
-    let mut cmd = Command::new(bin);
-    cmd.args(["trace", "--lab", "--prefix", prefix]);
-    if all {
-        cmd.arg("--all");
-    }
-    Attached::start(
+    tracer_with(
+        bin,
+        prefix,
+        if all { &["--all"] } else { &[] },
         if all { "tracer --all" } else { "tracer" },
-        cmd,
-        "reporting failed queries",
         Duration::from_secs(60),
     )
+}
+
+/// `tracer trace --lab --prefix PREFIX --output json` with `args`, waited on until it printed its
+/// plan line (it prints it once attached).
+pub fn tracer_with(
+    bin: &Path,
+    prefix: &str,
+    args: &[&str],
+    name: &'static str,
+    within: Duration,
+) -> anyhow::Result<Attached> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["trace", "--lab", "--prefix", prefix, "--output", "json"]);
+    cmd.args(args);
+    Attached::start(name, cmd, is_plan_line, within)
 }
 
 /// The bpftrace anchor, filtered to these namespace inodes.
@@ -186,7 +199,12 @@ pub fn bpftrace(script: &Path, netns_inodes: &[u64; 4]) -> anyhow::Result<Attach
     // Unbuffered, so "Attaching N probes..." arrives when printed.
     cmd.args(["-B", "none"]).arg(script);
     cmd.args(netns_inodes.iter().map(u64::to_string));
-    let a = Attached::start("bpftrace", cmd, "Attaching", Duration::from_secs(60))?;
+    let a = Attached::start(
+        "bpftrace",
+        cmd,
+        |l| l.contains("Attaching"),
+        Duration::from_secs(60),
+    )?;
     // bpftrace prints "Attaching" first, then loads and attaches its three programs.
     let deadline = Instant::now() + Duration::from_secs(30);
     while super::measure::prog_ids(a.pid)?.len() < 3 {
@@ -199,12 +217,12 @@ pub fn bpftrace(script: &Path, netns_inodes: &[u64; 4]) -> anyhow::Result<Attach
     Ok(a)
 }
 
-/// What the tracer's text output says.
+/// What the tracer's JSON lines say.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TracerReport {
-    /// "N ms to attach": loading and attaching, as the tracer measured it.
+    /// Loading and attaching, as the tracer measured it (the plan line's `attach_ms`).
     pub attach_ms: f64,
-    /// The hook plan lines.
+    /// The hook plan, rebuilt from the plan line in the form the tracer's text output prints it.
     pub plan: Vec<String>,
     /// Queries the kernel side counted leaving a client.
     pub queries_seen: u64,
@@ -216,71 +234,112 @@ pub struct TracerReport {
     pub query_lines: u64,
 }
 
-/// The number right before `what` in `line`.
-fn number_before(line: &str, what: &str) -> Option<f64> {
-    let (before, _) = line.split_once(what)?;
-    before
-        .split_whitespace()
-        .last()?
-        .trim_start_matches(',')
-        .parse()
-        .ok()
+/// One line of `tracer trace --output json` (tracer/src/report/trace.rs `TraceLine`), with only
+/// the fields the bench reads.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum TraceLine {
+    /// The first line, printed once attached.
+    Plan {
+        /// Load and attach time.
+        attach_ms: f64,
+        /// The hook plan as carried out.
+        plan: PlanLine,
+    },
+    /// A query reported (failed, slow, or any with `--all`).
+    Query {},
+    /// The last line.
+    Summary {
+        /// The kernel's counters over the trace.
+        counters: Counters,
+    },
 }
 
-/// The number right after `what` in `line`.
-fn number_after(line: &str, what: &str) -> Option<u64> {
-    let (_, after) = line.split_once(what)?;
-    after
-        .split_whitespace()
-        .next()?
-        .trim_end_matches(',')
-        .parse()
-        .ok()
+/// The plan (tracer/src/probes/plan.rs `Plan`).
+#[derive(Debug, Deserialize)]
+struct PlanLine {
+    tier: String,
+    outcomes: Vec<Outcome>,
+}
+
+/// One program's outcome: `fate` is attached (with `to`), verified or skipped (with `reason`).
+#[derive(Debug, Deserialize)]
+struct Outcome {
+    program: String,
+    fate: String,
+    to: Option<String>,
+    reason: Option<String>,
+}
+
+/// The summary's counters (tracer/src/probes/session/maps.rs `Counters`).
+#[derive(Debug, Deserialize)]
+struct Counters {
+    queries: u64,
+    answered: u64,
+    lost_events: u64,
+}
+
+impl PlanLine {
+    /// As the tracer's text output prints it (`Plan`'s `Display`).
+    fn text(&self) -> Vec<String> {
+        let mut lines = vec![format!("hook tier: {}", self.tier)];
+        for o in &self.outcomes {
+            let detail = o.to.as_deref().or(o.reason.as_deref()).unwrap_or("");
+            lines.push(format!("  {:<26} {:<9} {detail}", o.program, o.fate));
+        }
+        lines
+    }
+}
+
+/// Whether `line` is the tracer's plan line, its attach marker.
+fn is_plan_line(line: &str) -> bool {
+    matches!(
+        serde_json::from_str::<TraceLine>(line),
+        Ok(TraceLine::Plan { .. })
+    )
 }
 
 impl TracerReport {
-    /// Parses the tracer's head (attach line, plan) and summary.
+    /// Parses the tracer's plan line (the attach marker, last of the head) and the tail, which
+    /// ends with the summary. Every line after the plan line that is not in the tail is a query
+    /// line: the tracer prints nothing else between the two.
     pub fn parse(cap: &Captured) -> anyhow::Result<Self> {
-        let attach_ms = cap
+        let (attach_ms, plan) = cap
             .head
             .iter()
-            .find_map(|l| number_before(l, "ms to attach"))
+            .find_map(|l| match serde_json::from_str(l) {
+                Ok(TraceLine::Plan { attach_ms, plan }) => Some((attach_ms, plan)),
+                _ => None,
+            })
             .with_context(|| {
-                format!(
-                    "the tracer printed no attach time:\n{}",
-                    cap.head.join("\n")
-                )
+                format!("the tracer printed no plan line:\n{}", cap.head.join("\n"))
             })?;
-        let plan = cap
-            .head
-            .iter()
-            .filter(|l| l.starts_with("  ") || l.starts_with("hook tier"))
-            .cloned()
-            .collect();
-        let summary_at = cap
+        let tail = cap
             .tail
             .iter()
-            .position(|l| l.starts_with("== summary"))
-            .with_context(|| format!("the tracer printed no summary:\n{}", cap.tail.join("\n")))?;
-        let summary = &cap.tail[summary_at..];
-        let counts = summary
+            .map(|l| {
+                serde_json::from_str(l).with_context(|| {
+                    format!("the tracer printed a line the bench cannot read: {l}")
+                })
+            })
+            .collect::<anyhow::Result<Vec<TraceLine>>>()?;
+        let Some(TraceLine::Summary { counters }) = tail.last() else {
+            bail!(
+                "the tracer's output does not end with a summary line:\n{}",
+                cap.tail.join("\n")
+            );
+        };
+        let not_queries = tail
             .iter()
-            .find(|l| l.starts_with("queries seen"))
-            .context("the tracer's summary has no \"queries seen\" line")?;
-        let lost_line = summary
-            .iter()
-            .find(|l| l.contains("ring-buffer records"))
-            .context("the tracer's summary has no lost count")?;
+            .filter(|l| !matches!(l, TraceLine::Query {}))
+            .count();
         Ok(Self {
             attach_ms,
-            plan,
-            queries_seen: number_after(counts, "queries seen").context("no queries seen count")?,
-            answered: number_after(counts, "answered").context("no answered count")?,
-            lost_events: number_after(lost_line, "lost:").context("no lost ring-buffer count")?,
-            // Lines after the attach marker, minus the summary's own lines.
-            query_lines: cap
-                .lines_after_head
-                .saturating_sub((cap.tail.len() - summary_at) as u64),
+            plan: plan.text(),
+            queries_seen: counters.queries,
+            answered: counters.answered,
+            lost_events: counters.lost_events,
+            query_lines: cap.lines_after_head.saturating_sub(not_queries as u64),
         })
     }
 }
@@ -301,32 +360,49 @@ pub fn bpftrace_packets(cap: &Captured) -> u64 {
 mod tests {
     use super::*;
 
+    /// A real `tracer trace --lab --prefix hx --duration 15 --all --output json` on this
+    /// machine's 6.18 (tracepoint tier) while `tracer probe --lab --prefix hx --count 12` ran.
+    const TRACE_ALL: &str = include_str!("../../fixtures/trace-all.jsonl");
+    /// The plan lines the text output of the same trace printed.
+    const TRACE_PLAN: &str = include_str!("../../fixtures/trace-plan.txt");
+
+    /// `out` as `Attached` captures it: up to the plan line, then the last `keep` lines.
+    fn captured(out: &str, keep: usize) -> Captured {
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        let at = lines.iter().position(|l| is_plan_line(l)).unwrap();
+        let after = &lines[at + 1..];
+        Captured {
+            head: lines[..=at].to_vec(),
+            tail: after[after.len().saturating_sub(keep)..].to_vec(),
+            lines_after_head: after.len() as u64,
+        }
+    }
+
     #[test]
-    fn parses_tracer_output() {
-        let cap = Captured {
-            head: vec![
-                "tracing DNS to 10.96.0.10:53 (pod links in trb-node), 187 ms to attach".to_owned(),
-                "hook tier: tracepoint".to_owned(),
-                "  device_tc_ingress          attached  trb-vc0, trb-vd0".to_owned(),
-                "reporting failed queries and answers slower than 100 ms; Ctrl-C to stop".to_owned(),
-            ],
-            tail: vec![
-                "12:00:00.001 SLOW ...".to_owned(),
-                "".to_owned(),
-                "== summary: 10.2 s".to_owned(),
-                "queries seen 500000  answered 499990  slow 1  drops 0  icmp errors 0  (kernel counters, every query)".to_owned(),
-                "not judged: 3 in flight at the end, 0 pushed out; lost: 7 ring-buffer records, 0 malformed records".to_owned(),
-            ],
-            lines_after_head: 5,
-        };
-        let r = TracerReport::parse(&cap).unwrap();
-        assert_eq!(r.attach_ms, 187.0);
-        assert_eq!(r.plan.len(), 2);
+    fn parses_tracer_json_lines() {
+        let r = TracerReport::parse(&captured(TRACE_ALL, TAIL_LINES)).unwrap();
+        assert!((r.attach_ms - 643.9).abs() < 0.1, "{}", r.attach_ms);
         assert_eq!(
             (r.queries_seen, r.answered, r.lost_events, r.query_lines),
-            (500000, 499990, 7, 2)
+            (12, 12, 0, 12)
         );
+        // The plan as the text output prints it, from the JSON.
+        let text: Vec<&str> = TRACE_PLAN.lines().collect();
+        assert_eq!(r.plan, text);
+        // With more query lines than the tail keeps, the ones before it are counted too.
+        let r = TracerReport::parse(&captured(TRACE_ALL, 3)).unwrap();
+        assert_eq!((r.query_lines, r.answered), (12, 12));
+    }
+
+    #[test]
+    fn a_tracer_output_without_plan_or_summary_is_an_error() {
         assert!(TracerReport::parse(&Captured::default()).is_err());
+        let mut cut = captured(TRACE_ALL, TAIL_LINES);
+        cut.tail.pop();
+        assert!(TracerReport::parse(&cut).is_err());
+        // The text output is not read at all.
+        assert!(!is_plan_line("hook tier: tracepoint"));
+        assert!(!is_plan_line(TRACE_ALL.lines().nth(1).unwrap()));
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! The kernel matrix of `cargo xtask test`: the host run, then the hooks and trace scenario tests
+//! on Debian's kernels booted under qemu (`tracer vm run`), one boot per (kernel, tier), and one
+//! table of what passed where.
+//!
+//! # Layout
+//! - `plan`: the tiers each kernel gives (`KERNELS`), the runs `--kernels ci` makes (`CI`), and
+//!   `Selection` (`--kernels ci|all|host|LIST`).
+//! - `host`: the host run (every test, one at a time) and its column; the test binaries it built.
+//! - `vm`: one guest boot per (kernel, tier), `jobs` at a time, and its column.
+//! - `libtest`: a test binary's output parsed, and judged into a column.
+//! - `table`: `Column` (one run's cells and problems) and the matrix, printed and written to
+//!   target/matrix/MATRIX.md.
+
+mod host;
+mod libtest;
+mod plan;
+mod table;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use host::{host_column, host_tests, list_tests, snapshot, test_binaries};
+use plan::Selection;
+use table::render;
+use vm::vm_columns;
+
+/// The test binaries the matrix runs in each guest, and the variable that tells each its tier.
+const BINARIES: [&str; 2] = ["hooks", "trace"];
+
+/// A test binary of the matrix and the tests it must run (its `--list`, filtered).
+struct Binary {
+    /// `hooks` or `trace`.
+    name: &'static str,
+    /// The snapshot under target/matrix/bin.
+    path: PathBuf,
+    expected: Vec<String>,
+}
+
+/// What every run shares.
+struct Ctx {
+    root: PathBuf,
+    out: PathBuf,
+    tracer: PathBuf,
+    binaries: Vec<Binary>,
+    /// The directory cargo runs the tests in (the tracer package).
+    workdir: PathBuf,
+    filter: Option<String>,
+}
+
+/// `cargo xtask test`: the host run, then the selected VM runs; the matrix at the end.
+pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<()> {
+    let sel = Selection::parse(kernels)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent dir")?
+        .to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out = target.join("matrix");
+    std::fs::create_dir_all(out.join("bin"))
+        .with_context(|| format!("failed to create {}", out.display()))?;
+    let started = Instant::now();
+
+    let host_output = if sel.host {
+        Some(host_tests(&out, filter)?)
+    } else {
+        None
+    };
+    // The binaries the host run built, copied so that a rebuild while guests run cannot swap them.
+    let built = test_binaries()?;
+    let mut binaries = Vec::new();
+    for name in BINARIES {
+        let exe = built
+            .get(name)
+            .with_context(|| format!("cargo test --no-run built no test binary {name}"))?;
+        let path = snapshot(exe, &out.join("bin").join(name))?;
+        let expected = list_tests(&path, filter)?;
+        binaries.push(Binary {
+            name,
+            path,
+            expected,
+        });
+    }
+    if binaries.iter().all(|b| b.expected.is_empty()) && !sel.runs.is_empty() {
+        bail!("the filter {filter:?} matches no test of the matrix (hooks, trace)");
+    }
+    let tracer = snapshot(
+        built
+            .get("tracer")
+            .context("cargo built no tracer binary")?,
+        &out.join("bin/tracer"),
+    )?;
+    let ctx = Ctx {
+        root,
+        out: out.clone(),
+        tracer,
+        binaries,
+        workdir: built
+            .get("workdir")
+            .cloned()
+            .context("no package directory for the tests")?,
+        filter: filter.map(str::to_owned),
+    };
+
+    let mut columns = Vec::new();
+    if let Some((output, status, wall)) = host_output {
+        columns.push(host_column(&ctx, &output, status, wall));
+    }
+    columns.extend(vm_columns(&ctx, &sel.runs, jobs));
+
+    let matrix = render(&ctx, &columns, started.elapsed());
+    println!("\n{matrix}");
+    let md = out.join("MATRIX.md");
+    std::fs::write(&md, &matrix).with_context(|| format!("failed to write {}", md.display()))?;
+    println!("written to {}", md.display());
+    let failed: Vec<&str> = columns
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| c.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("the matrix failed in {}", failed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! What each kernel offers and which runs `--kernels` selects.
+
+use anyhow::bail;
+
+/// A kernel of the matrix and the hook tiers it offers, best first.
+struct Kernel {
+    /// `host`, or the `tracer vm` alias of a pinned Debian kernel.
+    name: &'static str,
+    /// Best first: the first is what `tracer hooks` says trace gets (`TRACER_EXPECT_TIER`).
+    tiers: &'static [&'static str],
+}
+
+/// What each kernel gives, as `tracer hooks` reported it in each guest (2026-12-01, after
+/// `modprobe -a nf_tables x_tables ip_tables nf_nat nf_conntrack`):
+/// - host (this machine's 6.18): tracepoint only. No kprobes ("kernel 6.18.44 (BTF yes, kprobes
+///   no): tracing would get the tracepoint tier") and fexit attach fails with EPERM (no ftrace
+///   function hooks).
+/// - 5.10: kprobe, tracepoint. No module BTF before 5.11, so no fentry on the module functions
+///   netfilter, NAT and conntrack live in: "this kernel has no BTF for module nf_nat
+///   (/sys/kernel/btf/nf_nat is missing: module BTF needs 5.11+ with CONFIG_DEBUG_INFO_BTF_MODULES)".
+/// - 6.1 and 6.12: fentry, kprobe, tracepoint ("tracing would get the fentry tier"; every fexit
+///   program verified, and attaches under TCG).
+const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "host",
+        tiers: &["tracepoint"],
+    },
+    Kernel {
+        name: "5.10",
+        tiers: &["kprobe", "tracepoint"],
+    },
+    Kernel {
+        name: "6.1",
+        tiers: &["fentry", "kprobe", "tracepoint"],
+    },
+    Kernel {
+        name: "6.12",
+        tiers: &["fentry", "kprobe", "tracepoint"],
+    },
+];
+
+/// `--kernels ci`, besides the host run. Every VM run of the matrix (`--kernels all`) fits CI's 90
+/// minutes with two guests at once on 2 cores (measured: 6-8 min per run, about 26 min for the
+/// eight; README.md, "What CI runs"); drop runs here if kernels or tests are added and it no
+/// longer does.
+const CI: &[(&str, &str)] = &[
+    ("5.10", "kprobe"),
+    ("5.10", "tracepoint"),
+    ("6.1", "fentry"),
+    ("6.1", "kprobe"),
+    ("6.1", "tracepoint"),
+    ("6.12", "fentry"),
+    ("6.12", "kprobe"),
+    ("6.12", "tracepoint"),
+];
+
+/// What `--kernels` selected.
+#[derive(Debug, PartialEq)]
+pub struct Selection {
+    /// The host run.
+    pub host: bool,
+    /// (kernel alias, tier), in matrix order.
+    pub runs: Vec<(&'static str, &'static str)>,
+}
+
+impl Selection {
+    /// `ci`, `all`, `host`, or a comma-separated list of `host`, `KERNEL` (every tier it offers)
+    /// and `KERNEL:TIER`.
+    pub fn parse(s: &str) -> anyhow::Result<Selection> {
+        let vms = || KERNELS.iter().filter(|k| k.name != "host");
+        match s {
+            "ci" => {
+                return Ok(Selection {
+                    host: true,
+                    runs: CI.to_vec(),
+                });
+            }
+            "all" => {
+                return Ok(Selection {
+                    host: true,
+                    runs: vms()
+                        .flat_map(|k| k.tiers.iter().map(|t| (k.name, *t)))
+                        .collect(),
+                });
+            }
+            _ => {}
+        }
+        let mut sel = Selection {
+            host: false,
+            runs: Vec::new(),
+        };
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "host" {
+                sel.host = true;
+                continue;
+            }
+            let (name, tier) = match item.split_once(':') {
+                Some((n, t)) => (n, Some(t)),
+                None => (item, None),
+            };
+            let Some(kernel) = vms().find(|k| k.name == name) else {
+                bail!(
+                    "--kernels: unknown kernel {name:?}: say ci, all, host, or a list of {} (KERNEL or KERNEL:TIER)",
+                    vms().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                );
+            };
+            match tier {
+                None => sel
+                    .runs
+                    .extend(kernel.tiers.iter().map(|t| (kernel.name, *t))),
+                Some(t) => match kernel.tiers.iter().find(|k| **k == t) {
+                    Some(t) => sel.runs.push((kernel.name, t)),
+                    None => bail!(
+                        "--kernels: kernel {name} offers {}, not {t:?}",
+                        kernel.tiers.join(", ")
+                    ),
+                },
+            }
+        }
+        if !sel.host && sel.runs.is_empty() {
+            bail!("--kernels {s:?} selects nothing");
+        }
+        // Matrix order, each run once.
+        let order = |(k, t): &(&str, &str)| {
+            let ki = KERNELS.iter().position(|x| x.name == *k).unwrap_or(0);
+            let ti = KERNELS[ki].tiers.iter().position(|x| x == t).unwrap_or(0);
+            (ki, ti)
+        };
+        sel.runs.sort_by_key(order);
+        sel.runs.dedup();
+        Ok(sel)
+    }
+}
+
+pub fn best_tier(kernel: &str) -> &'static str {
+    KERNELS
+        .iter()
+        .find(|k| k.name == kernel)
+        .map(|k| k.tiers[0])
+        .unwrap_or("auto")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections() {
+        let all = Selection::parse("all").unwrap();
+        assert!(all.host);
+        assert_eq!(all.runs.len(), 8);
+        assert_eq!(
+            Selection::parse("6.1:kprobe,5.10").unwrap(),
+            Selection {
+                host: false,
+                runs: vec![
+                    ("5.10", "kprobe"),
+                    ("5.10", "tracepoint"),
+                    ("6.1", "kprobe")
+                ]
+            }
+        );
+        assert!(Selection::parse("5.10:fentry").is_err());
+        assert!(Selection::parse("4.19").is_err());
+        for (k, t) in CI {
+            assert!(KERNELS.iter().any(|x| x.name == *k && x.tiers.contains(t)));
+        }
+    }
+}
