@@ -1,6 +1,8 @@
 //! From kernel records to one record per DNS query.
 //!
 //! # Layout
+//! - `event`: the kernel's ring-buffer records decoded once into `KernelEvent`, one typed variant per
+//!   kind (an unreadable record is an error, counted as malformed).
 //! - `dns`: the question (name, type) from the raw bytes the kernel copied.
 //! - `names`: namespace and interface names for the numbers in records.
 //! - `record`: the per-query record (verdict, path, where and why it died) and its typed parts
@@ -11,5 +13,6 @@
 pub mod cause;
 pub mod correlate;
 pub mod dns;
+pub mod event;
 pub mod names;
 pub mod record;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::{config::Config, event::kind, flow::flag};
+use tracer_common::{config::Config, flow::flag};
 
 mod batch;
 pub use batch::{Traced, progress_bar, traced_batch};
@@ -19,6 +19,7 @@ pub use batch::{Traced, progress_bar, traced_batch};
 use crate::{
     flow::{
         correlate::{Context, Correlator},
+        event::KernelEvent,
         names::Names,
         record::{BackendEvidence, NetfilterBackend, QueryRecord, Stage, Verdict},
     },
@@ -284,9 +285,14 @@ impl Tracer {
     /// Reads what the kernel exported and returns the queries it completed.
     pub fn poll(&mut self) -> Result<Vec<QueryRecord>, Error> {
         let mut events = Vec::new();
-        self.session.drain(|e| events.push(e));
+        // Decoded once here; a record that does not decode is counted as malformed by the session.
+        self.session.drain(|e| {
+            KernelEvent::try_from(&e)
+                .map(|k| events.push(k))
+                .inspect_err(|err| log::debug!("malformed kernel record: {err}"))
+        });
         self.read_conntrack_events();
-        if events.iter().any(|e| e.kind == kind::DROP)
+        if events.iter().any(|e| matches!(e, KernelEvent::Drop { .. }))
             && let Some(now) = self.ct_stats()
         {
             let rose = self

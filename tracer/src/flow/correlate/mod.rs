@@ -11,13 +11,11 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use tracer_common::{
-    event::{Event, kind, socket_hook},
-    flow::{Packet, Slot, flag, state},
-};
+use tracer_common::flow::{Packet, Slot, flag};
 
 use super::{
     dns,
+    event::{KernelEvent, Point, SlotMatch, question_of},
     names::Names,
     record::{
         BackendEvidence, Drop, Icmp, Leg, NetfilterBackend, QueryRecord, Seen, Stage, StageTimes,
@@ -94,7 +92,7 @@ fn port(raw: u16) -> u16 {
     u16::from_be_bytes(raw.to_ne_bytes())
 }
 
-fn icmp_text(t: u32, code: u32) -> String {
+fn icmp_text(t: u8, code: u8) -> String {
     match (t, code) {
         (3, 0) => "net unreachable".into(),
         (3, 1) => "host unreachable".into(),
@@ -220,33 +218,20 @@ impl Correlator {
         }
     }
 
-    /// A record from what the kernel knew: the slot when the query was matched, else the packet.
-    fn base(&mut self, e: &Event, links_netns: u32) -> QueryRecord {
-        let s = &e.slot;
-        let matched =
-            s.state == state::PENDING || e.kind == kind::ANSWERED || e.kind == kind::EVICTED;
-        let q = if matched {
-            s.query
-        } else {
-            query_of(&e.packet, self.ctx.dns_port)
+    /// A record from what the kernel knew: the query's slot when one matched, else the packet.
+    fn base(&mut self, ts: u64, known: Known<'_>, links_netns: u32) -> QueryRecord {
+        let (q, question, s) = match known {
+            Known::Slot(s) => (s.query, question_of(s), Some(s)),
+            Known::Packet(p, question) => (query_of(p, self.ctx.dns_port), question, None),
         };
-        // Only the bytes this query wrote: the slot keeps older queries' bytes after them.
-        let question =
-            dns::question(&s.question[..usize::from(s.question_len).min(s.question.len())]);
-        let seen = if !matched {
-            Seen::Nowhere
-        } else if s.t_reply != 0 {
-            Seen::AnsweredByEndpoint
-        } else if s.t_endpoint != 0 {
-            Seen::AtEndpoint
-        } else {
-            Seen::Sent
+        let question = dns::question(question);
+        let seen = match s {
+            None => Seen::Nowhere,
+            Some(s) if s.t_reply != 0 => Seen::AnsweredByEndpoint,
+            Some(s) if s.t_endpoint != 0 => Seen::AtEndpoint,
+            Some(_) => Seen::Sent,
         };
-        let first = if matched && s.t_query != 0 {
-            s.t_query
-        } else {
-            e.ts
-        };
+        let first = s.map(|s| s.t_query).filter(|t| *t != 0).unwrap_or(ts);
         QueryRecord {
             time_us: self.unix_us(first),
             client: SocketAddrV4::new(addr(q.saddr), port(q.sport)),
@@ -255,18 +240,23 @@ impl Correlator {
             name: question.name,
             qtype: question.qtype,
             verdict: Verdict::Unanswered,
-            endpoint: (matched && s.endpoint_ip != 0).then(|| addr(s.endpoint_ip)),
-            nat: (matched && s.flags & flag::NATTED != 0)
-                .then(|| SocketAddrV4::new(addr(s.nat_ip), port(s.nat_port))),
-            confirmed: matched && s.flags & flag::CONFIRMED != 0,
-            client_link: (matched && s.client_ifindex != 0)
-                .then(|| self.names.link(links_netns, s.client_ifindex)),
-            endpoint_link: (matched && s.endpoint_ifindex != 0)
-                .then(|| self.names.link(links_netns, s.endpoint_ifindex)),
+            endpoint: s
+                .filter(|s| s.endpoint_ip != 0)
+                .map(|s| addr(s.endpoint_ip)),
+            nat: s
+                .filter(|s| s.flags & flag::NATTED != 0)
+                .map(|s| SocketAddrV4::new(addr(s.nat_ip), port(s.nat_port))),
+            confirmed: s.is_some_and(|s| s.flags & flag::CONFIRMED != 0),
+            client_link: s
+                .filter(|s| s.client_ifindex != 0)
+                .map(|s| self.names.link(links_netns, s.client_ifindex)),
+            endpoint_link: s
+                .filter(|s| s.endpoint_ifindex != 0)
+                .map(|s| self.names.link(links_netns, s.endpoint_ifindex)),
             latency_us: None,
             stages: StageTimes::default(),
             last_seen: seen,
-            retries: if matched { s.retries.into() } else { 0 },
+            retries: s.map_or(0, |s| s.retries.into()),
             drop: None,
             icmp: None,
             conntrack: None,
@@ -275,21 +265,20 @@ impl Correlator {
 
     /// Takes one kernel record; returns the records it completes. `links_netns` is the inode of
     /// the namespace the TC programs (and so the slots' interface indexes) live in.
-    pub fn push(&mut self, e: &Event, links_netns: u32) -> Vec<QueryRecord> {
+    pub fn push(&mut self, e: &KernelEvent, links_netns: u32) -> Vec<QueryRecord> {
         let mut out = Vec::new();
-        match e.kind {
-            kind::ANSWERED => {
-                let key = key_of(&e.slot.query);
-                let mut r = self.base(e, links_netns);
-                let s = &e.slot;
+        match e {
+            KernelEvent::Answered { at, slot: s } => {
+                let key = key_of(&s.query);
+                let mut r = self.base(at.ts, Known::Slot(s), links_netns);
                 r.verdict = Verdict::Answered;
                 r.last_seen = Seen::Delivered;
-                r.latency_us = Some(e.ts.saturating_sub(s.t_query) / 1000);
+                r.latency_us = Some(at.ts.saturating_sub(s.t_query) / 1000);
                 let us = |a: u64, b: u64| (a != 0 && b != 0 && b >= a).then(|| (b - a) / 1000);
                 r.stages = StageTimes {
                     to_endpoint_us: us(s.t_query, s.t_endpoint),
                     in_endpoint_us: us(s.t_endpoint, s.t_reply),
-                    back_us: us(s.t_reply, e.ts),
+                    back_us: us(s.t_reply, at.ts),
                 };
                 if let Some(h) = self.held.remove(&key) {
                     r.drop = h.record.drop;
@@ -299,45 +288,51 @@ impl Correlator {
                 self.remember(key, s.t_query);
                 out.push(r);
             }
-            kind::EVICTED => {
-                let key = key_of(&e.slot.query);
+            KernelEvent::Evicted { at, slot: s } => {
+                let key = key_of(&s.query);
                 // A slot flagged with a drop or ICMP error was reported through that evidence.
-                if e.slot.flags & flag::EVIDENCE != 0
-                    || self.reported.contains(&(key, e.slot.t_query))
+                if s.flags & flag::EVIDENCE != 0
+                    || self.reported.contains(&(key, s.t_query))
                     || self.held.contains_key(&key)
                 {
                     self.tally.merged += 1;
-                } else if e.ts.saturating_sub(e.slot.t_query) >= self.ctx.timeout_ns {
-                    let r = self.base(e, links_netns);
-                    self.remember(key, e.slot.t_query);
+                } else if at.ts.saturating_sub(s.t_query) >= self.ctx.timeout_ns {
+                    let r = self.base(at.ts, Known::Slot(s), links_netns);
+                    self.remember(key, s.t_query);
                     out.push(r);
                 } else {
                     self.tally.evicted_in_flight += 1;
                 }
             }
-            kind::DROP | kind::SOCKET_DROP | kind::ICMP | kind::VERDICT | kind::CONFIRM => {
-                self.evidence(e, links_netns);
-            }
-            _ => {}
+            KernelEvent::Drop { .. }
+            | KernelEvent::SocketDrop { .. }
+            | KernelEvent::Icmp { .. }
+            | KernelEvent::Verdict { .. }
+            | KernelEvent::Confirm { .. } => self.evidence(e, links_netns),
         }
         out
     }
 
-    fn evidence(&mut self, e: &Event, links_netns: u32) {
-        let p = &e.packet;
+    fn evidence(&mut self, e: &KernelEvent, links_netns: u32) {
+        let Some((point, slot)) = e.evidence() else {
+            return;
+        };
+        let p = &point.packet;
         let key = key_of(&query_of(p, self.ctx.dns_port));
-        if e.slot.state == state::PENDING && self.reported.contains(&(key, e.slot.t_query)) {
+        if let SlotMatch::Pending(s) = slot
+            && self.reported.contains(&(key, s.t_query))
+        {
             self.tally.late_evidence += 1;
             return;
         }
         let leg = self.leg(p);
         let at = format!(
             "{}/{}",
-            self.names.netns(e.netns),
-            self.names.link(e.netns, e.ifindex)
+            self.names.netns(point.netns),
+            self.names.link(point.netns, point.ifindex)
         );
         if !self.held.contains_key(&key) {
-            let held = self.hold(e, leg, links_netns);
+            let held = self.hold(point, slot, leg, links_netns);
             self.held.insert(key, held);
         }
         let (reason, location) = self.reason_and_location(e);
@@ -345,7 +340,7 @@ impl Correlator {
         if self.ctx.service_rejects
             && leg == Leg::QueryBeforeDnat
             && (reason == "NETFILTER_DROP"
-                || e.kind == kind::VERDICT
+                || matches!(e, KernelEvent::Verdict { .. })
                 // Before 5.17 (no reasons) a netfilter drop is placed by its location.
                 || (reason.is_empty() && symbols::function(&location) == "nf_hook_slow"))
         {
@@ -360,19 +355,34 @@ impl Correlator {
         };
         let r = &mut held.record;
         let place = Place { leg, at, stale };
-        match e.kind {
-            kind::ICMP => {
+        match e {
+            KernelEvent::Icmp {
+                icmp_type, code, ..
+            } => {
                 r.icmp = Some(Icmp {
-                    what: icmp_text(e.reason >> 8, e.reason & 0xff),
+                    what: icmp_text(*icmp_type, *code),
                     by: place.at,
                     leg,
                 });
             }
-            kind::DROP | kind::SOCKET_DROP => {
+            KernelEvent::Drop { .. } | KernelEvent::SocketDrop { .. } => {
                 add_drop(r, reason, location, conntrack_dropping, place);
             }
-            kind::VERDICT => add_verdict(r, e, place),
-            kind::CONFIRM if r.drop.is_none() => {
+            KernelEvent::Verdict {
+                backend,
+                hook,
+                table,
+                chain,
+                ..
+            } => {
+                // xtables names no chain: the hook its table ran at names the built-in one.
+                let chain = match backend {
+                    NetfilterBackend::Xtables => hook.map(|h| h.chain().to_owned()),
+                    NetfilterBackend::NfTables => chain.clone(),
+                };
+                add_verdict(r, *backend, table, chain, place);
+            }
+            KernelEvent::Confirm { .. } if r.drop.is_none() => {
                 r.drop = Some(Drop {
                     stage: Stage::Conntrack,
                     reason: "CONFIRM_FAILED".to_owned(),
@@ -393,53 +403,54 @@ impl Correlator {
 
     /// A held record for the first evidence of a query: what the kernel knew of it, with the
     /// endpoint the evidence's packet names when the slot had none.
-    fn hold(&mut self, e: &Event, leg: Leg, links_netns: u32) -> Held {
-        let p = &e.packet;
-        let mut record = self.base(e, links_netns);
+    fn hold(&mut self, at: &Point, slot: &SlotMatch, leg: Leg, links_netns: u32) -> Held {
+        let p = &at.packet;
+        let (known, t_query) = match slot {
+            SlotMatch::Pending(s) => (Known::Slot(s), s.t_query),
+            SlotMatch::Unmatched { question } => (Known::Packet(p, question), 0),
+        };
+        let mut record = self.base(at.ts, known, links_netns);
         if record.endpoint.is_none() && leg == Leg::QueryToPod {
             record.endpoint = Some(addr(p.daddr));
         }
         if record.endpoint.is_none() && leg == Leg::Answer {
             record.endpoint = Some(addr(p.saddr));
         }
-        let t_query = if e.slot.state == state::PENDING {
-            e.slot.t_query
-        } else {
-            0
-        };
         Held {
-            first_ns: e.ts,
+            first_ns: at.ts,
             t_query,
             record,
         }
     }
 
     /// A drop record's reason (empty before 5.17) and code location; a socket refusal's hook.
-    fn reason_and_location(&mut self, e: &Event) -> (String, String) {
-        match e.kind {
-            kind::DROP => (
+    fn reason_and_location(&mut self, e: &KernelEvent) -> (String, String) {
+        match e {
+            KernelEvent::Drop {
+                reason, location, ..
+            } => (
                 if self.ctx.drop_reasons.is_empty() {
                     // Before 5.17: no reasons; the location places the drop.
                     String::new()
                 } else {
                     self.ctx
                         .drop_reasons
-                        .get(&e.reason)
+                        .get(reason)
                         .cloned()
-                        .unwrap_or_else(|| format!("reason {}", e.reason))
+                        .unwrap_or_else(|| format!("reason {reason}"))
                 },
-                self.symbols
-                    .resolve(e.location)
-                    .unwrap_or_else(|_| format!("{:#x}", e.location)),
-            ),
-            kind::SOCKET_DROP => (
-                "SOCKET_REFUSED".to_owned(),
-                if e.location == socket_hook::UDP_FAIL_QUEUE {
-                    "udp_fail_queue_rcv_skb".to_owned()
-                } else {
-                    "sock_rcvqueue_full".to_owned()
+                match location {
+                    Some(a) => self
+                        .symbols
+                        .resolve(*a)
+                        .unwrap_or_else(|_| format!("{a:#x}")),
+                    // The tracepoint gave no location: the null address says so.
+                    None => format!("{:#x}", 0),
                 },
             ),
+            KernelEvent::SocketDrop { hook, .. } => {
+                ("SOCKET_REFUSED".to_owned(), hook.name().to_owned())
+            }
             _ => (String::new(), String::new()),
         }
     }
@@ -502,26 +513,19 @@ impl Correlator {
             {
                 continue;
             }
-            let e = Event {
-                ts: now_ns,
-                kind: kind::EVICTED,
-                netns: 0,
-                ifindex: 0,
-                reason: 0,
-                location: 0,
-                hook: tracer_common::event::NO_HOOK,
-                _pad: 0,
-                packet: s.query,
-                slot: *s,
-                name: [0; tracer_common::event::NAME_LEN],
-                chain: [0; tracer_common::event::NAME_LEN],
-            };
-            let r = self.base(&e, links_netns);
+            let r = self.base(now_ns, Known::Slot(s), links_netns);
             self.remember(key, s.t_query);
             out.push(r);
         }
         out
     }
+}
+
+/// What a record is built from: the query's slot, or only a packet and its question's bytes.
+#[derive(Clone, Copy)]
+enum Known<'a> {
+    Slot(&'a Slot),
+    Packet(&'a Packet, &'a [u8]),
 }
 
 /// Where a piece of evidence was seen: its leg, namespace/interface, and a note on the
@@ -568,13 +572,13 @@ fn add_drop(
 }
 
 /// Adds a netfilter verdict record (a table returned DROP) to a held record.
-fn add_verdict(r: &mut QueryRecord, e: &Event, place: Place) {
-    let table = cstr(&e.name);
-    let backend = NetfilterBackend::of_verdict(e.location);
-    let chain = match backend {
-        NetfilterBackend::Xtables => hook_name(e.hook).map(str::to_owned),
-        NetfilterBackend::NfTables => Some(cstr(&e.chain)).filter(|c| !c.is_empty()),
-    };
+fn add_verdict(
+    r: &mut QueryRecord,
+    backend: NetfilterBackend,
+    table: &str,
+    chain: Option<String>,
+    place: Place,
+) {
     let why = format!(
         "a rule in {backend} table {table}{} dropped it{}",
         chain
@@ -589,7 +593,7 @@ fn add_verdict(r: &mut QueryRecord, e: &Event, place: Place) {
             d.stage = Stage::Netfilter;
             d.backend = Some(backend);
             d.backend_from = Some(BackendEvidence::VerdictProbe);
-            d.table = Some(table);
+            d.table = Some(table.to_owned());
             d.chain = chain;
             d.why = why;
         }
@@ -600,7 +604,7 @@ fn add_verdict(r: &mut QueryRecord, e: &Event, place: Place) {
                 location: String::new(),
                 backend: Some(backend),
                 backend_from: Some(BackendEvidence::VerdictProbe),
-                table: Some(table),
+                table: Some(table.to_owned()),
                 chain,
                 leg: place.leg,
                 at: place.at,
@@ -627,18 +631,6 @@ fn query_of(p: &Packet, dns_port: u16) -> Packet {
 
 fn key_of(q: &Packet) -> Key {
     (q.saddr, q.sport, q.dns_id)
-}
-
-/// `enum nf_inet_hooks` as iptables names its built-in chains.
-fn hook_name(hook: u32) -> Option<&'static str> {
-    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
-        .get(hook as usize)
-        .copied()
-}
-
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 #[cfg(test)]

@@ -1,9 +1,7 @@
-use tracer_common::{
-    event::backend,
-    flow::{QUESTION_LEN, SLOTS},
-};
+use tracer_common::flow::{QUESTION_LEN, SLOTS, state};
 
 use super::*;
+use crate::flow::event::{NfHook, SocketHook};
 
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
@@ -63,45 +61,66 @@ fn slot(endpoint_ns: u64, flags: u16) -> Slot {
     }
 }
 
-fn event(kind: u32, ts: u64, packet: Packet, slot: Slot) -> Event {
-    Event {
+/// Where the kernel saw `packet`, at `ts`.
+fn point(ts: u64, packet: Packet) -> Point {
+    Point {
         ts,
-        kind,
         netns: 0,
         ifindex: 0,
-        reason: 0,
-        location: 0,
-        hook: tracer_common::event::NO_HOOK,
-        _pad: 0,
         packet,
-        slot,
-        name: [0; tracer_common::event::NAME_LEN],
-        chain: [0; tracer_common::event::NAME_LEN],
     }
 }
 
-/// A NETFILTER_DROP (reason 2 in `correlator()`'s table) of `packet`.
-fn netfilter_drop(ts: u64, packet: Packet, slot: Slot) -> Event {
-    Event {
+/// What the kernel knew of a failure record's query: the slot while it is pending.
+fn matched(slot: Slot) -> SlotMatch {
+    if slot.state == state::PENDING {
+        SlotMatch::Pending(slot)
+    } else {
+        SlotMatch::Unmatched {
+            question: question_of(&slot).to_vec(),
+        }
+    }
+}
+
+/// A NETFILTER_DROP (reason 2 in `correlator()`'s table) of `packet`, freed at no location.
+fn netfilter_drop(ts: u64, packet: Packet, slot: Slot) -> KernelEvent {
+    KernelEvent::Drop {
+        at: point(ts, packet),
+        slot: matched(slot),
         reason: 2,
-        ..event(kind::DROP, ts, packet, slot)
+        location: None,
     }
 }
 
-fn name(s: &str) -> [u8; tracer_common::event::NAME_LEN] {
-    let mut n = [0; tracer_common::event::NAME_LEN];
-    n[..s.len()].copy_from_slice(s.as_bytes());
-    n
+/// A table of `backend` returned NF_DROP (0) for `packet`.
+fn verdict(
+    ts: u64,
+    packet: Packet,
+    slot: Slot,
+    backend: NetfilterBackend,
+    hook: Option<NfHook>,
+    chain: Option<&str>,
+) -> KernelEvent {
+    KernelEvent::Verdict {
+        at: point(ts, packet),
+        slot: matched(slot),
+        backend,
+        verdict: 0,
+        hook,
+        table: "filter".to_owned(),
+        chain: chain.map(str::to_owned),
+    }
 }
 
 #[test]
 fn an_answer_ends_the_query_with_its_path_nat_and_confirmation() {
     let mut c = correlator();
     let s = slot(SECOND + 100_000, flag::NATTED | flag::CONFIRMED);
-    let out = c.push(
-        &event(kind::ANSWERED, SECOND + 500_000, query(SERVICE), s),
-        0,
-    );
+    let answered = KernelEvent::Answered {
+        at: point(SECOND + 500_000, query(SERVICE)),
+        slot: s,
+    };
+    let out = c.push(&answered, 0);
     assert_eq!(out.len(), 1);
     let r = &out[0];
     assert_eq!(r.verdict, Verdict::Answered);
@@ -116,12 +135,16 @@ fn an_answer_ends_the_query_with_its_path_nat_and_confirmation() {
 fn a_verdict_then_its_drop_make_one_dropped_record_with_table_chain_and_location() {
     let mut c = correlator();
     let s = slot(0, flag::DROPPED);
-    let mut verdict = event(kind::VERDICT, 2 * SECOND, query(POD), s);
-    verdict.location = backend::XTABLES;
-    verdict.hook = 2;
-    verdict.name = name("filter");
+    let xtables = verdict(
+        2 * SECOND,
+        query(POD),
+        s,
+        NetfilterBackend::Xtables,
+        Some(NfHook::Forward),
+        None,
+    );
     assert!(
-        c.push(&verdict, 0).is_empty(),
+        c.push(&xtables, 0).is_empty(),
         "held until the drop arrives"
     );
     let drop = netfilter_drop(2 * SECOND + 10, query(POD), s);
@@ -148,11 +171,15 @@ fn a_drop_then_its_verdict_keep_the_location_and_take_the_chain() {
     let s = slot(0, flag::DROPPED);
     let drop = netfilter_drop(2 * SECOND, query(POD), s);
     c.push(&drop, 0);
-    let mut verdict = event(kind::VERDICT, 2 * SECOND + 10, query(POD), s);
-    verdict.location = backend::NFTABLES;
-    verdict.name = name("filter");
-    verdict.chain = name("FORWARD");
-    c.push(&verdict, 0);
+    let nftables = verdict(
+        2 * SECOND + 10,
+        query(POD),
+        s,
+        NetfilterBackend::NfTables,
+        None,
+        Some("FORWARD"),
+    );
+    c.push(&nftables, 0);
     let out = c.flush(0, true);
     let d = out[0].drop.as_ref().unwrap();
     assert_eq!(
@@ -169,11 +196,15 @@ fn a_verdict_before_dnat_where_the_rules_reject_names_the_reject() {
     let mut c = correlator();
     c.ctx.service_rejects = true;
     let s = slot(0, flag::DROPPED);
-    let mut verdict = event(kind::VERDICT, 2 * SECOND, query(SERVICE), s);
-    verdict.location = backend::NFTABLES;
-    verdict.name = name("filter");
-    verdict.chain = name("FORWARD");
-    c.push(&verdict, 0);
+    let nftables = verdict(
+        2 * SECOND,
+        query(SERVICE),
+        s,
+        NetfilterBackend::NfTables,
+        None,
+        Some("FORWARD"),
+    );
+    c.push(&nftables, 0);
     let out = c.flush(0, true);
     let d = out[0].drop.as_ref().unwrap();
     assert_eq!(d.leg, Leg::QueryBeforeDnat);
@@ -265,7 +296,12 @@ fn a_drop_inside_nft_do_chain_names_nf_tables_from_its_location() {
 fn a_failed_confirm_alone_is_a_conntrack_drop() {
     let mut c = correlator();
     let s = slot(SECOND + 100, flag::DROPPED);
-    c.push(&event(kind::CONFIRM, 2 * SECOND, query(POD), s), 0);
+    let refused = KernelEvent::Confirm {
+        at: point(2 * SECOND, query(POD)),
+        slot: matched(s),
+        result: 0,
+    };
+    c.push(&refused, 0);
     let out = c.flush(0, true);
     assert_eq!(out[0].verdict, Verdict::Dropped);
     let d = out[0].drop.as_ref().unwrap();
@@ -280,9 +316,12 @@ fn a_failed_confirm_alone_is_a_conntrack_drop() {
 fn a_socket_refusal_is_a_socket_drop() {
     let mut c = correlator();
     let s = slot(SECOND + 100, flag::DROPPED);
-    let mut e = event(kind::SOCKET_DROP, 2 * SECOND, query(POD), s);
-    e.location = socket_hook::RCVQUEUE_FULL;
-    c.push(&e, 0);
+    let refused = KernelEvent::SocketDrop {
+        at: point(2 * SECOND, query(POD)),
+        slot: matched(s),
+        hook: SocketHook::RcvqueueFull,
+    };
+    c.push(&refused, 0);
     let out = c.flush(0, true);
     let d = out[0].drop.as_ref().unwrap();
     assert_eq!(
@@ -295,9 +334,13 @@ fn a_socket_refusal_is_a_socket_drop() {
 fn an_icmp_error_with_a_drop_is_rejected_before_dnat() {
     let mut c = correlator();
     let s = slot(0, flag::DROPPED | flag::ICMP);
-    let mut icmp = event(kind::ICMP, 2 * SECOND, query(SERVICE), s);
-    icmp.reason = 3 << 8 | 3;
-    c.push(&icmp, 0);
+    let unreachable = KernelEvent::Icmp {
+        at: point(2 * SECOND, query(SERVICE)),
+        slot: matched(s),
+        icmp_type: 3,
+        code: 3,
+    };
+    c.push(&unreachable, 0);
     let drop = netfilter_drop(2 * SECOND, query(SERVICE), s);
     c.push(&drop, 0);
     let out = c.flush(0, true);
@@ -332,22 +375,21 @@ fn a_query_past_its_timeout_is_unanswered_once() {
 #[test]
 fn evictions_are_judged_by_age_and_never_lost() {
     let mut c = correlator();
-    let young = event(kind::EVICTED, 2 * SECOND, query(SERVICE), slot(0, 0));
+    let evicted = |ts, slot| KernelEvent::Evicted {
+        at: point(ts, query(SERVICE)),
+        slot,
+    };
+    let young = evicted(2 * SECOND, slot(0, 0));
     assert!(c.push(&young, 0).is_empty());
     assert_eq!(
         c.tally.evicted_in_flight, 1,
         "pushed out in flight: counted"
     );
-    let old = event(kind::EVICTED, 9 * SECOND, query(SERVICE), slot(0, 0));
+    let old = evicted(9 * SECOND, slot(0, 0));
     let out = c.push(&old, 0);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].verdict, Verdict::Unanswered);
-    let flagged = event(
-        kind::EVICTED,
-        9 * SECOND,
-        query(SERVICE),
-        slot(0, flag::DROPPED),
-    );
+    let flagged = evicted(9 * SECOND, slot(0, flag::DROPPED));
     assert!(c.push(&flagged, 0).is_empty(), "its drop reported it");
     assert_eq!(c.tally.merged, 1);
 }
@@ -365,4 +407,66 @@ fn retries_and_the_question_come_from_the_slot() {
     assert_eq!(out[0].retries, 2);
     assert_eq!(out[0].name.as_deref(), Some("kubernetes.default."));
     assert_eq!(out[0].qtype.as_deref(), Some("A"));
+}
+
+/// A drop of a packet whose query had no pending slot: the record comes from the packet alone
+/// (its question, the client side of an answer), seen nowhere on the path.
+#[test]
+fn a_drop_with_no_slot_is_built_from_the_packet() {
+    let mut c = correlator();
+    let q = b"\x0akubernetes\x07default\x00\x00\x01\x00\x01";
+    let answer = Packet {
+        saddr: raw(POD),
+        daddr: raw(CLIENT),
+        sport: be(53),
+        dport: be(40000),
+        ..query(POD)
+    };
+    let drop = KernelEvent::Drop {
+        at: point(2 * SECOND, answer),
+        slot: SlotMatch::Unmatched {
+            question: q.to_vec(),
+        },
+        reason: 3,
+        location: None,
+    };
+    c.push(&drop, 0);
+    let out = c.flush(0, true);
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(
+        (r.verdict, r.last_seen, r.retries),
+        (Verdict::Dropped, Seen::Nowhere, 0)
+    );
+    assert_eq!(
+        r.client,
+        SocketAddrV4::new(CLIENT, 40000),
+        "the answer's ends swapped"
+    );
+    assert_eq!(r.endpoint, Some(POD), "the answer names its endpoint");
+    assert_eq!(r.name.as_deref(), Some("kubernetes.default."));
+    let d = r.drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.reason.as_str(), d.leg),
+        (Stage::Socket, "NO_SOCKET", Leg::Answer)
+    );
+}
+
+/// An answer arriving after a drop of one copy of its query ends it as answered, keeping the
+/// drop it merged.
+#[test]
+fn an_answer_after_a_drop_is_answered_and_keeps_the_drop() {
+    let mut c = correlator();
+    let s = slot(SECOND + 100, flag::DROPPED);
+    c.push(&netfilter_drop(2 * SECOND, query(POD), s), 0);
+    let answered = KernelEvent::Answered {
+        at: point(3 * SECOND, query(SERVICE)),
+        slot: s,
+    };
+    let out = c.push(&answered, 0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].verdict, Verdict::Answered);
+    assert!(out[0].drop.is_some(), "the drop is kept");
+    assert_eq!(c.tally.merged, 1);
+    assert!(c.flush(0, true).is_empty(), "not reported twice");
 }

@@ -93,8 +93,10 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error
 }
 
 impl Session {
-    /// Hands every record waiting in the ring buffer to `f`; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(Event)) -> usize {
+    /// Hands every record waiting in the ring buffer to `f`; returns how many it took. A record
+    /// shorter than an `Event`, or one `f` refuses (returns `Err`: it could not decode it), is
+    /// counted in `malformed_records`.
+    pub fn drain<E>(&mut self, mut f: impl FnMut(Event) -> Result<(), E>) -> usize {
         let mut n = 0;
         while let Some(item) = self.maps.events.next() {
             if item.len() < std::mem::size_of::<Event>() {
@@ -103,8 +105,10 @@ impl Session {
             }
             // SAFETY: the kernel wrote an `Event` (same #[repr(C)] type); read unaligned.
             let e = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-            f(e);
-            n += 1;
+            match f(e) {
+                Ok(()) => n += 1,
+                Err(_) => self.malformed_records += 1,
+            }
         }
         n
     }
