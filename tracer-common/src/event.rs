@@ -55,8 +55,9 @@ pub struct Event {
     pub netns: u32,
     /// Interface index in that namespace (0 when the packet had no device).
     pub ifindex: u32,
-    /// DROP/SOCKET_DROP: `enum skb_drop_reason` value; ICMP: type << 8 | code; VERDICT: the
-    /// netfilter verdict; CONFIRM: the confirm result.
+    /// DROP: `enum skb_drop_reason` value; SOCKET_DROP: the queueing return code
+    /// (`udp_fail_queue_rcv_skb`), 0 for `sock_rcvqueue_full`; ICMP: type << 8 | code; VERDICT:
+    /// the netfilter verdict; CONFIRM: the confirm result.
     pub reason: u32,
     /// DROP: the code address that freed the packet (0 when the kernel's tracepoint has no
     /// location); VERDICT: `backend::*`; SOCKET_DROP: `socket_hook::*`.

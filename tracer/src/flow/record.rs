@@ -187,17 +187,6 @@ pub enum NetfilterBackend {
     Xtables,
 }
 
-impl NetfilterBackend {
-    /// The backend a verdict record's `location` names (`tracer_common::event::backend`).
-    pub fn of_verdict(location: u64) -> Self {
-        if location == tracer_common::event::backend::XTABLES {
-            Self::Xtables
-        } else {
-            Self::NfTables
-        }
-    }
-}
-
 impl From<Backend> for NetfilterBackend {
     fn from(b: Backend) -> Self {
         match b {
@@ -449,15 +438,6 @@ mod tests {
         assert_eq!(
             NetfilterBackend::from(Backend::Legacy),
             NetfilterBackend::Xtables
-        );
-        use tracer_common::event::backend;
-        assert_eq!(
-            NetfilterBackend::of_verdict(backend::XTABLES),
-            NetfilterBackend::Xtables
-        );
-        assert_eq!(
-            NetfilterBackend::of_verdict(backend::NFTABLES),
-            NetfilterBackend::NfTables
         );
     }
 

@@ -103,7 +103,8 @@ pub struct Session {
     pub link_names: HashMap<u32, String>,
     /// How long loading and attaching took.
     pub attach_time: Duration,
-    /// Records whose size was not an `Event`'s (never expected; counted, not guessed at).
+    /// Records whose size was not an `Event`'s, or that the reader refused (an unknown kind or
+    /// constant): never expected; counted, not guessed at.
     pub malformed_records: u64,
 }
 

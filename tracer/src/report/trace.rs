@@ -97,7 +97,7 @@ pub struct TraceSummary {
     pub in_flight_at_end: u64,
     /// Correlator counts.
     pub tally: Tally,
-    /// Ring-buffer records of the wrong size (never expected).
+    /// Ring-buffer records of the wrong size or that did not decode (never expected).
     pub malformed_records: u64,
     /// Conntrack statistics change over the trace in the links' namespace.
     pub conntrack_delta: Option<CpuStats>,
