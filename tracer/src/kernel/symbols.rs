@@ -65,6 +65,13 @@ impl Symbolizer {
         self.cache.insert(addr, s.clone());
         Ok(s)
     }
+
+    /// Makes `addr` resolve to `resolved` without reading kallsyms (tests run unprivileged,
+    /// where kallsyms shows no addresses).
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, addr: u64, resolved: &str) {
+        self.cache.insert(addr, resolved.to_owned());
+    }
 }
 
 /// Which of `names` are kernel functions in `/proc/kallsyms` (vmlinux's and loaded modules'):

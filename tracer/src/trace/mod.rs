@@ -126,7 +126,6 @@ pub struct Tracer {
     ct_entries: HashMap<SocketAddrV4, String>,
     ct_order: VecDeque<SocketAddrV4>,
     ct_start: Option<CpuStats>,
-    ct_last: Option<CpuStats>,
     rules_start: Vec<RuleCounter>,
     summary: TraceSummary,
 }
@@ -209,7 +208,6 @@ impl Tracer {
             ct_events,
             ct_entries: HashMap::new(),
             ct_order: VecDeque::new(),
-            ct_last: ct_start,
             ct_start,
             rules_start,
             summary,
@@ -295,12 +293,7 @@ impl Tracer {
         if events.iter().any(|e| matches!(e, KernelEvent::Drop { .. }))
             && let Some(now) = self.ct_stats()
         {
-            let rose = self
-                .ct_last
-                .map(|l| now.delta(&l).drop > 0)
-                .unwrap_or(false);
-            self.corr.conntrack_dropping = rose;
-            self.ct_last = Some(now);
+            self.corr.conntrack_drops = self.ct_start.map_or(0, |s| u64::from(now.delta(&s).drop));
         }
         let mut out = Vec::new();
         for e in &events {

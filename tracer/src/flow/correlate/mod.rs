@@ -77,9 +77,13 @@ pub struct Correlator {
     held: HashMap<Key, Held>,
     reported: HashSet<(Key, u64)>,
     order: VecDeque<(Key, u64)>,
-    /// Set by the caller while conntrack's `drop` statistic is rising: a NETFILTER_DROP at
-    /// `nf_hook_slow` is then the full table refusing a new flow.
-    pub conntrack_dropping: bool,
+    /// Set by the caller: how much conntrack's `drop` statistic rose since the trace began. While
+    /// it exceeds the drops already placed at conntrack, a NETFILTER_DROP at `nf_hook_slow` is the
+    /// full table refusing a new flow. (A count, not a "rising now" flag: the statistic rises
+    /// before the packet is freed, so a drop read in the next poll is still covered.)
+    pub conntrack_drops: u64,
+    /// Drops placed at conntrack so far.
+    conntrack_placed: u64,
     /// Counts besides records.
     pub tally: Tally,
 }
@@ -188,7 +192,8 @@ impl Correlator {
             held: HashMap::new(),
             reported: HashSet::new(),
             order: VecDeque::new(),
-            conntrack_dropping: false,
+            conntrack_drops: 0,
+            conntrack_placed: 0,
             tally: Tally::default(),
         }
     }
@@ -349,7 +354,7 @@ impl Correlator {
                  rate-limited per host, so most clients just time out)",
             );
         }
-        let conntrack_dropping = self.conntrack_dropping;
+        let conntrack_dropping = self.conntrack_drops > self.conntrack_placed;
         let Some(held) = self.held.get_mut(&key) else {
             return;
         };
@@ -366,7 +371,11 @@ impl Correlator {
                 });
             }
             KernelEvent::Drop { .. } | KernelEvent::SocketDrop { .. } => {
-                add_drop(r, reason, location, conntrack_dropping, place);
+                if add_drop(r, reason, location, conntrack_dropping, place)
+                    == Some(Stage::Conntrack)
+                {
+                    self.conntrack_placed += 1;
+                }
             }
             KernelEvent::Verdict {
                 backend,
@@ -536,23 +545,25 @@ struct Place {
     stale: String,
 }
 
-/// Adds a drop record's evidence to a held record.
+/// Adds a drop record's evidence to a held record; returns the stage of a drop it placed (`None`
+/// when the record already had one).
 fn add_drop(
     r: &mut QueryRecord,
     reason: String,
     location: String,
     conntrack_dropping: bool,
     place: Place,
-) {
+) -> Option<Stage> {
     match &mut r.drop {
         // A verdict probe's record came first (xtables returns its verdict before
         // nf_hook_slow frees the packet): add the reason and location to it.
         Some(d) if d.location.is_empty() => {
             d.reason = reason;
             d.location = location;
+            None
         }
         // The first drop wins; a later one (the same packet's copy) adds nothing.
-        Some(_) => {}
+        Some(_) => None,
         None => {
             let c = classify(&reason, symbols::function(&location), conntrack_dropping);
             r.drop = Some(Drop {
@@ -567,6 +578,7 @@ fn add_drop(
                 at: place.at,
                 why: c.why + &place.stale,
             });
+            Some(c.stage)
         }
     }
 }

@@ -470,3 +470,40 @@ fn an_answer_after_a_drop_is_answered_and_keeps_the_drop() {
     assert_eq!(c.tally.merged, 1);
     assert!(c.flush(0, true).is_empty(), "not reported twice");
 }
+
+/// conntrack's drop statistic rises before the packet is freed, so a drop may be read a poll
+/// after the rise: the correlator places as many `nf_hook_slow` drops at conntrack as the
+/// statistic rose since the start, whenever they arrive, and the rest at netfilter.
+#[test]
+fn conntrack_drops_place_as_many_nf_hook_slow_drops_as_the_statistic_rose() {
+    const NF_HOOK_SLOW: u64 = 0xffff_ffff_8100_0000;
+    let mut c = correlator();
+    c.symbols.insert(NF_HOOK_SLOW, "nf_hook_slow+0x9c");
+    let drop_from = |port: u16, ts: u64| {
+        let mut packet = query(SERVICE);
+        packet.sport = be(port);
+        let mut s = slot(0, flag::DROPPED);
+        s.query = packet;
+        KernelEvent::Drop {
+            at: point(ts, packet),
+            slot: matched(s),
+            reason: 2,
+            location: Some(NF_HOOK_SLOW),
+        }
+    };
+    // The statistic rose by one in an earlier poll; this poll holds two drops.
+    c.conntrack_drops = 1;
+    c.push(&drop_from(40001, 2 * SECOND), 0);
+    c.push(&drop_from(40002, 2 * SECOND + 1), 0);
+    let mut records = c.flush(0, true);
+    records.sort_by_key(|r| r.client.port());
+    let stages: Vec<Option<Stage>> = records
+        .iter()
+        .map(|r| r.drop.as_ref().map(|d| d.stage))
+        .collect();
+    assert_eq!(
+        stages,
+        [Some(Stage::Conntrack), Some(Stage::Netfilter)],
+        "{records:#?}"
+    );
+}
