@@ -371,11 +371,8 @@ impl Correlator {
                 });
             }
             KernelEvent::Drop { .. } | KernelEvent::SocketDrop { .. } => {
-                if add_drop(r, reason, location, conntrack_dropping, place)
-                    == Some(Stage::Conntrack)
-                {
-                    self.conntrack_placed += 1;
-                }
+                let placed = add_drop(r, reason, location, conntrack_dropping, place);
+                self.conntrack_placed += u64::from(placed == Some(Stage::Conntrack));
             }
             KernelEvent::Verdict {
                 backend,
