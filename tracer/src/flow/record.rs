@@ -43,6 +43,16 @@ pub enum Leg {
     Answer,
 }
 
+impl std::fmt::Display for Leg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::QueryBeforeDnat => "query before DNAT",
+            Self::QueryToPod => "query after DNAT",
+            Self::Answer => "answer",
+        })
+    }
+}
+
 /// The furthest point of the path a query was seen at, in path order.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

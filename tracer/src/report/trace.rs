@@ -164,7 +164,7 @@ impl TraceSummary {
             for r in &self.rule_counters {
                 let _ = writeln!(
                     s,
-                    "  +{:<6} {:?} {}: {}",
+                    "  +{:<6} {} {}: {}",
                     r.packets, r.backend, r.table, r.rule
                 );
             }
@@ -188,7 +188,7 @@ impl TraceSummary {
                 for r in blocking {
                     let _ = writeln!(
                         s,
-                        "  {:?} {}: {} (+{} packets)",
+                        "  {} {}: {} (+{} packets)",
                         r.backend, r.table, r.rule, r.packets
                     );
                 }
@@ -275,7 +275,7 @@ pub fn line(r: &QueryRecord) -> String {
         }
         _ => {
             if let Some(i) = &r.icmp {
-                let _ = write!(s, " | {} from {} ({:?})", i.what, i.by, i.leg);
+                let _ = write!(s, " | {} from {} ({})", i.what, i.by, i.leg);
             }
             if let Some(d) = &r.drop {
                 let _ = write!(s, " | {} {} at {}", d.stage, d.reason, d.location);
@@ -292,7 +292,7 @@ pub fn line(r: &QueryRecord) -> String {
                     }
                     s.push(']');
                 }
-                let _ = write!(s, " in {} ({:?}", d.at, d.leg);
+                let _ = write!(s, " in {} ({}", d.at, d.leg);
                 if let Some(e) = r.endpoint {
                     let _ = write!(s, " to {e}");
                 }
