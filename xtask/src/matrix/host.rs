@@ -109,15 +109,14 @@ pub fn host_column(
 
 /// The tier `tracer hooks` says trace gets on this machine.
 pub fn host_tier(tracer: &Path) -> String {
-    let out = Command::new(tracer).arg("hooks").output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let tier = text
-        .split_once("would get the ")
-        .and_then(|(_, r)| r.split_whitespace().next())
-        .unwrap_or("auto")
-        .to_owned();
+    let out = Command::new(tracer)
+        .args(["hooks", "--output", "json"])
+        .output();
+    let tier = out
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["tier"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "auto".to_owned());
     let table = best_tier("host");
     if tier != table {
         eprintln!(
