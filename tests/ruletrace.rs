@@ -1,0 +1,477 @@
+//! Scenario tests of `tracer::ruletrace` in a namespace pair of their own (`hr-rt-a` sends,
+//! `hr-rt-b` receives and is traced, a veth between them): iptables-nft rules in `filter INPUT`
+//! and a custom chain, one DNS packet, and the path that names the rule that dropped it; a
+//! non-DNS packet that is not traced; an accepted packet that still arrives; the ruleset exactly
+//! as it was after the trace; and a killed trace's table removed by the next start. Run as root,
+//! one at a time (`--test-threads=1`).
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use tracer::{
+    netns,
+    ruletrace::{self, Family, Options, PacketPath, PathEnd, RuleTrace, Verdict},
+};
+
+const A: &str = "hr-rt-a";
+const B: &str = "hr-rt-b";
+const A_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
+const B_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
+
+/// Runs a command, panicking with its stderr when it fails; returns stdout.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command inside namespace `ns`.
+fn ns_run(ns: &str, program: &str, args: &[&str]) -> String {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+/// Two namespaces joined by a veth (`A_IP` in `hr-rt-a`, `B_IP` in `hr-rt-b`), deleted on drop
+/// with everything in them (the veth, the rules, tracer's table if a test left it).
+struct NsPair;
+
+impl NsPair {
+    fn up() -> NsPair {
+        for ns in [A, B] {
+            // A killed earlier run's namespace goes first.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            run("ip", &["netns", "add", ns]);
+        }
+        let guard = NsPair;
+        run(
+            "ip",
+            &[
+                "link", "add", "hr-rt-va", "netns", A, "type", "veth", "peer", "name", "hr-rt-vb",
+                "netns", B,
+            ],
+        );
+        for (ns, dev, ip) in [(A, "hr-rt-va", A_IP), (B, "hr-rt-vb", B_IP)] {
+            ns_run(ns, "ip", &["addr", "add", &format!("{ip}/30"), "dev", dev]);
+            ns_run(ns, "ip", &["link", "set", dev, "up"]);
+            ns_run(ns, "ip", &["link", "set", "lo", "up"]);
+        }
+        guard
+    }
+}
+
+impl Drop for NsPair {
+    fn drop(&mut self) {
+        for ns in [A, B] {
+            if let Err(e) = Command::new("ip").args(["netns", "del", ns]).output() {
+                eprintln!("ip netns del {ns}: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    netns::run_in(&netns::named(ns), f).unwrap_or_else(|e| panic!("enter {ns}: {e}"))
+}
+
+/// Sends one UDP datagram from `hr-rt-a` to `B_IP:port`; returns its source port.
+fn send_from_a(port: u16) -> u16 {
+    in_ns(A, || {
+        let socket = UdpSocket::bind(SocketAddrV4::new(A_IP, 0)).expect("bind in hr-rt-a");
+        socket
+            .send_to(b"hr ruletrace", SocketAddrV4::new(B_IP, port))
+            .expect("send from hr-rt-a");
+        socket.local_addr().expect("local address").port()
+    })
+}
+
+/// Every path of the packets sent so far: waits for the first, then for the rest to go idle.
+fn collect(trace: &mut RuleTrace) -> Vec<PacketPath> {
+    let mut paths = trace.wait(Duration::from_secs(3)).expect("wait for paths");
+    std::thread::sleep(Duration::from_millis(300));
+    paths.extend(trace.flush().expect("flush paths"));
+    paths
+}
+
+/// `nft -s list ruleset` in `hr-rt-b` (without counters: the test's packets move them).
+fn stateless_ruleset() -> String {
+    ns_run(B, "nft", &["-s", "list", "ruleset"])
+}
+
+fn iptables_b(args: &[&str]) {
+    ns_run(B, "iptables-nft", args);
+}
+
+fn leftovers_b() -> Vec<String> {
+    in_ns(B, ruletrace::leftovers).expect("list leftovers")
+}
+
+/// Starts a trace in `hr-rt-b`, sends a DNS and a non-DNS datagram, and returns the paths, the
+/// counters and the DNS datagram's source port; the trace is dropped (its table deleted) inside.
+fn trace_one_dns_packet() -> (Vec<PacketPath>, ruletrace::Counters, u16) {
+    in_ns(B, || {
+        let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
+        assert!(!trace.removed_leftover());
+        let sport = send_from_a(53);
+        send_from_a(54);
+        let paths = collect(&mut trace);
+        (paths, trace.counters(), sport)
+    })
+}
+
+// Scenario: a DNS query dropped by an iptables-nft rule in a custom chain INPUT jumps to; the
+// path names the table, both chains, the jump, and the commented rule that dropped it.
+#[test]
+fn drop_in_a_jumped_to_chain_names_the_commented_rule() {
+    let _ns = NsPair::up();
+    iptables_b(&["-N", "HR-POLICY"]);
+    iptables_b(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "HR-POLICY",
+    ]);
+    iptables_b(&[
+        "-A",
+        "HR-POLICY",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-m",
+        "comment",
+        "--comment",
+        "hr drop dns",
+        "-j",
+        "DROP",
+    ]);
+    let before = stateless_ruleset();
+
+    let (paths, counters, sport) = trace_one_dns_packet();
+
+    // One path: the DNS packet's; the UDP/54 one was never traced.
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    let path = &paths[0];
+    let tuple = path.tuple.expect("the packet's headers");
+    assert_eq!(
+        tuple.to_string(),
+        format!("udp {A_IP}:{sport} -> {B_IP}:53")
+    );
+    assert_eq!(path.end, PathEnd::Final);
+    assert_eq!(path.chains(), ["INPUT", "HR-POLICY"]);
+    assert_eq!(path.steps.len(), 2, "{path:#?}");
+    let jump = &path.steps[0];
+    assert_eq!((jump.family, jump.table.as_str()), (Family::Ip, "filter"));
+    assert_eq!(jump.verdict, Verdict::Jump("HR-POLICY".to_owned()));
+    let jump_rule = jump.rule.as_ref().expect("the jump names its rule");
+    assert_eq!(jump_rule.text, "-p udp -m udp --dport 53 -j HR-POLICY");
+    let drop = path.decided().expect("a step decided");
+    assert_eq!(drop, &path.steps[1]);
+    assert_eq!(
+        (drop.table.as_str(), drop.chain.as_str()),
+        ("filter", "HR-POLICY")
+    );
+    assert_eq!(drop.verdict, Verdict::Drop);
+    assert!(!drop.policy);
+    let rule = drop.rule.as_ref().expect("the drop names its rule");
+    assert_eq!(rule.comment.as_deref(), Some("hr drop dns"));
+    assert!(rule.text.ends_with("-j DROP"), "{}", rule.text);
+    assert!(
+        path.steps
+            .iter()
+            .all(|s| s.id == path.id && s.tuple == path.tuple)
+    );
+
+    // Tracer's own prerouting chain reports its rule, its end (kernel 6.18; not every kernel
+    // does) and its policy; the node's rules 2 more. Nothing malformed or lost.
+    assert!(matches!(counters.own, 2 | 3), "{counters:?}");
+    assert_eq!(counters.messages, counters.own + 2, "{counters:?}");
+    assert_eq!(u64::from(path.messages), counters.messages);
+    assert_eq!(
+        (counters.malformed, counters.lost, counters.unknown_rules),
+        (0, 0, 0)
+    );
+    assert_eq!(counters.paths, 1);
+
+    assert_eq!(stateless_ruleset(), before, "the ruleset changed");
+    assert!(leftovers_b().is_empty());
+}
+
+// Scenario: a burst of DNS queries from one socket, each dropped in the custom chain: one path
+// per packet (a drop completes a path, so reused trace ids do not merge packets), none lost.
+#[test]
+fn a_burst_of_dropped_dns_packets_gives_one_path_each() {
+    const BURST: usize = 500;
+    let _ns = NsPair::up();
+    iptables_b(&["-N", "HR-POLICY"]);
+    iptables_b(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "HR-POLICY",
+    ]);
+    iptables_b(&[
+        "-A",
+        "HR-POLICY",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-m",
+        "comment",
+        "--comment",
+        "hr drop dns",
+        "-j",
+        "DROP",
+    ]);
+
+    let (paths, counters) = in_ns(B, || {
+        let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
+        in_ns(A, || {
+            let socket = UdpSocket::bind(SocketAddrV4::new(A_IP, 0)).expect("bind in hr-rt-a");
+            for _ in 0..BURST {
+                socket
+                    .send_to(b"hr ruletrace", SocketAddrV4::new(B_IP, 53))
+                    .expect("send from hr-rt-a");
+            }
+        });
+        let started = std::time::Instant::now();
+        let mut paths = Vec::new();
+        while paths.len() < BURST && started.elapsed() < Duration::from_secs(5) {
+            paths.extend(trace.wait(Duration::from_millis(500)).expect("wait"));
+        }
+        paths.extend(trace.flush().expect("flush"));
+        eprintln!(
+            "{} paths read in {:?}: {:?}",
+            paths.len(),
+            started.elapsed(),
+            trace.counters()
+        );
+        (paths, trace.counters())
+    });
+
+    assert_eq!(paths.len(), BURST);
+    for path in &paths {
+        assert_eq!(path.end, PathEnd::Final);
+        assert_eq!(path.chains(), ["INPUT", "HR-POLICY"]);
+        let rule = path
+            .decided()
+            .and_then(|s| s.rule.as_ref())
+            .expect("a rule decided");
+        assert_eq!(rule.comment.as_deref(), Some("hr drop dns"));
+    }
+    assert_eq!((counters.lost, counters.malformed), (0, 0), "{counters:?}");
+    assert_eq!(counters.paths, BURST as u64);
+    assert_eq!(counters.messages % BURST as u64, 0, "{counters:?}");
+    assert_eq!(counters.messages, counters.own + 2 * BURST as u64);
+}
+
+// Scenario: the custom chain has no rule for the packet and returns; the commented rule in
+// INPUT after the jump drops it.
+#[test]
+fn return_from_a_chain_then_the_input_rule_drops() {
+    let _ns = NsPair::up();
+    iptables_b(&["-N", "HR-POLICY"]);
+    iptables_b(&["-A", "HR-POLICY", "-s", "10.99.0.0/16", "-j", "ACCEPT"]);
+    iptables_b(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "HR-POLICY",
+    ]);
+    iptables_b(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-m",
+        "comment",
+        "--comment",
+        "hr drop dns",
+        "-j",
+        "DROP",
+    ]);
+
+    let (paths, counters, _) = trace_one_dns_packet();
+
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    let steps: Vec<(&str, &Verdict, bool)> = paths[0]
+        .steps
+        .iter()
+        .map(|s| (s.chain.as_str(), &s.verdict, s.rule.is_some()))
+        .collect();
+    let jump = Verdict::Jump("HR-POLICY".to_owned());
+    assert_eq!(
+        steps,
+        [
+            ("INPUT", &jump, true),
+            ("HR-POLICY", &Verdict::Return, false),
+            ("INPUT", &Verdict::Drop, true),
+        ]
+    );
+    let decided = paths[0].decided().expect("a step decided");
+    let rule = decided.rule.as_ref().expect("the drop names its rule");
+    assert_eq!(rule.comment.as_deref(), Some("hr drop dns"));
+    // The jump, the custom chain's end, the drop; and tracer's own chain.
+    assert_eq!(counters.messages, counters.own + 3, "{counters:?}");
+    assert_eq!((counters.malformed, counters.lost), (0, 0));
+}
+
+// Scenario: no rule drops DNS; the packet still reaches a socket (tracing changes no fate) and
+// its path ends with filter INPUT's policy.
+#[test]
+fn accepted_dns_is_delivered_and_its_path_ends_with_the_policy() {
+    let _ns = NsPair::up();
+    iptables_b(&["-A", "INPUT", "-p", "udp", "--dport", "54", "-j", "ACCEPT"]);
+
+    let (paths, received) = in_ns(B, || {
+        let server = UdpSocket::bind(SocketAddrV4::new(B_IP, 53)).expect("bind in hr-rt-b");
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
+        send_from_a(53);
+        let mut buf = [0u8; 64];
+        let received = server.recv(&mut buf).map(|n| buf[..n].to_vec());
+        (collect(&mut trace), received)
+    });
+
+    assert_eq!(received.expect("the DNS datagram arrived"), b"hr ruletrace");
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    let path = &paths[0];
+    assert_ne!(path.end, PathEnd::Final);
+    assert_eq!(path.steps.len(), 1, "{path:#?}");
+    let decided = path.decided().expect("a step decided");
+    assert_eq!(
+        (decided.chain.as_str(), &decided.verdict),
+        ("INPUT", &Verdict::Accept)
+    );
+    assert!(decided.policy && decided.rule.is_none());
+}
+
+// Scenario: a trace is killed (forgotten: its Drop never runs) and leaves its table; the next
+// start removes it first, and that trace's drop leaves the ruleset as it was before either.
+#[test]
+fn a_killed_traces_table_is_removed_by_the_next_start() {
+    let _ns = NsPair::up();
+    iptables_b(&["-A", "INPUT", "-p", "udp", "--dport", "53", "-j", "DROP"]);
+    let before = ns_run(B, "nft", &["list", "ruleset"]);
+
+    in_ns(B, || {
+        let killed = RuleTrace::start(Options::default()).expect("start the first trace");
+        std::mem::forget(killed);
+    });
+    assert_eq!(leftovers_b(), ["nft table inet tracer_rules"]);
+    assert_ne!(ns_run(B, "nft", &["list", "ruleset"]), before);
+
+    let trace = in_ns(B, || {
+        let trace = RuleTrace::start(Options::default()).expect("start the second trace");
+        assert!(trace.removed_leftover());
+        assert_eq!(
+            ruletrace::leftovers().expect("leftovers"),
+            ["nft table inet tracer_rules"]
+        );
+        trace
+    });
+    // Dropped on a thread in the other namespace: it deletes in its own.
+    in_ns(A, move || drop(trace));
+    assert!(leftovers_b().is_empty());
+    assert_eq!(ns_run(B, "nft", &["list", "ruleset"]), before);
+}
+
+// Not a scenario: writes tests/fixtures/ruletrace/ for the unit tests of tracer::ruletrace (the
+// first scenario's trace messages, one netlink message per line in hex, with its ruleset as
+// `nft -j list ruleset` and `iptables-nft-save` print it while the trace runs). Run:
+// cargo test --release -p tracer --test ruletrace -- --ignored capture_fixtures
+#[test]
+#[ignore]
+fn capture_fixtures() {
+    use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+
+    let _ns = NsPair::up();
+    iptables_b(&["-N", "HR-POLICY"]);
+    iptables_b(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "HR-POLICY",
+    ]);
+    iptables_b(&[
+        "-A",
+        "HR-POLICY",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-m",
+        "comment",
+        "--comment",
+        "hr drop dns",
+        "-j",
+        "DROP",
+    ]);
+    let (hex, json, save) = in_ns(B, || {
+        let mut raw = Socket::new(NETLINK_NETFILTER).expect("netlink socket");
+        raw.bind_auto().expect("bind");
+        raw.add_membership(9).expect("join NFNLGRP_NFTRACE");
+        let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
+        send_from_a(53);
+        assert_eq!(collect(&mut trace).len(), 1);
+        let json = ns_run(B, "nft", &["-j", "list", "ruleset"]);
+        let save = ns_run(B, "iptables-nft-save", &[]);
+        raw.set_non_blocking(true).expect("non-blocking");
+        let mut hex = String::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = raw.recv(&mut &mut buf[..], 0) {
+            hex.extend(buf[..n].iter().map(|b| format!("{b:02x}")));
+            hex.push('\n');
+        }
+        (hex, json, save)
+    });
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ruletrace");
+    std::fs::create_dir_all(dir).expect("fixture directory");
+    let header =
+        "# NFT_MSG_TRACE messages, one per line in hex (tests/ruletrace.rs capture_fixtures)\n";
+    std::fs::write(
+        format!("{dir}/drop-in-jumped-chain.hex"),
+        format!("{header}{hex}"),
+    )
+    .expect("write the messages");
+    std::fs::write(format!("{dir}/nft-j-list-ruleset.json"), json).expect("write the ruleset");
+    // Without the generated-on date lines: the fixture changes only when the rules do.
+    let save: String = save
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(format!("{dir}/iptables-nft-save.txt"), save).expect("write the save");
+}
