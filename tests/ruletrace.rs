@@ -374,6 +374,51 @@ fn accepted_dns_is_delivered_and_its_path_ends_with_the_policy() {
     assert!(decided.policy && decided.rule.is_none());
 }
 
+// Scenario: a query sent from the traced namespace itself, dropped by filter OUTPUT: the output
+// hook is traced too, and the sender sees the drop (EPERM) as it would without the trace.
+#[test]
+fn a_local_query_dropped_in_output_names_the_output_rule() {
+    let _ns = NsPair::up();
+    iptables_b(&[
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-m",
+        "comment",
+        "--comment",
+        "hr drop local dns",
+        "-j",
+        "DROP",
+    ]);
+
+    let (paths, sent) = in_ns(B, || {
+        let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
+        let socket = UdpSocket::bind(SocketAddrV4::new(B_IP, 0)).expect("bind in hr-rt-b");
+        let sent = socket.send_to(b"hr ruletrace", SocketAddrV4::new(A_IP, 53));
+        (collect(&mut trace), sent)
+    });
+
+    let err = sent.expect_err("filter OUTPUT drops the query");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    let path = &paths[0];
+    assert_eq!(
+        path.tuple.map(|t| (t.src, t.dport)),
+        Some((B_IP.into(), 53))
+    );
+    let decided = path.decided().expect("a step decided");
+    assert_eq!(
+        (decided.chain.as_str(), &decided.verdict),
+        ("OUTPUT", &Verdict::Drop)
+    );
+    let rule = decided.rule.as_ref().expect("the drop names its rule");
+    assert_eq!(rule.comment.as_deref(), Some("hr drop local dns"));
+    assert_eq!(path.steps.len(), 1, "{path:#?}");
+}
+
 // Scenario: a trace is killed (forgotten: its Drop never runs) and leaves its table; the next
 // start removes it first, and that trace's drop leaves the ruleset as it was before either.
 #[test]
