@@ -10,16 +10,22 @@
 //! namespace share the table name: the second replaces the first's table, and the first's drop
 //! removes it.
 //!
-//! Rules in legacy iptables (`iptables-legacy`) are not nf_tables rules and are not reported.
+//! Rules in legacy iptables (`iptables-legacy`) are not nf_tables rules: [`LegacyTrace`] traces
+//! them with xtables' TRACE target over nfnetlink_log instead, with the same paths (see its
+//! module for what that costs the node).
 //!
 //! # Layout
+//! - `legacy`: the xtables side: raw-table TRACE rules, the nfnetlink_log subscription.
 //! - `message`: `NFT_MSG_TRACE` parsing (bounded NLA iteration), verdicts, families, 5-tuples.
+//! - `nflog`: nfnetlink_log TRACE messages, and `iptables-legacy-save` rules (verdicts from targets).
 //! - `path`: messages -> one [`PacketPath`] per trace id, completed by a drop, idleness or flush.
 //! - `rules`: rule handles -> rule text and comment (`nft -j list ruleset`, `iptables-nft-save`).
 //! - `socket`: the non-blocking `NFNLGRP_NFTRACE` subscription.
 //! - `table`: tracer's own table (create, delete, leftovers) and the namespace it lives in.
 
+mod legacy;
 mod message;
+mod nflog;
 mod path;
 mod rules;
 mod socket;
@@ -30,10 +36,11 @@ mod tests;
 
 use std::{
     io,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     time::{Duration, Instant},
 };
 
+pub use legacy::{LEGACY_COMMENT, LegacyTrace};
 pub use message::{Family, Tuple, Verdict};
 pub use path::{MAX_STEPS, PacketPath, PathEnd, RuleVerdict};
 pub use rules::RuleRef;
@@ -49,9 +56,14 @@ use table::Netns;
 pub enum Error {
     #[error("failed to open the nftrace netlink socket: {source}")]
     Socket { source: io::Error },
-    #[error("failed to receive nftrace messages: {source}")]
+    #[error("failed to {what}: {source}")]
+    Nflog {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("failed to receive trace messages: {source}")]
     Recv { source: io::Error },
-    #[error("failed to wait for nftrace messages: {source}")]
+    #[error("failed to wait for trace messages: {source}")]
     Wait { source: nix::Error },
     #[error("failed to run {program}: {source}")]
     Spawn {
@@ -113,7 +125,7 @@ pub struct Counters {
 }
 
 /// The ruleset is read again for an unknown handle at most this often.
-const REREAD_MIN: Duration = Duration::from_secs(1);
+pub(crate) const REREAD_MIN: Duration = Duration::from_secs(1);
 
 /// A running rule trace in one network namespace. Dropping it deletes tracer's table.
 pub struct RuleTrace {
@@ -191,27 +203,8 @@ impl RuleTrace {
 
     /// Like [`poll`](Self::poll), but waits up to `timeout` for at least one completed path.
     pub fn wait(&mut self, timeout: Duration) -> Result<Vec<PacketPath>, Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let paths = self.poll()?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !paths.is_empty() || left.is_zero() {
-                return Ok(paths);
-            }
-            // Wake for a message, or when an open path may have become idle.
-            let nap = left
-                .min(self.options.idle / 2)
-                .max(Duration::from_millis(1));
-            let ms = u16::try_from(nap.as_millis()).unwrap_or(u16::MAX);
-            let mut fds = [nix::poll::PollFd::new(
-                self.socket.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, ms) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(source) => return Err(Error::Wait { source }),
-            }
-        }
+        let (fd, idle) = (self.socket.as_fd().as_raw_fd(), self.options.idle);
+        wait_for(fd, idle, timeout, || self.poll())
     }
 
     /// Reads every waiting message and hands out every path, complete or not.
@@ -311,17 +304,50 @@ impl Drop for RuleTrace {
 }
 
 /// What tracer's rule tracing left in the calling thread's namespace (after a killed run):
-/// `nft table inet tracer_rules` when the table is there.
+/// `nft table inet tracer_rules` when the table is there, and each legacy TRACE rule as
+/// `iptables-legacy -t raw -A …` (looked for only when the legacy raw table exists).
 pub fn leftovers() -> Result<Vec<String>, Error> {
     let mut left = Vec::new();
     if table::exists()? {
         left.push(format!("nft table inet {TABLE}"));
     }
+    left.extend(
+        legacy::legacy_rules()?
+            .into_iter()
+            .map(|rule| format!("iptables-legacy -t raw {rule}")),
+    );
     Ok(left)
 }
 
+/// Calls `poll` until it returns paths or `timeout` passes, sleeping in `poll(2)` on `fd` (woken
+/// by a message, or after half the idle time, when an open path may have gone idle).
+fn wait_for(
+    fd: RawFd,
+    idle: Duration,
+    timeout: Duration,
+    mut poll: impl FnMut() -> Result<Vec<PacketPath>, Error>,
+) -> Result<Vec<PacketPath>, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let paths = poll()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !paths.is_empty() || left.is_zero() {
+            return Ok(paths);
+        }
+        let nap = left.min(idle / 2).max(Duration::from_millis(1));
+        let ms = u16::try_from(nap.as_millis()).unwrap_or(u16::MAX);
+        // SAFETY: the caller's socket outlives this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(source) => return Err(Error::Wait { source }),
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns's clock; it cannot fail on Linux).
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)

@@ -160,7 +160,7 @@ fn save_rules(text: &str) -> HashMap<(&str, &str), Vec<&str>> {
 
 /// The value of `--comment` in an iptables-save rule (quoted with `"` and `\"` escapes, or one
 /// word).
-fn save_comment(rule: &str) -> Option<String> {
+pub(crate) fn save_comment(rule: &str) -> Option<String> {
     let at = rule.find("--comment ")? + "--comment ".len();
     let rest = &rule[at..];
     let Some(quoted) = rest.strip_prefix('"') else {

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::{
     message::{self, Family, Malformed, TraceMessage, TraceType, Verdict},
+    nflog,
     path::{Assembler, MAX_STEPS, PathEnd},
     rules::{self, RuleBook, RuleRef},
     table::{self, TABLE},
@@ -381,4 +382,144 @@ fn the_table_script_only_sets_nftrace() {
     assert!(!script.contains("drop") && !script.contains("jump"));
     let again = table::script(&[53], true);
     assert!(again.starts_with("delete table inet tracer_rules\ntable inet tracer_rules {\n"));
+}
+
+/// An nflog packet message with a prefix and an IPv4/UDP payload from 10.0.0.1:4000 (IP id
+/// `ip_id`) to 10.0.0.2:53.
+fn nflog_msg(prefix: &str, ip_id: u16) -> Vec<u8> {
+    let mut ip = vec![
+        0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
+    ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
+    ip.extend_from_slice(&[0x0f, 0xa0, 0, 53, 0, 8, 0, 0]);
+    let mut body = vec![2, 0, 0, 0];
+    for (kind, value) in [
+        (10u16, cstr(prefix)),
+        (9, ip),
+        (4, 3u32.to_be_bytes().to_vec()),
+    ] {
+        body.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        body.extend_from_slice(&kind.to_ne_bytes());
+        body.extend_from_slice(&value);
+        body.resize(body.len().next_multiple_of(4), 0);
+    }
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&(4u16 << 8).to_ne_bytes());
+    msg.extend_from_slice(&[0; 10]);
+    msg.extend_from_slice(&body);
+    msg
+}
+
+const LEGACY_SAVE: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:HR-POLICY - [0:0]
+-A INPUT -p udp -m udp --dport 53 -j HR-POLICY
+-A INPUT -p udp -m udp --dport 53 -m comment --comment \"hr drop -j ACCEPT\" -j REJECT --reject-with icmp-port-unreachable
+-A HR-POLICY -s 10.99.0.0/16 -g KUBE-X
+-A HR-POLICY -j MARK --set-xmark 0x4000/0x4000
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -d 10.96.0.10/32 -p udp -j DNAT --to-destination 10.244.0.10:53
+COMMIT
+";
+
+fn legacy_step(prefix: &str) -> (TraceMessage, Option<RuleRef>) {
+    let book = nflog::LegacyBook::parse(LEGACY_SAVE);
+    let bytes = nflog_msg(prefix, 7);
+    let mut all: Vec<_> = nflog::messages(&bytes).collect();
+    let Ok(nflog::Received::Trace(msg)) = all.remove(0) else {
+        panic!("{prefix}: not a trace message");
+    };
+    let id = nflog::packet_id(&msg.payload);
+    book.translate(msg, id)
+}
+
+#[test]
+fn legacy_trace_messages_name_rules_by_position_and_verdicts_by_target() {
+    let (jump, rule) = legacy_step("TRACE: filter:INPUT:rule:1 ");
+    assert_eq!(
+        (jump.table.as_str(), jump.chain.as_str()),
+        ("filter", "INPUT")
+    );
+    assert_eq!(jump.verdict, Verdict::Jump("HR-POLICY".to_owned()));
+    assert_eq!(rule.as_ref().map(|r| r.handle), Some(1));
+    let tuple = jump.tuple.expect("the payload's tuple");
+    assert_eq!((tuple.sport, tuple.dport, tuple.proto), (4000, 53, 17));
+    assert_eq!(jump.iif, Some(3));
+    // A comment holding `-j ACCEPT` does not hide the real target.
+    let (reject, rule) = legacy_step("TRACE: filter:INPUT:rule:2 ");
+    assert_eq!(reject.verdict, Verdict::Drop);
+    assert_eq!(
+        rule.and_then(|r| r.comment).as_deref(),
+        Some("hr drop -j ACCEPT")
+    );
+    let verdicts: Vec<Verdict> = [
+        "TRACE: filter:HR-POLICY:rule:1 ",
+        "TRACE: filter:HR-POLICY:rule:2 ",
+        "TRACE: filter:HR-POLICY:return:3 ",
+        "TRACE: filter:FORWARD:policy:1 ",
+        "TRACE: filter:INPUT:policy:3 ",
+        "TRACE: nat:PREROUTING:rule:1 ",
+    ]
+    .iter()
+    .map(|p| legacy_step(p).0.verdict)
+    .collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Goto("KUBE-X".to_owned()),
+            Verdict::Continue,
+            Verdict::Return,
+            Verdict::Drop,
+            Verdict::Accept,
+            Verdict::Accept,
+        ]
+    );
+    // A rule number the book does not have: no text, no verdict claimed.
+    let (unknown, rule) = legacy_step("TRACE: filter:INPUT:rule:9 ");
+    assert_eq!(unknown.verdict, Verdict::Continue);
+    assert_eq!(rule.map(|r| r.text), Some(String::new()));
+    // One packet's messages share an id; another IP id is another packet.
+    let id = |ip_id| {
+        let bytes = nflog_msg("TRACE: filter:INPUT:rule:1 ", ip_id);
+        match nflog::messages(&bytes).next() {
+            Some(Ok(nflog::Received::Trace(msg))) => nflog::packet_id(&msg.payload),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(id(7), id(7));
+    assert_ne!(id(7), id(8));
+}
+
+#[test]
+fn legacy_prefixes_and_malformed_nflog_messages() {
+    for bad in [
+        "TRACE: filter:INPUT:rule",
+        "TRACE: filter:INPUT:jump:1",
+        "TRACE: filter::rule:x",
+    ] {
+        let bytes = nflog_msg(bad, 1);
+        let all: Vec<_> = nflog::messages(&bytes).collect();
+        assert!(all[0].is_err(), "{bad}: {all:?}");
+    }
+    // A logged packet that is not a trace is ignored; so is a chain name holding ':'.
+    let bytes = nflog_msg("kube drop: ", 1);
+    assert_eq!(
+        nflog::messages(&bytes).next(),
+        Some(Ok(nflog::Received::Other))
+    );
+    let (msg, _) = legacy_step("TRACE: filter:A:B:rule:1 ");
+    assert_eq!(msg.chain, "A:B");
+    // Every prefix of a message is malformed or ignored, never a panic.
+    let whole = nflog_msg("TRACE: filter:INPUT:rule:1 ", 1);
+    for cut in 0..whole.len() {
+        let mut short = whole[..cut].to_vec();
+        if cut >= 4 {
+            short[..4].copy_from_slice(&(cut as u32).to_ne_bytes());
+        }
+        let _ = nflog::messages(&short).count();
+    }
 }
