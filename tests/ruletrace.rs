@@ -7,13 +7,14 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::{AsFd, AsRawFd},
     process::Command,
     time::Duration,
 };
 
 use tracer::{
     netns,
-    ruletrace::{self, Family, Options, PacketPath, PathEnd, RuleTrace, Verdict},
+    ruletrace::{self, Family, LegacyTrace, Options, PacketPath, PathEnd, RuleTrace, Verdict},
 };
 
 const A: &str = "hr-rt-a";
@@ -519,4 +520,156 @@ fn capture_fixtures() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(format!("{dir}/iptables-nft-save.txt"), save).expect("write the save");
+}
+
+/// The legacy tables' rules in `hr-rt-b` as `(raw table, every other table)`, without counters
+/// and comments, and its IPv4 logger (`/proc/sys/net/netfilter/nf_log/2`).
+fn legacy_state() -> (String, String, String) {
+    let (mut raw, mut other) = (String::new(), String::new());
+    let mut in_raw = false;
+    for line in ns_run(B, "iptables-legacy-save", &[]).lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some(table) = line.strip_prefix('*') {
+            in_raw = table == "raw";
+        }
+        let line = match (line.starts_with(':'), line.rfind(" [")) {
+            (true, Some(i)) => &line[..i],
+            _ => line,
+        };
+        let out = if in_raw { &mut raw } else { &mut other };
+        out.push_str(line);
+        out.push('\n');
+    }
+    let logger = in_ns(B, || {
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_log/2")
+    })
+    .expect("read the IPv4 logger");
+    (raw, other, logger)
+}
+
+fn legacy_b(args: &[&str]) {
+    ns_run(B, "iptables-legacy", args);
+}
+
+/// The legacy version of the first scenario's rules in `hr-rt-b`.
+fn legacy_drop_in_custom_chain() {
+    legacy_b(&["-N", "HR-POLICY"]);
+    legacy_b(&[
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "HR-POLICY",
+    ]);
+    legacy_b(&[
+        "-A",
+        "HR-POLICY",
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-m",
+        "comment",
+        "--comment",
+        "hr drop dns",
+        "-j",
+        "DROP",
+    ]);
+}
+
+// Scenario: the first scenario's drop in a custom chain, in legacy iptables, traced with
+// xtables' TRACE over nfnetlink_log: the path names raw PREROUTING's policy (tracer's TRACE rules
+// are there), the legacy filter table, both chains and the commented rule; nothing but the
+// (now empty) raw table stays behind, and the IPv4 logger is given back.
+#[test]
+fn legacy_drop_in_a_jumped_to_chain_names_the_commented_rule() {
+    let _ns = NsPair::up();
+    legacy_drop_in_custom_chain();
+    let (raw_before, before, logger_before) = legacy_state();
+    assert_eq!(raw_before, "", "a fresh namespace has no legacy raw table");
+
+    let (paths, counters, sport) = in_ns(B, || {
+        let mut trace = LegacyTrace::start(Options::default()).expect("start the legacy trace");
+        assert!(!trace.removed_leftover());
+        let sport = send_from_a(53);
+        send_from_a(54);
+        let mut paths = trace.wait(Duration::from_secs(3)).expect("wait for paths");
+        std::thread::sleep(Duration::from_millis(300));
+        paths.extend(trace.flush().expect("flush paths"));
+        (paths, trace.counters(), sport)
+    });
+
+    assert_eq!(paths.len(), 1, "{paths:#?}");
+    let path = &paths[0];
+    let tuple = path.tuple.expect("the packet's headers");
+    assert_eq!(
+        tuple.to_string(),
+        format!("udp {A_IP}:{sport} -> {B_IP}:53")
+    );
+    assert_eq!(path.end, PathEnd::Final);
+    assert_eq!(path.chains(), ["PREROUTING", "INPUT", "HR-POLICY"]);
+    let tables: Vec<&str> = path.steps.iter().map(|s| s.table.as_str()).collect();
+    assert_eq!(tables, ["raw", "filter", "filter"]);
+    assert!(path.steps[0].policy && path.steps[0].verdict == Verdict::Accept);
+    assert_eq!(path.steps[1].verdict, Verdict::Jump("HR-POLICY".to_owned()));
+    let drop = path.decided().expect("a step decided");
+    assert_eq!(
+        (drop.chain.as_str(), &drop.verdict),
+        ("HR-POLICY", &Verdict::Drop)
+    );
+    let rule = drop.rule.as_ref().expect("the drop names its rule");
+    assert_eq!(rule.handle, 1, "legacy rules are named by position");
+    assert_eq!(rule.comment.as_deref(), Some("hr drop dns"));
+    // One message per matched rule or policy; tracer's TRACE rule itself sends none.
+    assert_eq!(counters.messages, 3, "{counters:?}");
+    assert_eq!((counters.own, counters.malformed, counters.lost), (0, 0, 0));
+
+    let (raw_after, after, logger_after) = legacy_state();
+    assert_eq!(after, before, "the legacy ruleset changed");
+    assert!(!raw_after.contains("-A "), "{raw_after}");
+    assert_eq!(logger_after, logger_before);
+    assert!(leftovers_b().is_empty());
+}
+
+// Scenario: a legacy trace is killed and leaves its 8 TRACE rules; the next start removes them
+// first, and its drop leaves none.
+#[test]
+fn a_killed_legacy_traces_rules_are_removed_by_the_next_start() {
+    let _ns = NsPair::up();
+    legacy_drop_in_custom_chain();
+    let (_, before, logger_before) = legacy_state();
+
+    in_ns(B, || {
+        let killed = LegacyTrace::start(Options::default()).expect("start the first trace");
+        // A killed process runs no Drop, and the kernel closes its sockets (which frees nflog
+        // group 0 for the next start).
+        let fd = killed.as_fd().as_raw_fd();
+        std::mem::forget(killed);
+        // SAFETY: the forgotten trace's socket, closed once, never used again.
+        unsafe { libc::close(fd) };
+    });
+    let left = leftovers_b();
+    assert_eq!(left.len(), 8, "{left:#?}");
+    assert!(
+        left.iter()
+            .all(|l| l.starts_with("iptables-legacy -t raw -A "))
+    );
+
+    let trace = in_ns(B, || {
+        let trace = LegacyTrace::start(Options::default()).expect("start the second trace");
+        assert!(trace.removed_leftover());
+        assert_eq!(ruletrace::leftovers().expect("leftovers").len(), 8);
+        trace
+    });
+    in_ns(A, move || drop(trace));
+    assert!(leftovers_b().is_empty());
+    let (raw_after, after, logger_after) = legacy_state();
+    assert_eq!(after, before);
+    assert!(!raw_after.contains("-A "), "{raw_after}");
+    assert_eq!(logger_after, logger_before);
 }
