@@ -1,9 +1,10 @@
 //! Scenario tests of `tracer::ruletrace` in a namespace pair of their own (`hr-rt-a` sends,
 //! `hr-rt-b` receives and is traced, a veth between them): iptables-nft rules in `filter INPUT`
 //! and a custom chain, one DNS packet, and the path that names the rule that dropped it; a
-//! non-DNS packet that is not traced; an accepted packet that still arrives; the ruleset exactly
-//! as it was after the trace; and a killed trace's table removed by the next start. Run as root,
-//! one at a time (`--test-threads=1`).
+//! non-DNS packet that is not traced; an accepted packet that still arrives; bursts of dropped
+//! and accepted queries, one path each; the output hook; the ruleset exactly as it was after the
+//! trace; a killed trace's table removed by the next start; and the same for the legacy side
+//! (`LegacyTrace`, TRACE over nfnetlink_log). Run as root, one at a time (`--test-threads=1`).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -110,8 +111,34 @@ fn stateless_ruleset() -> String {
     ns_run(B, "nft", &["-s", "list", "ruleset"])
 }
 
-fn iptables_b(args: &[&str]) {
-    ns_run(B, "iptables-nft", args);
+/// The words of a rule; `'…'` keeps words with spaces together.
+fn words(rule: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for (i, part) in rule.split('\'').enumerate() {
+        if i % 2 == 1 {
+            out.push(part);
+        } else {
+            out.extend(part.split_whitespace());
+        }
+    }
+    out
+}
+
+/// Runs `iptables-nft RULE` in `hr-rt-b`.
+fn iptables_b(rule: &str) {
+    ns_run(B, "iptables-nft", &words(rule));
+}
+
+/// In `hr-rt-b`, with `program` (iptables-nft or iptables-legacy): INPUT jumps UDP/53 to
+/// HR-POLICY, whose rule commented "hr drop dns" drops it.
+fn drop_in_custom_chain(program: &str) {
+    for rule in [
+        "-N HR-POLICY",
+        "-A INPUT -p udp --dport 53 -j HR-POLICY",
+        "-A HR-POLICY -p udp --dport 53 -m comment --comment 'hr drop dns' -j DROP",
+    ] {
+        ns_run(B, program, &words(rule));
+    }
 }
 
 fn leftovers_b() -> Vec<String> {
@@ -136,31 +163,7 @@ fn trace_one_dns_packet() -> (Vec<PacketPath>, ruletrace::Counters, u16) {
 #[test]
 fn drop_in_a_jumped_to_chain_names_the_commented_rule() {
     let _ns = NsPair::up();
-    iptables_b(&["-N", "HR-POLICY"]);
-    iptables_b(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "HR-POLICY",
-    ]);
-    iptables_b(&[
-        "-A",
-        "HR-POLICY",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-m",
-        "comment",
-        "--comment",
-        "hr drop dns",
-        "-j",
-        "DROP",
-    ]);
+    drop_in_custom_chain("iptables-nft");
     let before = stateless_ruleset();
 
     let (paths, counters, sport) = trace_one_dns_packet();
@@ -219,31 +222,7 @@ fn drop_in_a_jumped_to_chain_names_the_commented_rule() {
 fn a_burst_of_dropped_dns_packets_gives_one_path_each() {
     const BURST: usize = 500;
     let _ns = NsPair::up();
-    iptables_b(&["-N", "HR-POLICY"]);
-    iptables_b(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "HR-POLICY",
-    ]);
-    iptables_b(&[
-        "-A",
-        "HR-POLICY",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-m",
-        "comment",
-        "--comment",
-        "hr drop dns",
-        "-j",
-        "DROP",
-    ]);
+    drop_in_custom_chain("iptables-nft");
 
     let (paths, counters) = in_ns(B, || {
         let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
@@ -286,37 +265,52 @@ fn a_burst_of_dropped_dns_packets_gives_one_path_each() {
     assert_eq!(counters.messages, counters.own + 2 * BURST as u64);
 }
 
+// Scenario: accepted DNS queries from one socket, 2 ms apart (each skb freed before the next is
+// allocated): one path per packet, though the kernel's trace id hashes the skb's address.
+#[test]
+fn a_burst_of_accepted_dns_packets_gives_one_path_each() {
+    const BURST: usize = 200;
+    let _ns = NsPair::up();
+    iptables_b("-A INPUT -p udp --dport 54 -j ACCEPT");
+
+    let (paths, counters, received) = in_ns(B, || {
+        let server = UdpSocket::bind(SocketAddrV4::new(B_IP, 53)).expect("bind in hr-rt-b");
+        server.set_nonblocking(true).expect("non-blocking");
+        let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
+        in_ns(A, || {
+            let socket = UdpSocket::bind(SocketAddrV4::new(A_IP, 0)).expect("bind in hr-rt-a");
+            for _ in 0..BURST {
+                socket
+                    .send_to(b"hr ruletrace", SocketAddrV4::new(B_IP, 53))
+                    .expect("send from hr-rt-a");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let paths = collect(&mut trace);
+        let mut buf = [0u8; 64];
+        let received = std::iter::from_fn(|| server.recv(&mut buf).ok()).count();
+        (paths, trace.counters(), received)
+    });
+
+    assert_eq!(received, BURST, "every query arrived");
+    assert_eq!(paths.len(), BURST, "{counters:?}");
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.steps.len() == 1 && p.decided().is_some_and(|s| s.policy))
+    );
+    assert_eq!((counters.lost, counters.malformed), (0, 0), "{counters:?}");
+}
+
 // Scenario: the custom chain has no rule for the packet and returns; the commented rule in
 // INPUT after the jump drops it.
 #[test]
 fn return_from_a_chain_then_the_input_rule_drops() {
     let _ns = NsPair::up();
-    iptables_b(&["-N", "HR-POLICY"]);
-    iptables_b(&["-A", "HR-POLICY", "-s", "10.99.0.0/16", "-j", "ACCEPT"]);
-    iptables_b(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "HR-POLICY",
-    ]);
-    iptables_b(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-m",
-        "comment",
-        "--comment",
-        "hr drop dns",
-        "-j",
-        "DROP",
-    ]);
+    iptables_b("-N HR-POLICY");
+    iptables_b("-A HR-POLICY -s 10.99.0.0/16 -j ACCEPT");
+    iptables_b("-A INPUT -p udp --dport 53 -j HR-POLICY");
+    iptables_b("-A INPUT -p udp --dport 53 -m comment --comment 'hr drop dns' -j DROP");
 
     let (paths, counters, _) = trace_one_dns_packet();
 
@@ -348,7 +342,7 @@ fn return_from_a_chain_then_the_input_rule_drops() {
 #[test]
 fn accepted_dns_is_delivered_and_its_path_ends_with_the_policy() {
     let _ns = NsPair::up();
-    iptables_b(&["-A", "INPUT", "-p", "udp", "--dport", "54", "-j", "ACCEPT"]);
+    iptables_b("-A INPUT -p udp --dport 54 -j ACCEPT");
 
     let (paths, received) = in_ns(B, || {
         let server = UdpSocket::bind(SocketAddrV4::new(B_IP, 53)).expect("bind in hr-rt-b");
@@ -380,20 +374,7 @@ fn accepted_dns_is_delivered_and_its_path_ends_with_the_policy() {
 #[test]
 fn a_local_query_dropped_in_output_names_the_output_rule() {
     let _ns = NsPair::up();
-    iptables_b(&[
-        "-A",
-        "OUTPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-m",
-        "comment",
-        "--comment",
-        "hr drop local dns",
-        "-j",
-        "DROP",
-    ]);
+    iptables_b("-A OUTPUT -p udp --dport 53 -m comment --comment 'hr drop local dns' -j DROP");
 
     let (paths, sent) = in_ns(B, || {
         let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
@@ -425,7 +406,7 @@ fn a_local_query_dropped_in_output_names_the_output_rule() {
 #[test]
 fn a_killed_traces_table_is_removed_by_the_next_start() {
     let _ns = NsPair::up();
-    iptables_b(&["-A", "INPUT", "-p", "udp", "--dport", "53", "-j", "DROP"]);
+    iptables_b("-A INPUT -p udp --dport 53 -j DROP");
     let before = ns_run(B, "nft", &["list", "ruleset"]);
 
     in_ns(B, || {
@@ -460,31 +441,7 @@ fn capture_fixtures() {
     use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
     let _ns = NsPair::up();
-    iptables_b(&["-N", "HR-POLICY"]);
-    iptables_b(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "HR-POLICY",
-    ]);
-    iptables_b(&[
-        "-A",
-        "HR-POLICY",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-m",
-        "comment",
-        "--comment",
-        "hr drop dns",
-        "-j",
-        "DROP",
-    ]);
+    drop_in_custom_chain("iptables-nft");
     let (hex, json, save) = in_ns(B, || {
         let mut raw = Socket::new(NETLINK_NETFILTER).expect("netlink socket");
         raw.bind_auto().expect("bind");
@@ -549,39 +506,6 @@ fn legacy_state() -> (String, String, String) {
     (raw, other, logger)
 }
 
-fn legacy_b(args: &[&str]) {
-    ns_run(B, "iptables-legacy", args);
-}
-
-/// The legacy version of the first scenario's rules in `hr-rt-b`.
-fn legacy_drop_in_custom_chain() {
-    legacy_b(&["-N", "HR-POLICY"]);
-    legacy_b(&[
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-j",
-        "HR-POLICY",
-    ]);
-    legacy_b(&[
-        "-A",
-        "HR-POLICY",
-        "-p",
-        "udp",
-        "--dport",
-        "53",
-        "-m",
-        "comment",
-        "--comment",
-        "hr drop dns",
-        "-j",
-        "DROP",
-    ]);
-}
-
 // Scenario: the first scenario's drop in a custom chain, in legacy iptables, traced with
 // xtables' TRACE over nfnetlink_log: the path names raw PREROUTING's policy (tracer's TRACE rules
 // are there), the legacy filter table, both chains and the commented rule; nothing but the
@@ -589,7 +513,7 @@ fn legacy_drop_in_custom_chain() {
 #[test]
 fn legacy_drop_in_a_jumped_to_chain_names_the_commented_rule() {
     let _ns = NsPair::up();
-    legacy_drop_in_custom_chain();
+    drop_in_custom_chain("iptables-legacy");
     let (raw_before, before, logger_before) = legacy_state();
     assert_eq!(raw_before, "", "a fresh namespace has no legacy raw table");
 
@@ -641,7 +565,7 @@ fn legacy_drop_in_a_jumped_to_chain_names_the_commented_rule() {
 #[test]
 fn a_killed_legacy_traces_rules_are_removed_by_the_next_start() {
     let _ns = NsPair::up();
-    legacy_drop_in_custom_chain();
+    drop_in_custom_chain("iptables-legacy");
     let (_, before, logger_before) = legacy_state();
 
     in_ns(B, || {
