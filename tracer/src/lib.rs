@@ -12,7 +12,7 @@
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
 //! - `probes`: the eBPF programs: table, per-kernel plan, load/attach/read session.
 //! - `report`: the data models of results, rendered as text or JSON.
-//! - `ruletrace`: which nf_tables rule gave a DNS packet which verdict (netfilter's own nftrace).
+//! - `ruletrace`: which netfilter rule gave a DNS packet which verdict (nftrace; legacy TRACE).
 //! - `trace`: a running trace: hooks -> records -> correlator -> per-query records -> summary.
 //! - `node`: the node's state without eBPF (iptables backend, kube-proxy, conntrack), as findings.
 //! - `validate`: the lab's scenarios, each checked for detection and attribution.
