@@ -15,6 +15,8 @@
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
 //! - `flow`: kernel records to one record per query (correlation across NAT, typed causes, DNS
 //!   questions).
+//! - `ruletrace`: which netfilter rule gave a DNS packet which verdict (nftrace; legacy TRACE),
+//!   with a table or rules of its own that every exit path removes.
 //! - `node`: the node's state without eBPF, read-only (iptables backend, kube-proxy, conntrack),
 //!   as findings.
 //! - `probes`: the eBPF programs: table, per-kernel plan, load/attach/read session.
@@ -36,6 +38,7 @@ pub mod netns;
 pub mod node;
 pub mod probes;
 pub mod report;
+pub mod ruletrace;
 pub mod trace;
 pub mod validate;
 pub mod vm;

@@ -21,8 +21,23 @@ use syn::{
 /// The top-level modules of the `tracer` crate, top to bottom: a module may refer only to the
 /// ones after it. `main` is the binary (main.rs).
 pub const LAYERS: &[&str] = &[
-    "main", "cmd", "cli", "validate", "trace", "report", "lab", "measure", "flow", "node",
-    "probes", "vm", "kernel", "links", "netlink", "netns",
+    "main",
+    "cmd",
+    "cli",
+    "validate",
+    "trace",
+    "report",
+    "lab",
+    "measure",
+    "flow",
+    "ruletrace",
+    "node",
+    "probes",
+    "vm",
+    "kernel",
+    "links",
+    "netlink",
+    "netns",
 ];
 
 /// No source file longer than this (lines), except test modules in a file named tests.rs.
