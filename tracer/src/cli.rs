@@ -92,6 +92,12 @@ pub struct TraceArgs {
     /// tracepoint.
     #[arg(long, value_parser = parse_hooks, default_value = "auto")]
     pub hooks: Hooks,
+    /// Name the netfilter rule that decided each failed query, on every hook tier, from
+    /// netfilter's own tracing of DNS packets (a table of the tracer's own that sets nftrace, and
+    /// where the Service's rules are in legacy xtables, raw-table TRACE rules); removed on exit
+    /// and by the next start after a kill.
+    #[arg(long)]
+    pub rules: bool,
     /// A line for every query, answered ones included (costs a record per query).
     #[arg(long)]
     pub all: bool,

@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 use super::Error;
 use crate::{
     cli::{OutputFormat, TraceArgs},
@@ -77,6 +79,16 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         slow: Duration::from_millis(args.slow_ms),
         timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
         pod_ip: args.pod_ip,
+        rules: args.rules,
+    };
+    // The signal handlers go in before anything is attached: Ctrl-C or SIGTERM while loading
+    // and attaching is seen by the first poll, and everything attached is removed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        Signals::new()?
     };
     let mut tracer = Tracer::start(target.clone(), &settings)?;
     let json = args.out.format == OutputFormat::Json;
@@ -108,7 +120,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     // With --report, the failed records are kept for it.
     let keep = args.out.report.is_some();
     let mut kept = Vec::new();
-    follow(&mut tracer, deadline, |records| {
+    follow(&rt, signals, &mut tracer, deadline, |records| {
         for r in records {
             write(&mut stdout, &r)?;
             if keep && r.verdict != Verdict::Answered {
@@ -178,23 +190,38 @@ fn header(
     Ok(())
 }
 
-/// Polls the tracer until Ctrl-C, SIGTERM or `deadline`, handing over the queries each poll
+/// SIGINT and SIGTERM, caught from the moment this is made (a signal before the first poll is
+/// kept for it).
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    /// Must be made inside the runtime that polls it.
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// Polls the tracer until SIGINT, SIGTERM or `deadline`, handing over the queries each poll
 /// completed.
 fn follow(
+    rt: &tokio::runtime::Runtime,
+    mut signals: Signals,
     tracer: &mut Tracer,
     deadline: Option<Instant>,
     mut each: impl FnMut(Vec<QueryRecord>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+                _ = signals.interrupt.recv() => break,
+                _ = signals.terminate.recv() => break,
                 _ = tick.tick() => {
                     each(tracer.poll()?)?;
                     if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -333,6 +333,76 @@ pub struct QueryRecord {
     pub icmp: Option<Icmp>,
     /// The conntrack entry the query created (from ctnetlink NEW events), or why there is none.
     pub conntrack: Option<String>,
+    /// With `trace --rules`: the netfilter chains the query went through and the rule (or policy)
+    /// that decided its fate, from netfilter's own tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulePath>,
+}
+
+/// The netfilter chains one packet went through and the step that decided its fate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RulePath {
+    /// `table chain` for every chain in order, without repeats in a row.
+    pub chains: Vec<String>,
+    /// The step with the last final verdict (accept, drop, ...), if one was traced.
+    pub decided: Option<RuleStep>,
+}
+
+/// One step of a rule path: which rule (or chain policy) gave which verdict.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleStep {
+    /// The table (`filter`).
+    pub table: String,
+    /// The chain (`FORWARD`, or a custom chain such as `cali-tw-…`).
+    pub chain: String,
+    /// The verdict (`DROP`, `ACCEPT`, ...).
+    pub verdict: String,
+    /// The rule as its backend prints it; `None` for the chain's policy.
+    pub rule: Option<String>,
+    /// The rule's comment.
+    pub comment: Option<String>,
+}
+
+impl From<&crate::ruletrace::PacketPath> for RulePath {
+    fn from(p: &crate::ruletrace::PacketPath) -> Self {
+        let mut chains: Vec<String> = p
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.table, s.chain))
+            .collect();
+        chains.dedup();
+        Self {
+            chains,
+            decided: p.decided().map(|s| RuleStep {
+                table: s.table.clone(),
+                chain: s.chain.clone(),
+                verdict: s.verdict.to_string().to_uppercase(),
+                rule: s.rule.as_ref().map(|r| r.text.clone()),
+                comment: s.rule.as_ref().and_then(|r| r.comment.clone()),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for RulePath {
+    /// `filter FORWARD -> filter HR-POLICY: DROP by rule "-p udp ... -j DROP" ("comment")`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.chains.join(" -> "))?;
+        match &self.decided {
+            Some(d) => {
+                write!(f, ": {} in {} {}", d.verdict, d.table, d.chain)?;
+                match &d.rule {
+                    Some(rule) => write!(f, " by rule \"{rule}\"")?,
+                    None => f.write_str(" (policy)")?,
+                }
+                if let Some(c) = &d.comment {
+                    write!(f, " ({c:?} comment)")?;
+                }
+                Ok(())
+            }
+            None => f.write_str(": no final verdict traced"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +442,7 @@ impl QueryRecord {
             }),
             icmp: None,
             conntrack: None,
+            rules: None,
         }
     }
 }

@@ -103,6 +103,15 @@ pub struct TraceSummary {
     pub conntrack_delta: Option<CpuStats>,
     /// Conntrack event subscription overruns (events the kernel dropped).
     pub conntrack_events_lost: u64,
+    /// With `--rules`: what netfilter's tracing of DNS packets read (nf_tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_trace: Option<crate::ruletrace::Counters>,
+    /// With `--rules` where the Service's rules are in legacy xtables: its TRACE rules' reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_trace_legacy: Option<crate::ruletrace::Counters>,
+    /// With `--rules`: why a backend's rules were not traced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_trace_notes: Vec<String>,
     /// Rules on the DNS path whose packet counters moved over the trace (deltas), in both backends.
     pub rule_counters: Vec<RuleCounter>,
 }
@@ -211,6 +220,21 @@ impl TraceSummary {
                 }
             );
         }
+        for (name, c) in [
+            ("nf_tables", &self.rule_trace),
+            ("xtables", &self.rule_trace_legacy),
+        ] {
+            if let Some(c) = c {
+                let _ = writeln!(
+                    s,
+                    "rule trace ({name}): {} packet paths from {} messages; lost: {} receive overruns, {} malformed messages, {} steps naming a rule no longer there",
+                    c.paths, c.messages, c.lost, c.malformed, c.unknown_rules
+                );
+            }
+        }
+        for n in &self.rule_trace_notes {
+            let _ = writeln!(s, "rule trace: {n}");
+        }
         let _ = writeln!(
             s,
             "not judged: {} in flight at the end, {} pushed out of the slot table in flight, {} late drops of queries already judged; lost: {} ring-buffer records, {} malformed records, {} unparseable DNS packets, {} conntrack event overruns; {} answers or endpoint packets matched no query",
@@ -297,6 +321,9 @@ pub fn line(r: &QueryRecord) -> String {
                     let _ = write!(s, " to {e}");
                 }
                 let _ = write!(s, "): {}", d.why);
+            }
+            if let Some(p) = &r.rules {
+                let _ = write!(s, " | rules: {p}");
             }
             if let Some(n) = r.nat {
                 let _ = write!(s, " | NAT to {n}");

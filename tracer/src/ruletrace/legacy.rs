@@ -72,6 +72,7 @@ impl LegacyTrace {
         let err = |source| Error::Socket { source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(err)?;
         socket.bind_auto().map_err(err)?;
+        super::socket::large_receive_buffer(&socket)?;
         socket.set_non_blocking(true).map_err(err)?;
         // A killed run's rules name the logger bound before it; it is still ours now.
         let leftover = legacy_rules()?;

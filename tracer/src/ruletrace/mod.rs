@@ -109,7 +109,7 @@ impl Default for Options {
 }
 
 /// What a trace read, counted: nothing is dropped silently.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Trace messages read.
     pub messages: u64,

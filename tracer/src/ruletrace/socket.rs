@@ -37,20 +37,7 @@ impl TraceSocket {
         let err = |source| Error::Socket { source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(err)?;
         socket.bind_auto().map_err(err)?;
-        let value = RCVBUF;
-        // SAFETY: a valid fd, and a pointer to a c_int with its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&value as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
+        large_receive_buffer(&socket)?;
         socket.add_membership(NFNLGRP_NFTRACE).map_err(err)?;
         socket.set_non_blocking(true).map_err(err)?;
         Ok(TraceSocket {
@@ -71,6 +58,28 @@ impl TraceSocket {
             }
         }
     }
+}
+
+/// Gives `socket` a receive buffer of [`RCVBUF`] (`SO_RCVBUFFORCE`: we are root), so that a
+/// burst of DNS packets is not lost while the tracer polls.
+pub(crate) fn large_receive_buffer(socket: &Socket) -> Result<(), Error> {
+    let value = RCVBUF;
+    // SAFETY: a valid fd, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(Error::Socket {
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 impl AsFd for TraceSocket {

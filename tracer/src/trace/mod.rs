@@ -14,7 +14,9 @@ use std::{
 use tracer_common::{config::Config, flow::flag};
 
 mod batch;
+mod rules;
 pub use batch::{Traced, progress_bar, traced_batch};
+use rules::RuleTraces;
 
 use crate::{
     flow::{
@@ -51,6 +53,8 @@ pub enum Error {
     Conntrack(#[from] conntrack::Error),
     #[error("failed to read the node's rules: {0}")]
     Rules(#[from] node::inspect::Error),
+    #[error("failed to trace the netfilter rules (--rules): {0}")]
+    RuleTrace(#[from] crate::ruletrace::Error),
 }
 
 /// What to trace.
@@ -98,6 +102,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// Only this pod IP.
     pub pod_ip: Option<Ipv4Addr>,
+    /// Netfilter's own tracing of DNS packets, naming the rule that decided each failed query.
+    pub rules: bool,
 }
 
 impl Default for Settings {
@@ -108,6 +114,7 @@ impl Default for Settings {
             slow: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
             pod_ip: None,
+            rules: false,
         }
     }
 }
@@ -127,6 +134,7 @@ pub struct Tracer {
     ct_order: VecDeque<SocketAddrV4>,
     ct_start: Option<CpuStats>,
     rules_start: Vec<RuleCounter>,
+    rule_traces: Option<RuleTraces>,
     summary: TraceSummary,
 }
 
@@ -193,6 +201,10 @@ impl Tracer {
             .as_ref()
             .and_then(|svc| node::dns_counters(links.as_deref(), svc).ok())
             .unwrap_or_default();
+        let rule_traces = match settings.rules {
+            true => Some(RuleTraces::start(links.as_deref(), &rules_start)?),
+            false => None,
+        };
         let names = Names::new(links_inode, &session.link_names);
         let summary = TraceSummary {
             plan: Some(session.plan.clone()),
@@ -210,6 +222,7 @@ impl Tracer {
             ct_order: VecDeque::new(),
             ct_start,
             rules_start,
+            rule_traces,
             summary,
         })
     }
@@ -276,12 +289,21 @@ impl Tracer {
             }
             None => None,
         };
+        if r.verdict != Verdict::Answered
+            && let Some(rt) = &self.rule_traces
+        {
+            r.rules = rt.path(&r.client);
+        }
         self.summary.add(&r);
         r
     }
 
     /// Reads what the kernel exported and returns the queries it completed.
     pub fn poll(&mut self) -> Result<Vec<QueryRecord>, Error> {
+        // Rule paths first: a query dropped by a rule completes its path at once.
+        if let Some(rt) = self.rule_traces.as_mut() {
+            rt.poll()?;
+        }
         let mut events = Vec::new();
         // Decoded once here; a record that does not decode is counted as malformed by the session.
         self.session.drain(|e| {
@@ -311,6 +333,9 @@ impl Tracer {
 
     /// Stops: the last records, then the summary. Dropping the tracer detaches every probe.
     pub fn finish(mut self) -> Result<(Vec<QueryRecord>, TraceSummary), Error> {
+        if let Some(rt) = self.rule_traces.as_mut() {
+            rt.flush()?;
+        }
         let mut out = self.poll()?;
         let now = monotonic_ns();
         let rest: Vec<QueryRecord> = self.corr.flush(now, true);
@@ -337,6 +362,12 @@ impl Tracer {
             .count()
             .saturating_sub(judged_n) as u64;
         s.tally = self.corr.tally;
+        if let Some(rt) = &self.rule_traces {
+            let (nft, legacy) = rt.counters();
+            s.rule_trace = Some(nft);
+            s.rule_trace_legacy = legacy;
+            s.rule_trace_notes = rt.notes().to_vec();
+        }
         s.malformed_records = self.session.malformed_records;
         s.conntrack_events_lost = self.ct_events.as_ref().map(|e| e.lost()).unwrap_or(0);
         s.conntrack_delta = match (self.ct_start, end) {

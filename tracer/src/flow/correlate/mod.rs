@@ -265,6 +265,7 @@ impl Correlator {
             drop: None,
             icmp: None,
             conntrack: None,
+            rules: None,
         }
     }
 
