@@ -25,11 +25,10 @@ use netlink_packet_netfilter::{
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::{
-    Counters, Error, Options, PacketPath, REREAD_MIN,
+    Collector, Counters, Error, Options, PacketPath, REREAD_MIN,
     message::TraceType,
     monotonic_ns,
     nflog::{self, LegacyBook, LogMessage, Received},
-    path::Assembler,
     rules::save_comment,
     table::{Netns, command},
     wait_for,
@@ -55,9 +54,7 @@ pub struct LegacyTrace {
     seq: u32,
     book: LegacyBook,
     book_read: Instant,
-    assembler: Assembler,
-    options: Options,
-    counters: Counters,
+    paths: Collector,
     logger_before: Option<String>,
     removed_leftover: bool,
 }
@@ -90,9 +87,7 @@ impl LegacyTrace {
             seq: 0,
             book: LegacyBook::default(),
             book_read: Instant::now(),
-            assembler: Assembler::new(options.max_open),
-            options,
-            counters: Counters::default(),
+            paths: Collector::new(options),
             logger_before,
             removed_leftover: false,
         };
@@ -117,7 +112,7 @@ impl LegacyTrace {
             log::warn!("removed legacy TRACE rules ({LEGACY_COMMENT}) left by a killed run");
         }
         let logger = trace.logger_before.as_deref().unwrap_or("NONE");
-        add_rules(&trace.options.ports, logger)?;
+        add_rules(&trace.paths.options.ports, logger)?;
         trace.book = read_book()?;
         Ok(trace)
     }
@@ -168,23 +163,18 @@ impl LegacyTrace {
 
     /// What was read so far.
     pub fn counters(&self) -> Counters {
-        Counters {
-            evicted: self.assembler.evicted,
-            ..self.counters
-        }
+        self.paths.counters()
     }
 
     /// See [`RuleTrace::poll`](super::RuleTrace::poll).
     pub fn poll(&mut self) -> Result<Vec<PacketPath>, Error> {
         self.read()?;
-        let idle = u64::try_from(self.options.idle.as_nanos()).unwrap_or(u64::MAX);
-        self.assembler.expire(monotonic_ns(), idle);
-        Ok(self.take())
+        Ok(self.paths.completed())
     }
 
     /// See [`RuleTrace::wait`](super::RuleTrace::wait).
     pub fn wait(&mut self, timeout: Duration) -> Result<Vec<PacketPath>, Error> {
-        let idle = self.options.idle;
+        let idle = self.paths.options.idle;
         let fd = self.socket.as_raw_fd();
         wait_for(fd, idle, timeout, || self.poll())
     }
@@ -192,14 +182,7 @@ impl LegacyTrace {
     /// See [`RuleTrace::flush`](super::RuleTrace::flush).
     pub fn flush(&mut self) -> Result<Vec<PacketPath>, Error> {
         self.read()?;
-        self.assembler.flush();
-        Ok(self.take())
-    }
-
-    fn take(&mut self) -> Vec<PacketPath> {
-        let paths = self.assembler.take();
-        self.counters.paths += paths.len() as u64;
-        paths
+        Ok(self.paths.all())
     }
 
     fn read(&mut self) -> Result<(), Error> {
@@ -210,7 +193,7 @@ impl LegacyTrace {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.counters.lost += 1;
+                    self.paths.counters.lost += 1;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -222,7 +205,7 @@ impl LegacyTrace {
                     Ok(_) => {}
                     Err(e) => {
                         log::debug!("malformed nflog message: {e}");
-                        self.counters.malformed += 1;
+                        self.paths.counters.malformed += 1;
                     }
                 }
             }
@@ -234,20 +217,20 @@ impl LegacyTrace {
     }
 
     fn handle(&mut self, msg: LogMessage, now: u64) {
-        self.counters.messages += 1;
+        self.paths.counters.messages += 1;
         let unknown = |book: &LegacyBook, msg: &LogMessage| {
             msg.kind == TraceType::Rule && book.rule(&msg.table, &msg.chain, msg.number).is_none()
         };
         if unknown(&self.book, &msg) && self.book_read.elapsed() >= REREAD_MIN {
             self.book_read = Instant::now();
-            self.counters.rereads += 1;
+            self.paths.counters.rereads += 1;
             match self.netns.run(read_book) {
                 Ok(book) => self.book = book,
                 Err(e) => log::warn!("failed to read the legacy ruleset again: {e}"),
             }
         }
         if unknown(&self.book, &msg) {
-            self.counters.unknown_rules += 1;
+            self.paths.counters.unknown_rules += 1;
         }
         let id = nflog::packet_id(&msg.payload);
         let (trace, rule) = self.book.translate(msg, id);
@@ -256,9 +239,9 @@ impl LegacyTrace {
             .and_then(|r| r.comment.as_deref())
             .is_some_and(|c| c.starts_with(LEGACY_COMMENT));
         if own {
-            self.counters.own += 1;
+            self.paths.counters.own += 1;
         }
-        self.assembler.push(trace, rule, own, now);
+        self.paths.assembler.push(trace, rule, own, now);
     }
 }
 

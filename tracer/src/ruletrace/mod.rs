@@ -129,6 +129,50 @@ pub struct Counters {
     pub rereads: u64,
 }
 
+/// What both sides keep while reading: the paths being put together, the counts, the options.
+pub(crate) struct Collector {
+    pub(crate) assembler: Assembler,
+    pub(crate) counters: Counters,
+    pub(crate) options: Options,
+}
+
+impl Collector {
+    pub(crate) fn new(options: Options) -> Collector {
+        Collector {
+            assembler: Assembler::new(options.max_open),
+            counters: Counters::default(),
+            options,
+        }
+    }
+
+    /// The paths completed by a final verdict or idle for `Options::idle`, oldest first.
+    pub(crate) fn completed(&mut self) -> Vec<PacketPath> {
+        let idle = u64::try_from(self.options.idle.as_nanos()).unwrap_or(u64::MAX);
+        self.assembler.expire(monotonic_ns(), idle);
+        self.take()
+    }
+
+    /// Every path, complete or not.
+    pub(crate) fn all(&mut self) -> Vec<PacketPath> {
+        self.assembler.flush();
+        self.take()
+    }
+
+    fn take(&mut self) -> Vec<PacketPath> {
+        let paths = self.assembler.take();
+        self.counters.paths += paths.len() as u64;
+        paths
+    }
+
+    /// What was read so far.
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            evicted: self.assembler.evicted,
+            ..self.counters
+        }
+    }
+}
+
 /// The ruleset is read again for an unknown handle at most this often.
 pub(crate) const REREAD_MIN: Duration = Duration::from_secs(1);
 
@@ -138,9 +182,7 @@ pub struct RuleTrace {
     socket: TraceSocket,
     book: RuleBook,
     book_read: Instant,
-    assembler: Assembler,
-    options: Options,
-    counters: Counters,
+    paths: Collector,
     removed_leftover: bool,
 }
 
@@ -172,9 +214,7 @@ impl RuleTrace {
             socket,
             book,
             book_read: Instant::now(),
-            assembler: Assembler::new(options.max_open),
-            options,
-            counters: Counters::default(),
+            paths: Collector::new(options),
             removed_leftover,
         })
     }
@@ -186,43 +226,31 @@ impl RuleTrace {
 
     /// What was read so far.
     pub fn counters(&self) -> Counters {
-        Counters {
-            evicted: self.assembler.evicted,
-            ..self.counters
-        }
+        self.paths.counters()
     }
 
     /// Packets seen whose paths are not complete yet.
     pub fn open_paths(&self) -> usize {
-        self.assembler.open()
+        self.paths.assembler.open()
     }
 
     /// Reads every waiting message without blocking and returns the paths completed (by a drop,
     /// or idle for [`Options::idle`]), oldest first.
     pub fn poll(&mut self) -> Result<Vec<PacketPath>, Error> {
         self.read()?;
-        let idle = u64::try_from(self.options.idle.as_nanos()).unwrap_or(u64::MAX);
-        self.assembler.expire(monotonic_ns(), idle);
-        Ok(self.take())
+        Ok(self.paths.completed())
     }
 
     /// Like [`poll`](Self::poll), but waits up to `timeout` for at least one completed path.
     pub fn wait(&mut self, timeout: Duration) -> Result<Vec<PacketPath>, Error> {
-        let (fd, idle) = (self.socket.as_fd().as_raw_fd(), self.options.idle);
+        let (fd, idle) = (self.socket.as_fd().as_raw_fd(), self.paths.options.idle);
         wait_for(fd, idle, timeout, || self.poll())
     }
 
     /// Reads every waiting message and hands out every path, complete or not.
     pub fn flush(&mut self) -> Result<Vec<PacketPath>, Error> {
         self.read()?;
-        self.assembler.flush();
-        Ok(self.take())
-    }
-
-    fn take(&mut self) -> Vec<PacketPath> {
-        let paths = self.assembler.take();
-        self.counters.paths += paths.len() as u64;
-        paths
+        Ok(self.paths.all())
     }
 
     /// Reads the socket until it is empty.
@@ -232,7 +260,7 @@ impl RuleTrace {
             let now = monotonic_ns();
             match self.socket.recv()? {
                 Received::Empty => break,
-                Received::Lost => self.counters.lost += 1,
+                Received::Lost => self.paths.counters.lost += 1,
                 Received::Datagram(bytes) => {
                     for msg in message::messages(bytes) {
                         match msg {
@@ -240,7 +268,7 @@ impl RuleTrace {
                             Ok(None) => {}
                             Err(e) => {
                                 log::debug!("malformed trace message: {e}");
-                                self.counters.malformed += 1;
+                                self.paths.counters.malformed += 1;
                             }
                         }
                     }
@@ -254,16 +282,16 @@ impl RuleTrace {
     }
 
     fn handle(&mut self, msg: TraceMessage, now: u64) {
-        self.counters.messages += 1;
+        self.paths.counters.messages += 1;
         let own = msg.family == Family::Inet && msg.table == TABLE;
         if own {
-            self.counters.own += 1;
+            self.paths.counters.own += 1;
         }
         let rule = match msg.handle {
             Some(handle) if !own => Some(self.rule(msg.family, &msg.table, handle)),
             _ => None,
         };
-        self.assembler.push(msg, rule, own, now);
+        self.paths.assembler.push(msg, rule, own, now);
     }
 
     /// The rule with `handle`, reading the ruleset again (at most every [`REREAD_MIN`]) when it is
@@ -272,7 +300,7 @@ impl RuleTrace {
         if self.book.get(family, table, handle).is_none() && self.book_read.elapsed() >= REREAD_MIN
         {
             self.book_read = Instant::now();
-            self.counters.rereads += 1;
+            self.paths.counters.rereads += 1;
             match self.netns.run(RuleBook::read) {
                 Ok(book) => self.book = book,
                 Err(e) => log::warn!("failed to read the ruleset again: {e}"),
@@ -282,7 +310,7 @@ impl RuleTrace {
             .get(family, table, handle)
             .cloned()
             .unwrap_or_else(|| {
-                self.counters.unknown_rules += 1;
+                self.paths.counters.unknown_rules += 1;
                 RuleRef {
                     handle,
                     text: String::new(),
