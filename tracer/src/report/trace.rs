@@ -105,6 +105,12 @@ pub struct TraceSummary {
     pub conntrack_events_lost: u64,
     /// Rules on the DNS path whose packet counters moved over the trace (deltas), in both backends.
     pub rule_counters: Vec<RuleCounter>,
+    /// Pod links that appeared during the trace and got the TC programs (absent in older reports).
+    #[serde(default)]
+    pub links_added: u64,
+    /// Pod links with the TC programs that went away during the trace.
+    #[serde(default)]
+    pub links_removed: u64,
 }
 
 impl TraceSummary {
@@ -127,6 +133,11 @@ impl TraceSummary {
             s,
             "queries seen {}  answered {}  slow {}  drops {}  icmp errors {}  (kernel counters, every query)",
             c.queries, c.answered, c.slow, c.drops, c.icmp
+        );
+        let _ = writeln!(
+            s,
+            "pod links during the trace: {} added, {} removed",
+            self.links_added, self.links_removed
         );
         let l = &self.latency;
         if l.count > 0 {
