@@ -72,7 +72,7 @@ impl Target {
     /// The lab's node, Service and pods.
     pub fn lab(info: &lab::LabInfo) -> Result<Self, Error> {
         let mut netns_filter = vec![netns::inode(&netns::named(&info.node_netns))?];
-        for pod in info.endpoints.iter().chain(&info.clients) {
+        for pod in info.endpoints.iter().chain(&info.clients).chain(&info.pods) {
             netns_filter.push(netns::inode(&netns::named(&pod.netns))?);
         }
         let links = netns::named(&info.node_netns);
