@@ -265,6 +265,12 @@ impl Tracer {
         &self.session.plan
     }
 
+    /// Pod links that appeared since the start and got the TC programs, and those that went
+    /// (as of the last poll).
+    pub fn links_changed(&self) -> (u64, u64) {
+        (self.session.links_added, self.session.links_removed)
+    }
+
     /// How long loading and attaching took.
     pub fn attach_time(&self) -> Duration {
         self.session.attach_time
