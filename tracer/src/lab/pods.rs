@@ -79,8 +79,7 @@ pub fn add(prefix: &str, name: &str) -> Result<Pod, Error> {
         octet,
     };
     let pod = added.pod(prefix);
-    if let Err(e) = topology::create_pod(prefix, &format!("pod-{name}"), &pod.host_ifname, pod.ip)
-    {
+    if let Err(e) = topology::create_pod(prefix, &format!("pod-{name}"), &pod.host_ifname, pod.ip) {
         let _ = remove_netns(&pod.netns);
         return Err(e);
     }

@@ -61,7 +61,7 @@ pub fn is_lab_netns(prefix: &str, name: &str) -> bool {
     };
     let added = rest
         .strip_prefix("pod-")
-        .is_some_and(|name| super::pods::valid_name(name));
+        .is_some_and(super::pods::valid_name);
     rest == "node" || numbered("dns") || numbered("client") || added
 }
 
