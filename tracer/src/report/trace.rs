@@ -346,6 +346,29 @@ mod tests {
         assert_eq!(Latency::from_histogram(&[0; 24]), Latency::default());
     }
 
+    /// A summary written before pod links were counted reads back with both counts 0; a new one
+    /// keeps them.
+    #[test]
+    fn link_counts_are_additive_in_json() {
+        let s = TraceSummary {
+            links_added: 2,
+            links_removed: 1,
+            ..TraceSummary::default()
+        };
+        let mut json = serde_json::to_value(&s).expect("to JSON");
+        let back: TraceSummary = serde_json::from_value(json.clone()).expect("from JSON");
+        assert_eq!((back.links_added, back.links_removed), (2, 1));
+        let object = json.as_object_mut().expect("an object");
+        object.remove("links_added");
+        object.remove("links_removed");
+        let old: TraceSummary = serde_json::from_value(json).expect("an older summary");
+        assert_eq!((old.links_added, old.links_removed), (0, 0));
+        assert!(
+            s.text()
+                .contains("pod links during the trace: 2 added, 1 removed")
+        );
+    }
+
     /// Failed queries are counted by typed cause; in JSON the counts are keyed by the cause's
     /// text, and a query record keeps its stage, backend and evidence strings.
     #[test]
