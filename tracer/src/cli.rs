@@ -144,6 +144,26 @@ pub enum LabAction {
     Status,
     /// Break the node in one real way, or `clear` every fault.
     Fault(FaultArgs),
+    /// Add a client pod to the running lab, or delete one added (as pods come and go on a node
+    /// while `tracer trace --lab` runs).
+    #[command(subcommand)]
+    Pod(PodAction),
+}
+
+#[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:\n  tracer lab pod add late\n  tracer lab pod del late")]
+pub enum PodAction {
+    /// Add client pod NAME: namespace {prefix}-pod-NAME, a veth to the lab's bridge
+    /// ({prefix}pNAME on the node), an address from 10.244.0.220 up. `lab down` removes it.
+    Add {
+        /// 1 to 6 lowercase letters and digits, starting with a letter.
+        name: String,
+    },
+    /// Delete client pod NAME added with `pod add`.
+    Del {
+        /// The name it was added with.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

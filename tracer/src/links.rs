@@ -3,9 +3,11 @@
 //! (which interfaces get the TC programs).
 //!
 //! A netlink socket belongs to the network namespace of the thread that opened it: [`list`]
-//! answers for the calling thread's namespace (run it inside [`crate::netns::run_in`] for another).
+//! answers for the calling thread's namespace (run it inside [`crate::netns::run_in`] for another),
+//! and a [`Changes`] subscription opened there keeps reporting that namespace's veths coming and
+//! going, whichever thread reads it.
 
-use std::io;
+use std::{collections::HashSet, io};
 
 use netlink_packet_core::{
     DecodeError, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
@@ -33,6 +35,8 @@ pub enum Error {
     Refused { source: io::Error },
     #[error("the RTM_GETLINK dump was interrupted by interface changes {attempts} times in a row")]
     Interrupted { attempts: u32 },
+    #[error("failed to subscribe to link notifications (RTNLGRP_LINK): {source}")]
+    Subscribe { source: io::Error },
 }
 
 /// An interface's kind, as far as DNS cares.
@@ -235,6 +239,95 @@ impl Dump {
             }
         }
         Ok(())
+    }
+}
+
+/// A veth appearing in or leaving the subscribed namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A veth the subscription had not seen (the first `RTM_NEWLINK` for its index).
+    Added(Link),
+    /// A veth the subscription knew is gone (`RTM_DELLINK`).
+    Removed {
+        /// Its interface index.
+        index: u32,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The multicast group of link notifications (`RTNLGRP_LINK`).
+const RTNLGRP_LINK: u32 = 1;
+
+/// A non-blocking subscription to a namespace's link notifications (`RTNLGRP_LINK`), reduced to
+/// veths appearing and going: the kernel sends an `RTM_NEWLINK` for every change of a link (up,
+/// master, carrier), so the subscription remembers which veths it has reported.
+pub struct Changes {
+    socket: Socket,
+    /// Indexes of the veths known: given at the start, then those reported added.
+    known: HashSet<u32>,
+    buf: Vec<u8>,
+}
+
+impl Changes {
+    /// Subscribes in the calling thread's namespace. Veths whose indexes are in `known` are not
+    /// reported added (the caller listed them); [`Changes::know`] adds to them later.
+    pub fn subscribe(known: impl IntoIterator<Item = u32>) -> Result<Self, Error> {
+        let err = |source| Error::Subscribe { source };
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(err)?;
+        socket.bind_auto().map_err(err)?;
+        socket.add_membership(RTNLGRP_LINK).map_err(err)?;
+        socket.set_non_blocking(true).map_err(err)?;
+        Ok(Self {
+            socket,
+            known: known.into_iter().collect(),
+            buf: vec![0; RECV_LEN],
+        })
+    }
+
+    /// Marks veths as known (listed after subscribing): their notifications are not reported.
+    pub fn know(&mut self, indexes: impl IntoIterator<Item = u32>) {
+        self.known.extend(indexes);
+    }
+
+    /// The changes pending on the socket, oldest first; empty when none are.
+    pub fn read(&mut self) -> Result<Vec<Change>, Error> {
+        let mut out = Vec::new();
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
+                Err(source) => return Err(Error::Recv { source }),
+            };
+            let datagram = &self.buf[..n.min(self.buf.len())];
+            let mut messages = Vec::new();
+            for message in split(datagram) {
+                let message = message.map_err(|source| Error::Decode { source })?;
+                if let NetlinkPayload::InnerMessage(m) = message.payload {
+                    messages.push(m);
+                }
+            }
+            out.extend(messages.into_iter().filter_map(|m| self.change(m)));
+        }
+    }
+
+    /// What one notification changes, if anything.
+    fn change(&mut self, message: RouteNetlinkMessage) -> Option<Change> {
+        match message {
+            RouteNetlinkMessage::NewLink(m) => {
+                let link = Link::from_message(m)?;
+                (link.kind == LinkKind::Veth && self.known.insert(link.index))
+                    .then_some(Change::Added(link))
+            }
+            RouteNetlinkMessage::DelLink(m) => {
+                let link = Link::from_message(m)?;
+                self.known.remove(&link.index).then_some(Change::Removed {
+                    index: link.index,
+                    name: link.name,
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -452,5 +545,49 @@ mod tests {
         );
         // tla is up but its peer is down, so neither has a carrier.
         assert!(!a.up && !b.up, "{links:?}");
+    }
+
+    /// Scenario: a subscription opened inside a fresh namespace reports a veth pair created there
+    /// once each (not again when a link goes up), and both ends going when the pair is deleted.
+    #[test]
+    fn a_subscription_sees_veths_come_and_go() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let guard = NetnsGuard(format!("tracer-chg-{}", std::process::id()));
+        ip(&["netns", "add", &guard.0]);
+        let mut changes = netns::run_in(&netns::named(&guard.0), || Changes::subscribe([]))
+            .expect("enter the test namespace")
+            .expect("subscribe");
+        assert_eq!(changes.read().expect("read"), []);
+        ip(&[
+            "-n", &guard.0, "link", "add", "tca", "type", "veth", "peer", "name", "tcb",
+        ]);
+        ip(&["-n", &guard.0, "link", "set", "tca", "up"]);
+        let mut added: Vec<String> = changes
+            .read()
+            .expect("read")
+            .into_iter()
+            .map(|c| match c {
+                Change::Added(link) => link.name,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        added.sort();
+        assert_eq!(added, ["tca", "tcb"]);
+        ip(&["-n", &guard.0, "link", "del", "tca"]);
+        let mut removed: Vec<String> = changes
+            .read()
+            .expect("read")
+            .into_iter()
+            .map(|c| match c {
+                Change::Removed { name, .. } => name,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        removed.sort();
+        assert_eq!(removed, ["tca", "tcb"]);
     }
 }

@@ -1,7 +1,7 @@
 //! `tracer lab`.
 
 use crate::{
-    cli::{LabAction, LabArgs},
+    cli::{LabAction, LabArgs, PodAction},
     lab::{self, FaultName, LabInfo},
 };
 
@@ -21,6 +21,17 @@ pub fn run(args: LabArgs) -> Result<(), lab::Error> {
             Some(lab) => print_status(&lab),
             None => println!("lab {prefix}: down"),
         },
+        LabAction::Pod(PodAction::Add { name }) => {
+            let pod = lab::add_pod(prefix, &name)?;
+            println!(
+                "lab {prefix}: pod {} added, {} in netns {}, node side {}",
+                pod.name, pod.ip, pod.netns, pod.host_ifname
+            );
+        }
+        LabAction::Pod(PodAction::Del { name }) => {
+            lab::del_pod(prefix, &name)?;
+            println!("lab {prefix}: pod {name} deleted");
+        }
         LabAction::Fault(f) if f.name == FaultName::Clear => {
             if f.pod.is_some() {
                 return Err(lab::Error::PodNotAllowed {
@@ -62,7 +73,7 @@ fn print_status(lab: &LabInfo) {
         "  service kube-system/kube-dns  {}:{} (udp, tcp)",
         lab.service_ip, lab.dns_port
     );
-    for pod in lab.endpoints.iter().chain(&lab.clients) {
+    for pod in lab.endpoints.iter().chain(&lab.clients).chain(&lab.pods) {
         println!(
             "  {:<8} {:<15} netns {:<14} node side {}",
             pod.name, pod.ip, pod.netns, pod.host_ifname

@@ -23,6 +23,13 @@ impl Names {
         n
     }
 
+    /// Learns the name of an interface that appeared in namespace `netns` (a new pod link), so
+    /// records name it without listing the namespace again. A later interface with the same index
+    /// takes its place.
+    pub fn learn_link(&mut self, netns: u32, index: u32, name: &str) {
+        self.links.insert((netns, index), name.to_owned());
+    }
+
     fn scan_netns(&mut self) {
         let Ok(dir) = std::fs::read_dir(netns::NETNS_DIR) else {
             return;

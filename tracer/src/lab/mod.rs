@@ -6,9 +6,10 @@
 //! Service 10.96.0.10 (udp/tcp 53, tcp 9153) in the chosen iptables backend. Pods are namespaces
 //! `{prefix}-dns0`, `{prefix}-dns1` (dnsmasq, 10.244.0.10 and .11) and `{prefix}-client{i}`
 //! (10.244.0.20 + i), each joined to the bridge by a veth (`eth0` inside, `{prefix}d0`,
-//! `{prefix}d1`, `{prefix}c{i}` on the node). Nothing is created in the root namespace. The
-//! backend, the client count and the active faults live in `/run/tracer-lab/{prefix}/state.json`,
-//! next to the DNS servers' pid files and logs.
+//! `{prefix}d1`, `{prefix}c{i}` on the node). Client pods added to the running lab are
+//! `{prefix}-pod-{name}` (`{prefix}p{name}` on the node, 10.244.0.220 up). Nothing is created in
+//! the root namespace. The backend, the client count, the added pods and the active faults live in
+//! `/run/tracer-lab/{prefix}/state.json`, next to the DNS servers' pid files and logs.
 //!
 //! # Layout
 //! - this file: the public API ([`up`], [`down`], [`info`], [`fault`], [`clear`]) and the CLI.
@@ -17,10 +18,12 @@
 //! - `conntrack`: writes to the node's conntrack table (bulk create, delete, flush).
 //! - `dns`: the dnsmasq pods.
 //! - `fault`: applying and clearing each fault.
+//! - `pods`: client pods added to the running lab and deleted from it.
 
 pub mod conntrack;
 mod dns;
 mod fault;
+mod pods;
 mod rules;
 mod topology;
 
@@ -32,6 +35,7 @@ use std::{
 pub use self::{
     dns::WHOAMI,
     fault::{FaultName, STALE_ENDPOINT},
+    pods::{add as add_pod, del as del_pod},
 };
 use crate::{measure, netns, node::Backend};
 
@@ -99,6 +103,16 @@ pub enum Error {
     },
     #[error("{what}")]
     Fault { what: String },
+    #[error(
+        "invalid pod name {name:?}: use 1 to 6 lowercase letters and digits, starting with a letter"
+    )]
+    PodName { name: String },
+    #[error("the lab already has an added pod {name}")]
+    PodExists { name: String },
+    #[error("the lab has no added pod {name} (`tracer lab status` lists them)")]
+    NoSuchAddedPod { name: String },
+    #[error("the lab has {most} added pods already, as many as it has addresses for")]
+    PodsFull { most: u8 },
 }
 
 /// A pod of the lab.
@@ -131,6 +145,8 @@ pub struct LabInfo {
     pub endpoints: Vec<Pod>,
     /// The client pods: client0, ...
     pub clients: Vec<Pod>,
+    /// Client pods added to the running lab (`tracer lab pod add`), in the order they were added.
+    pub pods: Vec<Pod>,
     /// The active faults, in the order they were applied.
     pub faults: Vec<FaultName>,
     /// While stale-conntrack is active: the client0 source port whose UDP conntrack entry still
@@ -145,6 +161,9 @@ struct State {
     backend: Backend,
     clients: u8,
     faults: Vec<ActiveFault>,
+    /// Client pods added to the running lab (absent in older state files).
+    #[serde(default)]
+    pods: Vec<pods::AddedPod>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -238,6 +257,7 @@ fn lab_info(prefix: &str, state: &State) -> LabInfo {
         dns_port: DNS_PORT,
         endpoints,
         clients,
+        pods: pods::of(prefix, state),
         faults: state.faults.iter().map(|f| f.name).collect(),
         stale_source_port: state.faults.iter().find_map(|f| f.source_port),
     }
@@ -265,6 +285,7 @@ pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error>
         backend,
         clients,
         faults: Vec::new(),
+        pods: Vec::new(),
     };
     if let Err(e) = build(prefix, &state) {
         let _ = down(prefix);

@@ -59,7 +59,10 @@ pub fn is_lab_netns(prefix: &str, name: &str) -> bool {
         rest.strip_prefix(stem)
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     };
-    rest == "node" || numbered("dns") || numbered("client")
+    let added = rest
+        .strip_prefix("pod-")
+        .is_some_and(super::pods::valid_name);
+    rest == "node" || numbered("dns") || numbered("client") || added
 }
 
 /// Runs a command to completion, failing with its stderr.
@@ -333,5 +336,8 @@ mod tests {
         assert!(!is_lab_netns("tr", "trl-node"));
         assert!(!is_lab_netns("trl", "trl-node2"));
         assert!(!is_lab_netns("trl", "other"));
+        assert!(is_lab_netns("trl", "trl-pod-late"));
+        assert!(!is_lab_netns("trl", "trl-pod-"));
+        assert!(!is_lab_netns("trl", "trl-pod-Late"));
     }
 }

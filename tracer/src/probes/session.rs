@@ -5,7 +5,8 @@
 //! - this file: the session itself: loads the object with the configuration, hands it to the
 //!   planner, keeps what must live as long as the programs.
 //! - `planner`: every program's fate on this kernel (load, attach or skip, with the reason).
-//! - `tc`: which links of the pod links' namespace get the TC programs; their clsact qdiscs.
+//! - `tc`: which links of the pod links' namespace get the TC programs (at the start, and as they
+//!   come and go); their clsact qdiscs.
 //! - `maps`: reading the ring buffer, the counters, the latency histogram and the slot table.
 mod maps;
 mod planner;
@@ -20,13 +21,14 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapError},
+    programs::TcAttachType,
 };
 use tracer_common::config::Config;
 
 pub use self::maps::Counters;
 use self::{
     maps::Maps,
-    planner::{Planned, Planner},
+    planner::{Planned, Planner, TcLinks},
     tc::Clsact,
 };
 use super::{
@@ -89,9 +91,13 @@ pub struct Options {
 /// Loaded programs and their maps.
 pub struct Session {
     /// Owns every program and link: dropping it detaches them.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     /// The clsact qdiscs this session added (kernels before 6.6): removed after the programs.
-    _clsact: Clsact,
+    clsact: Clsact,
+    /// The TC programs loaded to be attached, and how: each new pod link gets them.
+    tc_programs: Vec<(&'static str, TcAttachType)>,
+    /// aya's link ids of the TC programs, by interface index (to let go of a link that went).
+    tc_links: TcLinks,
     /// fexit programs on module functions, loaded outside aya: dropping them detaches them.
     _module_fexits: Vec<ModuleFexit>,
     maps: Maps,
@@ -106,6 +112,10 @@ pub struct Session {
     /// Records whose size was not an `Event`'s, or that the reader refused (an unknown kind or
     /// constant): never expected; counted, not guessed at.
     pub malformed_records: u64,
+    /// Pod links that appeared after the start and got the TC programs.
+    pub links_added: u64,
+    /// Pod links with TC programs that went away.
+    pub links_removed: u64,
 }
 
 impl Session {
@@ -135,6 +145,8 @@ impl Session {
         let Planned {
             link_names,
             clsact,
+            tc_programs,
+            tc_links,
             module_fexits,
         } = planner.finish();
         let clsact = Clsact {
@@ -158,14 +170,18 @@ impl Session {
         unsafe { nix::libc::malloc_trim(0) };
         Ok(Self {
             maps: Maps::take(&mut ebpf)?,
-            _ebpf: ebpf,
+            ebpf,
             _module_fexits: module_fexits,
-            _clsact: clsact,
+            clsact,
+            tc_programs,
+            tc_links,
             plan,
             drop_reasons,
             link_names,
             attach_time: started.elapsed(),
             malformed_records: 0,
+            links_added: 0,
+            links_removed: 0,
         })
     }
 }

@@ -114,6 +114,12 @@ pub struct TraceSummary {
     pub rule_trace_notes: Vec<String>,
     /// Rules on the DNS path whose packet counters moved over the trace (deltas), in both backends.
     pub rule_counters: Vec<RuleCounter>,
+    /// Pod links that appeared during the trace and got the TC programs (absent in older reports).
+    #[serde(default)]
+    pub links_added: u64,
+    /// Pod links with the TC programs that went away during the trace.
+    #[serde(default)]
+    pub links_removed: u64,
 }
 
 impl TraceSummary {
@@ -136,6 +142,11 @@ impl TraceSummary {
             s,
             "queries seen {}  answered {}  slow {}  drops {}  icmp errors {}  (kernel counters, every query)",
             c.queries, c.answered, c.slow, c.drops, c.icmp
+        );
+        let _ = writeln!(
+            s,
+            "pod links during the trace: {} added, {} removed",
+            self.links_added, self.links_removed
         );
         let l = &self.latency;
         if l.count > 0 {
@@ -360,6 +371,29 @@ mod tests {
             (100, 128, 128, 2048, 2048)
         );
         assert_eq!(Latency::from_histogram(&[0; 24]), Latency::default());
+    }
+
+    /// A summary written before pod links were counted reads back with both counts 0; a new one
+    /// keeps them.
+    #[test]
+    fn link_counts_are_additive_in_json() {
+        let s = TraceSummary {
+            links_added: 2,
+            links_removed: 1,
+            ..TraceSummary::default()
+        };
+        let mut json = serde_json::to_value(&s).expect("to JSON");
+        let back: TraceSummary = serde_json::from_value(json.clone()).expect("from JSON");
+        assert_eq!((back.links_added, back.links_removed), (2, 1));
+        let object = json.as_object_mut().expect("an object");
+        object.remove("links_added");
+        object.remove("links_removed");
+        let old: TraceSummary = serde_json::from_value(json).expect("an older summary");
+        assert_eq!((old.links_added, old.links_removed), (0, 0));
+        assert!(
+            s.text()
+                .contains("pod links during the trace: 2 added, 1 removed")
+        );
     }
 
     /// Failed queries are counted by typed cause; in JSON the counts are keyed by the cause's

@@ -25,7 +25,9 @@ use crate::{
         names::Names,
         record::{BackendEvidence, NetfilterBackend, QueryRecord, Stage, Verdict},
     },
-    lab, netns,
+    lab,
+    links::{self, Change},
+    netns,
     node::{
         self, DnsService, RuleCounter,
         conntrack::{self, CpuStats, EventKind},
@@ -74,7 +76,7 @@ impl Target {
     /// The lab's node, Service and pods.
     pub fn lab(info: &lab::LabInfo) -> Result<Self, Error> {
         let mut netns_filter = vec![netns::inode(&netns::named(&info.node_netns))?];
-        for pod in info.endpoints.iter().chain(&info.clients) {
+        for pod in info.endpoints.iter().chain(&info.clients).chain(&info.pods) {
             netns_filter.push(netns::inode(&netns::named(&pod.netns))?);
         }
         let links = netns::named(&info.node_netns);
@@ -135,6 +137,9 @@ pub struct Tracer {
     ct_start: Option<CpuStats>,
     rules_start: Vec<RuleCounter>,
     rule_traces: Option<RuleTraces>,
+    /// The pod links' namespace's veths coming and going; `None` when the subscription failed
+    /// (logged): then only the links found at the start are traced.
+    link_changes: Option<links::Changes>,
     summary: TraceSummary,
 }
 
@@ -157,6 +162,8 @@ impl Tracer {
             slow_ns: settings.slow.as_nanos() as u64,
             ..Config::default()
         };
+        // Subscribed before the programs attach, so no link created meanwhile goes unseen.
+        let mut link_changes = subscribe_links(target.links_netns.as_ref().map(|(_, p)| p));
         let session = Session::start(Options {
             config,
             tier: settings.tier,
@@ -205,6 +212,9 @@ impl Tracer {
             true => Some(RuleTraces::start(links.as_deref(), &rules_start)?),
             false => None,
         };
+        if let Some(changes) = link_changes.as_mut() {
+            changes.know(session.link_names.keys().copied());
+        }
         let names = Names::new(links_inode, &session.link_names);
         let summary = TraceSummary {
             plan: Some(session.plan.clone()),
@@ -223,13 +233,55 @@ impl Tracer {
             ct_start,
             rules_start,
             rule_traces,
+            link_changes,
             summary,
         })
+    }
+
+    /// Attaches the TC programs to the pod links that appeared since the last poll and lets go
+    /// of those that went.
+    fn apply_link_changes(&mut self) -> Result<(), Error> {
+        let Some(subscription) = self.link_changes.as_mut() else {
+            return Ok(());
+        };
+        let changes = match subscription.read() {
+            Ok(changes) => changes,
+            Err(e) => {
+                log::warn!("failed to read link notifications: {e}");
+                return Ok(());
+            }
+        };
+        for change in changes {
+            match change {
+                Change::Added(link) => {
+                    if let Some(failed) = self.session.attach_link(&link)? {
+                        log::warn!("TC programs on new pod link {}: {failed}", link.name);
+                    }
+                    let names = self.corr.names_mut();
+                    names.learn_link(self.links_inode, link.index, &link.name);
+                    log::info!("pod link {} (index {}) appeared", link.name, link.index);
+                }
+                Change::Removed { index, name } => {
+                    if self.session.forget_link(index, &name) {
+                        log::info!("pod link {name} (index {index}) went away");
+                    }
+                }
+            }
+        }
+        self.summary.links_added = self.session.links_added;
+        self.summary.links_removed = self.session.links_removed;
+        Ok(())
     }
 
     /// The probes' plan as carried out.
     pub fn plan(&self) -> &crate::probes::plan::Plan {
         &self.session.plan
+    }
+
+    /// Pod links that appeared since the start and got the TC programs, and those that went
+    /// (as of the last poll).
+    pub fn links_changed(&self) -> (u64, u64) {
+        (self.session.links_added, self.session.links_removed)
     }
 
     /// How long loading and attaching took.
@@ -304,6 +356,7 @@ impl Tracer {
         if let Some(rt) = self.rule_traces.as_mut() {
             rt.poll()?;
         }
+        self.apply_link_changes()?;
         let mut events = Vec::new();
         // Decoded once here; a record that does not decode is counted as malformed by the session.
         self.session.drain(|e| {
@@ -399,6 +452,20 @@ pub fn attribute_backends(records: &mut [QueryRecord], moved: &[RuleCounter]) {
             d.backend_from = Some(BackendEvidence::RuleCounters);
         }
     }
+}
+
+/// A subscription to the veths coming and going in the pod links' namespace (or here); `None`,
+/// logged, when it fails.
+fn subscribe_links(path: Option<&PathBuf>) -> Option<links::Changes> {
+    let subscribe = || links::Changes::subscribe([]);
+    let result = match path {
+        Some(p) => netns::run_in(p, subscribe).map_err(|e| e.to_string()),
+        None => Ok(subscribe()),
+    }
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    result
+        .inspect_err(|e| log::warn!("new pod links will not be traced: {e}"))
+        .ok()
 }
 
 /// Runs a conntrack query in the pod links' namespace (or here).

@@ -34,6 +34,7 @@ fn lab() -> LabInfo {
             pod("dns1", Ipv4Addr::new(10, 244, 0, 11)),
         ],
         clients: vec![pod("client0", Ipv4Addr::new(10, 244, 0, 20))],
+        pods: vec![],
         faults: vec![],
         stale_source_port: None,
     }

@@ -198,6 +198,11 @@ impl Correlator {
         }
     }
 
+    /// The names it gives namespaces and interfaces (to teach it a pod link that appeared).
+    pub fn names_mut(&mut self) -> &mut Names {
+        &mut self.names
+    }
+
     fn unix_us(&self, mono_ns: u64) -> u64 {
         ((mono_ns / 1000) as i64 + self.ctx.clock_offset_us).max(0) as u64
     }

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError, SchedClassifier, TcAttachType},
+    programs::{
+        BtfTracePoint, FExit, KProbe, ProgramError, SchedClassifier, TcAttachType,
+        tc::SchedClassifierLinkId,
+    },
 };
 use aya_obj::btf::BtfKind;
 use tracer_common::config::KernelOffsets;
@@ -79,11 +82,18 @@ pub(super) struct Planner<'a> {
     link_names: HashMap<u32, String>,
     /// Links this session added a clsact qdisc to.
     clsact: Vec<String>,
+    /// The TC programs loaded to be attached, and how.
+    tc_programs: Vec<(&'static str, TcAttachType)>,
+    /// aya's link ids of the TC programs, by interface index.
+    tc_links: TcLinks,
     /// Loads fexit programs on functions in modules (aya 0.14 only targets vmlinux).
     modules: module_fexit::Loader,
     /// Those loaded.
     module_fexits: Vec<ModuleFexit>,
 }
+
+/// aya's link ids of the TC programs on each interface (by index): (program, link id).
+pub(super) type TcLinks = HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>;
 
 /// What a session keeps of its planner.
 pub(super) struct Planned {
@@ -91,6 +101,10 @@ pub(super) struct Planned {
     pub(super) link_names: HashMap<u32, String>,
     /// Links the session added a clsact qdisc to.
     pub(super) clsact: Vec<String>,
+    /// The TC programs loaded to be attached (to links appearing later too), and how.
+    pub(super) tc_programs: Vec<(&'static str, TcAttachType)>,
+    /// aya's link ids of the TC programs, by interface index.
+    pub(super) tc_links: TcLinks,
     /// fexit programs on module functions, loaded outside aya.
     pub(super) module_fexits: Vec<ModuleFexit>,
 }
@@ -125,6 +139,8 @@ impl<'a> Planner<'a> {
             fexit_stages: Vec::new(),
             link_names: HashMap::new(),
             clsact: Vec::new(),
+            tc_programs: Vec::new(),
+            tc_links: HashMap::new(),
             modules: module_fexit::Loader::new(OBJECT, ebpf.maps())?.global("CONFIG", &opts.config),
             module_fexits: Vec::new(),
         })
@@ -165,6 +181,8 @@ impl<'a> Planner<'a> {
         Planned {
             link_names: self.link_names,
             clsact: self.clsact,
+            tc_programs: self.tc_programs,
+            tc_links: self.tc_links,
             module_fexits: self.module_fexits,
         }
     }
@@ -234,8 +252,14 @@ impl<'a> Planner<'a> {
             clsact_added: added,
         } = attach_links(tc, kind, self.opts.links_netns.as_ref())?;
         self.clsact.extend(added);
-        self.link_names.extend(names.iter().cloned());
-        let mut attached: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+        self.tc_programs.push((probe.program, kind));
+        let mut attached = Vec::new();
+        for (index, name, id) in names {
+            self.link_names.insert(index, name.clone());
+            let ids = self.tc_links.entry(index).or_default();
+            ids.push((probe.program, id));
+            attached.push(name);
+        }
         attached.sort();
         Ok(if attached.is_empty() {
             Fate::Skipped {

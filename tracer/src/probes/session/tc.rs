@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId};
 
 use super::{Error, planner::err_text};
 use crate::{
@@ -53,8 +53,8 @@ impl Drop for Clsact {
 
 /// What `attach_links` did.
 pub(super) struct Attached {
-    /// (index, name) of each link the program attached to.
-    pub(super) links: Vec<(u32, String)>,
+    /// (index, name, aya's link id) of each link the program attached to.
+    pub(super) links: Vec<(u32, String, SchedClassifierLinkId)>,
     /// A note on failures, empty when none.
     pub(super) note: String,
     /// Links this call added a clsact qdisc to.
@@ -70,8 +70,7 @@ pub(super) fn attach_links(
     kind: TcAttachType,
     netns_path: Option<&PathBuf>,
 ) -> Result<Attached, Error> {
-    let tcx = aya::util::KernelVersion::current()
-        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    let tcx = has_tcx();
     let mut work = move || {
         let mut ok = Vec::new();
         let mut failed = Vec::new();
@@ -97,13 +96,11 @@ pub(super) fn attach_links(
             targets = all;
         }
         for Link { name, index, .. } in targets {
-            // An existing clsact (another tool's, or this session's other direction) is used
-            // as it is and left in place.
-            if !tcx && aya::programs::tc::qdisc_add_clsact(&name).is_ok() {
+            if add_clsact(&name, tcx) {
                 added.push(name.clone());
             }
             match tc.attach(&name, kind) {
-                Ok(_) => ok.push((index, name)),
+                Ok(id) => ok.push((index, name, id)),
                 Err(e) => failed.push(format!("failed on {name}: {}", err_text(&e))),
             }
         }
@@ -122,4 +119,107 @@ pub(super) fn attach_links(
         Some(p) => netns::run_in(p, work)?,
         None => work(),
     })
+}
+
+/// Whether this kernel has TCX (6.6): aya attaches TC programs as links, without a clsact qdisc.
+fn has_tcx() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
+
+/// Before TCX, adds the clsact qdisc link `name` needs; true when this call added it. An existing
+/// clsact (another tool's, or this session's other direction) is used as it is and left in place.
+fn add_clsact(name: &str, tcx: bool) -> bool {
+    !tcx && aya::programs::tc::qdisc_add_clsact(name).is_ok()
+}
+
+/// What `attach_link` did for one program on one new link.
+pub(super) struct AttachedOne {
+    /// aya's link id, or why the attach failed.
+    pub(super) id: Result<SchedClassifierLinkId, String>,
+    /// This call added the link's clsact qdisc.
+    pub(super) clsact_added: bool,
+}
+
+/// Attaches a TC program to one link of the links' namespace that appeared after the start, as
+/// [`attach_links`] does to each it lists (clsact qdisc first before 6.6).
+pub(super) fn attach_link(
+    tc: &mut SchedClassifier,
+    kind: TcAttachType,
+    name: &str,
+    netns_path: Option<&PathBuf>,
+) -> Result<AttachedOne, Error> {
+    let tcx = has_tcx();
+    let mut work = move || {
+        let clsact_added = add_clsact(name, tcx);
+        let id = tc
+            .attach(name, kind)
+            .map_err(|e| format!("failed on {name}: {}", err_text(&e)));
+        AttachedOne { id, clsact_added }
+    };
+    Ok(match netns_path {
+        Some(p) => netns::run_in(p, work)?,
+        None => work(),
+    })
+}
+
+impl super::Session {
+    /// Attaches the TC programs to a pod link that appeared after the start (as at the start:
+    /// clsact qdisc first before 6.6, recorded for cleanup) and counts it in `links_added`.
+    /// Returns why a program failed to attach, if one did; `Ok(None)` also when no TC program is
+    /// loaded (the plan skipped them) or the link is already attached.
+    pub fn attach_link(&mut self, link: &Link) -> Result<Option<String>, Error> {
+        if self.tc_programs.is_empty() || self.tc_links.contains_key(&link.index) {
+            return Ok(None);
+        }
+        let mut ids = Vec::new();
+        let mut failed = Vec::new();
+        for (program, kind) in self.tc_programs.clone() {
+            let tc: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(Error::Missing {
+                    kind: "TC program",
+                    name: program,
+                })?;
+            let one = attach_link(tc, kind, &link.name, self.clsact.netns.as_ref())?;
+            if one.clsact_added {
+                self.clsact.links.push(link.name.clone());
+            }
+            match one.id {
+                Ok(id) => ids.push((program, id)),
+                Err(e) => failed.push(format!("{program}: {e}")),
+            }
+        }
+        if !ids.is_empty() {
+            self.tc_links.insert(link.index, ids);
+            self.link_names.insert(link.index, link.name.clone());
+            self.links_added += 1;
+        }
+        Ok((!failed.is_empty()).then(|| failed.join("; ")))
+    }
+
+    /// Lets go of a pod link that went away: its TC programs went with it (the kernel removes a
+    /// device's filters and TCX links), so aya's handles are dropped without detaching, and its
+    /// clsact qdisc is no longer this session's to delete. Counts it in `links_removed`; false
+    /// (and no count) for a link the programs were not on.
+    pub fn forget_link(&mut self, index: u32, name: &str) -> bool {
+        let Some(ids) = self.tc_links.remove(&index) else {
+            return false;
+        };
+        for (program, id) in ids {
+            let tc: Option<&mut SchedClassifier> = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok());
+            if let Some(link) = tc.and_then(|tc| tc.take_link(id).ok()) {
+                // A TCX link's fd is closed; a netlink filter's handle (which would detach by
+                // interface index, maybe another interface's by now) is dropped as it is.
+                drop(aya::programs::links::FdLink::try_from(link));
+            }
+        }
+        self.clsact.links.retain(|l| l != name);
+        self.links_removed += 1;
+        true
+    }
 }
