@@ -179,41 +179,7 @@ impl TraceSummary {
             }
             let _ = writeln!(s, "{t}");
         }
-        if !self.rule_counters.is_empty() {
-            let _ = writeln!(s, "rules on the DNS path whose packet counters moved:");
-            for r in &self.rule_counters {
-                let _ = writeln!(
-                    s,
-                    "  +{:<6} {} {}: {}",
-                    r.packets, r.backend, r.table, r.rule
-                );
-            }
-            // Without a verdict probe, a netfilter drop is tied to the DROP/REJECT rules that moved.
-            let blocking: Vec<&RuleCounter> = self
-                .rule_counters
-                .iter()
-                .filter(|r| r.rule.contains("-j DROP") || r.rule.contains("-j REJECT"))
-                .collect();
-            let netfilter = self.by_cause.keys().any(|k| {
-                matches!(
-                    k,
-                    Cause::Drop {
-                        stage: Stage::Netfilter,
-                        ..
-                    }
-                )
-            });
-            if !blocking.is_empty() && netfilter {
-                let _ = writeln!(s, "netfilter drops above match these rules' counters:");
-                for r in blocking {
-                    let _ = writeln!(
-                        s,
-                        "  {} {}: {} (+{} packets)",
-                        r.backend, r.table, r.rule, r.packets
-                    );
-                }
-            }
-        }
+        self.rule_counter_text(&mut s);
         if let Some(d) = &self.conntrack_delta {
             let moved: Vec<String> = d
                 .fields()
@@ -259,6 +225,45 @@ impl TraceSummary {
             c.unmatched,
         );
         s
+    }
+
+    /// The rules on the DNS path whose counters moved, and those netfilter drops match.
+    fn rule_counter_text(&self, s: &mut String) {
+        if !self.rule_counters.is_empty() {
+            let _ = writeln!(s, "rules on the DNS path whose packet counters moved:");
+            for r in &self.rule_counters {
+                let _ = writeln!(
+                    s,
+                    "  +{:<6} {} {}: {}",
+                    r.packets, r.backend, r.table, r.rule
+                );
+            }
+            // Without a verdict probe, a netfilter drop is tied to the DROP/REJECT rules that moved.
+            let blocking: Vec<&RuleCounter> = self
+                .rule_counters
+                .iter()
+                .filter(|r| r.rule.contains("-j DROP") || r.rule.contains("-j REJECT"))
+                .collect();
+            let netfilter = self.by_cause.keys().any(|k| {
+                matches!(
+                    k,
+                    Cause::Drop {
+                        stage: Stage::Netfilter,
+                        ..
+                    }
+                )
+            });
+            if !blocking.is_empty() && netfilter {
+                let _ = writeln!(s, "netfilter drops above match these rules' counters:");
+                for r in blocking {
+                    let _ = writeln!(
+                        s,
+                        "  {} {}: {} (+{} packets)",
+                        r.backend, r.table, r.rule, r.packets
+                    );
+                }
+            }
+        }
     }
 }
 
