@@ -251,6 +251,10 @@ fn fill_conntrack(node: &str) -> Result<(), Error> {
     let table = netns::run_in(
         &netns::named(node),
         || -> Result<conntrack::Table, conntrack::Error> {
+            // Only the filler may hold the table: an entry of the lab's own DNS traffic is not
+            // assured, so the kernel would evict it (early drop) or let it expire, and a query
+            // would then get its slot.
+            super::conntrack::flush()?;
             let table = conntrack::table()?;
             let missing = table.max.saturating_sub(table.count);
             // Filler flows 10.254.a.b:p -> 10.253.0.1:53: addresses no pod uses.
