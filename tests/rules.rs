@@ -131,19 +131,42 @@ fn rules_name_the_filter_drop_rule_of_each_dropped_query() {
     }
 }
 
+/// A tracer child process, killed when dropped (a failed assertion must not leave it running).
+struct TracerChild(std::process::Child);
+
+impl TracerChild {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.0.id() as i32)
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("wait for the tracer")
+    }
+}
+
+impl Drop for TracerChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `tracer trace --rules` on the lab and waits until its nftrace table and its TRACE rules
 /// are in the node.
-fn start_tracer(lab: &LabGuard, duration: Option<&str>) -> std::process::Child {
+fn start_tracer(lab: &LabGuard, duration: Option<&str>) -> TracerChild {
     let mut cmd = Command::new(TRACER);
     cmd.args(["trace", "--lab", "--prefix", &lab.info.prefix, "--rules"]);
     if let Some(d) = duration {
         cmd.args(["--duration", d]);
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the tracer");
+    let child = TracerChild(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the tracer"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     // The legacy side's rules go in after the nf_tables side's table.
     while !in_node(lab, &["nft", "list", "tables"]).contains(ruletrace::TABLE)
@@ -168,11 +191,11 @@ fn rules_leave_both_rulesets_as_they_were_after_each_signal() {
     let before = rulesets(&lab);
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
         let mut child = start_tracer(&lab, None);
-        kill(Pid::from_raw(child.id() as i32), signal).expect("signal the tracer");
-        let status = child.wait().expect("wait for the tracer");
+        kill(child.pid(), signal).expect("signal the tracer");
+        let status = child.wait();
         if signal == Signal::SIGKILL {
             assert_ne!(rulesets(&lab), before, "a killed tracer leaves its rules");
-            let status = start_tracer(&lab, Some("1")).wait().expect("second start");
+            let status = start_tracer(&lab, Some("1")).wait();
             assert!(status.success(), "the next start after a kill: {status:?}");
         } else {
             assert!(status.success(), "{signal:?}: {status:?}");
