@@ -155,6 +155,7 @@ fn healthy_every_query_answered_through_dnat() {
             40,
             "{backend:?}: --all gives a record per query"
         );
+        let mut unconfirmed = 0;
         for r in answered {
             assert_eq!(
                 *r.server.ip(),
@@ -186,8 +187,18 @@ fn healthy_every_query_answered_through_dnat() {
                     r.endpoint,
                     "the NAT stage names the DNAT target the pod link saw: {r:?}"
                 );
-                assert!(r.confirmed, "conntrack confirmed the query's entry: {r:?}");
+                unconfirmed += usize::from(!r.confirmed);
             }
+        }
+        // A deep hook can miss a call: the kernel skips a kprobe hit while another kprobe
+        // program runs on that CPU, and before 6.7 counts it nowhere a tool can read. One
+        // confirm in 480 went unseen in a matrix run (6.1, kprobe tier); more than one in twenty
+        // is the stage failing.
+        if t.deep_nat() {
+            assert!(
+                unconfirmed <= 2,
+                "{backend:?}: conntrack confirmed the queries' entries, {unconfirmed} of 40 unseen"
+            );
         }
         if t.tier() != Tier::Tracepoint {
             assert!(
