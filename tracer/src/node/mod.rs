@@ -13,6 +13,8 @@
 //! - `kubeproxy`: `iptables-save` parsing, kube-proxy's mode, the DNS Service and its rule counters.
 //! - `nft`: `nft -j` JSON: the tables, and the DNS Service in kube-proxy's nftables-mode table.
 //! - `render`: the report as text and JSON, and trace's summary lines.
+//! - `watch`: the DNS Service's rules followed during a trace (nf_tables notifications, a
+//!   cost-bounded period for legacy).
 pub mod backend;
 pub mod conntrack;
 pub mod facts;
@@ -21,6 +23,7 @@ pub mod inspect;
 pub mod kubeproxy;
 pub mod nft;
 pub mod render;
+pub mod watch;
 
 pub use backend::Backend;
 pub use inspect::{Report, dns_counters, dns_service, inspect, inspect_with_tier};
