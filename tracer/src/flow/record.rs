@@ -337,6 +337,70 @@ pub struct QueryRecord {
     /// that decided its fate, from netfilter's own tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<RulePath>,
+    /// The query followed a conntrack entry to an address that was no longer an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<StaleEntry>,
+}
+
+/// A UDP conntrack entry that outlived its endpoint: kube-proxy removed the endpoint (a CoreDNS
+/// pod replaced) but not the entry, which the client's socket keeps alive by asking again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaleEntry {
+    /// The client socket the entry belongs to.
+    pub client: SocketAddrV4,
+    /// The Service address it was sent to.
+    pub service: SocketAddrV4,
+    /// The address the entry still sends it to.
+    pub endpoint: Ipv4Addr,
+    /// When conntrack created the entry (Unix µs); `None`: before the trace started.
+    pub created_us: Option<u64>,
+    /// When the tracer saw the endpoint leave the Service's rules (Unix µs); `None`: it was
+    /// already gone when the trace started.
+    pub removed_us: Option<u64>,
+}
+
+impl StaleEntry {
+    /// The command that deletes the entry (the client's next query then makes a fresh one).
+    pub fn clear_command(&self) -> String {
+        format!(
+            "conntrack -D -p udp --orig-src {} --sport {} --orig-dst {} --dport {}",
+            self.client.ip(),
+            self.client.port(),
+            self.service.ip(),
+            self.service.port()
+        )
+    }
+}
+
+/// `stale conntrack entry (created 12:00:01, endpoint removed 12:00:05): `conntrack -D …`
+/// clears it` (times in UTC).
+impl std::fmt::Display for StaleEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |t: Option<u64>| match t {
+            Some(us) => clock(us),
+            None => "before the trace".to_owned(),
+        };
+        write!(
+            f,
+            "stale conntrack entry to {} (created {}, endpoint removed {}): `{}` clears it",
+            self.endpoint,
+            at(self.created_us),
+            at(self.removed_us),
+            self.clear_command()
+        )
+    }
+}
+
+/// `hh:mm:ss.mmm` (UTC) of a Unix time in µs.
+pub fn clock(us: u64) -> String {
+    let day_ms = (us / 1000) % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 /// The netfilter chains one packet went through and the step that decided its fate.
@@ -443,6 +507,7 @@ impl QueryRecord {
             icmp: None,
             conntrack: None,
             rules: None,
+            stale: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::{
     flow::{
         cause::Cause,
         correlate::Tally,
-        record::{QueryRecord, Stage, Verdict},
+        record::{QueryRecord, Stage, StaleEntry, Verdict},
     },
     node::{RuleCounter, conntrack::CpuStats},
     probes::{plan::Plan, session::Counters},
@@ -120,6 +120,32 @@ pub struct TraceSummary {
     /// Pod links with the TC programs that went away during the trace.
     #[serde(default)]
     pub links_removed: u64,
+    /// The DNS Service's endpoints as they changed during the trace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_changes: Vec<EndpointChange>,
+    /// Conntrack entries that sent queries to a gone endpoint, with the queries each lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_entries: Vec<StaleLoss>,
+}
+
+/// A change of the DNS Service's endpoints, as the tracer noticed it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EndpointChange {
+    /// When it was noticed (Unix µs).
+    pub noticed_us: u64,
+    /// Endpoints that appeared.
+    pub added: Vec<Ipv4Addr>,
+    /// Endpoints that went.
+    pub removed: Vec<Ipv4Addr>,
+}
+
+/// A stale conntrack entry and the failed queries it sent to its gone endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaleLoss {
+    /// The entry (as first named).
+    pub entry: StaleEntry,
+    /// Failed queries it sent there.
+    pub queries: u64,
 }
 
 impl TraceSummary {
@@ -131,6 +157,19 @@ impl TraceSummary {
         }
         *self.by_cause.entry(Cause::of(r)).or_default() += 1;
         *self.by_endpoint.entry(endpoint_key(r)).or_default() += 1;
+        if let Some(stale) = &r.stale {
+            match self
+                .stale_entries
+                .iter_mut()
+                .find(|l| l.entry.client == stale.client && l.entry.endpoint == stale.endpoint)
+            {
+                Some(loss) => loss.queries += 1,
+                None => self.stale_entries.push(StaleLoss {
+                    entry: stale.clone(),
+                    queries: 1,
+                }),
+            }
+        }
     }
 
     /// The summary as text.
@@ -180,6 +219,7 @@ impl TraceSummary {
             let _ = writeln!(s, "{t}");
         }
         self.rule_counter_text(&mut s);
+        self.service_text(&mut s);
         if let Some(d) = &self.conntrack_delta {
             let moved: Vec<String> = d
                 .fields()
@@ -225,6 +265,34 @@ impl TraceSummary {
             c.unmatched,
         );
         s
+    }
+
+    /// The Service's endpoint changes and the stale conntrack entries that outlived one.
+    fn service_text(&self, s: &mut String) {
+        for c in &self.endpoint_changes {
+            let list = |ips: &[Ipv4Addr]| match ips {
+                [] => "none".to_owned(),
+                _ => ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let _ = writeln!(
+                s,
+                "the DNS Service's endpoints changed at {}: removed {}, added {}",
+                crate::flow::record::clock(c.noticed_us),
+                list(&c.removed),
+                list(&c.added)
+            );
+        }
+        for l in &self.stale_entries {
+            let _ = writeln!(
+                s,
+                "{} queries from {} lost to a {}",
+                l.queries, l.entry.client, l.entry
+            );
+        }
     }
 
     /// The rules on the DNS path whose counters moved, and those netfilter drops match.
@@ -346,6 +414,9 @@ pub fn line(r: &QueryRecord) -> String {
             }
             if let Some(c) = &r.conntrack {
                 let _ = write!(s, " | conntrack: {c}");
+            }
+            if let Some(stale) = &r.stale {
+                let _ = write!(s, " | {stale}");
             }
             if r.icmp.is_none() && r.drop.is_none() {
                 let _ = write!(s, " | no drop seen; last seen: {}", r.last_seen);

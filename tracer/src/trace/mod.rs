@@ -15,8 +15,10 @@ use tracer_common::{config::Config, flow::flag};
 
 mod batch;
 mod rules;
+mod service;
 pub use batch::{Traced, progress_bar, traced_batch};
 use rules::RuleTraces;
+use service::{CreatedEntry, Endpoints};
 
 use crate::{
     flow::{
@@ -132,15 +134,25 @@ pub struct Tracer {
     started: Instant,
     last_scan: Instant,
     ct_events: Option<conntrack::Events>,
-    ct_entries: HashMap<SocketAddrV4, String>,
+    ct_entries: HashMap<SocketAddrV4, CreatedEntry>,
     ct_order: VecDeque<SocketAddrV4>,
     ct_start: Option<CpuStats>,
     rules_start: Vec<RuleCounter>,
     rule_traces: Option<RuleTraces>,
+    /// The Service's endpoints over the trace.
+    endpoints: Endpoints,
     /// The pod links' namespace's veths coming and going; `None` when the subscription failed
     /// (logged): then only the links found at the start are traced.
     link_changes: Option<links::Changes>,
     summary: TraceSummary,
+}
+
+/// Unix time in µs.
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
 }
 
 fn monotonic_ns() -> u64 {
@@ -186,10 +198,7 @@ impl Tracer {
             conntrack::stats().map(|s| CpuStats::sum(&s))
         })
         .ok();
-        let unix_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as i64;
+        let unix_us = unix_now_us() as i64;
         let ctx = Context {
             service: Some(*target.service.ip()),
             dns_port: 53,
@@ -215,6 +224,20 @@ impl Tracer {
         if let Some(changes) = link_changes.as_mut() {
             changes.know(session.link_names.keys().copied());
         }
+        let existing = match target.rules {
+            Some(_) => in_netns(links.as_ref(), dnat_dns_entries).unwrap_or_else(|e| {
+                log::warn!("stale conntrack entries from before the trace will not be named: {e}");
+                HashMap::new()
+            }),
+            None => HashMap::new(),
+        };
+        let endpoints = Endpoints::start(
+            target.service,
+            links.as_deref(),
+            target.rules.as_ref(),
+            existing,
+            unix_now_us(),
+        );
         let names = Names::new(links_inode, &session.link_names);
         let summary = TraceSummary {
             plan: Some(session.plan.clone()),
@@ -233,6 +256,7 @@ impl Tracer {
             ct_start,
             rules_start,
             rule_traces,
+            endpoints,
             link_changes,
             summary,
         })
@@ -313,15 +337,23 @@ impl Tracer {
                     continue;
                 };
                 let client = SocketAddrV4::new(src, o.sport);
-                let note = if dst != rsrc {
-                    format!(
-                        "entry {client} -> {dst}:53, DNAT to {rsrc}:{}",
-                        e.entry.reply.sport
+                let (note, dnat) = if dst != rsrc {
+                    (
+                        format!(
+                            "entry {client} -> {dst}:53, DNAT to {rsrc}:{}",
+                            e.entry.reply.sport
+                        ),
+                        Some(rsrc),
                     )
                 } else {
-                    format!("entry {client} -> {dst}:53, no NAT")
+                    (format!("entry {client} -> {dst}:53, no NAT"), None)
                 };
-                if self.ct_entries.insert(client, note).is_none() {
+                let created = CreatedEntry {
+                    note,
+                    at_us: unix_now_us(),
+                    dnat,
+                };
+                if self.ct_entries.insert(client, created).is_none() {
                     self.ct_order.push_back(client);
                     if self.ct_order.len() > CONNTRACK_REMEMBERED
                         && let Some(old) = self.ct_order.pop_front()
@@ -334,8 +366,10 @@ impl Tracer {
     }
 
     fn finish_record(&mut self, mut r: QueryRecord) -> QueryRecord {
-        r.conntrack = match self.ct_entries.get(&r.client) {
-            Some(note) => Some(note.clone()),
+        let created = self.ct_entries.get(&r.client);
+        r.stale = self.endpoints.stale(&r, created);
+        r.conntrack = match created {
+            Some(c) => Some(c.note.clone()),
             None if self.ct_events.is_some() && r.verdict != Verdict::Answered => {
                 Some("no conntrack entry was confirmed for this client socket (a dropped new flow leaves none)".to_owned())
             }
@@ -357,6 +391,9 @@ impl Tracer {
             rt.poll()?;
         }
         self.apply_link_changes()?;
+        if let Some(now) = self.endpoints.poll() {
+            self.corr.set_endpoints(now);
+        }
         let mut events = Vec::new();
         // Decoded once here; a record that does not decode is counted as malformed by the session.
         self.session.drain(|e| {
@@ -421,6 +458,7 @@ impl Tracer {
             s.rule_trace_legacy = legacy;
             s.rule_trace_notes = rt.notes().to_vec();
         }
+        s.endpoint_changes = self.endpoints.changes();
         s.malformed_records = self.session.malformed_records;
         s.conntrack_events_lost = self.ct_events.as_ref().map(|e| e.lost()).unwrap_or(0);
         s.conntrack_delta = match (self.ct_start, end) {
@@ -466,6 +504,21 @@ fn subscribe_links(path: Option<&PathBuf>) -> Option<links::Changes> {
     result
         .inspect_err(|e| log::warn!("new pod links will not be traced: {e}"))
         .ok()
+}
+
+/// The DNATed UDP/53 entries of the calling thread's namespace: client socket -> where the entry
+/// sends it.
+fn dnat_dns_entries() -> Result<HashMap<SocketAddrV4, Ipv4Addr>, conntrack::Error> {
+    Ok(conntrack::dump_udp(53)?
+        .into_iter()
+        .filter(conntrack::Entry::dnat)
+        .filter_map(|e| match (e.orig.src, e.reply.src) {
+            (IpAddr::V4(client), IpAddr::V4(to)) => {
+                Some((SocketAddrV4::new(client, e.orig.sport), to))
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// Runs a conntrack query in the pod links' namespace (or here).

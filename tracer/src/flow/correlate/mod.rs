@@ -203,6 +203,11 @@ impl Correlator {
         &mut self.names
     }
 
+    /// The Service's endpoints now (the rules changed during the trace).
+    pub fn set_endpoints(&mut self, endpoints: Vec<Ipv4Addr>) {
+        self.ctx.endpoints = endpoints;
+    }
+
     fn unix_us(&self, mono_ns: u64) -> u64 {
         ((mono_ns / 1000) as i64 + self.ctx.clock_offset_us).max(0) as u64
     }
@@ -271,6 +276,7 @@ impl Correlator {
             icmp: None,
             conntrack: None,
             rules: None,
+            stale: None,
         }
     }
 
