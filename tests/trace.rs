@@ -447,7 +447,22 @@ fn stale_conntrack_sends_queries_to_a_removed_endpoint() {
             );
             let d = r.drop.as_ref().expect("a drop");
             assert!(d.why.contains("not an endpoint"), "{d:?}");
+            // Made before the trace, to an endpoint gone before it: both times unknown.
+            let s = r.stale.as_ref().expect("named a stale conntrack entry");
+            assert_eq!(
+                (s.endpoint, s.created_us, s.removed_us),
+                (ep, None, None),
+                "{r:?}"
+            );
+            assert_eq!(s.client.port(), port);
         }
+        assert_eq!(
+            t.summary.stale_entries.len(),
+            1,
+            "{:?}",
+            t.summary.stale_entries
+        );
+        assert_eq!(t.summary.stale_entries[0].queries, 10);
     }
 }
 
@@ -470,6 +485,9 @@ fn mixed_backend_sends_queries_to_a_stale_rules_target() {
         for r in t.failed() {
             let d = r.drop.as_ref().expect("a drop");
             assert!(d.why.contains("not an endpoint"), "{d:?}");
+            // Conntrack saw the flow created there: the stale rule did it, not an old entry.
+            assert!(r.stale.is_none(), "{r:?}");
         }
+        assert!(t.summary.stale_entries.is_empty(), "{backend:?}");
     }
 }

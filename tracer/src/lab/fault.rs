@@ -33,6 +33,9 @@ pub enum FaultName {
     PodLinkDown,
     /// A UDP conntrack entry keeps sending a client to an endpoint that was removed.
     StaleConntrack,
+    /// A DNS pod replaced during traffic: the new pod, at a new address, takes the old one's
+    /// place in the Service, and nobody deletes the UDP conntrack entries to the old address.
+    EndpointChurn,
     /// Parallel A and AAAA queries from one socket, as glibc sends them.
     ConntrackRace,
     /// Remove every fault and restore full answers.
@@ -50,6 +53,7 @@ impl FaultName {
             Self::PodDown => "pod-down",
             Self::PodLinkDown => "pod-link-down",
             Self::StaleConntrack => "stale-conntrack",
+            Self::EndpointChurn => "endpoint-churn",
             Self::ConntrackRace => "conntrack-race",
             Self::Clear => "clear",
         }
@@ -64,6 +68,9 @@ impl std::fmt::Display for FaultName {
 
 /// mixed-backend: the endpoint a stale kube-proxy ruleset still DNATs to (no pod owns it).
 pub const STALE_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 99);
+/// endpoint-churn: the addresses of DNS pods 0 and 1's replacements.
+pub const REPLACEMENT_IPS: [Ipv4Addr; 2] =
+    [Ipv4Addr::new(10, 244, 0, 12), Ipv4Addr::new(10, 244, 0, 13)];
 /// stale-conntrack: the first client source port tried for the stale flow.
 const STALE_FIRST_PORT: u16 = 40053;
 /// stale-conntrack: source ports tried until one flow is balanced to the chosen pod (each try is
@@ -93,6 +100,11 @@ fn rule_set(state: &State) -> rules::RuleSet {
     if let Some(stale) = active(FaultName::StaleConntrack) {
         let gone = topology::DNS_IPS[usize::from(stale.pod.unwrap_or(0))];
         endpoints.retain(|ip| *ip != gone);
+    }
+    if let Some(churn) = active(FaultName::EndpointChurn) {
+        let p = usize::from(churn.pod.unwrap_or(0));
+        endpoints = topology::DNS_IPS.to_vec();
+        endpoints[p] = REPLACEMENT_IPS[p];
     }
     if active(FaultName::NoEndpoints).is_some() {
         endpoints.clear();
@@ -135,6 +147,7 @@ pub fn apply(
             | FaultName::PodDown
             | FaultName::PodLinkDown
             | FaultName::StaleConntrack
+            | FaultName::EndpointChurn
     );
     if pod.is_some() && !per_pod {
         return Err(Error::PodNotAllowed {
@@ -191,6 +204,17 @@ pub fn apply(
             load_rules(prefix, &with_fault(&active))?;
             let ns = topology::pod_netns(prefix, &format!("dns{p}"));
             topology::remove_pod_address(&ns, topology::DNS_IPS[usize::from(p)])?;
+        }
+        FaultName::EndpointChurn => {
+            let p = usize::from(pod.unwrap_or(0));
+            // kube-proxy swaps the endpoint at its next sync; the replacement pod answers from
+            // its new address. The old pod and its address are gone, so the node no longer
+            // resolves it: what a deleted pod's veth leaves.
+            load_rules(prefix, &with_fault(&active))?;
+            let ns = topology::pod_netns(prefix, &format!("dns{p}"));
+            topology::remove_pod_address(&ns, topology::DNS_IPS[p])?;
+            topology::add_pod_address(&ns, REPLACEMENT_IPS[p])?;
+            topology::forget_neighbour(prefix, topology::DNS_IPS[p])?;
         }
         // A traffic pattern, not a broken rule: `tracer probe --lab` then sends A and AAAA in
         // parallel from one socket on two CPUs, and conntrack resolves the insert clashes.
@@ -338,12 +362,23 @@ pub fn clear(prefix: &str, state: &State) -> Result<(), Error> {
         ..state.clone()
     };
     load_rules(prefix, &healthy)?;
+    let churned = state
+        .faults
+        .iter()
+        .find(|f| f.name == FaultName::EndpointChurn)
+        .map(|f| f.pod.unwrap_or(0));
     for pod in 0..2u8 {
         topology::set_link(prefix, &topology::dns_host_ifname(prefix, pod), true)?;
         let ns = topology::pod_netns(prefix, &format!("dns{pod}"));
+        if churned == Some(pod) {
+            topology::remove_pod_address(&ns, REPLACEMENT_IPS[usize::from(pod)])?;
+        }
         topology::add_pod_address(&ns, topology::DNS_IPS[usize::from(pod)])?;
     }
-    if had(FaultName::ConntrackFull) || had(FaultName::StaleConntrack) {
+    if had(FaultName::ConntrackFull)
+        || had(FaultName::StaleConntrack)
+        || had(FaultName::EndpointChurn)
+    {
         flush_conntrack(&node)?;
     }
     for pod in 0..2u8 {

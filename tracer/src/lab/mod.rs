@@ -34,7 +34,7 @@ use std::{
 
 pub use self::{
     dns::WHOAMI,
-    fault::{FaultName, STALE_ENDPOINT},
+    fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
     pods::{add as add_pod, del as del_pod},
 };
 use crate::{measure, netns, node::Backend};
