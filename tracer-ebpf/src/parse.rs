@@ -141,11 +141,13 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
 
 /// How many question bytes to copy when `avail` follow the DNS header: all of them up to
 /// `QUESTION_LEN` (the copy ends with the datagram, not at a fixed size), in [1, QUESTION_LEN];
-/// `None` when nothing follows. The verifier must see the length bounded on the very register
-/// handed to the helper, and LLVM turns a `min()` or a range check into a compare on a copy
-/// (`n - 1 > 263`) that the verifier of older kernels (5.10) does not carry back to `n`: so the
-/// length minus one goes through a volatile stack slot, which LLVM cannot reason about, then a
-/// mask and one unsigned compare on it, and one is added back after.
+/// `None` when nothing follows. The verifier must see the length bounded (and non-zero, for
+/// `bpf_skb_load_bytes`) on the very register handed to the helper, and LLVM may fold a `min()`
+/// or a range check into a compare on a copy (`n - 1 > 263`) that older verifiers do not carry
+/// back to `n`: so the length minus one goes through a volatile stack slot, which LLVM cannot
+/// reason about, then a mask and one unsigned compare on it, and one is added back after (the
+/// object shows `r &= 0x1ff; if r > 0x107 goto ..; r += 1` feeding the helper; 5.10, 6.1 and
+/// 6.18 verify it).
 #[inline(always)]
 fn copy_len(avail: usize) -> Option<u32> {
     if avail == 0 {
