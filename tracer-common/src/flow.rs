@@ -1,7 +1,11 @@
 //! Per-query state and packet summaries.
 
 /// Bytes of the DNS question copied from the packet: the wire-format name, then type and class.
-pub const QUESTION_LEN: usize = 64;
+/// A name is at most 255 bytes on the wire (RFC 1035 2.3.4), so 259 hold any question; rounded up
+/// to 264 so that `Slot` stays a multiple of 8 bytes without implicit padding. The kernel copies
+/// only up to the datagram's end, so a short name costs a short copy.
+pub const QUESTION_LEN: usize = 264;
+const _: () = assert!(QUESTION_LEN >= 255 + 4 && QUESTION_LEN.is_multiple_of(8));
 
 /// Slots in the per-query table; a power of two (the index is a masked hash).
 pub const SLOTS: u32 = 4096;
@@ -141,6 +145,8 @@ mod tests {
             core::mem::size_of::<Slot>(),
             16 + 24 + 24 + 8 + QUESTION_LEN
         );
+        // The slot table is SLOTS of these: 336 bytes each, 1.3 MiB in all.
+        assert_eq!(core::mem::size_of::<Slot>(), 336);
     }
 
     #[test]

@@ -6,9 +6,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
-use tracer_common::flow::{Packet, QUESTION_LEN};
+use tracer_common::{
+    counter,
+    flow::{Packet, QUESTION_LEN},
+};
 
-use crate::maps::config;
+use crate::maps::{config, count};
 
 const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_UDP: u8 = 17;
@@ -19,11 +22,23 @@ pub const DNS_HEADER_LEN: usize = 12;
 pub enum Parsed {
     /// Not UDP to or from the DNS port: not ours.
     Other,
-    /// A DNS packet: its summary, and where its question starts (an offset into a TC packet,
-    /// or a kernel address for an `sk_buff`).
-    Dns { packet: Packet, question_off: usize },
+    /// A DNS packet: its summary, and where its question is.
+    Dns {
+        packet: Packet,
+        question: QuestionAt,
+    },
     /// UDP on the DNS port, but too short or fragmented to read: counted, never guessed at.
     Malformed,
+}
+
+/// Where a DNS packet's question starts (an offset into a TC packet, or a kernel address for an
+/// `sk_buff`), and how many bytes of the datagram follow the DNS header (the UDP length's word).
+#[derive(Clone, Copy)]
+pub struct QuestionAt {
+    /// Start of the question.
+    pub off: usize,
+    /// Bytes from there to the end of the UDP payload: the question and any records after it.
+    pub avail: usize,
 }
 
 /// The IPv4 header length when `ip` carries UDP, else `None` (not ours).
@@ -40,6 +55,13 @@ fn dns_ports(udp: &UdpHdr) -> Option<(u16, u16)> {
     let port = config().dns_port;
     let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
     (sport == port || dport == port).then_some((sport, dport))
+}
+
+/// Bytes after the DNS header by the UDP length; `None` when the datagram is shorter than the UDP
+/// and DNS headers (malformed).
+#[inline(always)]
+fn question_avail(udp: &UdpHdr) -> Option<usize> {
+    (u16::from_be_bytes(udp.len) as usize).checked_sub(UdpHdr::LEN + DNS_HEADER_LEN)
 }
 
 /// A fragment (other than a whole datagram) cannot be read as DNS.
@@ -93,12 +115,16 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
         return Parsed::Other;
     };
     // SAFETY: bounds checked by ptr_at.
-    let Some(ports) = dns_ports(unsafe { &*udp }) else {
+    let udp = unsafe { &*udp };
+    let Some(ports) = dns_ports(udp) else {
         return Parsed::Other;
     };
     if is_fragment(ip) {
         return Parsed::Malformed;
     }
+    let Some(avail) = question_avail(udp) else {
+        return Parsed::Malformed;
+    };
     let dns_off = udp_off + UdpHdr::LEN;
     let Some(dns) = ptr_at::<[u8; DNS_HEADER_LEN]>(ctx, dns_off) else {
         return Parsed::Malformed;
@@ -106,75 +132,74 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
     // SAFETY: bounds checked by ptr_at.
     Parsed::Dns {
         packet: packet(ip, ports, unsafe { &*dns }),
-        question_off: dns_off + DNS_HEADER_LEN,
+        question: QuestionAt {
+            off: dns_off + DNS_HEADER_LEN,
+            avail,
+        },
     }
 }
 
-/// Copies up to `QUESTION_LEN` bytes of the question into `dst` and returns how many. The verifier
-/// wants every load length proven non-zero and bounded, and LLVM folds a `min()` or a per-byte
-/// bound check into forms it cannot follow: so a full 64-byte load when the packet has them, two
-/// overlapping 32-byte loads when it has 32 to 63, else one constant-size load per set bit of the
-/// remaining length; each straight into `dst` (a copy through a temporary would be a byte loop,
-/// see `emit::copy_words`). `dst` is not cleared.
-// Every chunk has the same shape (`cur + n <= QUESTION_LEN`), the 1-byte one included.
-#[allow(clippy::int_plus_one)]
+/// How many question bytes to copy when `avail` follow the DNS header: all of them up to
+/// `QUESTION_LEN` (the copy ends with the datagram, not at a fixed size), in [1, QUESTION_LEN];
+/// `None` when nothing follows. The verifier must see the length bounded (and non-zero, for
+/// `bpf_skb_load_bytes`) on the very register handed to the helper, and LLVM may fold a `min()`
+/// or a range check into a compare on a copy (`n - 1 > 263`) that older verifiers do not carry
+/// back to `n`: so the length minus one goes through a volatile stack slot, which LLVM cannot
+/// reason about, then a mask and one unsigned compare on it, and one is added back after (the
+/// object shows `r &= 0x1ff; if r > 0x107 goto ..; r += 1` feeding the helper; 5.10, 6.1 and
+/// 6.18 verify it).
 #[inline(always)]
-pub fn tc_question(ctx: &TcContext, off: usize, dst: &mut [u8; QUESTION_LEN]) -> u16 {
-    let len = ctx.len() as usize;
-    if off >= len {
+fn copy_len(avail: usize) -> Option<u32> {
+    if avail == 0 {
+        return None;
+    }
+    let last = (avail - 1).min(QUESTION_LEN - 1) as u32;
+    // SAFETY: a read of a local.
+    let last = unsafe { core::ptr::read_volatile(&last) } & 0x1ff;
+    if last >= QUESTION_LEN as u32 {
+        return None;
+    }
+    Some(last + 1)
+}
+
+/// Copies the question of a TC packet into `dst`, up to the datagram's end or `QUESTION_LEN`
+/// bytes, and returns how many it copied; 0 (and a parse error counted) when the packet holds
+/// fewer bytes than its UDP length says. `dst` is not cleared: the bytes past the returned
+/// length are an earlier query's.
+#[inline(always)]
+pub fn tc_question(ctx: &TcContext, q: QuestionAt, dst: &mut [u8; QUESTION_LEN]) -> u16 {
+    let Some(n) = copy_len(q.avail) else {
+        return 0;
+    };
+    let skb = ctx.skb.skb as *const _;
+    // SAFETY: n <= QUESTION_LEN, the size of dst; the helper checks the packet side.
+    if unsafe { bpf_skb_load_bytes(skb, q.off as u32, dst.as_mut_ptr() as *mut _, n) } != 0 {
+        count(counter::PARSE_ERRORS);
         return 0;
     }
-    let rem = len - off;
-    let skb = ctx.skb.skb as *const _;
-    let base = dst.as_mut_ptr();
-    if rem >= QUESTION_LEN {
-        // SAFETY: dst holds QUESTION_LEN bytes; the helper checks the packet side.
-        let ok =
-            unsafe { bpf_skb_load_bytes(skb, off as u32, base as *mut _, QUESTION_LEN as u32) }
-                == 0;
-        return if ok { QUESTION_LEN as u16 } else { 0 };
+    n as u16
+}
+
+/// Copies the question of an `sk_buff` into `dst` (zeroed by the caller), as `tc_question` does,
+/// with a probe read of the kernel's buffer.
+#[inline(always)]
+pub fn skb_question(q: QuestionAt, dst: &mut [u8; QUESTION_LEN]) -> u16 {
+    let Some(n) = copy_len(q.avail) else {
+        return 0;
+    };
+    // SAFETY: n <= QUESTION_LEN, the size of dst; the helper checks the kernel address.
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst.as_mut_ptr() as *mut _,
+            n,
+            q.off as *const _,
+        )
+    };
+    if ret != 0 {
+        count(counter::PARSE_ERRORS);
+        return 0;
     }
-    const HALF: usize = QUESTION_LEN / 2;
-    if rem >= HALF {
-        // The usual case (a name of 20 to 51 bytes): two overlapping 32-byte loads, the second
-        // ending where the packet ends, instead of one load per set bit of the length.
-        let tail = rem - HALF;
-        if tail > HALF {
-            return 0;
-        }
-        // SAFETY: both loads stay inside dst: [0, 32) and [tail, tail + 32) with tail <= 32.
-        let ok = unsafe {
-            bpf_skb_load_bytes(skb, off as u32, base as *mut _, HALF as u32) == 0
-                && bpf_skb_load_bytes(
-                    skb,
-                    (off + tail) as u32,
-                    base.add(tail) as *mut _,
-                    HALF as u32,
-                ) == 0
-        };
-        return if ok { rem as u16 } else { 0 };
-    }
-    let mut cur = 0usize;
-    macro_rules! chunk {
-        ($n:expr) => {
-            if rem & $n != 0 && cur + $n <= QUESTION_LEN {
-                // SAFETY: cur + n <= QUESTION_LEN, checked just above.
-                if unsafe {
-                    bpf_skb_load_bytes(skb, (off + cur) as u32, base.add(cur) as *mut _, $n)
-                } != 0
-                {
-                    return cur as u16;
-                }
-                cur += $n;
-            }
-        };
-    }
-    chunk!(16);
-    chunk!(8);
-    chunk!(4);
-    chunk!(2);
-    chunk!(1);
-    cur as u16
+    n as u16
 }
 
 #[inline(always)]
@@ -240,22 +265,28 @@ pub fn skb_packet(skb: *const u8) -> Parsed {
     let Some(ihl) = udp_ihl(&ip) else {
         return Parsed::Other;
     };
-    let Some(ports) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl))
-        .as_ref()
-        .and_then(dns_ports)
-    else {
+    let Some(udp) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl)) else {
+        return Parsed::Other;
+    };
+    let Some(ports) = dns_ports(&udp) else {
         return Parsed::Other;
     };
     if is_fragment(&ip) {
         return Parsed::Malformed;
     }
+    let Some(avail) = question_avail(&udp) else {
+        return Parsed::Malformed;
+    };
     let dns_ptr = ip_ptr.wrapping_add(ihl + UdpHdr::LEN);
     let Some(dns) = read::<[u8; DNS_HEADER_LEN]>(dns_ptr) else {
         return Parsed::Malformed;
     };
     Parsed::Dns {
         packet: packet(&ip, ports, &dns),
-        question_off: dns_ptr as usize + DNS_HEADER_LEN,
+        question: QuestionAt {
+            off: dns_ptr as usize + DNS_HEADER_LEN,
+            avail,
+        },
     }
 }
 

@@ -12,7 +12,7 @@ use tracer_common::{
 use crate::{
     emit::{copy_words, mark_pending, now, scratch, send, slot_for_new, slot_of},
     maps::{LATENCY, config, count},
-    parse::{self, Parsed},
+    parse::{self, Parsed, QuestionAt},
 };
 
 /// The verdict of an observer: let the next program (or the stack) decide.
@@ -33,14 +33,11 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
     match parse::tc_packet(ctx) {
         Parsed::Other => {}
         Parsed::Malformed => count(counter::PARSE_ERRORS),
-        Parsed::Dns {
-            packet,
-            question_off,
-        } => {
+        Parsed::Dns { packet, question } => {
             if parse::wanted(&packet) {
                 let is_query = packet.dport == config().dns_port;
                 match (ingress, is_query) {
-                    (true, true) => query_sent(ctx, &packet, question_off),
+                    (true, true) => query_sent(ctx, &packet, question),
                     (false, true) => query_at_endpoint(ctx, &packet),
                     (true, false) => answer_from_endpoint(&packet),
                     (false, false) => answer_delivered(ctx, &packet),
@@ -53,7 +50,7 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
 
 /// A client sent a query: take its slot. A pending query found there is reported first.
 #[inline(always)]
-fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
+fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
     let Some((index, slot)) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else {
         return;
     };
@@ -94,7 +91,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question_off: usize) {
         core::ptr::write_volatile(&mut slot.t_endpoint, 0);
         core::ptr::write_volatile(&mut slot.t_reply, 0);
     }
-    slot.question_len = parse::tc_question(ctx, question_off, &mut slot.question);
+    slot.question_len = parse::tc_question(ctx, question, &mut slot.question);
 }
 
 /// The query reached a DNS pod's link, after DNAT.

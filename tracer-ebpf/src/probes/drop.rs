@@ -2,19 +2,17 @@
 //! ICMP error it sends about one (`icmp:icmp_send`: REJECT rules, closed ports). Both fire only
 //! when something goes wrong, so they export a record each time.
 
-use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     counter,
     event::{Event, kind},
-    flow::{Packet, QUESTION_LEN, Slot, flag, state},
+    flow::{Packet, Slot, flag, state},
 };
 
 use crate::{
     emit::{copy_words, scratch, send, slot_of},
     maps::{NETNS_FILTER, config, count},
-    parse::{self, Parsed},
+    parse::{self, Parsed, QuestionAt},
 };
 
 /// `skb:kfree_skb` since 5.17: TP_PROTO(struct sk_buff *skb, void *location,
@@ -64,17 +62,14 @@ pub fn drop_icmp_send(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Parses `skb`; for a wanted DNS packet in a traced namespace, returns the packet and the
-/// query's slot if it is still pending.
+/// Parses `skb`; for a wanted DNS packet in a traced namespace, returns the packet, where its
+/// question is, and the query's slot if it is still pending.
 #[inline(always)]
 pub fn skb_packet_slot(
     skb: *const u8,
-) -> Option<(Packet, *const u8, parse::Place, Option<&'static mut Slot>)> {
+) -> Option<(Packet, QuestionAt, parse::Place, Option<&'static mut Slot>)> {
     let (packet, question) = match parse::skb_packet(skb) {
-        Parsed::Dns {
-            packet,
-            question_off,
-        } => (packet, question_off as *const u8),
+        Parsed::Dns { packet, question } => (packet, question),
         Parsed::Malformed => {
             count(counter::PARSE_ERRORS);
             return None;
@@ -118,12 +113,8 @@ pub fn skb_record(
             copy_words(&mut e.slot, slot);
         }
         None => {
-            // The question may end before QUESTION_LEN; the bytes after it are the packet's
-            // next ones (or whatever follows in memory), which the decoder never reaches.
-            // SAFETY: the helper checks the address.
-            if unsafe { bpf_probe_read_kernel_buf(question, &mut e.slot.question) }.is_ok() {
-                e.slot.question_len = QUESTION_LEN as u16;
-            }
+            // Up to the datagram's end (by its UDP length), never past it.
+            e.slot.question_len = parse::skb_question(question, &mut e.slot.question);
         }
     }
     Some(e)

@@ -1,5 +1,6 @@
-//! The DNS question, decoded with hickory-proto from the bytes the kernel copied (the question
-//! may be cut at `QUESTION_LEN` bytes: a cut name decodes as `None`, never as a guess).
+//! The DNS question, decoded with hickory-proto from the bytes the kernel copied: up to the
+//! datagram's end, at most `QUESTION_LEN` bytes (room for the longest name the protocol allows).
+//! A name cut by a short packet decodes as `None`, never as a guess; the correlator counts it.
 
 use hickory_proto::{
     rr::{Name, RecordType},
@@ -36,6 +37,8 @@ pub fn question(raw: &[u8]) -> Question {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::flow::QUESTION_LEN;
+
     use super::*;
 
     fn wire(name: &str, qtype: u16) -> Vec<u8> {
@@ -47,8 +50,24 @@ mod tests {
         v.push(0);
         v.extend_from_slice(&qtype.to_be_bytes());
         v.extend_from_slice(&1u16.to_be_bytes());
-        v.resize(64, 0);
+        assert!(v.len() <= QUESTION_LEN, "{name} does not fit");
+        v.resize(QUESTION_LEN, 0);
         v
+    }
+
+    /// A name of `len` characters (without the trailing dot): labels of 63 and a shorter last.
+    fn long_name(len: usize) -> String {
+        let mut name = String::new();
+        let mut label = b'a';
+        while name.len() < len {
+            if !name.is_empty() {
+                name.push('.');
+            }
+            let n = (len - name.len()).min(63);
+            name.extend(std::iter::repeat_n(label as char, n));
+            label += 1;
+        }
+        name
     }
 
     #[test]
@@ -59,6 +78,32 @@ mod tests {
             Some("kubernetes.default.svc.cluster.local.")
         );
         assert_eq!(q.qtype.as_deref(), Some("AAAA"));
+    }
+
+    #[test]
+    fn the_longest_name_round_trips() {
+        // 253 characters is the most a name may have: 255 bytes on the wire.
+        let name = long_name(253);
+        assert_eq!(name.len(), 253);
+        let raw = wire(&name, 1);
+        assert_eq!(
+            raw[255..259],
+            [0, 1, 0, 1],
+            "type and class after 255 name bytes"
+        );
+        let q = question(&raw);
+        assert_eq!(q.name, Some(format!("{name}.")));
+        assert_eq!(q.qtype.as_deref(), Some("A"));
+        // As the kernel copies it: up to the datagram's end, here the class's last byte.
+        assert_eq!(question(&raw[..259]).name, Some(format!("{name}.")));
+    }
+
+    #[test]
+    fn a_long_name_cut_by_the_packet_decodes_to_nothing() {
+        let raw = wire(&long_name(200), 1);
+        for cut in [64, 150, 201] {
+            assert_eq!(question(&raw[..cut]).name, None, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -45,8 +45,9 @@ pub struct Point {
 /// What the kernel knew of a failure record's query when it wrote the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotMatch {
-    /// The query's slot, still pending: its path so far.
-    Pending(Slot),
+    /// The query's slot, still pending: its path so far (boxed: a slot is 336 bytes, most of
+    /// them the question).
+    Pending(Box<Slot>),
     /// No pending slot matched the packet: only the packet's own DNS question bytes (wire format).
     Unmatched {
         /// The question bytes the kernel copied from the packet (possibly none).
@@ -284,7 +285,7 @@ pub fn question_of(slot: &Slot) -> &[u8] {
 /// A failure record's slot: pending, or (free) only the packet's question.
 fn slot_match(e: &Event) -> Result<SlotMatch, Error> {
     match e.slot.state {
-        state::PENDING => Ok(SlotMatch::Pending(e.slot)),
+        state::PENDING => Ok(SlotMatch::Pending(Box::new(e.slot))),
         state::FREE => Ok(SlotMatch::Unmatched {
             question: question_of(&e.slot).to_vec(),
         }),
@@ -420,7 +421,7 @@ mod tests {
         let Ok(KernelEvent::Confirm { slot, .. }) = decode(&e) else {
             panic!("a confirm");
         };
-        assert_eq!(slot, SlotMatch::Pending(pending()));
+        assert_eq!(slot, SlotMatch::Pending(Box::new(pending())));
         // Only the bytes the query wrote: a stale tail after `question_len` is not the question.
         let mut e = raw(kind::CONFIRM);
         e.slot.question_len = 4;

@@ -24,6 +24,19 @@ pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 /// flow was balanced to, seen from the client.
 pub const WHOAMI: &str = "whoami.cluster.local";
 
+/// A name every DNS pod answers (with `LONG_NAME_IP`) that is as long as a name may be: 253
+/// characters, 255 bytes on the wire. Search-path expansion of long Service and namespace names
+/// gives names of this size; a tracer that copies only part of the question cannot name them.
+pub const LONG_NAME: &str = concat!(
+    "a-service-name-as-long-as-one-dns-label-may-be-sixty-three-byte.",
+    "in-a-namespace-with-a-name-that-is-as-long-as-the-protocol-lets.",
+    "expanded-with-a-search-domain-by-the-stub-resolver-of-the-pods.",
+    "to-two-hundred-and-fifty-three-characters-in-all.cluster.local",
+);
+
+/// The address `LONG_NAME` resolves to.
+pub const LONG_NAME_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 253);
+
 /// The records every pod serves.
 const HOST_RECORDS: [&str; 2] = [
     "kubernetes.default.svc.cluster.local,10.96.0.1",
@@ -54,6 +67,7 @@ pub fn start(prefix: &str, state_dir: &Path, pod: u8) -> Result<(), Error> {
         format!("--pid-file={}", pid.display()),
         format!("--log-facility={}", log.display()),
         format!("--host-record={WHOAMI},{ip}"),
+        format!("--host-record={LONG_NAME},{LONG_NAME_IP}"),
     ];
     args.extend(HOST_RECORDS.iter().map(|r| format!("--host-record={r}")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -147,4 +161,19 @@ fn gone(pid: Pid) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_long_name_is_as_long_as_a_name_may_be() {
+        assert_eq!(LONG_NAME.len(), 253);
+        assert!(LONG_NAME.split('.').all(|l| (1..=63).contains(&l.len())));
+        assert!(
+            LONG_NAME.ends_with(".cluster.local"),
+            "a name the pods answer"
+        );
+    }
 }

@@ -33,7 +33,7 @@ use std::{
 };
 
 pub use self::{
-    dns::WHOAMI,
+    dns::{LONG_NAME, LONG_NAME_IP, WHOAMI},
     fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
     pods::{add as add_pod, del as del_pod},
 };

@@ -254,13 +254,14 @@ impl TraceSummary {
         }
         let _ = writeln!(
             s,
-            "not judged: {} in flight at the end, {} pushed out of the slot table in flight, {} late drops of queries already judged; lost: {} ring-buffer records, {} malformed records, {} unparseable DNS packets, {} conntrack event overruns; {} answers or endpoint packets matched no query",
+            "not judged: {} in flight at the end, {} pushed out of the slot table in flight, {} late drops of queries already judged; lost: {} ring-buffer records, {} malformed records, {} unparseable DNS packets, {} undecodable DNS questions, {} conntrack event overruns; {} answers or endpoint packets matched no query",
             self.in_flight_at_end,
             self.tally.evicted_in_flight,
             self.tally.late_evidence,
             c.lost_events,
             self.malformed_records,
             c.parse_errors,
+            self.tally.unreadable_questions,
             self.conntrack_events_lost,
             c.unmatched,
         );

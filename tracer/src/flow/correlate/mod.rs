@@ -60,6 +60,10 @@ pub struct Tally {
     /// Failure evidence that arrived after its query was judged unanswered (a timeout shorter than
     /// the kernel's own, such as ARP's 3 s): counted, not reported twice.
     pub late_evidence: u64,
+    /// Records whose DNS question bytes did not decode (a name cut by the packet's end, or
+    /// garbage): their name is left empty, never guessed.
+    #[serde(default)]
+    pub unreadable_questions: u64,
 }
 
 struct Held {
@@ -239,7 +243,11 @@ impl Correlator {
             Known::Slot(s) => (s.query, question_of(s), Some(s)),
             Known::Packet(p, question) => (query_of(p, self.ctx.dns_port), question, None),
         };
-        let question = dns::question(question);
+        let raw = question;
+        let question = dns::question(raw);
+        if question.name.is_none() && raw.iter().any(|b| *b != 0) {
+            self.tally.unreadable_questions += 1;
+        }
         let seen = match s {
             None => Seen::Nowhere,
             Some(s) if s.t_reply != 0 => Seen::AnsweredByEndpoint,

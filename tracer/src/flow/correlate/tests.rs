@@ -74,7 +74,7 @@ fn point(ts: u64, packet: Packet) -> Point {
 /// What the kernel knew of a failure record's query: the slot while it is pending.
 fn matched(slot: Slot) -> SlotMatch {
     if slot.state == state::PENDING {
-        SlotMatch::Pending(slot)
+        SlotMatch::Pending(Box::new(slot))
     } else {
         SlotMatch::Unmatched {
             question: question_of(&slot).to_vec(),
