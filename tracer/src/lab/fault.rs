@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use super::{ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, rules, state_dir, topology};
+use super::{
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, policy, rules, state_dir, topology,
+};
 use crate::{
     measure::{self, BatchSpec, Outcome, RecordType},
     netns,
@@ -21,6 +23,9 @@ use crate::{
 pub enum FaultName {
     /// A DROP for DNS to the pods after DNAT (filter FORWARD), on one pod (`--pod`) or both.
     FilterDrop,
+    /// A NetworkPolicy engine's per-pod chain (Calico's `cali-tw-<iface>`, reached from filter
+    /// FORWARD) dropping DNS from client0, on one pod (`--pod`) or both; other clients get answers.
+    PolicyDrop,
     /// kube-proxy's REJECT for a DNS service with no endpoints.
     NoEndpoints,
     /// Stale kube-proxy rules in the other iptables backend that mis-NAT or drop DNS.
@@ -47,6 +52,7 @@ impl FaultName {
     pub fn name(self) -> &'static str {
         match self {
             Self::FilterDrop => "filter-drop",
+            Self::PolicyDrop => "policy-drop",
             Self::NoEndpoints => "no-endpoints",
             Self::MixedBackend => "mixed-backend",
             Self::ConntrackFull => "conntrack-full",
@@ -93,8 +99,9 @@ fn other(backend: Backend) -> Backend {
     }
 }
 
-/// The rules kube-proxy (and the lab's own filter-drop) would have in place for `state`.
-fn rule_set(state: &State) -> rules::RuleSet {
+/// The rules kube-proxy (and the lab's own filter-drop and policy-drop) would have in place for
+/// `state`.
+fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
     let active = |name| state.faults.iter().find(|f| f.name == name);
     let mut endpoints = topology::DNS_IPS.to_vec();
     if let Some(stale) = active(FaultName::StaleConntrack) {
@@ -114,17 +121,28 @@ fn rule_set(state: &State) -> rules::RuleSet {
         Some(_) => topology::DNS_IPS.to_vec(),
         None => vec![],
     };
+    // A NetworkPolicy selects the CoreDNS pods and denies client0: one chain per selected pod.
+    let policy_drop = active(FaultName::PolicyDrop).map(|f| policy::PolicyDrop {
+        client: Ipv4Addr::new(10, 244, 0, topology::FIRST_CLIENT),
+        interfaces: match f.pod {
+            Some(p) => vec![topology::dns_host_ifname(prefix, p)],
+            None => (0..2)
+                .map(|p| topology::dns_host_ifname(prefix, p))
+                .collect(),
+        },
+    });
     rules::RuleSet {
         service_ip: SERVICE_IP,
         endpoints,
         filter_drop,
+        policy_drop,
         kubelet: true,
     }
 }
 
 /// Loads the rules `state` calls for into its backend, replacing what was there.
 pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
-    let text = rules::render(&rule_set(state));
+    let text = rules::render(&rule_set(prefix, state));
     topology::run_in(
         &topology::node_netns(prefix),
         restore_program(state.backend),
@@ -144,6 +162,7 @@ pub fn apply(
     let per_pod = matches!(
         name,
         FaultName::FilterDrop
+            | FaultName::PolicyDrop
             | FaultName::PodDown
             | FaultName::PodLinkDown
             | FaultName::StaleConntrack
@@ -154,8 +173,8 @@ pub fn apply(
             fault: name.to_string(),
         });
     }
-    // filter-drop without --pod hits both pods; the others default to pod 0.
-    let pod = if name == FaultName::FilterDrop {
+    // filter-drop and policy-drop without --pod hit both pods; the others default to pod 0.
+    let pod = if matches!(name, FaultName::FilterDrop | FaultName::PolicyDrop) {
         pod
     } else {
         pod.or(per_pod.then_some(0))
@@ -172,7 +191,9 @@ pub fn apply(
         next
     };
     match name {
-        FaultName::FilterDrop | FaultName::NoEndpoints => load_rules(prefix, &with_fault(&active))?,
+        FaultName::FilterDrop | FaultName::PolicyDrop | FaultName::NoEndpoints => {
+            load_rules(prefix, &with_fault(&active))?;
+        }
         FaultName::MixedBackend => {
             // What an old kube-proxy left in the other backend: the same chains, DNAT to a pod
             // that is long gone. Loaded last, its NAT table is registered last and runs first.
@@ -180,6 +201,7 @@ pub fn apply(
                 service_ip: SERVICE_IP,
                 endpoints: vec![STALE_ENDPOINT],
                 filter_drop: vec![],
+                policy_drop: None,
                 kubelet: false,
             };
             let program = restore_program(other(state.backend));

@@ -15,6 +15,7 @@
 //! - this file: the public API ([`up`], [`down`], [`info`], [`fault`], [`clear`]) and the CLI.
 //! - `topology`: namespaces, bridge, veths, addresses, sysctls, and running commands inside them.
 //! - `rules`: kube-proxy's and the kubelet's iptables rules as `iptables-restore` text.
+//! - `policy`: a NetworkPolicy engine's (Calico's) per-pod chains, for the policy-drop fault.
 //! - `conntrack`: writes to the node's conntrack table (bulk create, delete, flush).
 //! - `dns`: the dnsmasq pods.
 //! - `fault`: applying and clearing each fault.
@@ -24,6 +25,7 @@ pub mod conntrack;
 mod dns;
 mod fault;
 mod pods;
+mod policy;
 mod rules;
 mod topology;
 
@@ -345,8 +347,8 @@ pub fn down(prefix: &str) -> Result<(), Error> {
     }
 }
 
-/// Applies a fault. `pod` picks the DNS pod (0 or 1) for the per-pod faults: filter-drop (both
-/// pods without it), pod-down, pod-link-down and stale-conntrack (pod 0 without it).
+/// Applies a fault. `pod` picks the DNS pod (0 or 1) for the per-pod faults: filter-drop and
+/// policy-drop (both pods without it), pod-down, pod-link-down and stale-conntrack (pod 0 without it).
 /// [`FaultName::Clear`] clears every fault.
 pub fn fault(prefix: &str, name: FaultName, pod: Option<u8>) -> Result<(), Error> {
     if name == FaultName::Clear {

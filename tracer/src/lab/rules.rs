@@ -10,6 +10,8 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use sha2::{Digest as _, Sha256};
 
+use super::policy::{self, PolicyDrop};
+
 /// The cluster's pod CIDR: traffic from outside it to a Service is masqueraded.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
@@ -69,6 +71,9 @@ pub struct RuleSet {
     pub endpoints: Vec<Ipv4Addr>,
     /// Pod IPs that get a DROP for UDP/53 at the top of filter FORWARD (the filter-drop fault).
     pub filter_drop: Vec<Ipv4Addr>,
+    /// A NetworkPolicy engine's per-pod chains that drop DNS from one client (the policy-drop
+    /// fault).
+    pub policy_drop: Option<PolicyDrop>,
     /// Whether the kubelet's chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY`) are included.
     pub kubelet: bool,
 }
@@ -132,6 +137,9 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
     canaries(out, rules);
+    if let Some(p) = &rules.policy_drop {
+        out.push_str(&policy::chains(p));
+    }
     let new = "-m conntrack --ctstate NEW";
     let lb_fw = "-m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL";
     let ext = "-m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
@@ -144,6 +152,9 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
             out,
             "-A FORWARD -d {ip}/32 -p udp -m udp --dport 53 -m comment --comment \"{FAULT_COMMENT}\" -j DROP"
         );
+    }
+    if let Some(p) = &rules.policy_drop {
+        out.push_str(&policy::rules(p));
     }
     let _ = writeln!(out, "-A FORWARD {new} {lb_fw}");
     out.push_str(
@@ -259,6 +270,7 @@ mod tests {
             service_ip: "10.96.0.10".parse().unwrap(),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             filter_drop: vec![],
+            policy_drop: None,
             kubelet: true,
         }
     }

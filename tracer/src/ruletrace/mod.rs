@@ -315,6 +315,7 @@ impl RuleTrace {
                     handle,
                     text: String::new(),
                     comment: None,
+                    number: None,
                 }
             })
     }

@@ -232,6 +232,7 @@ impl LegacyBook {
                     handle: msg.number,
                     text: text.unwrap_or_default().to_owned(),
                     comment: text.and_then(save_comment),
+                    number: text.map(|_| msg.number),
                 };
                 (verdict, Some(rule))
             }

@@ -18,6 +18,9 @@ use super::{
 /// cannot grow a path without bound).
 pub const MAX_STEPS: usize = 256;
 
+/// The base chains of iptables' tables, named after their hooks.
+const HOOK_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
 /// One step of a packet's walk through the ruleset: which rule, or which base chain's policy,
 /// gave which verdict.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -85,6 +88,35 @@ impl PacketPath {
     /// queue, ...); the packet may have crossed several hooks, each ending with an accept.
     pub fn decided(&self) -> Option<&RuleVerdict> {
         self.steps.iter().rev().find(|s| s.verdict.is_final())
+    }
+
+    /// How the deciding step's table reached the deciding chain within its hook: from the base
+    /// chain through the chains jumped (or gone) to, those returned from left out
+    /// (`FORWARD`, `cali-FORWARD`, `cali-to-wl-dispatch`, `cali-tw-…`). The base chain is the
+    /// nearest earlier step of the same table in a chain named after a hook (iptables' tables),
+    /// else the first step of the table's run of steps. Empty when nothing was decided.
+    pub fn hook_walk(&self) -> Vec<&str> {
+        let Some(at) = self.steps.iter().rposition(|s| s.verdict.is_final()) else {
+            return Vec::new();
+        };
+        let decided = &self.steps[at];
+        let mut start = at;
+        while start > 0 && !HOOK_CHAINS.contains(&self.steps[start].chain.as_str()) {
+            let prev = &self.steps[start - 1];
+            if (prev.family, prev.table.as_str()) != (decided.family, decided.table.as_str()) {
+                break;
+            }
+            start -= 1;
+        }
+        // A call stack: a chain seen again is the one a jump returned to.
+        let mut walk: Vec<&str> = Vec::new();
+        for step in &self.steps[start..=at] {
+            match walk.iter().position(|c| *c == step.chain) {
+                Some(i) => walk.truncate(i + 1),
+                None => walk.push(&step.chain),
+            }
+        }
+        walk
     }
 
     /// The chains the packet went through, in order, without repeats in a row.

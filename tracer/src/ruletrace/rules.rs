@@ -23,6 +23,9 @@ pub struct RuleRef {
     pub text: String,
     /// The rule's comment (nft's `comment "…"`, iptables' `-m comment --comment "…"`).
     pub comment: Option<String>,
+    /// The rule's position in its chain, from 1 (as `iptables -L --line-numbers` counts);
+    /// `None` when the rule was not in the ruleset read.
+    pub number: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +128,7 @@ impl RuleBook {
                     handle: rule.handle,
                     text,
                     comment: rule.comment.clone().or(comment),
+                    number: Some(i as u64 + 1),
                 };
                 rules.insert((*family, (*table).to_owned(), rule.handle), rule_ref);
             }

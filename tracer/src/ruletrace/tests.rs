@@ -303,6 +303,7 @@ fn rule() -> Option<RuleRef> {
         handle: 1,
         text: "accept".to_owned(),
         comment: None,
+        number: Some(1),
     })
 }
 
@@ -522,4 +523,97 @@ fn legacy_prefixes_and_malformed_nflog_messages() {
         }
         let _ = nflog::messages(&short).count();
     }
+}
+
+/// A step of packet `id` (sport 1000) in `table chain`, by the rule at `number` (or the policy).
+fn step(
+    table: &str,
+    chain: &str,
+    verdict: Verdict,
+    number: Option<u64>,
+) -> (TraceMessage, Option<RuleRef>) {
+    let policy = number.is_none() && verdict == Verdict::Drop;
+    let mut m = msg(9, verdict, Some(1000));
+    m.table = table.to_owned();
+    m.chain = chain.to_owned();
+    let rule = number.map(|n| RuleRef {
+        handle: 100 + n,
+        text: format!("rule {n} of {chain}"),
+        comment: (chain == "cali-tw-trpdd0").then(|| "cali:abc".to_owned()),
+        number: Some(n),
+    });
+    if rule.is_none() {
+        m.handle = None;
+    }
+    if policy {
+        m.kind = TraceType::Policy;
+    }
+    (m, rule)
+}
+
+#[test]
+fn a_custom_chain_reached_by_jumps_reads_as_its_hook_walk() {
+    use crate::flow::record::RulePath;
+    let jump = |c: &str| Verdict::Jump(c.to_owned());
+    let mut a = Assembler::new(4);
+    for (t, (m, r)) in [
+        step("nat", "PREROUTING", jump("KUBE-SERVICES"), Some(1)),
+        step("nat", "KUBE-SERVICES", Verdict::Accept, Some(2)),
+        step("filter", "FORWARD", jump("KUBE-FORWARD"), Some(1)),
+        // Returned from: left out of the walk.
+        step("filter", "KUBE-FORWARD", Verdict::Return, None),
+        step("filter", "FORWARD", jump("cali-FORWARD"), Some(2)),
+        step(
+            "filter",
+            "cali-FORWARD",
+            jump("cali-to-wl-dispatch"),
+            Some(1),
+        ),
+        step(
+            "filter",
+            "cali-to-wl-dispatch",
+            Verdict::Goto("cali-tw-trpdd0".to_owned()),
+            Some(1),
+        ),
+        step("filter", "cali-tw-trpdd0", Verdict::Drop, Some(3)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.push(m, r, false, t as u64);
+    }
+    let path = &a.take()[0];
+    assert_eq!(
+        path.hook_walk(),
+        [
+            "FORWARD",
+            "cali-FORWARD",
+            "cali-to-wl-dispatch",
+            "cali-tw-trpdd0"
+        ]
+    );
+    assert_eq!(
+        RulePath::from(path).to_string(),
+        "filter FORWARD -> cali-FORWARD -> cali-to-wl-dispatch -> cali-tw-trpdd0 rule 3 DROP (\"cali:abc\" comment)"
+    );
+    // A base chain's own rule, without a comment: the rule's text; a policy: the word.
+    let mut a = Assembler::new(4);
+    let (m, r) = step("mangle", "PREROUTING", Verdict::Drop, Some(2));
+    a.push(m, r, false, 0);
+    let (m, r) = step("filter", "FORWARD", Verdict::Drop, None);
+    let mut m = m;
+    m.id = 10;
+    a.push(m, r, false, 1);
+    let paths: Vec<String> = a
+        .take()
+        .iter()
+        .map(|p| RulePath::from(p).to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "mangle PREROUTING rule 2 DROP: rule 2 of PREROUTING",
+            "filter FORWARD policy DROP"
+        ]
+    );
 }
