@@ -36,6 +36,19 @@ pub struct KernelOffsets {
     pub ipt_skb_arg: u32,
     /// `nf_hook_state.hook` (u8): which netfilter hook a table runs at.
     pub hook_state_hook: u32,
+    /// `sock.sk_backlog.rmem_alloc` (atomic_t): bytes in the receive queue.
+    pub sk_rmem_alloc: u32,
+    /// `sock.sk_rcvbuf` (int).
+    pub sk_rcvbuf: u32,
+    /// `sock.sk_drops` (atomic_t); `MISSING` where this kernel has none.
+    pub sk_drops: u32,
+    /// `sock.sk_drop_counters` (struct numa_drop_counters *, 6.18+; UDP counts its drops
+    /// there); `MISSING` before.
+    pub sk_drop_counters: u32,
+    /// `numa_drop_counters.drops0` (atomic_t); `MISSING` before 6.18.
+    pub numa_drops0: u32,
+    /// `numa_drop_counters.drops1` (atomic_t); `MISSING` before 6.18.
+    pub numa_drops1: u32,
 }
 
 impl KernelOffsets {
@@ -83,7 +96,7 @@ mod tests {
 
     #[test]
     fn sizes_are_pinned() {
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 60);
-        assert_eq!(core::mem::size_of::<Config>(), 32 + 60 + 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 84);
+        assert_eq!(core::mem::size_of::<Config>(), 32 + 84 + 4);
     }
 }

@@ -77,6 +77,23 @@ pub struct Event {
     pub name: [u8; NAME_LEN],
     /// VERDICT: the chain name (nf_tables only).
     pub chain: [u8; NAME_LEN],
+    /// SOCKET_DROP: the refusing socket's receive queue at that moment.
+    pub sock: SockQueue,
+}
+
+/// A socket's receive queue as the kernel's `struct sock` held it when it refused a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockQueue {
+    /// `sk_rmem_alloc`: bytes queued (the packets' truesize), read after the refusal.
+    pub rmem: u32,
+    /// `sk_rcvbuf`: the queue's limit in bytes (0: not read).
+    pub rcvbuf: u32,
+    /// `sk_drops` (plus the per-NUMA drop counters of kernels that have them): packets this
+    /// socket has dropped since it was opened, this one included.
+    pub drops: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -90,7 +107,7 @@ mod tests {
     fn size_is_pinned() {
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 16 + 8 + 8 + 16 + core::mem::size_of::<Slot>() + 2 * NAME_LEN
+            8 + 16 + 8 + 8 + 16 + core::mem::size_of::<Slot>() + 2 * NAME_LEN + 16
         );
     }
 }

@@ -36,6 +36,12 @@ static CONFIG: Config = Config {
         nft_pktinfo_skb: 0,
         ipt_skb_arg: 0,
         hook_state_hook: 0,
+        sk_rmem_alloc: 0,
+        sk_rcvbuf: 0,
+        sk_drops: 0,
+        sk_drop_counters: 0,
+        numa_drops0: 0,
+        numa_drops1: 0,
     },
     _pad_end: 0,
 };

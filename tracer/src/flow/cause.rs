@@ -5,13 +5,13 @@
 //! a map; [`Cause::from_str`] reads that text back, and also the `no drop seen (last seen:
 //! AtEndpoint)` form that reports written before [`Seen`] had a name used.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, net::SocketAddrV4, str::FromStr};
 
 use super::record::{Drop, QueryRecord, Seen, Stage};
 use crate::kernel::symbols;
 
-/// Where and why a failed query died. Ordered by kind (ICMP error, drop, no drop seen, no
-/// record), then by stage in path order, reason and function.
+/// Where and why a failed query died. Ordered by kind (ICMP error, drop, queued behind a full
+/// receive queue, no drop seen, no record), then by stage in path order, reason and function.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cause {
     /// Refused with an ICMP error: `icmp: port unreachable`.
@@ -28,6 +28,12 @@ pub enum Cause {
         /// The function that freed it (empty when no location was recorded).
         function: String,
     },
+    /// No drop: delivered into a server socket whose receive queue was full, never read:
+    /// `queued behind a full receive queue at 10.244.0.10:53, never read`.
+    Queued {
+        /// The server socket.
+        endpoint: SocketAddrV4,
+    },
     /// No drop and no ICMP error seen: `no drop seen (last seen: at_endpoint)`.
     NoDropSeen {
         /// How far it was seen.
@@ -40,17 +46,28 @@ pub enum Cause {
 const ICMP: &str = "icmp: ";
 const NO_DROP: &str = "no drop seen (last seen: ";
 const NOT_TRACED: &str = "not seen by the tracer";
+const QUEUED: &str = "queued behind a full receive queue at ";
+const NEVER_READ: &str = ", never read";
 
 impl Cause {
-    /// The cause of a failed query: its ICMP error, else its drop, else how far it was seen.
+    /// The cause of a failed query: a drop placed at conntrack (an ICMP error after it, such as
+    /// the client's port unreachable for an answer whose DNAT was not undone, is its
+    /// consequence), else its ICMP error, else its drop, else the full receive queue it sat in,
+    /// else how far it was seen.
     pub fn of(r: &QueryRecord) -> Self {
         match (&r.icmp, &r.drop) {
+            (Some(_), Some(d)) if d.stage == Stage::Conntrack => Self::of_drop(d),
             (Some(i), _) => Self::Icmp {
                 what: i.what.clone(),
             },
             (None, Some(d)) => Self::of_drop(d),
-            (None, None) => Self::NoDropSeen {
-                last_seen: r.last_seen,
+            (None, None) => match &r.queued {
+                Some(q) => Self::Queued {
+                    endpoint: q.endpoint,
+                },
+                None => Self::NoDropSeen {
+                    last_seen: r.last_seen,
+                },
             },
         }
     }
@@ -74,6 +91,7 @@ impl fmt::Display for Cause {
                 reason,
                 function,
             } => write!(f, "{stage}: {reason} @ {function}"),
+            Cause::Queued { endpoint } => write!(f, "{QUEUED}{endpoint}{NEVER_READ}"),
             Cause::NoDropSeen { last_seen } => write!(f, "{NO_DROP}{last_seen})"),
             Cause::NotTraced => f.write_str(NOT_TRACED),
         }
@@ -83,7 +101,7 @@ impl fmt::Display for Cause {
 /// A text that is no cause.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{text:?} is not a cause of a failed query (`icmp: ...`, `STAGE: REASON @ FUNCTION`, `no drop seen (last seen: ...)` or `not seen by the tracer`)"
+    "{text:?} is not a cause of a failed query (`icmp: ...`, `STAGE: REASON @ FUNCTION`, `queued behind a full receive queue at ADDRESS:PORT, never read`, `no drop seen (last seen: ...)` or `not seen by the tracer`)"
 )]
 pub struct ParseError {
     /// The text.
@@ -102,6 +120,11 @@ impl FromStr for Cause {
             return Ok(Cause::Icmp {
                 what: what.to_owned(),
             });
+        }
+        if let Some(rest) = s.strip_prefix(QUEUED) {
+            let endpoint = rest.strip_suffix(NEVER_READ).ok_or_else(err)?;
+            let endpoint = endpoint.parse().map_err(|_| err())?;
+            return Ok(Cause::Queued { endpoint });
         }
         if let Some(rest) = s.strip_prefix(NO_DROP) {
             let name = rest.strip_suffix(')').ok_or_else(err)?;
@@ -170,6 +193,10 @@ mod tests {
             drop(Stage::Netfilter, "NETFILTER_DROP", ""),
             drop(Stage::Netfilter, "", ""),
             drop(Stage::Kernel, "reason 77", "0xffffffff81000000"),
+            drop(Stage::Socket, "SOCKET_RCVBUFF", "udp_fail_queue_rcv_skb"),
+            Cause::Queued {
+                endpoint: "10.244.0.10:53".parse().unwrap(),
+            },
             Cause::NotTraced,
         ];
         all.extend(Stage::ALL.map(|s| drop(s, "NETFILTER_DROP", "nft_do_chain")));
@@ -199,6 +226,13 @@ mod tests {
             "the JSON name of the point, not its Rust name"
         );
         assert_eq!(Cause::NotTraced.to_string(), "not seen by the tracer");
+        assert_eq!(
+            Cause::Queued {
+                endpoint: "10.244.0.10:53".parse().unwrap()
+            }
+            .to_string(),
+            "queued behind a full receive queue at 10.244.0.10:53, never read"
+        );
     }
 
     #[test]
@@ -216,7 +250,7 @@ mod tests {
     fn a_map_by_cause_is_a_json_object_keyed_by_text() {
         let map: BTreeMap<Cause, u64> = every().into_iter().zip(1..).collect();
         let json = serde_json::to_value(&map).unwrap();
-        assert_eq!(json["netfilter: NETFILTER_DROP @ nft_do_chain"], 8);
+        assert_eq!(json["netfilter: NETFILTER_DROP @ nft_do_chain"], 10);
         let back: BTreeMap<Cause, u64> = serde_json::from_value(json).unwrap();
         assert_eq!(back, map);
     }
@@ -241,6 +275,8 @@ mod tests {
             "nat: X @ f",
             "no drop seen (last seen: far)",
             "no drop seen (last seen: sent",
+            "queued behind a full receive queue at 10.244.0.10:53",
+            "queued behind a full receive queue at somewhere, never read",
         ] {
             assert!(bad.parse::<Cause>().is_err(), "{bad:?}");
         }
@@ -257,6 +293,9 @@ mod tests {
             },
             drop(Stage::Socket, "NO_SOCKET", "__udp4_lib_rcv"),
             drop(Stage::Netfilter, "NETFILTER_DROP", "nf_hook_slow"),
+            Cause::Queued {
+                endpoint: "10.244.0.10:53".parse().unwrap(),
+            },
             Cause::Icmp {
                 what: "port unreachable".into(),
             },
@@ -269,6 +308,7 @@ mod tests {
                 "icmp: port unreachable",
                 "netfilter: NETFILTER_DROP @ nf_hook_slow",
                 "socket: NO_SOCKET @ __udp4_lib_rcv",
+                "queued behind a full receive queue at 10.244.0.10:53, never read",
                 "no drop seen (last seen: sent)",
                 "not seen by the tracer",
             ]

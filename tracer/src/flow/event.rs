@@ -10,7 +10,7 @@ use tracer_common::{
     flow::{Packet, Slot, state},
 };
 
-use super::record::NetfilterBackend;
+use super::record::{NetfilterBackend, SocketQueue};
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,6 +157,8 @@ pub enum KernelEvent {
         slot: SlotMatch,
         /// Which hook saw the refusal.
         hook: SocketHook,
+        /// The socket's receive queue then; `None` when the kernel's record has none.
+        queue: Option<SocketQueue>,
     },
     /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`).
     Icmp {
@@ -241,6 +243,11 @@ impl TryFrom<&Event> for KernelEvent {
                     socket_hook::RCVQUEUE_FULL => SocketHook::RcvqueueFull,
                     value => return Err(Error::UnknownSocketHook { value }),
                 },
+                queue: (e.sock.rcvbuf != 0).then_some(SocketQueue {
+                    rmem: e.sock.rmem,
+                    rcvbuf: e.sock.rcvbuf,
+                    drops: e.sock.drops,
+                }),
             },
             kind::ICMP => {
                 // `reason` is type << 8 | code: the two low bytes, big end first.
@@ -351,6 +358,7 @@ mod tests {
             slot,
             name: [0; NAME_LEN],
             chain: [0; NAME_LEN],
+            sock: tracer_common::event::SockQueue::default(),
         }
     }
 
@@ -454,6 +462,20 @@ mod tests {
         };
         assert_eq!(hook, SocketHook::UdpFailQueue { rc: -12 });
         assert_eq!(hook.name(), "udp_fail_queue_rcv_skb");
+        e.sock.rmem = 9216;
+        e.sock.rcvbuf = 8192;
+        e.sock.drops = 3;
+        let Ok(KernelEvent::SocketDrop { queue, .. }) = decode(&e) else {
+            panic!("a socket drop");
+        };
+        assert_eq!(
+            queue,
+            Some(SocketQueue {
+                rmem: 9216,
+                rcvbuf: 8192,
+                drops: 3
+            })
+        );
         e.location = socket_hook::RCVQUEUE_FULL;
         let Ok(KernelEvent::SocketDrop { hook, .. }) = decode(&e) else {
             panic!("a socket drop");

@@ -266,6 +266,44 @@ pub struct Drop {
     pub at: String,
     /// A plain-words explanation.
     pub why: String,
+    /// When the packet was dropped (Unix time, microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_us: Option<u64>,
+    /// A socket refusal: the socket's receive queue at that moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketQueue>,
+}
+
+/// A socket's receive queue as the kernel held it when the socket refused a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SocketQueue {
+    /// Bytes queued (`sk_rmem_alloc`: the packets' truesize).
+    pub rmem: u32,
+    /// The queue's limit in bytes (`sk_rcvbuf`).
+    pub rcvbuf: u32,
+    /// Packets the socket dropped since it was opened (`sk_drops`), this one included.
+    pub drops: u32,
+}
+
+impl std::fmt::Display for SocketQueue {
+    /// `rmem 8448 of rcvbuf 8192 bytes, 12 drops`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rmem {} of rcvbuf {} bytes, {} drops",
+            self.rmem, self.rcvbuf, self.drops
+        )
+    }
+}
+
+/// An unanswered query delivered into a server socket that overflowed around then: it sat in
+/// a full receive queue the server was not reading.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Queued {
+    /// The server socket (endpoint address and port).
+    pub endpoint: SocketAddrV4,
+    /// The queue at that socket's overflow closest in time.
+    pub queue: SocketQueue,
 }
 
 /// An ICMP error sent about the query.
@@ -340,6 +378,9 @@ pub struct QueryRecord {
     /// The query followed a conntrack entry to an address that was no longer an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<StaleEntry>,
+    /// Unanswered, delivered into a server socket whose receive queue overflowed around then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Queued>,
 }
 
 /// A UDP conntrack entry that outlived its endpoint: kube-proxy removed the endpoint (a CoreDNS
@@ -519,11 +560,14 @@ impl QueryRecord {
                 leg: Leg::QueryToPod,
                 at: "t-node/td0".to_owned(),
                 why: String::new(),
+                time_us: None,
+                socket: None,
             }),
             icmp: None,
             conntrack: None,
             rules: None,
             stale: None,
+            queued: None,
         }
     }
 }

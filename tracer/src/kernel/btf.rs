@@ -268,6 +268,12 @@ impl KernelBtf {
             nft_pktinfo_skb: optional("nft_pktinfo", &["skb"]),
             ipt_skb_arg: self.ipt_skb_arg(),
             hook_state_hook: optional("nf_hook_state", &["hook"]),
+            sk_rmem_alloc: self.offset("sock", &["sk_backlog", "rmem_alloc"])?,
+            sk_rcvbuf: self.offset("sock", &["sk_rcvbuf"])?,
+            sk_drops: optional("sock", &["sk_drops"]),
+            sk_drop_counters: optional("sock", &["sk_drop_counters"]),
+            numa_drops0: optional("numa_drop_counters", &["drops0"]),
+            numa_drops1: optional("numa_drop_counters", &["drops1"]),
         })
     }
 

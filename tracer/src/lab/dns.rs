@@ -103,26 +103,37 @@ fn wait_ready(prefix: &str, pod: u8, ip: Ipv4Addr) -> Result<(), Error> {
     })
 }
 
-/// Stops DNS pod `pod`'s dnsmasq (SIGTERM, then SIGKILL); fine when it is not running.
-pub fn stop(state_dir: &Path, pod: u8) -> Result<(), Error> {
+/// The pid of DNS pod `pod`'s dnsmasq, when its pid file names a process started with that
+/// pid file (after a crash the number may be someone else's).
+pub fn pid(state_dir: &Path, pod: u8) -> Option<i32> {
     let path = pid_file(state_dir, pod);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(Error::Io { path, source }),
-    };
-    // Only a process started with this pid file: after a crash the number may be someone else's.
-    let ours = |pid: i32| {
-        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+    let pid = std::fs::read_to_string(&path)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| {
             String::from_utf8_lossy(&c).contains(&format!("--pid-file={}", path.display()))
         })
-    };
-    if let Ok(pid) = text.trim().parse::<i32>()
-        && ours(pid)
-    {
+        .then_some(pid)
+}
+
+/// Stops DNS pod `pod`'s dnsmasq (SIGCONT in case server-overload stopped it, SIGTERM, then
+/// SIGKILL); fine when it is not running.
+pub fn stop(state_dir: &Path, pod: u8) -> Result<(), Error> {
+    let path = pid_file(state_dir, pod);
+    if !path.exists() {
+        return Ok(());
+    }
+    if let Some(pid) = pid(state_dir, pod) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         terminate(pid);
     }
-    std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path, source: e }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether DNS pod `pod`'s dnsmasq is running.

@@ -7,7 +7,8 @@ use std::{
 };
 
 use super::{
-    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, policy, rules, state_dir, topology,
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, overload, policy, rules, state_dir,
+    throttle, topology,
 };
 use crate::{
     measure::{self, BatchSpec, Outcome, RecordType},
@@ -43,6 +44,12 @@ pub enum FaultName {
     EndpointChurn,
     /// Parallel A and AAAA queries from one socket, as glibc sends them.
     ConntrackRace,
+    /// The DNS server in a pod stops reading (SIGSTOP) with a small socket receive buffer: a
+    /// burst fills its receive queue and the kernel refuses the rest.
+    ServerOverload,
+    /// The DNS server in a pod stalls 2.5 s at a time (as CPU throttling would) while the node's
+    /// `nf_conntrack_udp_timeout` is 1 s: its answers come after the query's entry expired.
+    ThrottledServer,
     /// Remove every fault and restore full answers.
     Clear,
 }
@@ -61,6 +68,8 @@ impl FaultName {
             Self::StaleConntrack => "stale-conntrack",
             Self::EndpointChurn => "endpoint-churn",
             Self::ConntrackRace => "conntrack-race",
+            Self::ServerOverload => "server-overload",
+            Self::ThrottledServer => "throttled-server",
             Self::Clear => "clear",
         }
     }
@@ -167,6 +176,8 @@ pub fn apply(
             | FaultName::PodLinkDown
             | FaultName::StaleConntrack
             | FaultName::EndpointChurn
+            | FaultName::ServerOverload
+            | FaultName::ThrottledServer
     );
     if pod.is_some() && !per_pod {
         return Err(Error::PodNotAllowed {
@@ -183,6 +194,7 @@ pub fn apply(
         name,
         pod,
         source_port: None,
+        udp_timeout: None,
     };
     let node = topology::node_netns(prefix);
     let with_fault = |active: &ActiveFault| {
@@ -209,6 +221,11 @@ pub fn apply(
         }
         FaultName::ConntrackFull => fill_conntrack(&node)?,
         FaultName::PodDown => dns::stop(&state_dir(prefix), pod.unwrap_or(0))?,
+        FaultName::ServerOverload => overload::apply(&state_dir(prefix), pod.unwrap_or(0))?,
+        FaultName::ThrottledServer => {
+            let before = throttle::apply(prefix, &state_dir(prefix), pod.unwrap_or(0))?;
+            active.udp_timeout = Some(before);
+        }
         FaultName::PodLinkDown => {
             let p = pod.unwrap_or(0);
             topology::set_link(prefix, &topology::dns_host_ifname(prefix, p), false)?;
@@ -402,6 +419,26 @@ pub fn clear(prefix: &str, state: &State) -> Result<(), Error> {
         || had(FaultName::EndpointChurn)
     {
         flush_conntrack(&node)?;
+    }
+    for f in state
+        .faults
+        .iter()
+        .filter(|f| f.name == FaultName::ThrottledServer)
+    {
+        throttle::stop(&dir, f.pod.unwrap_or(0))?;
+        if let Some(before) = &f.udp_timeout {
+            topology::sysctl(&node, throttle::UDP_TIMEOUT, before)?;
+        }
+    }
+    // The stopped server runs again, then restarts below with its socket's default buffer.
+    for f in state
+        .faults
+        .iter()
+        .filter(|f| f.name == FaultName::ServerOverload)
+    {
+        let pod = f.pod.unwrap_or(0);
+        overload::resume(&dir, pod);
+        dns::stop(&dir, pod)?;
     }
     for pod in 0..2u8 {
         if !dns::running(&dir, pod) {

@@ -20,13 +20,17 @@
 //! - `dns`: the dnsmasq pods.
 //! - `fault`: applying and clearing each fault.
 //! - `pods`: client pods added to the running lab and deleted from it.
+//! - `overload`: the server-overload fault (a stopped server behind a small receive buffer).
+//! - `throttle`: the throttled-server fault (a server stalled past the UDP conntrack timeout).
 
 pub mod conntrack;
 mod dns;
 mod fault;
+mod overload;
 mod pods;
 mod policy;
 mod rules;
+mod throttle;
 mod topology;
 
 use std::{
@@ -175,6 +179,10 @@ struct ActiveFault {
     pod: Option<u8>,
     /// stale-conntrack: the client source port of the stale entry.
     source_port: Option<u16>,
+    /// throttled-server: the node's `nf_conntrack_udp_timeout` before the fault (absent in
+    /// older state files).
+    #[serde(default)]
+    udp_timeout: Option<String>,
 }
 
 /// The lab's state directory.
@@ -348,7 +356,8 @@ pub fn down(prefix: &str) -> Result<(), Error> {
 }
 
 /// Applies a fault. `pod` picks the DNS pod (0 or 1) for the per-pod faults: filter-drop and
-/// policy-drop (both pods without it), pod-down, pod-link-down and stale-conntrack (pod 0 without it).
+/// policy-drop (both pods without it), pod-down, pod-link-down, stale-conntrack, endpoint-churn,
+/// server-overload and throttled-server (pod 0 without it).
 /// [`FaultName::Clear`] clears every fault.
 pub fn fault(prefix: &str, name: FaultName, pod: Option<u8>) -> Result<(), Error> {
     if name == FaultName::Clear {

@@ -136,6 +136,18 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), Error> {
         .map_err(|source| Error::Io { path, source })
 }
 
+/// Reads a sysctl of namespace `ns`, trimmed.
+pub fn read_sysctl(ns: &str, key: &str) -> Result<String, Error> {
+    let path = Path::new("/proc/sys").join(key);
+    netns::run_in(&netns::named(ns), || std::fs::read_to_string(&path))
+        .map_err(|source| Error::Netns {
+            netns: ns.to_owned(),
+            source,
+        })?
+        .map(|v| v.trim().to_owned())
+        .map_err(|source| Error::Io { path, source })
+}
+
 /// The lab namespaces that exist for `prefix`.
 pub fn existing_netns(prefix: &str) -> Result<Vec<String>, Error> {
     let dir = Path::new(netns::NETNS_DIR);

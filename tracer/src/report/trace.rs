@@ -419,7 +419,14 @@ pub fn line(r: &QueryRecord) -> String {
             if let Some(stale) = &r.stale {
                 let _ = write!(s, " | {stale}");
             }
-            if r.icmp.is_none() && r.drop.is_none() {
+            if let (None, None, Some(q)) = (&r.icmp, &r.drop, &r.queued) {
+                let _ = write!(
+                    s,
+                    " | queued behind a full receive queue at {}, never read ({}): the server is not \
+                     reading fast enough",
+                    q.endpoint, q.queue
+                );
+            } else if r.icmp.is_none() && r.drop.is_none() {
                 let _ = write!(s, " | no drop seen; last seen: {}", r.last_seen);
                 if let Some(e) = r.endpoint {
                     let _ = write!(s, " (sent to {})", ep(Some(e), &r.endpoint_link));

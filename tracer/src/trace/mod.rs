@@ -14,9 +14,11 @@ use std::{
 use tracer_common::{config::Config, flow::flag};
 
 mod batch;
+mod expiry;
 mod rules;
 mod service;
 pub use batch::{Traced, progress_bar, traced_batch};
+use expiry::Expiries;
 use rules::RuleTraces;
 use service::{CreatedEntry, Endpoints};
 
@@ -144,6 +146,8 @@ pub struct Tracer {
     /// The pod links' namespace's veths coming and going; `None` when the subscription failed
     /// (logged): then only the links found at the start are traced.
     link_changes: Option<links::Changes>,
+    /// DNATed DNS entries conntrack destroyed, to name answers that came after theirs expired.
+    expiries: Expiries,
     summary: TraceSummary,
 }
 
@@ -153,6 +157,21 @@ fn unix_now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_micros() as u64
+}
+
+/// The node's `nf_conntrack_udp_timeout` (in the pod links' namespace, or here); `None`, logged,
+/// when it cannot be read (conntrack not loaded).
+fn udp_timeout(path: Option<&PathBuf>) -> Option<u32> {
+    let file = std::path::Path::new("/proc/sys").join(expiry::UDP_TIMEOUT);
+    let read = || std::fs::read_to_string(&file);
+    let text = match path {
+        Some(p) => netns::run_in(p, read).map_err(|e| e.to_string()),
+        None => Ok(read()),
+    }
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    text.inspect_err(|e| log::debug!("{}: {e}", file.display()))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
 }
 
 fn monotonic_ns() -> u64 {
@@ -198,6 +217,7 @@ impl Tracer {
             conntrack::stats().map(|s| CpuStats::sum(&s))
         })
         .ok();
+        let expiries = Expiries::new(udp_timeout(links.as_ref()));
         let unix_us = unix_now_us() as i64;
         let ctx = Context {
             service: Some(*target.service.ip()),
@@ -258,6 +278,7 @@ impl Tracer {
             rule_traces,
             endpoints,
             link_changes,
+            expiries,
             summary,
         })
     }
@@ -328,7 +349,7 @@ impl Tracer {
             }
             for e in batch {
                 let o = &e.entry.orig;
-                if e.kind != EventKind::New || o.proto != 17 || o.dport != 53 {
+                if o.proto != 17 || o.dport != 53 {
                     continue;
                 }
                 let (IpAddr::V4(src), IpAddr::V4(dst), IpAddr::V4(rsrc)) =
@@ -337,6 +358,17 @@ impl Tracer {
                     continue;
                 };
                 let client = SocketAddrV4::new(src, o.sport);
+                if e.kind == EventKind::Destroy {
+                    if dst != rsrc {
+                        let service = SocketAddrV4::new(dst, o.dport);
+                        self.expiries
+                            .destroyed(client, service, rsrc, unix_now_us());
+                    }
+                    continue;
+                }
+                if e.kind != EventKind::New {
+                    continue;
+                }
                 let (note, dnat) = if dst != rsrc {
                     (
                         format!(
@@ -366,6 +398,7 @@ impl Tracer {
     }
 
     fn finish_record(&mut self, mut r: QueryRecord) -> QueryRecord {
+        self.expiries.explain(&mut r);
         let created = self.ct_entries.get(&r.client);
         r.stale = self.endpoints.stale(&r, created);
         r.conntrack = match created {

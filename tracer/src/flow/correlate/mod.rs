@@ -90,6 +90,8 @@ pub struct Correlator {
     conntrack_placed: u64,
     /// Counts besides records.
     pub tally: Tally,
+    /// The server sockets whose receive queue overflowed, by endpoint address.
+    overflows: queue::Overflows,
 }
 
 fn addr(raw: u32) -> Ipv4Addr {
@@ -162,6 +164,7 @@ pub fn classify(reason: &str, function: &str, conntrack_dropping: bool) -> Class
              before 5.17)",
         ),
         ("NO_SOCKET", _) => at(Stage::Socket, "nothing listens on the DNS port there"),
+        ("SOCKET_RCVBUFF", _) => at(Stage::Socket, queue::FULL),
         ("OTHERHOST", _) => at(
             Stage::Bridge,
             "a copy flooded by the bridge reached a pod it was not addressed to: no bridge port knows the \
@@ -199,6 +202,7 @@ impl Correlator {
             conntrack_drops: 0,
             conntrack_placed: 0,
             tally: Tally::default(),
+            overflows: queue::Overflows::default(),
         }
     }
 
@@ -285,6 +289,7 @@ impl Correlator {
             conntrack: None,
             rules: None,
             stale: None,
+            queued: None,
         }
     }
 
@@ -310,6 +315,18 @@ impl Correlator {
                     r.icmp = h.record.icmp;
                     self.tally.merged += 1;
                 }
+                // An answer from another address than the one the client asked was not
+                // un-DNATed (its conntrack entry was gone): a connected client socket refuses it.
+                // Held like failure evidence, so that the client's drop ends it.
+                if at.packet.saddr != s.query.daddr && r.drop.is_none() && r.icmp.is_none() {
+                    let held = Held {
+                        first_ns: at.ts,
+                        t_query: s.t_query,
+                        record: r,
+                    };
+                    self.held.insert(key, held);
+                    return out;
+                }
                 self.remember(key, s.t_query);
                 out.push(r);
             }
@@ -322,7 +339,8 @@ impl Correlator {
                 {
                     self.tally.merged += 1;
                 } else if at.ts.saturating_sub(s.t_query) >= self.ctx.timeout_ns {
-                    let r = self.base(at.ts, Known::Slot(s), links_netns);
+                    let mut r = self.base(at.ts, Known::Slot(s), links_netns);
+                    r.queued = self.overflows.queued(&r, s, &self.ctx);
                     self.remember(key, s.t_query);
                     out.push(r);
                 } else {
@@ -375,6 +393,7 @@ impl Correlator {
             );
         }
         let conntrack_dropping = self.conntrack_drops > self.conntrack_placed;
+        let at_us = self.unix_us(point.ts);
         let Some(held) = self.held.get_mut(&key) else {
             return;
         };
@@ -390,7 +409,13 @@ impl Correlator {
                     leg,
                 });
             }
-            KernelEvent::Drop { .. } | KernelEvent::SocketDrop { .. } => {
+            KernelEvent::SocketDrop { queue, .. } => {
+                if let Some(q) = queue {
+                    self.overflows.saw(point.ts, p, *q);
+                }
+                queue::add_socket_drop(r, reason, location, *queue, place);
+            }
+            KernelEvent::Drop { .. } => {
                 let placed = add_drop(r, reason, location, conntrack_dropping, place);
                 self.conntrack_placed += u64::from(placed == Some(Stage::Conntrack));
             }
@@ -421,9 +446,14 @@ impl Correlator {
                     at: place.at,
                     why: "conntrack could not insert the new entry (a clash it could not resolve)"
                         .to_owned(),
+                    time_us: None,
+                    socket: None,
                 });
             }
             _ => {}
+        }
+        if let Some(d) = r.drop.as_mut() {
+            d.time_us.get_or_insert(at_us);
         }
     }
 
@@ -474,9 +504,7 @@ impl Correlator {
                     None => format!("{:#x}", 0),
                 },
             ),
-            KernelEvent::SocketDrop { hook, .. } => {
-                ("SOCKET_REFUSED".to_owned(), hook.name().to_owned())
-            }
+            KernelEvent::SocketDrop { hook, .. } => (queue::reason(*hook), hook.name().to_owned()),
             _ => (String::new(), String::new()),
         }
     }
@@ -517,6 +545,9 @@ impl Correlator {
                 Verdict::Rejected
             } else if r.drop.is_some() {
                 Verdict::Dropped
+            } else if r.verdict == Verdict::Answered {
+                // A held answer the client took after all (an unconnected socket).
+                Verdict::Answered
             } else {
                 Verdict::Unanswered
             };
@@ -539,7 +570,8 @@ impl Correlator {
             {
                 continue;
             }
-            let r = self.base(now_ns, Known::Slot(s), links_netns);
+            let mut r = self.base(now_ns, Known::Slot(s), links_netns);
+            r.queued = self.overflows.queued(&r, s, &self.ctx);
             self.remember(key, s.t_query);
             out.push(r);
         }
@@ -594,6 +626,8 @@ fn add_drop(
                 leg: place.leg,
                 at: place.at,
                 why: c.why + &place.stale,
+                time_us: None,
+                socket: None,
             });
             Some(c.stage)
         }
@@ -638,6 +672,8 @@ fn add_verdict(
                 leg: place.leg,
                 at: place.at,
                 why,
+                time_us: None,
+                socket: None,
             })
         }
     }
@@ -662,5 +698,6 @@ fn key_of(q: &Packet) -> Key {
     (q.saddr, q.sport, q.dns_id)
 }
 
+mod queue;
 #[cfg(test)]
 mod tests;

@@ -17,10 +17,14 @@ fn be(port: u16) -> u16 {
 }
 
 fn correlator() -> Correlator {
-    let reasons = [(2, "NETFILTER_DROP"), (3, "NO_SOCKET")]
-        .into_iter()
-        .map(|(v, n)| (v, n.to_owned()))
-        .collect();
+    let reasons = [
+        (2, "NETFILTER_DROP"),
+        (3, "NO_SOCKET"),
+        (4, "SOCKET_RCVBUFF"),
+    ]
+    .into_iter()
+    .map(|(v, n)| (v, n.to_owned()))
+    .collect();
     Correlator::new(
         Context {
             service: Some(SERVICE),
@@ -43,6 +47,18 @@ fn query(to: Ipv4Addr) -> Packet {
         dport: be(53),
         dns_id: 7u16.to_be(),
         dns_flags: 0,
+    }
+}
+
+/// The answer to `query(from)`, from `from`, as it reaches the client.
+fn answer_from(from: Ipv4Addr) -> Packet {
+    let q = query(from);
+    Packet {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        ..q
     }
 }
 
@@ -117,7 +133,7 @@ fn an_answer_ends_the_query_with_its_path_nat_and_confirmation() {
     let mut c = correlator();
     let s = slot(SECOND + 100_000, flag::NATTED | flag::CONFIRMED);
     let answered = KernelEvent::Answered {
-        at: point(SECOND + 500_000, query(SERVICE)),
+        at: point(SECOND + 500_000, answer_from(SERVICE)),
         slot: s,
     };
     let out = c.push(&answered, 0);
@@ -248,6 +264,7 @@ fn classify_places_each_reason_at_its_stage() {
         ("NETFILTER_DROP", "ipt_do_table", Stage::Netfilter),
         ("NO_SOCKET", "__udp4_lib_rcv", Stage::Socket),
         ("SOCKET_REFUSED", "udp_fail_queue_rcv_skb", Stage::Socket),
+        ("SOCKET_RCVBUFF", "__udp_queue_rcv_skb", Stage::Socket),
         ("UDP_CSUM", "__udp4_lib_rcv", Stage::Socket),
         ("OTHERHOST", "ip_rcv_core", Stage::Bridge),
         ("IP_INADDRERRORS", "ip_rcv_finish", Stage::Routing),
@@ -319,15 +336,82 @@ fn a_socket_refusal_is_a_socket_drop() {
     let refused = KernelEvent::SocketDrop {
         at: point(2 * SECOND, query(POD)),
         slot: matched(s),
-        hook: SocketHook::RcvqueueFull,
+        hook: SocketHook::UdpFailQueue { rc: -105 },
+        queue: None,
     };
     c.push(&refused, 0);
     let out = c.flush(0, true);
     let d = out[0].drop.as_ref().unwrap();
     assert_eq!(
         (d.stage, d.reason.as_str(), d.location.as_str()),
-        (Stage::Socket, "SOCKET_REFUSED", "sock_rcvqueue_full")
+        (Stage::Socket, "SOCKET_REFUSED", "udp_fail_queue_rcv_skb")
     );
+}
+
+/// An overloaded server: its full receive queue refuses query 7 (named with the queue's figures,
+/// even after the kernel's own free of the packet), and query 8, delivered just before and never
+/// answered, is named as queued behind that queue rather than left without a cause.
+#[test]
+fn a_full_receive_queue_names_its_drops_and_the_queries_stuck_in_it() {
+    let mut c = correlator();
+    let q = crate::flow::record::SocketQueue {
+        rmem: 9216,
+        rcvbuf: 8192,
+        drops: 3,
+    };
+    let refused = slot(2 * SECOND, flag::DROPPED);
+    let freed = KernelEvent::Drop {
+        at: point(2 * SECOND, query(POD)),
+        slot: matched(refused),
+        reason: 4,
+        location: None,
+    };
+    c.push(&freed, 0);
+    let full = KernelEvent::SocketDrop {
+        at: point(2 * SECOND, query(POD)),
+        slot: matched(refused),
+        hook: SocketHook::UdpFailQueue { rc: -12 },
+        queue: Some(q),
+    };
+    c.push(&full, 0);
+    let out = c.flush(0, true);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (d.stage, d.reason.as_str(), d.location.as_str(), d.socket),
+        (
+            Stage::Socket,
+            "SOCKET_RCVBUFF",
+            "udp_fail_queue_rcv_skb",
+            Some(q)
+        )
+    );
+    assert!(
+        d.why
+            .contains("receive queue was full (rmem 9216 of rcvbuf 8192 bytes, 3 drops)"),
+        "{}",
+        d.why
+    );
+    let mut stuck = slot(SECOND + 500, 0);
+    stuck.query.sport = be(40001);
+    let mut late = slot(SECOND + 500, 0);
+    late.query.sport = be(40002);
+    late.t_endpoint = 60 * SECOND;
+    late.t_query = 60 * SECOND;
+    let out = c.scan(&[stuck, late], 70 * SECOND, 0);
+    assert_eq!(out.len(), 2);
+    let queued = out[0]
+        .queued
+        .as_ref()
+        .expect("queued behind the full queue");
+    assert_eq!(
+        (queued.endpoint, queued.queue),
+        (SocketAddrV4::new(POD, 53), q)
+    );
+    assert_eq!(
+        crate::flow::cause::Cause::of(&out[0]).to_string(),
+        "queued behind a full receive queue at 10.244.0.10:53, never read"
+    );
+    assert_eq!(out[1].queued, None, "delivered long after the overflow");
 }
 
 #[test]
@@ -460,7 +544,7 @@ fn an_answer_after_a_drop_is_answered_and_keeps_the_drop() {
     let s = slot(SECOND + 100, flag::DROPPED);
     c.push(&netfilter_drop(2 * SECOND, query(POD), s), 0);
     let answered = KernelEvent::Answered {
-        at: point(3 * SECOND, query(SERVICE)),
+        at: point(3 * SECOND, answer_from(SERVICE)),
         slot: s,
     };
     let out = c.push(&answered, 0);
@@ -506,4 +590,59 @@ fn conntrack_drops_place_as_many_nf_hook_slow_drops_as_the_statistic_rose() {
         [Some(Stage::Conntrack), Some(Stage::Netfilter)],
         "{records:#?}"
     );
+}
+
+/// An answer from the pod's own address (its DNAT not undone: the conntrack entry expired) is
+/// held, not reported answered: the client's refusal of it ends the query, still keyed to the
+/// Service it asked. Without a refusal it is answered after the hold.
+#[test]
+fn an_answer_not_un_dnated_waits_for_the_client_to_take_or_refuse_it() {
+    let mut c = correlator();
+    let mut s = slot(SECOND + 100, 0);
+    s.t_reply = 3 * SECOND;
+    let q = query(POD);
+    let answer = Packet {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        ..q
+    };
+    let answered = KernelEvent::Answered {
+        at: point(3 * SECOND, answer),
+        slot: s,
+    };
+    assert!(c.push(&answered, 0).is_empty(), "held");
+    let refused = KernelEvent::Drop {
+        at: point(3 * SECOND + 10, answer),
+        slot: SlotMatch::Unmatched { question: vec![] },
+        reason: 3,
+        location: None,
+    };
+    c.push(&refused, 0);
+    let out = c.flush(0, true);
+    assert_eq!(out.len(), 1);
+    let d = out[0].drop.as_ref().unwrap();
+    assert_eq!(
+        (out[0].verdict, out[0].server, d.reason.as_str(), d.leg),
+        (
+            Verdict::Dropped,
+            SocketAddrV4::new(SERVICE, 53),
+            "NO_SOCKET",
+            Leg::Answer
+        )
+    );
+    let mut other = s;
+    other.query.sport = be(40001);
+    let mut answer2 = answer;
+    answer2.dport = be(40001);
+    c.push(
+        &KernelEvent::Answered {
+            at: point(4 * SECOND, answer2),
+            slot: other,
+        },
+        0,
+    );
+    let out = c.flush(0, true);
+    assert_eq!(out[0].verdict, Verdict::Answered, "{out:?}");
 }

@@ -229,7 +229,7 @@ impl fmt::Display for DiedAt {
                 f.write_str("]")
             }
             Cause::Icmp { what } => write!(f, "icmp[{what}]"),
-            c @ Cause::NoDropSeen { .. } => write!(f, "[{c}]"),
+            c @ (Cause::NoDropSeen { .. } | Cause::Queued { .. }) => write!(f, "[{c}]"),
             c @ Cause::NotTraced => write!(f, "{c}"),
         }
     }
