@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{LabGuard, has_drop_reasons, leftovers, tier, whoami};
+use common::{BACKENDS, LabGuard, has_drop_reasons, leftovers, tier, whoami};
 use tracer::{
     flow::{
         cause::Cause,
@@ -18,13 +18,11 @@ use tracer::{
     },
     lab::FaultName,
     measure::{BatchResult, BatchSpec, Outcome},
-    node::Backend,
     report::trace::TraceSummary,
     trace::{Settings, Target, Tracer},
 };
 
 const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
-const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 
 struct Traced {
     records: Vec<QueryRecord>,

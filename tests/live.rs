@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{LabGuard, batch, tier};
+use common::{BACKENDS, LabGuard, batch, tier};
 use tracer::{
     flow::record::{QueryRecord, Verdict},
     lab::{self, FaultName, REPLACEMENT_IPS},
@@ -22,7 +22,6 @@ use tracer::{
 
 const PREFIX: &str = "tlv";
 const CHURN_PREFIX: &str = "tlc";
-const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 const QUERIES: u32 = 40;
 
 /// Polls until `done` says so or `within` passes, keeping the records polled.

@@ -10,17 +10,15 @@ use std::{
     time::Duration,
 };
 
-use common::{LabGuard, batch, tier};
+use common::{BACKENDS, LabGuard, batch, tier};
 use tracer::{
     flow::record::{QueryRecord, Verdict},
     lab::{FaultName, LONG_NAME, LONG_NAME_IP},
     measure::{self, BatchResult, BatchSpec, RecordType},
-    node::Backend,
     report::trace::TraceSummary,
     trace::{Settings, Target, Tracer},
 };
 
-const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 /// Queries per batch.
 const COUNT: u32 = 10;
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::{net::SocketAddrV4, process::Command, time::Duration};
 
-use common::{LabGuard, batch, tier};
+use common::{BACKENDS, LabGuard, batch, tier};
 use tracer::{
     flow::record::{QueryRecord, RulePath, Stage, Verdict},
     lab::FaultName,
@@ -19,7 +19,6 @@ use tracer::{
     trace::{Settings, Target, Traced, traced_batch},
 };
 
-const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 const QUERIES: u32 = 30;
 
 /// Runs `args` in the lab's node namespace and returns its stdout.

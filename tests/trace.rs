@@ -5,7 +5,7 @@ mod common;
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use common::{LabGuard, batch, has_drop_reasons, tier};
+use common::{BACKENDS, LabGuard, batch, has_drop_reasons, tier};
 use tracer::{
     flow::record::{BackendEvidence, Drop, Leg, NetfilterBackend, QueryRecord, Stage, Verdict},
     kernel::symbols,
@@ -19,7 +19,6 @@ use tracer::{
 
 const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
 const DNS1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 11);
-const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
 
 struct Traced {
     records: Vec<QueryRecord>,

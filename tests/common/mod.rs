@@ -16,6 +16,9 @@ use tracer::{
     probes::plan::Tier,
 };
 
+/// Both iptables backends, as the scenario tests run each of them.
+pub const BACKENDS: [Backend; 2] = [Backend::Nft, Backend::Legacy];
+
 /// The hook tier the scenario tests must run on: `TRACER_TEST_TIER` (fentry, kprobe,
 /// tracepoint), set by `cargo xtask test` for each tier a kernel offers; unset or `auto`: the best
 /// this kernel allows.
