@@ -267,6 +267,23 @@ pub fn apply(
     Ok(active)
 }
 
+/// conntrack-full: rounds of filling and removing what is not filler, at most.
+const FILL_ROUNDS: u32 = 4;
+/// conntrack-full: where filler flows go (no pod uses the 10.253/16 and 10.254/16 addresses).
+const FILLER_DST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 253, 0, 1), 53);
+
+/// Filler flow `i`: 10.254.a.b:p -> 10.253.0.1:53.
+fn filler(i: u32) -> (SocketAddrV4, SocketAddrV4) {
+    let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 254, 0, 0)) + i / 50_000);
+    let sport = 10_000 + (i % 50_000) as u16;
+    (SocketAddrV4::new(src, sport), FILLER_DST)
+}
+
+/// Whether `e` is a filler entry.
+fn is_filler(e: &conntrack::Entry) -> bool {
+    e.orig.dst == std::net::IpAddr::V4(*FILLER_DST.ip()) && e.orig.dport == FILLER_DST.port()
+}
+
 /// Sends whoami queries from client0 through the Service from fixed source ports until one flow
 /// is balanced to DNS pod `pod`; returns that port. Its conntrack entry is real: made by the
 /// query and its answer.
@@ -318,18 +335,28 @@ fn fill_conntrack(node: &str) -> Result<(), Error> {
             // assured, so the kernel would evict it (early drop) or let it expire, and a query
             // would then get its slot.
             super::conntrack::flush()?;
-            let table = conntrack::table()?;
-            let missing = table.max.saturating_sub(table.count);
-            // Filler flows 10.254.a.b:p -> 10.253.0.1:53: addresses no pod uses.
-            let entries = (0..missing).map(|i| {
-                let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 254, 0, 0)) + i / 50_000);
-                let sport = 10_000 + (i % 50_000) as u16;
-                (
-                    SocketAddrV4::new(src, sport),
-                    SocketAddrV4::new(Ipv4Addr::new(10, 253, 0, 1), 53),
-                )
-            });
-            super::conntrack::create_udp_assured(entries, FILL_TIMEOUT_S)?;
+            let mut next = 0u32;
+            // Traffic that arrived while the table filled (a readiness probe, an IGMP report)
+            // holds slots with entries that expire: each would free a slot for a query later.
+            // They are replaced by filler until the filler alone holds the table; then nothing
+            // new gets in.
+            let mut top_up = || -> Result<(), conntrack::Error> {
+                let table = conntrack::table()?;
+                let missing = table.max.saturating_sub(table.count);
+                super::conntrack::create_udp_assured(
+                    (next..next + missing).map(filler),
+                    FILL_TIMEOUT_S,
+                )?;
+                next += missing;
+                Ok(())
+            };
+            for _ in 0..FILL_ROUNDS {
+                top_up()?;
+                if super::conntrack::delete_matching(|e| !is_filler(e))? == 0 {
+                    break;
+                }
+            }
+            top_up()?;
             conntrack::table()
         },
     )
