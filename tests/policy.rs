@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::{net::SocketAddrV4, process::Command, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
-use common::{BACKENDS, LabGuard, batch, tier};
+use common::{BACKENDS, LabGuard, batch, in_node, tier};
 use tracer::{
     flow::record::{QueryRecord, RulePath, Stage, Verdict},
     lab::FaultName,
@@ -20,17 +20,6 @@ use tracer::{
 };
 
 const QUERIES: u32 = 30;
-
-/// Runs `args` in the lab's node namespace and returns its stdout.
-fn in_node(lab: &LabGuard, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.info.node_netns])
-        .args(args)
-        .output()
-        .expect("run in the node namespace");
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    String::from_utf8(out.stdout).expect("utf-8")
-}
 
 fn iptables(backend: Backend) -> &'static str {
     match backend {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{LabGuard, batch, tier};
+use common::{LabGuard, batch, in_node, tier};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -24,17 +24,6 @@ use tracer::{
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 const COMMENT: &str = "tracer lab fault: filter-drop";
-
-/// Runs `args` in the lab's node namespace and returns its stdout.
-fn in_node(lab: &LabGuard, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.info.node_netns])
-        .args(args)
-        .output()
-        .expect("run in the node namespace");
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    String::from_utf8(out.stdout).expect("utf-8")
-}
 
 /// The node's rulesets, both backends, without counters.
 fn rulesets(lab: &LabGuard) -> String {

@@ -3,7 +3,7 @@
 //! what a lab left behind. Each test file uses only some of them.
 #![allow(dead_code)]
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddrV4, process::Command, time::Duration};
 
 use tracer::{
     lab::{self, LabInfo},
@@ -161,4 +161,15 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
         left.push(format!("state directory {}", state_dir.display()));
     }
     left
+}
+
+/// Runs `args` in the lab's node namespace and returns its stdout.
+pub fn in_node(lab: &LabGuard, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.info.node_netns])
+        .args(args)
+        .output()
+        .expect("run in the node namespace");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8")
 }
