@@ -190,15 +190,18 @@ pub enum Mode {
     Tracer,
     /// `tracer trace --lab --output json --all`: a record per query.
     TracerAll,
+    /// `tracer trace --lab --output json --rules`: netfilter's own tracing of DNS packets too.
+    TracerRules,
     /// The bpftrace anchor.
     Bpftrace,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
+    const ALL: [Mode; 5] = [
         Mode::Untraced,
         Mode::Tracer,
         Mode::TracerAll,
+        Mode::TracerRules,
         Mode::Bpftrace,
     ];
 
@@ -208,6 +211,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::Tracer => "tracer",
             Mode::TracerAll => "tracer --all",
+            Mode::TracerRules => "tracer --rules",
             Mode::Bpftrace => "bpftrace",
         }
     }
@@ -371,8 +375,8 @@ impl Bench {
                 run.set(self.load(load, secs)?);
                 return Ok(run);
             }
-            Mode::Tracer | Mode::TracerAll => {
-                traced::tracer(&self.tracer, PREFIX, mode == Mode::TracerAll)?
+            Mode::Tracer | Mode::TracerAll | Mode::TracerRules => {
+                traced::tracer(&self.tracer, PREFIX, mode)?
             }
             Mode::Bpftrace => traced::bpftrace(&self.script, &self.netns)?,
         };
@@ -427,7 +431,7 @@ impl Bench {
 
     /// The default-mode tracer under many distinct flows: RSS after each segment.
     fn long_run(&self, plan: &Plan, load: Load) -> anyhow::Result<LongRun> {
-        let attached = traced::tracer(&self.tracer, PREFIX, false)?;
+        let attached = traced::tracer(&self.tracer, PREFIX, Mode::Tracer)?;
         let many = Load {
             clients: plan.long_clients,
             outstanding: load.outstanding.max(plan.long_clients),
@@ -604,8 +608,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for round in 1..=plan.rounds {
         // Rotate the order each round, so that no mode always runs first or last.
-        let modes: Vec<Mode> = (0..4)
-            .map(|i| Mode::ALL[(i + round as usize - 1) % 4])
+        let n = Mode::ALL.len();
+        let modes: Vec<Mode> = (0..n)
+            .map(|i| Mode::ALL[(i + round as usize - 1) % n])
             .collect();
         for mode in modes {
             let r = bench.run(round, mode, load, plan.seconds)?;

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{ChildGuard, check_interrupted};
+use super::{ChildGuard, Mode, check_interrupted};
 
 /// Lines kept from the end of the output (the summary); the lines before the attach marker are
 /// all kept, the ones between are only counted (with `--all` there is one per query).
@@ -167,15 +167,14 @@ impl Attached {
     }
 }
 
-/// The tracer, attached to the lab: `--all` or the default mode.
-pub fn tracer(bin: &Path, prefix: &str, all: bool) -> anyhow::Result<Attached> {
-    tracer_with(
-        bin,
-        prefix,
-        if all { &["--all"] } else { &[] },
-        if all { "tracer --all" } else { "tracer" },
-        Duration::from_secs(60),
-    )
+/// The tracer, attached to the lab in `mode` (the default, `--all` or `--rules`).
+pub fn tracer(bin: &Path, prefix: &str, mode: Mode) -> anyhow::Result<Attached> {
+    let args: &[&str] = match mode {
+        Mode::TracerAll => &["--all"],
+        Mode::TracerRules => &["--rules"],
+        _ => &[],
+    };
+    tracer_with(bin, prefix, args, mode.name(), Duration::from_secs(60))
 }
 
 /// `tracer trace --lab --prefix PREFIX --output json` with `args`, waited on until it printed its

@@ -91,6 +91,16 @@ pub fn lab_ns_per_query(r: &Results, mode: Mode) -> Vec<f64> {
         .collect()
 }
 
+/// The lab's CPU nanoseconds per query of `mode` minus the same round's untraced run's.
+pub fn extra_lab_ns(r: &Results, mode: Mode) -> Vec<f64> {
+    runs(r, mode)
+        .filter_map(|t| {
+            let u = runs(r, Mode::Untraced).find(|u| u.round == t.round)?;
+            Some(per_query(t.lab_ns, t.dns.completed) - per_query(u.lab_ns, u.dns.completed))
+        })
+        .collect()
+}
+
 /// Per-program counters summed over a mode's runs, and the queries answered in them.
 pub fn hooks(r: &Results, mode: Mode) -> (BTreeMap<String, ProgStats>, u64) {
     let mut sum = BTreeMap::<String, ProgStats>::new();
@@ -148,12 +158,23 @@ pub struct Headline {
     pub tracer: Cost,
     /// Of `tracer --all`.
     pub all: Cost,
+    /// Of `tracer --rules`.
+    pub rules: Cost,
+    /// What `--rules` adds to the lab's CPU per query over the same round's untraced run:
+    /// netfilter's trace messages are kernel time in the packets' path, not BPF.
+    pub rules_lab_ns: Spread,
     /// Of the bpftrace anchor.
     pub anchor: Cost,
     /// Throughput ratio to untraced of the default-mode tracer.
     pub tr_ratio: Spread,
     /// Of `tracer --all`.
     pub all_ratio: Spread,
+    /// Of `tracer --rules`.
+    pub rules_ratio: Spread,
+    /// `tracer --rules`' attach and detach times (its table and rules included).
+    pub rules_attach_ms: Spread,
+    /// SIGINT to exit of `tracer --rules`.
+    pub rules_detach_ms: Spread,
     /// Of the bpftrace anchor.
     pub bt_ratio: Spread,
     /// How far apart the untraced rounds' qps are, percent of their median.
@@ -191,9 +212,20 @@ impl Headline {
             untraced_machine: Spread::of(&machine_ns_per_query(r, Mode::Untraced)),
             tracer: cost(r, Mode::Tracer),
             all: cost(r, Mode::TracerAll),
+            rules: cost(r, Mode::TracerRules),
+            rules_lab_ns: Spread::of(&extra_lab_ns(r, Mode::TracerRules)),
             anchor: cost(r, Mode::Bpftrace),
             tr_ratio: Spread::of(&ratios(r, Mode::Tracer)),
             all_ratio: Spread::of(&ratios(r, Mode::TracerAll)),
+            rules_ratio: Spread::of(&ratios(r, Mode::TracerRules)),
+            rules_attach_ms: Spread::of(
+                &runs(r, Mode::TracerRules)
+                    .filter_map(|x| x.tracer.as_ref().map(|t| t.attach_ms))
+                    .collect::<Vec<_>>(),
+            ),
+            rules_detach_ms: ms(&runs(r, Mode::TracerRules)
+                .filter_map(|x| x.detach)
+                .collect::<Vec<_>>()),
             bt_ratio: Spread::of(&ratios(r, Mode::Bpftrace)),
             untraced_spread,
             attach_ms: Spread::of(&reports.iter().map(|t| t.attach_ms).collect::<Vec<_>>()),

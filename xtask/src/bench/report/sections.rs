@@ -220,6 +220,18 @@ pub fn targets(w: &mut String, r: &Results, h: &Headline) {
         h.pct(h.all.total_ns.median),
         h.all_ratio.show(3)
     );
+    let _ = writeln!(
+        w,
+        "| `--rules` costs more: measured | BPF + userspace {:.0} ns per query ({:.2} %); lab CPU {:+.0} ns per query over the same round untraced ({:+.1} %; min / median / max {}: BPF and netfilter's trace messages, which are kernel time in the packets' path); throughput ratio {}; attach {:.0} ms, detach {:.0} ms at most (the nftrace table included) | reported |",
+        h.rules.total_ns.median,
+        h.pct(h.rules.total_ns.median),
+        h.rules_lab_ns.median,
+        h.pct(h.rules_lab_ns.median),
+        h.rules_lab_ns.show(0),
+        h.rules_ratio.show(3),
+        h.rules_attach_ms.max,
+        h.rules_detach_ms.max
+    );
 }
 
 /// The verdict on throughput traced / untraced >= 0.97.
