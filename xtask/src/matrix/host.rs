@@ -126,7 +126,7 @@ pub fn host_tier(tracer: &Path) -> String {
     tier
 }
 
-/// `cargo test --release --no-run`'s executables: `hooks`, `trace` and `tracer`, and under
+/// `cargo test --release --no-run`'s executables: the matrix's `BINARIES` and `tracer`, and under
 /// `workdir` the tests' package directory.
 pub fn test_binaries() -> anyhow::Result<BTreeMap<&'static str, PathBuf>> {
     let out = cargo()
@@ -151,11 +151,10 @@ pub fn test_binaries() -> anyhow::Result<BTreeMap<&'static str, PathBuf>> {
         let name = v["target"]["name"].as_str().unwrap_or_default();
         let kinds = v["target"]["kind"].as_array().cloned().unwrap_or_default();
         let is = |k: &str| kinds.iter().any(|x| x == k);
-        let key = match name {
-            "hooks" if is("test") => "hooks",
-            "trace" if is("test") => "trace",
+        let key = match BINARIES.into_iter().find(|b| *b == name) {
+            Some(b) if is("test") => b,
             // The bin target comes twice: its unit-test harness (profile.test) and the binary.
-            "tracer" if is("bin") && v["profile"]["test"] == false => "tracer",
+            _ if name == "tracer" && is("bin") && v["profile"]["test"] == false => "tracer",
             _ => continue,
         };
         if key != "tracer"

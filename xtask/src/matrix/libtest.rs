@@ -212,6 +212,7 @@ mod tests {
         let t = Libtest::parse("running 2 tests\ntest a ... ok\ntest b ... ".lines());
         let bin = Binary {
             name: "trace",
+            core: true,
             path: PathBuf::new(),
             expected: vec!["a".into(), "b".into()],
         };

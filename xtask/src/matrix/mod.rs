@@ -1,5 +1,5 @@
-//! The kernel matrix of `cargo xtask test`: the host run, then the hooks and trace scenario tests
-//! on Debian's kernels booted under qemu (`tracer vm run`), one boot per (kernel, tier), and one
+//! The kernel matrix of `cargo xtask test`: the host run, then the hooks test and the scenario
+//! suites on Debian's kernels booted under qemu (`tracer vm run`), one boot per (kernel, tier), and one
 //! table of what passed where.
 //!
 //! # Layout
@@ -29,13 +29,28 @@ use plan::Selection;
 use table::render;
 use vm::vm_columns;
 
-/// The test binaries the matrix runs in each guest, and the variable that tells each its tier.
-const BINARIES: [&str; 2] = ["hooks", "trace"];
+/// The test binaries the matrix runs in the guests: `hooks` (with `TRACER_EXPECT_TIER`), then the
+/// scenario suites (with `TRACER_TEST_TIER`). A run of `Suites::Core` runs the first two.
+const BINARIES: [&str; 8] = [
+    "hooks",
+    "trace",
+    "policy",
+    "rules",
+    "ruletrace",
+    "live",
+    "causes",
+    "names",
+];
+
+/// How many of `BINARIES` a `Suites::Core` run runs.
+const CORE: usize = 2;
 
 /// A test binary of the matrix and the tests it must run (its `--list`, filtered).
 struct Binary {
-    /// `hooks` or `trace`.
+    /// One of `BINARIES`.
     name: &'static str,
+    /// Whether a `Suites::Core` run runs it.
+    core: bool,
     /// The snapshot under target/matrix/bin.
     path: PathBuf,
     expected: Vec<String>,
@@ -75,7 +90,7 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
     // The binaries the host run built, copied so that a rebuild while guests run cannot swap them.
     let built = test_binaries()?;
     let mut binaries = Vec::new();
-    for name in BINARIES {
+    for (i, name) in BINARIES.into_iter().enumerate() {
         let exe = built
             .get(name)
             .with_context(|| format!("cargo test --no-run built no test binary {name}"))?;
@@ -83,12 +98,16 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
         let expected = list_tests(&path, filter)?;
         binaries.push(Binary {
             name,
+            core: i < CORE,
             path,
             expected,
         });
     }
     if binaries.iter().all(|b| b.expected.is_empty()) && !sel.runs.is_empty() {
-        bail!("the filter {filter:?} matches no test of the matrix (hooks, trace)");
+        bail!(
+            "the filter {filter:?} matches no test of the matrix ({})",
+            BINARIES.join(", ")
+        );
     }
     let tracer = snapshot(
         built

@@ -39,19 +39,29 @@ const KERNELS: &[Kernel] = &[
     },
 ];
 
-/// `--kernels ci`, besides the host run. Every VM run of the matrix (`--kernels all`) fits CI's 90
-/// minutes with two guests at once on 2 cores (measured: 6-8 min per run, about 26 min for the
-/// eight; README.md, "What CI runs"); drop runs here if kernels or tests are added and it no
-/// longer does.
-const CI: &[(&str, &str)] = &[
-    ("5.10", "kprobe"),
-    ("5.10", "tracepoint"),
-    ("6.1", "fentry"),
-    ("6.1", "kprobe"),
-    ("6.1", "tracepoint"),
-    ("6.12", "fentry"),
-    ("6.12", "kprobe"),
-    ("6.12", "tracepoint"),
+/// Which test binaries a VM run runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Suites {
+    /// The hooks test and the trace scenarios.
+    Core,
+    /// Every suite of the matrix (`BINARIES`): policy, rules, ruletrace, live, causes and names
+    /// too.
+    All,
+}
+
+/// `--kernels ci`, besides the host run: every (kernel, tier) with the core suites, and one with
+/// all of them. It must fit CI's 90 minutes with two guests at once on 2 cores (README.md, "What
+/// CI runs", has the measured times); drop runs here if kernels or tests are added and it no
+/// longer does. `--kernels all` runs every suite on every run.
+const CI: &[(&str, &str, Suites)] = &[
+    ("5.10", "kprobe", Suites::Core),
+    ("5.10", "tracepoint", Suites::Core),
+    ("6.1", "fentry", Suites::All),
+    ("6.1", "kprobe", Suites::Core),
+    ("6.1", "tracepoint", Suites::Core),
+    ("6.12", "fentry", Suites::Core),
+    ("6.12", "kprobe", Suites::Core),
+    ("6.12", "tracepoint", Suites::Core),
 ];
 
 /// What `--kernels` selected.
@@ -59,13 +69,13 @@ const CI: &[(&str, &str)] = &[
 pub struct Selection {
     /// The host run.
     pub host: bool,
-    /// (kernel alias, tier), in matrix order.
-    pub runs: Vec<(&'static str, &'static str)>,
+    /// (kernel alias, tier, suites), in matrix order.
+    pub runs: Vec<(&'static str, &'static str, Suites)>,
 }
 
 impl Selection {
     /// `ci`, `all`, `host`, or a comma-separated list of `host`, `KERNEL` (every tier it offers)
-    /// and `KERNEL:TIER`.
+    /// and `KERNEL:TIER`; a run named in a list runs every suite.
     pub fn parse(s: &str) -> anyhow::Result<Selection> {
         let vms = || KERNELS.iter().filter(|k| k.name != "host");
         match s {
@@ -79,7 +89,7 @@ impl Selection {
                 return Ok(Selection {
                     host: true,
                     runs: vms()
-                        .flat_map(|k| k.tiers.iter().map(|t| (k.name, *t)))
+                        .flat_map(|k| k.tiers.iter().map(|t| (k.name, *t, Suites::All)))
                         .collect(),
                 });
             }
@@ -107,9 +117,9 @@ impl Selection {
             match tier {
                 None => sel
                     .runs
-                    .extend(kernel.tiers.iter().map(|t| (kernel.name, *t))),
+                    .extend(kernel.tiers.iter().map(|t| (kernel.name, *t, Suites::All))),
                 Some(t) => match kernel.tiers.iter().find(|k| **k == t) {
-                    Some(t) => sel.runs.push((kernel.name, t)),
+                    Some(t) => sel.runs.push((kernel.name, t, Suites::All)),
                     None => bail!(
                         "--kernels: kernel {name} offers {}, not {t:?}",
                         kernel.tiers.join(", ")
@@ -121,7 +131,7 @@ impl Selection {
             bail!("--kernels {s:?} selects nothing");
         }
         // Matrix order, each run once.
-        let order = |(k, t): &(&str, &str)| {
+        let order = |(k, t, _): &(&str, &str, Suites)| {
             let ki = KERNELS.iter().position(|x| x.name == *k).unwrap_or(0);
             let ti = KERNELS[ki].tiers.iter().position(|x| x == t).unwrap_or(0);
             (ki, ti)
@@ -154,15 +164,15 @@ mod tests {
             Selection {
                 host: false,
                 runs: vec![
-                    ("5.10", "kprobe"),
-                    ("5.10", "tracepoint"),
-                    ("6.1", "kprobe")
+                    ("5.10", "kprobe", Suites::All),
+                    ("5.10", "tracepoint", Suites::All),
+                    ("6.1", "kprobe", Suites::All)
                 ]
             }
         );
         assert!(Selection::parse("5.10:fentry").is_err());
         assert!(Selection::parse("4.19").is_err());
-        for (k, t) in CI {
+        for (k, t, _) in CI {
             assert!(KERNELS.iter().any(|x| x.name == *k && x.tiers.contains(t)));
         }
     }

@@ -13,9 +13,9 @@ use std::{
 };
 
 use super::{
-    Ctx,
+    Binary, Ctx,
     libtest::{Libtest, judge},
-    plan::best_tier,
+    plan::{Suites, best_tier},
     table::{Column, minutes},
 };
 
@@ -26,6 +26,9 @@ const HOOKS_TIMEOUT: Duration = Duration::from_secs(180);
 /// twice that, so a hung test costs CI 15 minutes, not its whole budget.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// Each other suite's bound in a guest: each has a few scenarios of a lab or two each.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What the guest needs besides the tests: boot (twice if the first one fails) and power-off.
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
 
@@ -35,8 +38,12 @@ const BEGIN: &str = "tracer-matrix: begin";
 const END: &str = "tracer-matrix: end";
 
 /// Prepares each kernel once, then runs the (kernel, tier) boots, `jobs` at a time.
-pub fn vm_columns(ctx: &Ctx, runs: &[(&'static str, &'static str)], jobs: usize) -> Vec<Column> {
-    let mut kernels: Vec<&str> = runs.iter().map(|(k, _)| *k).collect();
+pub fn vm_columns(
+    ctx: &Ctx,
+    runs: &[(&'static str, &'static str, Suites)],
+    jobs: usize,
+) -> Vec<Column> {
+    let mut kernels: Vec<&str> = runs.iter().map(|(k, _, _)| *k).collect();
     kernels.dedup();
     let mut unprepared: BTreeMap<&str, String> = BTreeMap::new();
     for k in kernels {
@@ -69,7 +76,7 @@ pub fn vm_columns(ctx: &Ctx, runs: &[(&'static str, &'static str)], jobs: usize)
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(&(kernel, tier)) = runs.get(i) else {
+                    let Some(&(kernel, tier, suites)) = runs.get(i) else {
                         break;
                     };
                     let col = match unprepared.get(kernel) {
@@ -78,7 +85,7 @@ pub fn vm_columns(ctx: &Ctx, runs: &[(&'static str, &'static str)], jobs: usize)
                             problems: vec![format!("did not boot: kernel not prepared: {err}")],
                             ..Column::default()
                         },
-                        None => vm_run(ctx, kernel, tier),
+                        None => vm_run(ctx, kernel, tier, suites),
                     };
                     done.lock().unwrap().push((i, col));
                 }
@@ -95,16 +102,29 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// A binary's bound in a guest.
+fn bin_bound(bin: &Binary) -> Duration {
+    match bin.name {
+        "hooks" => HOOKS_TIMEOUT,
+        "trace" => TRACE_TIMEOUT,
+        _ => SUITE_TIMEOUT,
+    }
+}
+
+/// The binaries a run of `suites` runs: those with tests left after the filter.
+fn selected(ctx: &Ctx, suites: Suites) -> impl Iterator<Item = &Binary> {
+    ctx.binaries
+        .iter()
+        .filter(move |b| !b.expected.is_empty() && (b.core || suites == Suites::All))
+}
+
 /// The guest's script: each binary under `timeout`, between marker lines carrying its exit status.
-fn guest_script(ctx: &Ctx, kernel: &str, tier: &str) -> String {
+fn guest_script(ctx: &Ctx, kernel: &str, tier: &str, suites: Suites) -> String {
     let mut s = String::from("echo \"tracer-matrix: kernel $(uname -r)\"\n");
-    for bin in ctx.binaries.iter().filter(|b| !b.expected.is_empty()) {
-        let (env, bound) = match bin.name {
-            "hooks" => (
-                format!("TRACER_EXPECT_TIER={}", best_tier(kernel)),
-                HOOKS_TIMEOUT,
-            ),
-            _ => (format!("TRACER_TEST_TIER={tier}"), TRACE_TIMEOUT),
+    for bin in selected(ctx, suites) {
+        let env = match bin.name {
+            "hooks" => format!("TRACER_EXPECT_TIER={}", best_tier(kernel)),
+            _ => format!("TRACER_TEST_TIER={tier}"),
         };
         let filter = ctx
             .filter
@@ -115,15 +135,15 @@ fn guest_script(ctx: &Ctx, kernel: &str, tier: &str) -> String {
             s,
             "echo '{BEGIN} {name}'\n{env} timeout -k 10 {secs} {path} --test-threads=1{filter}\necho \"{END} {name} $?\"",
             name = bin.name,
-            secs = bound.as_secs(),
+            secs = bin_bound(bin).as_secs(),
             path = quote(&bin.path.to_string_lossy()),
         );
     }
     s
 }
 
-/// One boot of `kernel` running the binaries on `tier`; the log goes to target/matrix.
-fn vm_run(ctx: &Ctx, kernel: &str, tier: &str) -> Column {
+/// One boot of `kernel` running the binaries of `suites` on `tier`; the log goes to target/matrix.
+fn vm_run(ctx: &Ctx, kernel: &str, tier: &str, suites: Suites) -> Column {
     let label = format!("{kernel}/{tier}");
     let log = ctx.out.join(format!("{kernel}-{tier}.log"));
     let mut col = Column {
@@ -131,7 +151,7 @@ fn vm_run(ctx: &Ctx, kernel: &str, tier: &str) -> Column {
         log: log.clone(),
         ..Column::default()
     };
-    let bound = HOOKS_TIMEOUT + TRACE_TIMEOUT + BOOT_ALLOWANCE;
+    let bound = selected(ctx, suites).map(bin_bound).sum::<Duration>() + BOOT_ALLOWANCE;
     println!("matrix: {label}: booting (bound {}s)", bound.as_secs());
     let t = Instant::now();
     let out = Command::new(&ctx.tracer)
@@ -140,7 +160,7 @@ fn vm_run(ctx: &Ctx, kernel: &str, tier: &str) -> Column {
         .arg("--workdir")
         .arg(&ctx.workdir)
         .arg("--")
-        .args(["sh", "-c", &guest_script(ctx, kernel, tier)])
+        .args(["sh", "-c", &guest_script(ctx, kernel, tier, suites)])
         .current_dir(&ctx.root)
         .output();
     col.wall = t.elapsed();
@@ -186,10 +206,7 @@ fn vm_run(ctx: &Ctx, kernel: &str, tier: &str) -> Column {
         });
         // Whatever the tests printed before is still parsed below.
     }
-    for bin in &ctx.binaries {
-        if bin.expected.is_empty() {
-            continue;
-        }
+    for bin in selected(ctx, suites) {
         let begin = format!("{BEGIN} {}", bin.name);
         let end = format!("{END} {} ", bin.name);
         let mut lines = Vec::new();
@@ -206,18 +223,13 @@ fn vm_run(ctx: &Ctx, kernel: &str, tier: &str) -> Column {
             }
         }
         let t = Libtest::parse(lines);
-        let bound = if bin.name == "hooks" {
-            HOOKS_TIMEOUT
-        } else {
-            TRACE_TIMEOUT
-        };
         // A guest that died mid-binary leaves no end marker: not "never started".
         let exit = exit.or(if lines_started(&stdout, &begin) {
             Some(-1)
         } else {
             None
         });
-        judge(&mut col, bin, &t, exit, bound);
+        judge(&mut col, bin, &t, exit, bin_bound(bin));
     }
     println!(
         "matrix: {label}: {} in {}{}",
