@@ -112,7 +112,7 @@ impl LegacyTrace {
             log::warn!("removed legacy TRACE rules ({LEGACY_COMMENT}) left by a killed run");
         }
         let logger = trace.logger_before.as_deref().unwrap_or("NONE");
-        add_rules(&trace.paths.options.ports, logger)?;
+        add_rules(&trace.paths.options, logger)?;
         trace.book = read_book()?;
         Ok(trace)
     }
@@ -310,18 +310,20 @@ fn delete_rules() -> Result<Vec<String>, Error> {
     Ok(rules)
 }
 
-/// Inserts a TRACE rule for each protocol and direction at the head of raw PREROUTING and OUTPUT,
-/// its comment naming the IPv4 logger to give back.
-fn add_rules(ports: &[u16], logger: &str) -> Result<(), Error> {
+/// Inserts a TRACE rule for each protocol and direction traced at the head of raw PREROUTING and
+/// OUTPUT, its comment naming the IPv4 logger to give back.
+fn add_rules(options: &Options, logger: &str) -> Result<(), Error> {
     let comment = format!("{LEGACY_COMMENT};logger={logger}");
-    let ports = ports
+    let ports = options
+        .ports
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(",");
     for chain in ["PREROUTING", "OUTPUT"] {
         for proto in ["udp", "tcp"] {
-            for dir in ["--dports", "--sports"] {
+            let dirs = if options.replies { 2 } else { 1 };
+            for dir in ["--dports", "--sports"].into_iter().take(dirs) {
                 let args = [
                     "-t",
                     "raw",

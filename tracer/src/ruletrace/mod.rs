@@ -90,8 +90,11 @@ pub enum Error {
 /// What to trace and how paths complete.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Ports whose packets are traced (as source or destination, UDP and TCP).
+    /// Ports whose packets are traced (as destination, UDP and TCP).
     pub ports: Vec<u16>,
+    /// Whether packets from those ports (answers) are traced too. Each traced packet costs the
+    /// kernel a message per rule verdict, so a caller that only needs the queries' paths says no.
+    pub replies: bool,
     /// A packet without a new message for this long is complete.
     pub idle: Duration,
     /// At most this many packets are open at once; beyond, the one idle longest is handed out.
@@ -102,6 +105,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             ports: vec![53],
+            replies: true,
             idle: Duration::from_millis(200),
             max_open: 4096,
         }
@@ -194,7 +198,7 @@ impl RuleTrace {
         let netns = Netns::current()?;
         // Subscribed before the table exists: no packet's first messages are missed.
         let socket = TraceSocket::open()?;
-        let removed_leftover = table::create(&options.ports)?;
+        let removed_leftover = table::create(&options.ports, options.replies)?;
         let book = match RuleBook::read() {
             Ok(book) => book,
             Err(e) => {

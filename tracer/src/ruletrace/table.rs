@@ -22,8 +22,9 @@ pub const PRIORITY: i32 = -350;
 /// The comment on each of its rules.
 pub const COMMENT: &str = "tracer ruletrace: nftrace for DNS";
 
-/// The nft script that creates the table (deleting one a killed run left, when `leftover`).
-pub(crate) fn script(ports: &[u16], leftover: bool) -> String {
+/// The nft script that creates the table (deleting one a killed run left, when `leftover`): nftrace
+/// for packets to `ports`, and from them with `replies`.
+pub(crate) fn script(ports: &[u16], replies: bool, leftover: bool) -> String {
     let ports = ports
         .iter()
         .map(u16::to_string)
@@ -31,7 +32,10 @@ pub(crate) fn script(ports: &[u16], leftover: bool) -> String {
         .join(", ");
     let mut rules = String::new();
     for proto in ["udp", "tcp"] {
-        for dir in ["dport", "sport"] {
+        for dir in ["dport", "sport"]
+            .into_iter()
+            .take(if replies { 2 } else { 1 })
+        {
             rules.push_str(&format!(
                 "\t\t{proto} {dir} {{ {ports} }} meta nftrace set 1 comment \"{COMMENT}\"\n"
             ));
@@ -93,12 +97,12 @@ pub(crate) fn exists() -> Result<bool, Error> {
 }
 
 /// Creates the table, first deleting one a killed run left (returns whether there was one).
-pub(crate) fn create(ports: &[u16]) -> Result<bool, Error> {
+pub(crate) fn create(ports: &[u16], replies: bool) -> Result<bool, Error> {
     let leftover = exists()?;
     if leftover {
         log::warn!("removing table inet {TABLE} left by a killed run before creating it anew");
     }
-    command("nft", &["-f", "-"], Some(&script(ports, leftover)))?;
+    command("nft", &["-f", "-"], Some(&script(ports, replies, leftover)))?;
     Ok(leftover)
 }
 

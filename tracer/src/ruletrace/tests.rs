@@ -375,14 +375,17 @@ fn rules_render_compactly() {
 
 #[test]
 fn the_table_script_only_sets_nftrace() {
-    let script = table::script(&[53, 5353], false);
+    let script = table::script(&[53, 5353], true, false);
     assert!(script.starts_with("table inet tracer_rules {\n"));
     assert_eq!(script.matches("meta nftrace set 1").count(), 8);
     assert_eq!(script.matches("priority -350; policy accept;").count(), 2);
     assert!(script.contains("\t\tudp sport { 53, 5353 } meta nftrace set 1 comment "));
     assert!(!script.contains("drop") && !script.contains("jump"));
-    let again = table::script(&[53], true);
+    let again = table::script(&[53], true, true);
     assert!(again.starts_with("delete table inet tracer_rules\ntable inet tracer_rules {\n"));
+    let queries = table::script(&[53], false, false);
+    assert_eq!(queries.matches("meta nftrace set 1").count(), 4);
+    assert!(queries.contains("\t\tudp dport { 53 } meta nftrace") && !queries.contains("sport"));
 }
 
 /// An nflog packet message with a prefix and an IPv4/UDP payload from 10.0.0.1:4000 (IP id

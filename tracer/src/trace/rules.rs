@@ -38,12 +38,17 @@ impl RuleTraces {
     /// Starts tracing in `links` (or here); `counters` are the Service's rules in each backend.
     pub fn start(links: Option<&Path>, counters: &[RuleCounter]) -> Result<Self, Error> {
         let wanted = counters.iter().any(|c| c.backend == Backend::Legacy);
+        // Only the queries' paths are kept: tracing answers would double the kernel's messages.
+        let options = Options {
+            replies: false,
+            ..Options::default()
+        };
         let start = move || -> Result<_, ruletrace::Error> {
-            let nft = RuleTrace::start(Options::default())?;
+            let nft = RuleTrace::start(options.clone())?;
             let raw = std::fs::read_to_string(IP_TABLES_NAMES)
                 .is_ok_and(|names| names.lines().any(|t| t == "raw"));
             let legacy = match wanted && raw {
-                true => Some(LegacyTrace::start(Options::default())?),
+                true => Some(LegacyTrace::start(options)?),
                 false => None,
             };
             Ok((nft, legacy, wanted && !raw))
