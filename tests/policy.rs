@@ -78,15 +78,32 @@ fn failed<'a>(t: &'a Traced, what: &str) -> Vec<&'a QueryRecord> {
     failed
 }
 
-/// The rule path of a failed record, with the trace's counters when it has none.
-fn rule_path<'a>(t: &Traced, r: &'a QueryRecord) -> &'a RulePath {
-    r.rules.as_ref().unwrap_or_else(|| {
+/// The failed records with their rule paths: with `--rules` every failed query carries one, on
+/// every kernel and tier. A miss panics with how many lack one and the trace's counters.
+fn failed_with_paths<'a>(t: &'a Traced, what: &str) -> Vec<(&'a QueryRecord, &'a RulePath)> {
+    let failed = failed(t, what);
+    assert!(!failed.is_empty(), "{what}: no failed query to check");
+    let missing: Vec<_> = failed.iter().filter(|r| r.rules.is_none()).collect();
+    if let Some(r) = missing.first() {
         let s = t.summary.as_ref().expect("the trace summary");
         panic!(
-            "a rule path: {r:?}; rule traces: {:?} {:?} {:?}",
-            s.rule_trace, s.rule_trace_legacy, s.rule_trace_notes
-        )
-    })
+            "{what}: {} of {} failed queries without a rule path, e.g. {r:?}; rule traces: {:?} {:?} {:?}",
+            missing.len(),
+            failed.len(),
+            s.rule_trace,
+            s.rule_trace_legacy,
+            s.rule_trace_notes
+        );
+    }
+    eprintln!(
+        "{what}: {} of {} queries lost, each with a rule path",
+        failed.len(),
+        t.result.sent
+    );
+    failed
+        .into_iter()
+        .map(|r| (r, r.rules.as_ref().expect("checked above")))
+        .collect()
 }
 
 /// The `cali:` comment of the rule in `chain` of the node's filter table that drops client0.
@@ -123,11 +140,10 @@ fn policy_drop_names_the_custom_chain_rule_and_comment_with_rules() {
             "{backend:?}: one of two endpoints drops client0: {:?}",
             t.result
         );
-        for r in failed(&t, &format!("{backend:?} client0")) {
+        for (r, path) in failed_with_paths(&t, &format!("{backend:?} client0")) {
             assert_eq!(r.verdict, Verdict::Dropped, "{r:?}");
             assert_eq!(r.endpoint, Some(lab.info.endpoints[0].ip), "{r:?}");
             assert_eq!(r.drop.as_ref().map(|d| d.stage), Some(Stage::Netfilter));
-            let path = rule_path(&t, r);
             let d = path.decided.as_ref().expect("a deciding step");
             assert_eq!(
                 (
@@ -286,9 +302,8 @@ fn rules_tell_a_prerouting_drop_from_a_forward_one() {
         in_node(&lab, &[&[iptables(backend)][..], &insert].concat());
         let t = traced(&lab, 0, 10, true);
         assert_eq!(t.result.lost, 10, "{backend:?}: {:?}", t.result);
-        for r in failed(&t, &format!("{backend:?} PREROUTING")) {
+        for (r, path) in failed_with_paths(&t, &format!("{backend:?} PREROUTING")) {
             assert_eq!(r.endpoint, None, "dropped before DNAT: {r:?}");
-            let path = rule_path(&t, r);
             assert_eq!(path.walk, ["PREROUTING"], "{backend:?}: {path}");
             assert_eq!(
                 path.to_string(),
@@ -300,8 +315,7 @@ fn rules_tell_a_prerouting_drop_from_a_forward_one() {
         lab.fault(FaultName::PolicyDrop, None);
         let t = traced(&lab, 0, 10, true);
         assert_eq!(t.result.lost, 10, "{backend:?}: {:?}", t.result);
-        for r in failed(&t, &format!("{backend:?} FORWARD")) {
-            let path = rule_path(&t, r);
+        for (_, path) in failed_with_paths(&t, &format!("{backend:?} FORWARD")) {
             let d = path.decided.as_ref().expect("a deciding step");
             assert_eq!(
                 (path.walk.first().map(String::as_str), d.table.as_str()),

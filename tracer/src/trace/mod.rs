@@ -419,10 +419,11 @@ impl Tracer {
 
     /// Reads what the kernel exported and returns the queries it completed.
     pub fn poll(&mut self) -> Result<Vec<QueryRecord>, Error> {
-        // Rule paths first: a query dropped by a rule completes its path at once.
-        if let Some(rt) = self.rule_traces.as_mut() {
-            rt.poll()?;
-        }
+        self.read(false)
+    }
+
+    /// `poll`; with `last`, every open rule path is handed out too (the trace is ending).
+    fn read(&mut self, last: bool) -> Result<Vec<QueryRecord>, Error> {
         self.apply_link_changes()?;
         if let Some(now) = self.endpoints.poll() {
             self.corr.set_endpoints(now);
@@ -434,6 +435,17 @@ impl Tracer {
                 .map(|k| events.push(k))
                 .inspect_err(|err| log::debug!("malformed kernel record: {err}"))
         });
+        // Rule paths after the kernel's records: netfilter queues a rule's trace message
+        // (nfnetlink, synchronously) before the packet is freed, so every drop drained above has
+        // its path's messages waiting now. Read before the drain, a drop that came in between was
+        // judged in this same poll, without its path, when the poll outlasted the hold time
+        // (Debian 6.1 under qemu: polls of over a second on one vCPU with the kprobe tier).
+        if let Some(rt) = self.rule_traces.as_mut() {
+            match last {
+                true => rt.flush()?,
+                false => rt.poll()?,
+            }
+        }
         self.read_conntrack_events();
         if events.iter().any(|e| matches!(e, KernelEvent::Drop { .. }))
             && let Some(now) = self.ct_stats()
@@ -456,10 +468,7 @@ impl Tracer {
 
     /// Stops: the last records, then the summary. Dropping the tracer detaches every probe.
     pub fn finish(mut self) -> Result<(Vec<QueryRecord>, TraceSummary), Error> {
-        if let Some(rt) = self.rule_traces.as_mut() {
-            rt.flush()?;
-        }
-        let mut out = self.poll()?;
+        let mut out = self.read(true)?;
         let now = monotonic_ns();
         let rest: Vec<QueryRecord> = self.corr.flush(now, true);
         out.extend(rest.into_iter().map(|r| self.finish_record(r)));
