@@ -4,7 +4,11 @@ use std::net::Ipv4Addr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{lab::FaultName, node::Backend, probes::plan::Tier};
+use crate::{
+    lab::{FaultName, ProxyMode},
+    node::Backend,
+    probes::plan::Tier,
+};
 
 /// Follows Kubernetes DNS queries through the Service IP, conntrack and DNAT, and says where each
 /// one that got no answer died.
@@ -117,7 +121,7 @@ pub struct TraceArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  tracer lab up --backend nft\n  tracer lab fault filter-drop\n  tracer lab fault clear\n  tracer lab down"
+    after_help = "Examples:\n  tracer lab up --backend nft\n  tracer lab up --proxy-mode nftables\n  tracer lab fault filter-drop\n  tracer lab fault clear\n  tracer lab down"
 )]
 pub struct LabArgs {
     /// Prefix of every namespace, interface and process name the lab creates.
@@ -134,6 +138,10 @@ pub enum LabAction {
         /// Where kube-proxy's rules live.
         #[arg(long, value_enum, default_value_t = Backend::Nft)]
         backend: Backend,
+        /// kube-proxy's mode: its iptables rules, or its nftables table (`ip kube-proxy`, verdict
+        /// maps; needs the nft backend).
+        #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
+        proxy_mode: ProxyMode,
         /// Number of client pods.
         #[arg(long, default_value_t = 1)]
         clients: u8,

@@ -9,8 +9,12 @@ use crate::{
 pub fn run(args: LabArgs) -> Result<(), lab::Error> {
     let prefix = args.prefix.as_str();
     match args.action {
-        LabAction::Up { backend, clients } => {
-            let lab = lab::up(prefix, backend, clients)?;
+        LabAction::Up {
+            backend,
+            proxy_mode,
+            clients,
+        } => {
+            let lab = lab::up_in_mode(prefix, backend, proxy_mode, clients)?;
             print_status(&lab);
         }
         LabAction::Down => {
@@ -65,10 +69,16 @@ pub fn run(args: LabArgs) -> Result<(), lab::Error> {
 }
 
 fn print_status(lab: &LabInfo) {
-    println!(
-        "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
-        lab.prefix, lab.backend, lab.node_netns
-    );
+    match lab.proxy_mode {
+        lab::ProxyMode::Iptables => println!(
+            "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
+            lab.prefix, lab.backend, lab.node_netns
+        ),
+        lab::ProxyMode::Nftables => println!(
+            "lab {}: up, kube-proxy in nftables mode (table ip kube-proxy), node namespace {}",
+            lab.prefix, lab.node_netns
+        ),
+    }
     println!(
         "  service kube-system/kube-dns  {}:{} (udp, tcp)",
         lab.service_ip, lab.dns_port

@@ -7,8 +7,9 @@ use std::{
 };
 
 use super::{
-    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, overload, policy, rules, state_dir,
-    throttle, topology,
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns,
+    nftables::{self, ProxyMode},
+    overload, policy, rules, state_dir, throttle, topology,
 };
 use crate::{
     measure::{self, BatchSpec, Outcome, RecordType},
@@ -149,16 +150,32 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
     }
 }
 
-/// Loads the rules `state` calls for into its backend, replacing what was there.
+/// Loads the rules `state` calls for into its backend (kube-proxy's nftables table in its
+/// nftables mode), replacing what was there.
 pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
-    let text = rules::render(&rule_set(prefix, state));
-    topology::run_in(
-        &topology::node_netns(prefix),
-        restore_program(state.backend),
-        &[],
-        Some(&text),
-    )
-    .map(drop)
+    let rules = rule_set(prefix, state);
+    let (program, args, text) = match state.proxy_mode {
+        ProxyMode::Iptables => (
+            restore_program(state.backend),
+            &[][..],
+            rules::render(&rules),
+        ),
+        ProxyMode::Nftables => ("nft", &["-f", "-"][..], nftables::render(&rules)),
+    };
+    topology::run_in(&topology::node_netns(prefix), program, args, Some(&text)).map(drop)
+}
+
+/// Why fault `name` has no meaning in kube-proxy's nftables mode, if it has none.
+fn not_in_nftables_mode(name: FaultName) -> Option<&'static str> {
+    match name {
+        FaultName::PolicyDrop => {
+            Some("the lab's NetworkPolicy chains are iptables chains (Calico's iptables dataplane)")
+        }
+        FaultName::MixedBackend => Some(
+            "it is stale iptables rules in the other iptables backend, and nftables mode uses none",
+        ),
+        _ => None,
+    }
 }
 
 /// Applies `name` to the running lab described by `state`, returning what to remember of it.
@@ -179,6 +196,14 @@ pub fn apply(
             | FaultName::ServerOverload
             | FaultName::ThrottledServer
     );
+    if state.proxy_mode == ProxyMode::Nftables
+        && let Some(why) = not_in_nftables_mode(name)
+    {
+        return Err(Error::NotInMode {
+            fault: name.to_string(),
+            why,
+        });
+    }
     if pod.is_some() && !per_pod {
         return Err(Error::PodNotAllowed {
             fault: name.to_string(),

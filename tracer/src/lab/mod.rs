@@ -15,6 +15,8 @@
 //! - this file: the public API ([`up`], [`down`], [`info`], [`fault`], [`clear`]) and the CLI.
 //! - `topology`: namespaces, bridge, veths, addresses, sysctls, and running commands inside them.
 //! - `rules`: kube-proxy's and the kubelet's iptables rules as `iptables-restore` text.
+//! - `nftables`: kube-proxy's nftables mode (`--proxy-mode nftables`): its `kube-proxy` table as
+//!   `nft -f` text.
 //! - `policy`: a NetworkPolicy engine's (Calico's) per-pod chains, for the policy-drop fault.
 //! - `conntrack`: writes to the node's conntrack table (bulk create, delete, flush).
 //! - `dns`: the dnsmasq pods.
@@ -26,6 +28,7 @@
 pub mod conntrack;
 mod dns;
 mod fault;
+mod nftables;
 mod overload;
 mod pods;
 mod policy;
@@ -41,6 +44,7 @@ use std::{
 pub use self::{
     dns::{LONG_NAME, LONG_NAME_IP, WHOAMI},
     fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
+    nftables::ProxyMode,
     pods::{add as add_pod, del as del_pod},
 };
 use crate::{measure, netns, node::Backend};
@@ -119,6 +123,12 @@ pub enum Error {
     NoSuchAddedPod { name: String },
     #[error("the lab has {most} added pods already, as many as it has addresses for")]
     PodsFull { most: u8 },
+    #[error(
+        "--proxy-mode nftables writes kube-proxy's nftables table, which needs the nft backend: drop --backend legacy"
+    )]
+    ModeBackend,
+    #[error("fault {fault} does not apply to kube-proxy's nftables mode: {why}")]
+    NotInMode { fault: String, why: &'static str },
 }
 
 /// A pod of the lab.
@@ -141,6 +151,8 @@ pub struct LabInfo {
     pub prefix: String,
     /// Where kube-proxy's rules live.
     pub backend: Backend,
+    /// kube-proxy's mode: iptables rules, or its nftables table.
+    pub proxy_mode: ProxyMode,
     /// The node's network namespace (`{prefix}-node`).
     pub node_netns: String,
     /// The DNS Service's cluster IP.
@@ -165,6 +177,9 @@ pub struct LabInfo {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct State {
     backend: Backend,
+    /// kube-proxy's mode (absent in older state files: iptables).
+    #[serde(default)]
+    proxy_mode: ProxyMode,
     clients: u8,
     faults: Vec<ActiveFault>,
     /// Client pods added to the running lab (absent in older state files).
@@ -262,6 +277,7 @@ fn lab_info(prefix: &str, state: &State) -> LabInfo {
     LabInfo {
         prefix: prefix.to_owned(),
         backend: state.backend,
+        proxy_mode: state.proxy_mode,
         node_netns: topology::node_netns(prefix),
         service_ip: SERVICE_IP,
         dns_port: DNS_PORT,
@@ -286,13 +302,27 @@ pub fn info(prefix: &str) -> Result<Option<LabInfo>, Error> {
 /// removing whatever an earlier (possibly killed) run with this prefix left. On failure, removes
 /// what it made.
 pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error> {
+    up_in_mode(prefix, backend, ProxyMode::Iptables, clients)
+}
+
+/// [`up`], with kube-proxy in `mode`; nftables mode needs the nft backend.
+pub fn up_in_mode(
+    prefix: &str,
+    backend: Backend,
+    proxy_mode: ProxyMode,
+    clients: u8,
+) -> Result<LabInfo, Error> {
     validate_prefix(prefix)?;
+    if proxy_mode == ProxyMode::Nftables && backend == Backend::Legacy {
+        return Err(Error::ModeBackend);
+    }
     if clients == 0 || clients > MAX_CLIENTS {
         return Err(Error::Clients { clients });
     }
     down(prefix)?;
     let state = State {
         backend,
+        proxy_mode,
         clients,
         faults: Vec::new(),
         pods: Vec::new(),

@@ -16,7 +16,7 @@ use super::policy::{self, PolicyDrop};
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
 /// The ports of the `kube-system/kube-dns` Service, as CoreDNS's manifest declares them.
-const DNS_SERVICE_PORTS: [ServicePort; 3] = [
+pub(super) const DNS_SERVICE_PORTS: [ServicePort; 3] = [
     ServicePort {
         name: "dns",
         protocol: "udp",
@@ -34,15 +34,15 @@ const DNS_SERVICE_PORTS: [ServicePort; 3] = [
     },
 ];
 
-struct ServicePort {
-    name: &'static str,
-    protocol: &'static str,
-    port: u16,
+pub(super) struct ServicePort {
+    pub(super) name: &'static str,
+    pub(super) protocol: &'static str,
+    pub(super) port: u16,
 }
 
 impl ServicePort {
     /// `kube-system/kube-dns:dns`, kube-proxy's `ServicePortName.String()`.
-    fn full_name(&self) -> String {
+    pub(super) fn full_name(&self) -> String {
         format!("kube-system/kube-dns:{}", self.name)
     }
 
@@ -82,7 +82,7 @@ pub struct RuleSet {
 pub const FAULT_COMMENT: &str = "tracer lab fault: filter-drop";
 
 /// kube-proxy's chain-name hash: base32 (RFC 4648 alphabet) of SHA-256, first 16 characters.
-fn chain_hash(input: &str) -> String {
+pub(super) fn chain_hash(input: &str) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let digest = Sha256::digest(input.as_bytes());
     // 16 base32 characters are 80 bits: the first 10 bytes of the digest.

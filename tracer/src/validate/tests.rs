@@ -26,6 +26,7 @@ fn lab() -> LabInfo {
     LabInfo {
         prefix: "t".to_owned(),
         backend: Backend::Nft,
+        proxy_mode: crate::lab::ProxyMode::Iptables,
         node_netns: "t-node".to_owned(),
         service_ip: *SERVICE.ip(),
         dns_port: 53,
