@@ -1,6 +1,6 @@
 //! Every command-line type of the tracer.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -77,7 +77,7 @@ pub struct TraceArgs {
     pub prefix: String,
     /// The DNS Service, `IP[:PORT]` (default: the lab's, else the kube-dns Service in the rules).
     #[arg(long, value_parser = parse_ip_port)]
-    pub service: Option<(Ipv4Addr, Option<u16>)>,
+    pub service: Option<(IpAddr, Option<u16>)>,
     /// The namespace (in /run/netns) holding the node side of the pod links (default: the
     /// tracer's own, as on a node; on the lab: its node namespace).
     #[arg(long)]
@@ -87,7 +87,7 @@ pub struct TraceArgs {
     pub netns: Vec<String>,
     /// Only queries from or to this pod IP.
     #[arg(long)]
-    pub pod_ip: Option<Ipv4Addr>,
+    pub pod_ip: Option<IpAddr>,
     /// Which hooks the deep stages use: auto (the best this kernel offers), fentry, kprobe or
     /// tracepoint.
     #[arg(long, value_parser = parse_hooks, default_value = "auto")]
@@ -194,7 +194,7 @@ pub struct ProbeArgs {
     /// The DNS server, `IP[:PORT]` (port 53 by default); default: the lab's Service IP with
     /// `--lab`, else the kube-dns Service in this node's rules.
     #[arg(long, value_parser = parse_ip_port)]
-    pub server: Option<(Ipv4Addr, Option<u16>)>,
+    pub server: Option<(IpAddr, Option<u16>)>,
     /// Number of lookups (default: rate × duration).
     #[arg(long)]
     pub count: Option<u32>,
@@ -382,7 +382,7 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `IP[:PORT]`.
-pub fn parse_ip_port(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+pub fn parse_ip_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     match s.split_once(':') {
         Some((ip, port)) => Ok((
             ip.parse().map_err(|e| format!("bad address {ip:?}: {e}"))?,

@@ -2,7 +2,7 @@
 //! conntrack entries), each undone by `fault clear`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
@@ -302,7 +302,7 @@ fn stale_flow(prefix: &str, pod: u8) -> Result<u16, Error> {
         };
         let result = measure::query_batch(
             Some(&client),
-            SocketAddrV4::new(SERVICE_IP, DNS_PORT),
+            SocketAddr::from((SERVICE_IP, DNS_PORT)),
             &spec,
         )
         .map_err(|source| Error::Measure { source })?;
