@@ -4,7 +4,11 @@ use std::net::IpAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{lab::FaultName, node::Backend, probes::plan::Tier};
+use crate::{
+    lab::{FaultName, IpFamily},
+    node::Backend,
+    probes::plan::Tier,
+};
 
 /// Follows Kubernetes DNS queries through the Service IP, conntrack and DNAT, and says where each
 /// one that got no answer died.
@@ -137,6 +141,12 @@ pub enum LabAction {
         /// Number of client pods.
         #[arg(long, default_value_t = 1)]
         clients: u8,
+        /// The DNS Service's and pods' IP families (ipv6 and dual add `fd00:10:244::/64` pod
+        /// addresses, the Service `fd00:10:96::a` and kube-proxy's ip6tables rules).
+        ///
+        /// Example: tracer lab up --ip-family dual
+        #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+        ip_family: IpFamily,
     },
     /// Remove every namespace, interface, rule and process the lab made.
     Down,
@@ -383,6 +393,17 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
 
 /// Parses `IP[:PORT]`.
 pub fn parse_ip_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    // IPv6: bare (`fd00:10:96::a`) or bracketed with a port (`[fd00:10:96::a]:53`).
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok((ip, None));
+    }
     match s.split_once(':') {
         Some((ip, port)) => Ok((
             ip.parse().map_err(|e| format!("bad address {ip:?}: {e}"))?,

@@ -9,8 +9,12 @@ use crate::{
 pub fn run(args: LabArgs) -> Result<(), lab::Error> {
     let prefix = args.prefix.as_str();
     match args.action {
-        LabAction::Up { backend, clients } => {
-            let lab = lab::up(prefix, backend, clients)?;
+        LabAction::Up {
+            backend,
+            clients,
+            ip_family,
+        } => {
+            let lab = lab::up_with_family(prefix, backend, clients, ip_family)?;
             print_status(&lab);
         }
         LabAction::Down => {
@@ -69,10 +73,12 @@ fn print_status(lab: &LabInfo) {
         "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
         lab.prefix, lab.backend, lab.node_netns
     );
-    println!(
-        "  service kube-system/kube-dns  {}:{} (udp, tcp)",
-        lab.service_ip, lab.dns_port
-    );
+    for ip in lab.service_ips() {
+        println!(
+            "  service kube-system/kube-dns  {} (udp, tcp)",
+            std::net::SocketAddr::new(ip, lab.dns_port)
+        );
+    }
     for pod in lab.endpoints.iter().chain(&lab.clients).chain(&lab.pods) {
         println!(
             "  {:<8} {:<15} netns {:<14} node side {}",

@@ -144,7 +144,7 @@ fn lab_path(args: &ProbeArgs, spec: &mut BatchSpec, say: impl Fn(String)) -> Res
     }
     let (ip, port) = args
         .server
-        .unwrap_or((info.service_ip.into(), Some(info.dns_port)));
+        .unwrap_or((info.client_service_ip(), Some(info.dns_port)));
     let target = if args.no_trace {
         None
     } else {
@@ -191,5 +191,6 @@ fn node_target(server: SocketAddr) -> Result<Target, Error> {
         links_netns: None,
         netns_filter: Vec::new(),
         rules: svc,
+        rules6: None,
     })
 }

@@ -43,6 +43,7 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
             links_netns: None,
             netns_filter: Vec::new(),
             rules: None,
+            rules6: None,
         },
     };
     if let Some(name) = &args.links_netns {
@@ -53,6 +54,7 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
         if let Some(svc) = &t.rules {
             t.service = SocketAddr::new(svc.ip, svc.port);
         }
+        t.rules6 = node::ipv6::dns_service6(t.links_netns.as_ref().map(|(_, p)| p.as_path()))?;
     }
     if let Some((ip, port)) = args.service {
         t.service = SocketAddr::new(ip, port.unwrap_or(53));

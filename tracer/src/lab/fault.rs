@@ -2,13 +2,13 @@
 //! conntrack entries), each undone by `fault clear`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
 use super::{
-    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, overload, policy, rules, state_dir,
-    throttle, topology,
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, family, overload, policy, rules,
+    state_dir, throttle, topology,
 };
 use crate::{
     measure::{self, BatchSpec, Outcome, RecordType},
@@ -113,6 +113,7 @@ fn other(backend: Backend) -> Backend {
 fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
     let active = |name| state.faults.iter().find(|f| f.name == name);
     let mut endpoints = topology::DNS_IPS.to_vec();
+    let v4 = |ips: Vec<Ipv4Addr>| ips.into_iter().map(IpAddr::from).collect();
     if let Some(stale) = active(FaultName::StaleConntrack) {
         let gone = topology::DNS_IPS[usize::from(stale.pod.unwrap_or(0))];
         endpoints.retain(|ip| *ip != gone);
@@ -141,9 +142,9 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
         },
     });
     rules::RuleSet {
-        service_ip: SERVICE_IP,
-        endpoints,
-        filter_drop,
+        service_ip: SERVICE_IP.into(),
+        endpoints: v4(endpoints),
+        filter_drop: v4(filter_drop),
         policy_drop,
         kubelet: true,
     }
@@ -151,14 +152,15 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
 
 /// Loads the rules `state` calls for into its backend, replacing what was there.
 pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
-    let text = rules::render(&rule_set(prefix, state));
+    let set = rule_set(prefix, state);
+    let text = rules::render(&set);
     topology::run_in(
         &topology::node_netns(prefix),
         restore_program(state.backend),
         &[],
         Some(&text),
-    )
-    .map(drop)
+    )?;
+    family::load_rules6(prefix, state, &set)
 }
 
 /// Applies `name` to the running lab described by `state`, returning what to remember of it.
@@ -210,8 +212,8 @@ pub fn apply(
             // What an old kube-proxy left in the other backend: the same chains, DNAT to a pod
             // that is long gone. Loaded last, its NAT table is registered last and runs first.
             let stale = rules::RuleSet {
-                service_ip: SERVICE_IP,
-                endpoints: vec![STALE_ENDPOINT],
+                service_ip: SERVICE_IP.into(),
+                endpoints: vec![STALE_ENDPOINT.into()],
                 filter_drop: vec![],
                 policy_drop: None,
                 kubelet: false,

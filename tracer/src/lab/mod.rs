@@ -22,9 +22,11 @@
 //! - `pods`: client pods added to the running lab and deleted from it.
 //! - `overload`: the server-overload fault (a stopped server behind a small receive buffer).
 //! - `throttle`: the throttled-server fault (a server stalled past the UDP conntrack timeout).
+//! - `family`: `--ip-family ipv6|dual`, the pods' IPv6 addresses and kube-proxy's ip6tables rules.
 
 pub mod conntrack;
 mod dns;
+mod family;
 mod fault;
 mod overload;
 mod pods;
@@ -40,6 +42,7 @@ use std::{
 
 pub use self::{
     dns::{LONG_NAME, LONG_NAME_IP, WHOAMI},
+    family::{IpFamily, SERVICE_IP6, pod_ip6},
     fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
     pods::{add as add_pod, del as del_pod},
 };
@@ -147,6 +150,8 @@ pub struct LabInfo {
     pub service_ip: Ipv4Addr,
     /// The DNS Service's port.
     pub dns_port: u16,
+    /// The families of the Service and the pods' addresses (`SERVICE_IP6`, [`pod_ip6`]).
+    pub ip_family: IpFamily,
     /// The DNS pods (the Service's endpoints when healthy): dns0, dns1.
     pub endpoints: Vec<Pod>,
     /// The client pods: client0, ...
@@ -170,6 +175,9 @@ struct State {
     /// Client pods added to the running lab (absent in older state files).
     #[serde(default)]
     pods: Vec<pods::AddedPod>,
+    /// IPv4, IPv6 or both (absent in older state files: IPv4).
+    #[serde(default)]
+    ip_family: IpFamily,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -265,6 +273,7 @@ fn lab_info(prefix: &str, state: &State) -> LabInfo {
         node_netns: topology::node_netns(prefix),
         service_ip: SERVICE_IP,
         dns_port: DNS_PORT,
+        ip_family: state.ip_family,
         endpoints,
         clients,
         pods: pods::of(prefix, state),
@@ -286,6 +295,16 @@ pub fn info(prefix: &str) -> Result<Option<LabInfo>, Error> {
 /// removing whatever an earlier (possibly killed) run with this prefix left. On failure, removes
 /// what it made.
 pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error> {
+    up_with_family(prefix, backend, clients, IpFamily::Ipv4)
+}
+
+/// [`up`] with the Service and pods in `ip_family`.
+pub fn up_with_family(
+    prefix: &str,
+    backend: Backend,
+    clients: u8,
+    ip_family: IpFamily,
+) -> Result<LabInfo, Error> {
     validate_prefix(prefix)?;
     if clients == 0 || clients > MAX_CLIENTS {
         return Err(Error::Clients { clients });
@@ -296,6 +315,7 @@ pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error>
         clients,
         faults: Vec::new(),
         pods: Vec::new(),
+        ip_family,
     };
     if let Err(e) = build(prefix, &state) {
         let _ = down(prefix);
@@ -311,22 +331,27 @@ fn build(prefix: &str, state: &State) -> Result<(), Error> {
         source,
     })?;
     topology::create_node(prefix)?;
+    family::setup_node(prefix, state.ip_family)?;
     for pod in 0..2u8 {
         let name = format!("dns{pod}");
         let ifname = topology::dns_host_ifname(prefix, pod);
-        topology::create_pod(prefix, &name, &ifname, topology::DNS_IPS[usize::from(pod)])?;
+        let ip = topology::DNS_IPS[usize::from(pod)];
+        topology::create_pod(prefix, &name, &ifname, ip)?;
+        family::setup_pod(&topology::pod_netns(prefix, &name), ip, state.ip_family)?;
     }
     for client in 0..state.clients {
         let ip = Ipv4Addr::new(10, 244, 0, topology::FIRST_CLIENT + client);
         let ifname = topology::client_host_ifname(prefix, client);
-        topology::create_pod(prefix, &format!("client{client}"), &ifname, ip)?;
+        let name = format!("client{client}");
+        topology::create_pod(prefix, &name, &ifname, ip)?;
+        family::setup_pod(&topology::pod_netns(prefix, &name), ip, state.ip_family)?;
     }
     fault::load_rules(prefix, state)?;
     write_state(prefix, state)?;
     for pod in 0..2u8 {
         dns::start(prefix, &dir, pod)?;
     }
-    Ok(())
+    family::settle(prefix, state.ip_family)
 }
 
 /// Removes every namespace, interface, rule and process of the lab, and its state directory.

@@ -86,7 +86,10 @@ pub struct Report {
 }
 
 /// Runs `f` in `netns` (a path such as `/run/netns/NAME`) or, without one, on the calling thread.
-fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+pub(crate) fn in_netns<T: Send>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, Error> {
     match netns {
         Some(path) => netns::run_in(path, f).map_err(|source| Error::Netns {
             path: path.to_owned(),

@@ -74,6 +74,9 @@ pub struct Target {
     pub netns_filter: Vec<u32>,
     /// The Service as the node's rules describe it (endpoints, REJECT), when they do.
     pub rules: Option<DnsService>,
+    /// The Service's IPv6 side as the node's ip6tables rules describe it (dual-stack and IPv6
+    /// nodes), when they do.
+    pub rules6: Option<DnsService>,
 }
 
 impl Target {
@@ -86,11 +89,17 @@ impl Target {
         let links = netns::named(&info.node_netns);
         // The endpoints are what the rules say now (a fault may have removed one), not the pods.
         let rules = node::dns_service(Some(&links))?;
+        let rules6 = if info.ip_family.has_ipv6() {
+            node::ipv6::dns_service6(Some(&links))?
+        } else {
+            None
+        };
         Ok(Self {
-            service: SocketAddr::from((info.service_ip, info.dns_port)),
+            service: SocketAddr::new(info.client_service_ip(), info.dns_port),
             links_netns: Some((info.node_netns.clone(), links)),
             netns_filter,
             rules,
+            rules6,
         })
     }
 }
@@ -223,13 +232,22 @@ impl Tracer {
         let unix_us = unix_now_us() as i64;
         let ctx = Context {
             service: Some(target.service.ip()),
+            also_services: [&target.rules, &target.rules6]
+                .into_iter()
+                .flatten()
+                .map(|r| r.ip)
+                .filter(|ip| *ip != target.service.ip())
+                .collect(),
             dns_port: 53,
-            endpoints: target
-                .rules
-                .as_ref()
-                .map(DnsService::endpoint_ips)
-                .unwrap_or_default(),
-            service_rejects: target.rules.as_ref().is_some_and(|r| r.rejects),
+            endpoints: [&target.rules, &target.rules6]
+                .into_iter()
+                .flatten()
+                .flat_map(DnsService::endpoint_ips)
+                .collect(),
+            service_rejects: [&target.rules, &target.rules6]
+                .into_iter()
+                .flatten()
+                .any(|r| r.rejects),
             drop_reasons: session.drop_reasons.clone(),
             clock_offset_us: unix_us - (monotonic_ns() / 1000) as i64,
             timeout_ns: settings.timeout.as_nanos() as u64,

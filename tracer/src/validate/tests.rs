@@ -31,6 +31,7 @@ fn lab() -> LabInfo {
         backend: Backend::Nft,
         node_netns: "t-node".to_owned(),
         service_ip: *SERVICE.ip(),
+        ip_family: crate::lab::IpFamily::Ipv4,
         dns_port: 53,
         endpoints: vec![
             pod("dns0", DNS0),

@@ -38,6 +38,8 @@ type Key = (Addr, u16, u16);
 pub struct Context {
     /// The DNS Service IP.
     pub service: Option<IpAddr>,
+    /// The Service's cluster IPs in other families (a dual-stack Service's IPv6 one).
+    pub also_services: Vec<IpAddr>,
     /// The DNS port (host order).
     pub dns_port: u16,
     /// The Service's current endpoints, when known (to call an entry stale).
@@ -161,10 +163,14 @@ impl Correlator {
         }
     }
 
+    fn is_service(&self, ip: IpAddr) -> bool {
+        Some(ip) == self.ctx.service || self.ctx.also_services.contains(&ip)
+    }
+
     fn leg(&self, p: &Packet) -> Leg {
         if port(p.sport) == self.ctx.dns_port {
             Leg::Answer
-        } else if Some(addr(p.daddr)) == self.ctx.service {
+        } else if self.is_service(addr(p.daddr)) {
             Leg::QueryBeforeDnat
         } else {
             Leg::QueryToPod
@@ -447,7 +453,7 @@ impl Correlator {
         };
         if !self.ctx.endpoints.is_empty()
             && !self.ctx.endpoints.contains(&pod)
-            && Some(pod) != self.ctx.service
+            && !self.is_service(pod)
         {
             format!(
                 "; {pod} is not an endpoint of the Service: a stale conntrack entry or stale rule sent it there"

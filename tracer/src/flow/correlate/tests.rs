@@ -28,6 +28,7 @@ fn correlator() -> Correlator {
     Correlator::new(
         Context {
             service: Some(SERVICE),
+            also_services: vec![],
             dns_port: 53,
             endpoints: vec![POD],
             drop_reasons: reasons,
