@@ -22,7 +22,7 @@ use tracer::{
     trace::{Settings, Target, Tracer},
 };
 
-const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
 
 struct Traced {
     records: Vec<QueryRecord>,

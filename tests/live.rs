@@ -115,7 +115,7 @@ fn a_pod_added_after_the_start_is_traced_and_let_go() {
         "one record per query sent: {records:#?}"
     );
     for r in &records {
-        assert_eq!(*r.client.ip(), pod.ip, "{r:?}");
+        assert_eq!(r.client.ip(), pod.ip, "{r:?}");
         assert_eq!(r.verdict, Verdict::Answered, "{r:?}");
         assert_eq!(
             r.client_link.as_deref(),

@@ -21,7 +21,7 @@ use tracer::{
     trace::{Settings, Target, Traced, traced_batch},
 };
 
-const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
 /// A file in the temporary directory, removed when dropped.
