@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
@@ -22,7 +22,7 @@ use tracer::{
     trace::{Settings, Target, Tracer},
 };
 
-const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
 
 struct Traced {
     records: Vec<QueryRecord>,
@@ -123,7 +123,7 @@ fn overloaded_server_losses_are_its_full_receive_queue() {
             t.summary.tally,
             t.summary.in_flight_at_end
         );
-        let server = SocketAddrV4::new(DNS0, 53);
+        let server = SocketAddr::from((DNS0, 53));
         let refused: Vec<&QueryRecord> = failed
             .iter()
             .copied()

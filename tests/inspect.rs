@@ -7,7 +7,7 @@
 mod common;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Command,
 };
 
@@ -75,10 +75,10 @@ fn legacy_tables(lab: &LabGuard) -> String {
 /// The lab's DNS Service with both endpoints, found from the rules alone.
 fn assert_lab_service(report: &Report) {
     let svc = report.dns_service.as_ref().expect("DNS Service found");
-    assert_eq!((svc.ip, svc.port), (Ipv4Addr::new(10, 96, 0, 10), 53));
+    assert_eq!((svc.ip, svc.port), (IpAddr::from([10, 96, 0, 10]), 53));
     let endpoints = [
-        SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 10), 53),
-        SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 53),
+        SocketAddr::from((Ipv4Addr::new(10, 244, 0, 10), 53)),
+        SocketAddr::from((Ipv4Addr::new(10, 244, 0, 11), 53)),
     ];
     assert_eq!(svc.endpoints, endpoints);
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -72,7 +72,7 @@ fn a_pod_added_after_the_start_is_traced_and_let_go() {
         tracer.links_changed()
     );
 
-    let server = SocketAddrV4::new(lab.info.service_ip, lab.info.dns_port);
+    let server = SocketAddr::from((lab.info.service_ip, lab.info.dns_port));
     let spec = batch(QUERIES);
     let result: BatchResult = std::thread::scope(|scope| {
         let sender = scope.spawn(|| query_batch(Some(&pod.netns), server, &spec));
@@ -115,7 +115,7 @@ fn a_pod_added_after_the_start_is_traced_and_let_go() {
         "one record per query sent: {records:#?}"
     );
     for r in &records {
-        assert_eq!(*r.client.ip(), pod.ip, "{r:?}");
+        assert_eq!(r.client.ip(), pod.ip, "{r:?}");
         assert_eq!(r.verdict, Verdict::Answered, "{r:?}");
         assert_eq!(
             r.client_link.as_deref(),
@@ -215,7 +215,7 @@ fn endpoint_churn_names_the_stale_entry_and_when_its_endpoint_went() {
             11,
             "{backend:?}: one record per query: {records:#?}"
         );
-        let replacement = REPLACEMENT_IPS[usize::from(pod)];
+        let replacement = std::net::IpAddr::from(REPLACEMENT_IPS[usize::from(pod)]);
         assert_eq!(
             summary.endpoint_changes.len(),
             1,

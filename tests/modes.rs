@@ -7,7 +7,7 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -21,12 +21,16 @@ use tracer::{
     trace::{Settings, Target, Tracer},
 };
 
-const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
-const DNS1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 11);
+const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
+const DNS1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 11));
 
 /// Lab `prefix` with kube-proxy in nftables mode, one client pod.
 fn nftables_lab(prefix: &str) -> LabGuard {
-    let info = lab::up_in_mode(prefix, Backend::Nft, ProxyMode::Nftables, 1)
+    let shape = lab::Shape {
+        proxy_mode: ProxyMode::Nftables,
+        ..lab::Shape::default()
+    };
+    let info = lab::up_with(prefix, &shape)
         .unwrap_or_else(|e| panic!("lab up {prefix} --proxy-mode nftables: {e}"));
     LabGuard { info }
 }
@@ -81,10 +85,13 @@ fn inspect_finds_the_nftables_mode_service_and_endpoints() {
         let report = node::inspect(Some(&netns::named(&lab.info.node_netns))).expect("inspect");
         assert_eq!(report.proxy_mode, kubeproxy::ProxyMode::Nftables);
         let svc = report.dns_service.expect("the DNS Service");
-        assert_eq!((svc.ip, svc.port), (lab::SERVICE_IP, lab::DNS_PORT));
+        assert_eq!(
+            (svc.ip, svc.port),
+            (IpAddr::V4(lab::SERVICE_IP), lab::DNS_PORT)
+        );
         assert_eq!(
             svc.endpoints,
-            [SocketAddrV4::new(DNS0, 53), SocketAddrV4::new(DNS1, 53)]
+            [SocketAddr::new(DNS0, 53), SocketAddr::new(DNS1, 53)]
         );
         assert_eq!(
             svc.svc_chain.as_deref(),
@@ -105,9 +112,23 @@ fn inspect_finds_the_nftables_mode_service_and_endpoints() {
         }
     }
     assert_eq!(leftovers("tpm1"), Vec::<String>::new());
-    match lab::up_in_mode("tpm1", Backend::Legacy, ProxyMode::Nftables, 1) {
+    let legacy = lab::Shape {
+        backend: Backend::Legacy,
+        proxy_mode: ProxyMode::Nftables,
+        ..lab::Shape::default()
+    };
+    match lab::up_with("tpm1", &legacy) {
         Err(lab::Error::ModeBackend) => {}
         other => panic!("nftables mode with the legacy backend: {other:?}"),
+    }
+    let ipv6 = lab::Shape {
+        proxy_mode: ProxyMode::Nftables,
+        ip_family: lab::IpFamily::Ipv6,
+        ..lab::Shape::default()
+    };
+    match lab::up_with("tpm1", &ipv6) {
+        Err(lab::Error::ModeFamily) => {}
+        other => panic!("nftables mode over IPv6: {other:?}"),
     }
     assert_eq!(leftovers("tpm1"), Vec::<String>::new());
 }
@@ -126,11 +147,7 @@ fn healthy_nftables_mode_every_query_answered_through_dnat() {
     assert_eq!(t.records.len(), 40, "--all gives a record per query");
     assert!(failed(&t).is_empty(), "{:?}", failed(&t));
     for r in &t.records {
-        assert_eq!(
-            *r.server.ip(),
-            lab.info.service_ip,
-            "sent to the Service IP"
-        );
+        assert_eq!(r.server.ip(), lab.info.service_ip, "sent to the Service IP");
         assert!(
             matches!(r.endpoint, Some(DNS0 | DNS1)),
             "DNATed to a pod: {r:?}"
@@ -254,7 +271,7 @@ fn endpoint_churn_in_nftables_mode_is_followed_from_the_table() {
     assert_eq!(result.lost, 0, "the Service's endpoints answer");
     assert_eq!(summary.endpoint_changes.len(), 1, "{summary:#?}");
     let change = &summary.endpoint_changes[0];
-    let replacement = lab::REPLACEMENT_IPS[0];
+    let replacement = IpAddr::V4(lab::REPLACEMENT_IPS[0]);
     assert_eq!(
         (change.removed.clone(), change.added.clone()),
         (vec![DNS0], vec![replacement])

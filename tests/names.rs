@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -114,7 +114,7 @@ fn the_longest_name_is_traced_whole_from_a_refused_packet() {
         let mut lab = LabGuard::up("trln", backend);
         lab.fault(FaultName::NoEndpoints, None);
         let node = lab.info.node_netns.clone();
-        let server = SocketAddrV4::new(lab.info.service_ip, lab.info.dns_port);
+        let server = SocketAddr::from((lab.info.service_ip, lab.info.dns_port));
         let settings = Settings {
             timeout: Duration::from_secs(2),
             ..Settings::default()

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use common::{BACKENDS, LabGuard, batch, in_node, tier};
 use tracer::{
@@ -50,7 +50,7 @@ fn traced(lab: &LabGuard, client: usize, count: u32, rules: bool) -> Traced {
     };
     traced_batch(
         Some(&lab.info.clients[client].netns),
-        SocketAddrV4::new(lab.info.service_ip, lab.info.dns_port),
+        SocketAddr::from((lab.info.service_ip, lab.info.dns_port)),
         &batch(count),
         Some((Target::lab(&lab.info).expect("lab target"), settings)),
         &indicatif::ProgressBar::hidden(),
@@ -142,7 +142,7 @@ fn policy_drop_names_the_custom_chain_rule_and_comment_with_rules() {
         );
         for (r, path) in failed_with_paths(&t, &format!("{backend:?} client0")) {
             assert_eq!(r.verdict, Verdict::Dropped, "{r:?}");
-            assert_eq!(r.endpoint, Some(lab.info.endpoints[0].ip), "{r:?}");
+            assert_eq!(r.endpoint, Some(lab.info.endpoints[0].ip.into()), "{r:?}");
             assert_eq!(r.drop.as_ref().map(|d| d.stage), Some(Stage::Netfilter));
             let d = path.decided.as_ref().expect("a deciding step");
             assert_eq!(
@@ -176,7 +176,7 @@ fn policy_drop_names_the_custom_chain_rule_and_comment_with_rules() {
         // The other client: the same policy, not denied.
         let other = measure::query_batch(
             Some(&lab.info.clients[1].netns),
-            SocketAddrV4::new(lab.info.service_ip, lab.info.dns_port),
+            SocketAddr::from((lab.info.service_ip, lab.info.dns_port)),
             &batch(QUERIES),
         )
         .expect("client1's batch");

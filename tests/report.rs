@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Command, Output},
 };
@@ -21,7 +21,7 @@ use tracer::{
     trace::{Settings, Target, Traced, traced_batch},
 };
 
-const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
 /// A file in the temporary directory, removed when dropped.
@@ -42,7 +42,7 @@ impl Drop for TempFile {
 /// 100 lookups from client0 with the tracer alongside; returns the probe report and the trace.
 fn probe(lab: &LabGuard) -> (ProbeReport, Traced) {
     let spec = batch(100);
-    let server = SocketAddrV4::new(lab.info.service_ip, lab.info.dns_port);
+    let server = SocketAddr::from((lab.info.service_ip, lab.info.dns_port));
     let target = Target::lab(&lab.info).expect("lab target");
     let settings = Settings {
         timeout: spec.timeout,

@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -69,7 +69,7 @@ fn rules_name_the_filter_drop_rule_of_each_dropped_query() {
             summary,
         } = traced_batch(
             Some(&lab.info.clients[0].netns),
-            SocketAddrV4::new(lab.info.service_ip, lab.info.dns_port),
+            SocketAddr::from((lab.info.service_ip, lab.info.dns_port)),
             &batch(30),
             Some((Target::lab(&lab.info).expect("lab target"), settings)),
             &indicatif::ProgressBar::hidden(),

@@ -7,7 +7,7 @@
 //! (`LegacyTrace`, TRACE over nfnetlink_log). Run as root, one at a time (`--test-threads=1`).
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::{AsFd, AsRawFd},
     process::Command,
     time::Duration,
@@ -90,9 +90,9 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// Sends one UDP datagram from `hr-rt-a` to `B_IP:port`; returns its source port.
 fn send_from_a(port: u16) -> u16 {
     in_ns(A, || {
-        let socket = UdpSocket::bind(SocketAddrV4::new(A_IP, 0)).expect("bind in hr-rt-a");
+        let socket = UdpSocket::bind(SocketAddr::from((A_IP, 0))).expect("bind in hr-rt-a");
         socket
-            .send_to(b"hr ruletrace", SocketAddrV4::new(B_IP, port))
+            .send_to(b"hr ruletrace", SocketAddr::from((B_IP, port)))
             .expect("send from hr-rt-a");
         socket.local_addr().expect("local address").port()
     })
@@ -227,10 +227,10 @@ fn a_burst_of_dropped_dns_packets_gives_one_path_each() {
     let (paths, counters) = in_ns(B, || {
         let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
         in_ns(A, || {
-            let socket = UdpSocket::bind(SocketAddrV4::new(A_IP, 0)).expect("bind in hr-rt-a");
+            let socket = UdpSocket::bind(SocketAddr::from((A_IP, 0))).expect("bind in hr-rt-a");
             for _ in 0..BURST {
                 socket
-                    .send_to(b"hr ruletrace", SocketAddrV4::new(B_IP, 53))
+                    .send_to(b"hr ruletrace", SocketAddr::from((B_IP, 53)))
                     .expect("send from hr-rt-a");
             }
         });
@@ -274,14 +274,14 @@ fn a_burst_of_accepted_dns_packets_gives_one_path_each() {
     iptables_b("-A INPUT -p udp --dport 54 -j ACCEPT");
 
     let (paths, counters, received) = in_ns(B, || {
-        let server = UdpSocket::bind(SocketAddrV4::new(B_IP, 53)).expect("bind in hr-rt-b");
+        let server = UdpSocket::bind(SocketAddr::from((B_IP, 53))).expect("bind in hr-rt-b");
         server.set_nonblocking(true).expect("non-blocking");
         let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
         in_ns(A, || {
-            let socket = UdpSocket::bind(SocketAddrV4::new(A_IP, 0)).expect("bind in hr-rt-a");
+            let socket = UdpSocket::bind(SocketAddr::from((A_IP, 0))).expect("bind in hr-rt-a");
             for _ in 0..BURST {
                 socket
-                    .send_to(b"hr ruletrace", SocketAddrV4::new(B_IP, 53))
+                    .send_to(b"hr ruletrace", SocketAddr::from((B_IP, 53)))
                     .expect("send from hr-rt-a");
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -345,7 +345,7 @@ fn accepted_dns_is_delivered_and_its_path_ends_with_the_policy() {
     iptables_b("-A INPUT -p udp --dport 54 -j ACCEPT");
 
     let (paths, received) = in_ns(B, || {
-        let server = UdpSocket::bind(SocketAddrV4::new(B_IP, 53)).expect("bind in hr-rt-b");
+        let server = UdpSocket::bind(SocketAddr::from((B_IP, 53))).expect("bind in hr-rt-b");
         server
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("read timeout");
@@ -378,8 +378,8 @@ fn a_local_query_dropped_in_output_names_the_output_rule() {
 
     let (paths, sent) = in_ns(B, || {
         let mut trace = RuleTrace::start(Options::default()).expect("start the rule trace");
-        let socket = UdpSocket::bind(SocketAddrV4::new(B_IP, 0)).expect("bind in hr-rt-b");
-        let sent = socket.send_to(b"hr ruletrace", SocketAddrV4::new(A_IP, 53));
+        let socket = UdpSocket::bind(SocketAddr::from((B_IP, 0))).expect("bind in hr-rt-b");
+        let sent = socket.send_to(b"hr ruletrace", SocketAddr::from((A_IP, 53)));
         (collect(&mut trace), sent)
     });
 

@@ -3,7 +3,10 @@
 
 mod common;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use common::{BACKENDS, LabGuard, batch, has_drop_reasons, tier};
 use tracer::{
@@ -17,8 +20,8 @@ use tracer::{
     trace::{Settings, Target, Tracer},
 };
 
-const DNS0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
-const DNS1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 11);
+const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
+const DNS1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 11));
 
 struct Traced {
     records: Vec<QueryRecord>,
@@ -156,11 +159,7 @@ fn healthy_every_query_answered_through_dnat() {
         );
         let mut unconfirmed = 0;
         for r in answered {
-            assert_eq!(
-                *r.server.ip(),
-                lab.info.service_ip,
-                "sent to the Service IP"
-            );
+            assert_eq!(r.server.ip(), lab.info.service_ip, "sent to the Service IP");
             assert!(
                 matches!(r.endpoint, Some(DNS0 | DNS1)),
                 "DNATed to a pod: {r:?}"
@@ -182,7 +181,7 @@ fn healthy_every_query_answered_through_dnat() {
             // The deep tier sees the DNAT itself and the entry conntrack confirmed.
             if t.deep_nat() {
                 assert_eq!(
-                    r.nat.map(|n| *n.ip()),
+                    r.nat.map(|n| n.ip()),
                     r.endpoint,
                     "the NAT stage names the DNAT target the pod link saw: {r:?}"
                 );
@@ -259,7 +258,7 @@ fn filter_drop_is_a_netfilter_drop_after_dnat_naming_the_pod() {
                 assert_eq!(d.backend_from, Some(BackendEvidence::VerdictProbe), "{d:?}");
             }
             if t.deep_nat() {
-                assert_eq!(r.nat.map(|n| *n.ip()), Some(DNS0), "DNATed to dns0: {r:?}");
+                assert_eq!(r.nat.map(|n| n.ip()), Some(DNS0), "DNATed to dns0: {r:?}");
             }
         }
         if t.tier() != Tier::Tracepoint && !t.deep_verdicts(backend) {

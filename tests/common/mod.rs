@@ -3,7 +3,7 @@
 //! what a lab left behind. Each test file uses only some of them.
 #![allow(dead_code)]
 
-use std::{net::SocketAddrV4, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use tracer::{
     lab::{self, LabInfo},
@@ -82,7 +82,7 @@ impl LabGuard {
     /// Sends `spec` from client0 to the Service IP.
     pub fn probe(&self, spec: &BatchSpec) -> BatchResult {
         let client = &self.info.clients[0].netns;
-        let server = SocketAddrV4::new(self.info.service_ip, self.info.dns_port);
+        let server = std::net::SocketAddr::from((self.info.service_ip, self.info.dns_port));
         measure::query_batch(Some(client), server, spec).expect("query batch")
     }
 

@@ -66,8 +66,8 @@ impl Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Only this pod IP, as client or endpoint; 0 means any.
-    pub pod_ip: u32,
+    /// Only this pod IP (IPv4-mapped for IPv4), as client or endpoint; all zero means any.
+    pub pod_ip: crate::flow::Addr,
     /// Non-zero: only namespaces listed in the `NETNS_FILTER` map are traced.
     pub netns_filter: u32,
     /// Non-zero: export a record for every query, answered ones included (`--all`).
@@ -79,6 +79,8 @@ pub struct Config {
     /// `enum skb_drop_reason` values that are not drops (`SKB_NOT_DROPPED_YET`,
     /// `SKB_CONSUMED`), from this kernel's BTF; `NOT_A_REASON` where it has no such value.
     pub not_drops: [u32; 2],
+    /// Explicit padding before the 8-byte field.
+    pub _pad2: u32,
     /// Answers slower than this are exported (nanoseconds).
     pub slow_ns: u64,
     /// Offsets of kernel struct fields.
@@ -97,6 +99,6 @@ mod tests {
     #[test]
     fn sizes_are_pinned() {
         assert_eq!(core::mem::size_of::<KernelOffsets>(), 84);
-        assert_eq!(core::mem::size_of::<Config>(), 32 + 84 + 4);
+        assert_eq!(core::mem::size_of::<Config>(), 48 + 84 + 4);
     }
 }

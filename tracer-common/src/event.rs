@@ -107,7 +107,8 @@ mod tests {
     fn size_is_pinned() {
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 16 + 8 + 8 + 16 + core::mem::size_of::<Slot>() + 2 * NAME_LEN + 16
+            8 + 16 + 8 + 8 + 40 + core::mem::size_of::<Slot>() + 2 * NAME_LEN + 16
         );
+        assert_eq!(core::mem::size_of::<Event>(), 544);
     }
 }

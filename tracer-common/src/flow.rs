@@ -10,14 +10,40 @@ const _: () = assert!(QUESTION_LEN >= 255 + 4 && QUESTION_LEN.is_multiple_of(8))
 /// Slots in the per-query table; a power of two (the index is a masked hash).
 pub const SLOTS: u32 = 4096;
 
+/// An IP address as the kernel side carries it: 16 bytes in network order, as four words read
+/// from the wire (`u32::from_ne_bytes` of each 4-byte group). IPv6 as is; IPv4 as an IPv4-mapped
+/// IPv6 address (`::ffff:a.b.c.d`), so that both families share one layout and one compare.
+pub type Addr = [u32; 4];
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`).
+pub const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4-mapped form of an IPv4 address given as its wire word.
+#[inline(always)]
+pub const fn v4_mapped(v4: u32) -> Addr {
+    [0, 0, V4_MAPPED, v4]
+}
+
+/// Whether `a` is an IPv4 address (IPv4-mapped).
+#[inline(always)]
+pub const fn is_v4(a: &Addr) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED
+}
+
+/// Whether `a` is all zero (no address).
+#[inline(always)]
+pub const fn is_unset(a: &Addr) -> bool {
+    a[0] | a[1] | a[2] | a[3] == 0
+}
+
 /// The addresses of one packet (network byte order, as on the wire) and its DNS header.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Packet {
-    /// IPv4 source address.
-    pub saddr: u32,
-    /// IPv4 destination address.
-    pub daddr: u32,
+    /// Source address (IPv4-mapped for IPv4).
+    pub saddr: Addr,
+    /// Destination address (IPv4-mapped for IPv4).
+    pub daddr: Addr,
     /// UDP source port.
     pub sport: u16,
     /// UDP destination port.
@@ -67,12 +93,12 @@ pub struct Slot {
     pub question_len: u16,
     /// Interface index of the client's node-side link.
     pub client_ifindex: u32,
-    /// The endpoint (pod IP) the query was delivered to after DNAT, 0 until seen.
-    pub endpoint_ip: u32,
     /// Interface index of the endpoint's node-side link.
     pub endpoint_ifindex: u32,
-    /// The destination NAT rewrote the query to (kprobe/fentry tier), 0 until seen.
-    pub nat_ip: u32,
+    /// The endpoint (pod IP) the query was delivered to after DNAT, zero until seen.
+    pub endpoint_ip: Addr,
+    /// The destination NAT rewrote the query to (kprobe/fentry tier), zero until seen.
+    pub nat_ip: Addr,
     /// When the query left the client (bpf_ktime_get_ns).
     pub t_query: u64,
     /// When it reached the endpoint's link, 0 until seen.
@@ -91,8 +117,8 @@ impl Slot {
     /// An empty slot (also the array map's initial value).
     pub const EMPTY: Slot = Slot {
         query: Packet {
-            saddr: 0,
-            daddr: 0,
+            saddr: [0; 4],
+            daddr: [0; 4],
             sport: 0,
             dport: 0,
             dns_id: 0,
@@ -103,9 +129,9 @@ impl Slot {
         retries: 0,
         question_len: 0,
         client_ifindex: 0,
-        endpoint_ip: 0,
         endpoint_ifindex: 0,
-        nat_ip: 0,
+        endpoint_ip: [0; 4],
+        nat_ip: [0; 4],
         t_query: 0,
         t_endpoint: 0,
         t_reply: 0,
@@ -115,11 +141,13 @@ impl Slot {
     };
 }
 
-/// The slot index of a query: FNV-1a over (client address, client port, DNS id), masked.
+/// The slot index of a query: FNV-1a over (client address folded to one word, client port, DNS
+/// id), masked. The fold (three XORs) keeps IPv4's cost what it was with a 4-byte address.
 #[inline(always)]
-pub fn slot_index(client_ip: u32, client_port: u16, dns_id: u16) -> u32 {
+pub fn slot_index(client_ip: &Addr, client_port: u16, dns_id: u16) -> u32 {
+    let folded = client_ip[0] ^ client_ip[1] ^ client_ip[2] ^ client_ip[3];
     let mut h: u32 = 0x811c_9dc5;
-    for b in client_ip.to_ne_bytes() {
+    for b in folded.to_ne_bytes() {
         h = (h ^ b as u32).wrapping_mul(0x0100_0193);
     }
     for b in client_port.to_ne_bytes() {
@@ -140,20 +168,31 @@ mod tests {
 
     #[test]
     fn sizes_are_pinned() {
-        assert_eq!(core::mem::size_of::<Packet>(), 16);
+        assert_eq!(core::mem::size_of::<Packet>(), 40);
         assert_eq!(
             core::mem::size_of::<Slot>(),
-            16 + 24 + 24 + 8 + QUESTION_LEN
+            40 + 16 + 32 + 24 + 8 + QUESTION_LEN
         );
-        // The slot table is SLOTS of these: 336 bytes each, 1.3 MiB in all.
-        assert_eq!(core::mem::size_of::<Slot>(), 336);
+        // The slot table is SLOTS of these: 384 bytes each, 1.5 MiB in all.
+        assert_eq!(core::mem::size_of::<Slot>(), 384);
     }
 
     #[test]
     fn slot_index_stays_in_table_and_spreads() {
-        let a = slot_index(0x0a_f4_00_05, 40000, 1);
-        let b = slot_index(0x0a_f4_00_05, 40000, 2);
+        let a = slot_index(&v4_mapped(0x0a_f4_00_05), 40000, 1);
+        let b = slot_index(&v4_mapped(0x0a_f4_00_05), 40000, 2);
         assert!(a < SLOTS && b < SLOTS);
         assert_ne!(a, b);
+        let c = slot_index(&[0xfd, 0, 0, 5], 40000, 1);
+        assert!(c < SLOTS);
+    }
+
+    #[test]
+    fn v4_mapped_is_recognised() {
+        let a = v4_mapped(u32::from_ne_bytes([10, 244, 0, 5]));
+        assert!(is_v4(&a) && !is_unset(&a));
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(a) };
+        assert_eq!(bytes[10..], [0xff, 0xff, 10, 244, 0, 5]);
+        assert!(!is_v4(&[u32::from_ne_bytes([0xfd, 0, 0, 0x10]), 0, 0, 1]));
     }
 }

@@ -4,7 +4,7 @@ use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, helpers::bpf_ktime_get_ns, maps::PerC
 use tracer_common::{
     counter,
     event::Event,
-    flow::{Packet, SLOTS, Slot, slot_index},
+    flow::{Addr, Packet, SLOTS, Slot, slot_index},
 };
 
 use crate::maps::{EVENTS, PENDING, QUERY_SLOTS, count};
@@ -23,6 +23,20 @@ pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
     let (d, s) = (dst as *mut T as *mut u64, src as *const T as *const u64);
     for i in 0..core::mem::size_of::<T>() / 8 {
         // SAFETY: both point to a whole, 8-aligned T; i stays inside it.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+    }
+}
+
+/// Copies a packet summary word by word (see `copy_words`; a `Packet` is 4-aligned).
+#[inline(always)]
+pub fn copy_packet(dst: &mut Packet, src: &Packet) {
+    const N: usize = core::mem::size_of::<Packet>() / 4;
+    let (d, s) = (
+        dst as *mut Packet as *mut u32,
+        src as *const Packet as *const u32,
+    );
+    for i in 0..N {
+        // SAFETY: both point to a whole Packet; i stays inside it.
         unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
     }
 }
@@ -47,7 +61,7 @@ pub fn scratch(kind: u32, packet: &Packet) -> Option<&'static mut Event> {
     zero_words(e);
     e.ts = now();
     e.kind = kind;
-    e.packet = *packet;
+    copy_packet(&mut e.packet, packet);
     Some(e)
 }
 
@@ -69,14 +83,18 @@ pub fn now() -> u64 {
 /// The slot of the query (client address, client port, DNS id), with its index, if it is still
 /// that query's.
 #[inline(always)]
-pub fn slot_of(client_ip: u32, client_port: u16, dns_id: u16) -> Option<(u32, &'static mut Slot)> {
+pub fn slot_of(
+    client_ip: &Addr,
+    client_port: u16,
+    dns_id: u16,
+) -> Option<(u32, &'static mut Slot)> {
     let index = slot_index(client_ip, client_port, dns_id);
     let slot = QUERY_SLOTS.get_ptr_mut(index)?;
     // SAFETY: array map value, valid for the program's lifetime; races between CPUs on one
     // slot only blur that one query's times, which userspace tolerates.
     let slot = unsafe { &mut *slot };
     let q = &slot.query;
-    if q.saddr == client_ip && q.sport == client_port && q.dns_id == dns_id {
+    if q.saddr == *client_ip && q.sport == client_port && q.dns_id == dns_id {
         Some((index, slot))
     } else {
         None
@@ -97,7 +115,7 @@ pub fn mark_pending(index: u32, pending: bool) {
 /// The raw slot for a new query (whatever it holds now), with its index.
 #[inline(always)]
 pub fn slot_for_new(
-    client_ip: u32,
+    client_ip: &Addr,
     client_port: u16,
     dns_id: u16,
 ) -> Option<(u32, &'static mut Slot)> {

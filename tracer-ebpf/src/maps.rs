@@ -13,12 +13,13 @@ use tracer_common::{
 /// Set by the loader with `EbpfLoader::override_global("CONFIG", ..)`; read-only at run time.
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config {
-    pod_ip: 0,
+    pod_ip: [0; 4],
     netns_filter: 0,
     export_all: 0,
     dns_port: 53u16.to_be(),
     _pad: 0,
     not_drops: [Config::NOT_A_REASON; 2],
+    _pad2: 0,
     slow_ns: 0,
     offsets: KernelOffsets {
         skb_head: 0,
@@ -56,8 +57,8 @@ pub fn config() -> &'static Config {
 
 /// Records for userspace: failed, slow or asked-for queries. Submitted without wakeup; the
 /// loader drains it on a timer (a wakeup per record costs 36-45 % of DNS throughput here).
-/// 2 MiB holds about 4500 records (456 bytes each, 8 of header): with `--all` at 30 k queries/s,
-/// 150 ms between drains (the loader drains every 50 ms); a full buffer is counted as lost events.
+/// 2 MiB holds about 3800 records (544 bytes each, 8 of header): with `--all` at 30 k queries/s,
+/// 125 ms between drains (the loader drains every 50 ms); a full buffer is counted as lost events.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
 

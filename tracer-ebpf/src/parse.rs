@@ -5,16 +5,28 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 use tracer_common::{
     counter,
-    flow::{Packet, QUESTION_LEN},
+    flow::{Addr, Packet, QUESTION_LEN, is_unset, v4_mapped},
 };
 
 use crate::maps::{config, count};
 
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
+/// IPv6 extension headers walked to reach UDP: hop-by-hop, routing, fragment, destination options.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before giving up (counted as a parse error).
+const MAX_EXT_HEADERS: usize = 4;
 /// DNS header: id, flags, four counts.
 pub const DNS_HEADER_LEN: usize = 12;
 
@@ -71,10 +83,36 @@ fn is_fragment(ip: &Ipv4Hdr) -> bool {
 }
 
 #[inline(always)]
-fn packet(ip: &Ipv4Hdr, (sport, dport): (u16, u16), dns: &[u8; DNS_HEADER_LEN]) -> Packet {
+fn packet(ip: &Ipv4Hdr, ports: (u16, u16), dns: &[u8; DNS_HEADER_LEN]) -> Packet {
+    packet_of(
+        v4_mapped(u32::from_ne_bytes(ip.src_addr)),
+        v4_mapped(u32::from_ne_bytes(ip.dst_addr)),
+        ports,
+        dns,
+    )
+}
+
+/// An IPv6 address as four wire words.
+#[inline(always)]
+fn addr6(a: &[u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+#[inline(always)]
+fn packet_of(
+    saddr: Addr,
+    daddr: Addr,
+    (sport, dport): (u16, u16),
+    dns: &[u8; DNS_HEADER_LEN],
+) -> Packet {
     Packet {
-        saddr: u32::from_ne_bytes(ip.src_addr),
-        daddr: u32::from_ne_bytes(ip.dst_addr),
+        saddr,
+        daddr,
         sport,
         dport,
         dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
@@ -99,7 +137,11 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
         return Parsed::Other;
     };
     // SAFETY: bounds checked by ptr_at.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    if ether_type != ETH_P_IP {
+        if ether_type == ETH_P_IPV6 {
+            return tc_packet6(ctx);
+        }
         return Parsed::Other;
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
@@ -136,6 +178,122 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
             off: dns_off + DNS_HEADER_LEN,
             avail,
         },
+    }
+}
+
+/// Where an IPv6 packet's UDP header is, after its extension headers.
+enum Walk {
+    /// UDP header at this offset from the IPv6 header.
+    Udp(usize),
+    /// Not UDP, or a fragment other than the first (no UDP header to read): not ours.
+    Other,
+    /// More extension headers than we walk, or one that could not be read: counted.
+    Unreadable,
+}
+
+/// Walks the extension headers of an IPv6 packet whose fixed header says `next`, reading each
+/// header's first 8 bytes through `read8(offset from the IPv6 header)`. At most
+/// `MAX_EXT_HEADERS` are walked (a loop the verifier sees bounded; 5.10 unrolls nothing for us).
+/// A fragment header is followed only on the first fragment (offset 0): later ones carry no
+/// UDP header.
+#[inline(always)]
+fn walk6(mut next: u8, read8: impl Fn(usize) -> Option<[u8; 8]>) -> Walk {
+    let mut off = Ipv6Hdr::LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        if next == IPPROTO_UDP {
+            return Walk::Udp(off);
+        }
+        let len = match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => None,
+            NEXTHDR_FRAGMENT => Some(8),
+            _ => return Walk::Other,
+        };
+        let Some(h) = read8(off) else {
+            return Walk::Unreadable;
+        };
+        let len = match len {
+            Some(l) => l,
+            None => (h[1] as usize + 1) * 8,
+        };
+        if next == NEXTHDR_FRAGMENT && u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+            return Walk::Other;
+        }
+        next = h[0];
+        off += len;
+    }
+    if next == IPPROTO_UDP {
+        Walk::Udp(off)
+    } else {
+        Walk::Unreadable
+    }
+}
+
+/// The UDP and DNS part of an IPv6 packet, read through `read` (offsets from the IPv6 header):
+/// the shared tail of `tc_packet6` and `skb_packet6`. The returned question offset is relative
+/// to the IPv6 header.
+#[inline(always)]
+fn dns6<R: Fn(usize) -> Option<[u8; 8]>, D: Fn(usize) -> Option<[u8; DNS_HEADER_LEN]>>(
+    ip: &Ipv6Hdr,
+    read8: R,
+    read_dns: D,
+) -> Parsed {
+    let udp_off = match walk6(ip.next_hdr, &read8) {
+        Walk::Udp(off) => off,
+        Walk::Other => return Parsed::Other,
+        Walk::Unreadable => return Parsed::Malformed,
+    };
+    let Some(u) = read8(udp_off) else {
+        return Parsed::Other;
+    };
+    let udp = UdpHdr {
+        src: [u[0], u[1]],
+        dst: [u[2], u[3]],
+        len: [u[4], u[5]],
+        check: [u[6], u[7]],
+    };
+    let Some(ports) = dns_ports(&udp) else {
+        return Parsed::Other;
+    };
+    let Some(avail) = question_avail(&udp) else {
+        return Parsed::Malformed;
+    };
+    let dns_off = udp_off + UdpHdr::LEN;
+    let Some(dns) = read_dns(dns_off) else {
+        return Parsed::Malformed;
+    };
+    Parsed::Dns {
+        packet: packet_of(addr6(&ip.src_addr), addr6(&ip.dst_addr), ports, &dns),
+        question: QuestionAt {
+            off: dns_off + DNS_HEADER_LEN,
+            avail,
+        },
+    }
+}
+
+/// Parses the IPv6 packet of an Ethernet frame seen by TC, with helper loads (the extension
+/// header walk has variable offsets, which direct packet access would make the verifier track).
+#[inline(always)]
+fn tc_packet6(ctx: &TcContext) -> Parsed {
+    let Ok(ip) = ctx.load::<Ipv6Hdr>(EthHdr::LEN) else {
+        return Parsed::Other;
+    };
+    if ip.version() != 6 {
+        return Parsed::Other;
+    }
+    let base = EthHdr::LEN;
+    match dns6(
+        &ip,
+        |off| ctx.load::<[u8; 8]>(base + off).ok(),
+        |off| ctx.load::<[u8; DNS_HEADER_LEN]>(base + off).ok(),
+    ) {
+        Parsed::Dns { packet, question } => Parsed::Dns {
+            packet,
+            question: QuestionAt {
+                off: base + question.off,
+                avail: question.avail,
+            },
+        },
+        other => other,
     }
 }
 
@@ -262,6 +420,9 @@ pub fn skb_packet(skb: *const u8) -> Parsed {
     let Some(ip) = read::<Ipv4Hdr>(ip_ptr) else {
         return Parsed::Other;
     };
+    if ip.vihl >> 4 == 6 {
+        return skb_packet6(ip_ptr);
+    }
     let Some(ihl) = udp_ihl(&ip) else {
         return Parsed::Other;
     };
@@ -290,16 +451,38 @@ pub fn skb_packet(skb: *const u8) -> Parsed {
     }
 }
 
+/// Parses the IPv6/UDP/DNS headers of an `sk_buff` whose network header is at `ip_ptr`.
+#[inline(always)]
+fn skb_packet6(ip_ptr: *const u8) -> Parsed {
+    let Some(ip) = read::<Ipv6Hdr>(ip_ptr) else {
+        return Parsed::Other;
+    };
+    match dns6(
+        &ip,
+        |off| read::<[u8; 8]>(ip_ptr.wrapping_add(off)),
+        |off| read::<[u8; DNS_HEADER_LEN]>(ip_ptr.wrapping_add(off)),
+    ) {
+        Parsed::Dns { packet, question } => Parsed::Dns {
+            packet,
+            question: QuestionAt {
+                off: ip_ptr as usize + question.off,
+                avail: question.avail,
+            },
+        },
+        other => other,
+    }
+}
+
 /// Whether a packet passes the pod filter (`--pod-ip`).
 #[inline(always)]
 pub fn wanted(packet: &Packet) -> bool {
-    let pod = config().pod_ip;
-    pod == 0 || packet.saddr == pod || packet.daddr == pod
+    let pod = &config().pod_ip;
+    is_unset(pod) || packet.saddr == *pod || packet.daddr == *pod
 }
 
 /// The client side of a DNS packet: (address, port) of whoever sent the query.
 #[inline(always)]
-pub fn client_of(packet: &Packet) -> (u32, u16) {
+pub fn client_of(packet: &Packet) -> (Addr, u16) {
     if packet.dport == config().dns_port {
         (packet.saddr, packet.sport)
     } else {

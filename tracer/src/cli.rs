@@ -1,11 +1,11 @@
 //! Every command-line type of the tracer.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    lab::{FaultName, ProxyMode},
+    lab::{FaultName, IpFamily, ProxyMode},
     node::Backend,
     probes::plan::Tier,
 };
@@ -81,7 +81,7 @@ pub struct TraceArgs {
     pub prefix: String,
     /// The DNS Service, `IP[:PORT]` (default: the lab's, else the kube-dns Service in the rules).
     #[arg(long, value_parser = parse_ip_port)]
-    pub service: Option<(Ipv4Addr, Option<u16>)>,
+    pub service: Option<(IpAddr, Option<u16>)>,
     /// The namespace (in /run/netns) holding the node side of the pod links (default: the
     /// tracer's own, as on a node; on the lab: its node namespace).
     #[arg(long)]
@@ -91,7 +91,7 @@ pub struct TraceArgs {
     pub netns: Vec<String>,
     /// Only queries from or to this pod IP.
     #[arg(long)]
-    pub pod_ip: Option<Ipv4Addr>,
+    pub pod_ip: Option<IpAddr>,
     /// Which hooks the deep stages use: auto (the best this kernel offers), fentry, kprobe or
     /// tracepoint.
     #[arg(long, value_parser = parse_hooks, default_value = "auto")]
@@ -145,6 +145,12 @@ pub enum LabAction {
         /// Number of client pods.
         #[arg(long, default_value_t = 1)]
         clients: u8,
+        /// The DNS Service's and pods' IP families (ipv6 and dual add `fd00:10:244::/64` pod
+        /// addresses, the Service `fd00:10:96::a` and kube-proxy's ip6tables rules).
+        ///
+        /// Example: tracer lab up --ip-family dual
+        #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
+        ip_family: IpFamily,
     },
     /// Remove every namespace, interface, rule and process the lab made.
     Down,
@@ -202,7 +208,7 @@ pub struct ProbeArgs {
     /// The DNS server, `IP[:PORT]` (port 53 by default); default: the lab's Service IP with
     /// `--lab`, else the kube-dns Service in this node's rules.
     #[arg(long, value_parser = parse_ip_port)]
-    pub server: Option<(Ipv4Addr, Option<u16>)>,
+    pub server: Option<(IpAddr, Option<u16>)>,
     /// Number of lookups (default: rate × duration).
     #[arg(long)]
     pub count: Option<u32>,
@@ -390,7 +396,18 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `IP[:PORT]`.
-pub fn parse_ip_port(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+pub fn parse_ip_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    // IPv6: bare (`fd00:10:96::a`) or bracketed with a port (`[fd00:10:96::a]:53`).
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok((ip, None));
+    }
     match s.split_once(':') {
         Some((ip, port)) => Ok((
             ip.parse().map_err(|e| format!("bad address {ip:?}: {e}"))?,

@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{copy_words, mark_pending, now, scratch, send, slot_for_new, slot_of},
+    emit::{copy_packet, copy_words, mark_pending, now, scratch, send, slot_for_new, slot_of},
     maps::{LATENCY, config, count},
     parse::{self, Parsed, QuestionAt},
 };
@@ -51,7 +51,7 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
 /// A client sent a query: take its slot. A pending query found there is reported first.
 #[inline(always)]
 fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
-    let Some((index, slot)) = slot_for_new(packet.saddr, packet.sport, packet.dns_id) else {
+    let Some((index, slot)) = slot_for_new(&packet.saddr, packet.sport, packet.dns_id) else {
         return;
     };
     let same = slot.query.saddr == packet.saddr
@@ -77,7 +77,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
     }
     count(counter::QUERIES);
     mark_pending(index, true);
-    slot.query = *packet;
+    copy_packet(&mut slot.query, packet);
     slot.state = state::PENDING;
     slot.flags = 0;
     slot.retries = 0;
@@ -86,7 +86,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
     // Volatile: plain zero stores to neighbouring fields become a call to a byte-loop memset.
     // SAFETY: fields of a valid map value.
     unsafe {
-        core::ptr::write_volatile(&mut slot.endpoint_ip, 0);
+        core::ptr::write_volatile(&mut slot.endpoint_ip, [0; 4]);
         core::ptr::write_volatile(&mut slot.endpoint_ifindex, 0);
         core::ptr::write_volatile(&mut slot.t_endpoint, 0);
         core::ptr::write_volatile(&mut slot.t_reply, 0);
@@ -98,7 +98,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
 #[inline(always)]
 fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
     count(counter::AT_ENDPOINT);
-    match slot_of(packet.saddr, packet.sport, packet.dns_id) {
+    match slot_of(&packet.saddr, packet.sport, packet.dns_id) {
         Some((_, slot)) if slot.state == state::PENDING => {
             slot.endpoint_ip = packet.daddr;
             // SAFETY: as above.
@@ -113,7 +113,7 @@ fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
 #[inline(always)]
 fn answer_from_endpoint(packet: &Packet) {
     count(counter::FROM_ENDPOINT);
-    match slot_of(packet.daddr, packet.dport, packet.dns_id) {
+    match slot_of(&packet.daddr, packet.dport, packet.dns_id) {
         Some((_, slot)) if slot.state == state::PENDING => slot.t_reply = now(),
         _ => count(counter::UNMATCHED),
     }
@@ -122,7 +122,7 @@ fn answer_from_endpoint(packet: &Packet) {
 /// The answer reached the client that asked: the query is done.
 #[inline(always)]
 fn answer_delivered(ctx: &TcContext, packet: &Packet) {
-    let Some((index, slot)) = slot_of(packet.daddr, packet.dport, packet.dns_id) else {
+    let Some((index, slot)) = slot_of(&packet.daddr, packet.dport, packet.dns_id) else {
         count(counter::UNMATCHED);
         return;
     };

@@ -85,7 +85,7 @@ pub fn skb_packet_slot(
         return None;
     }
     let (client_ip, client_port) = parse::client_of(&packet);
-    let slot = match slot_of(client_ip, client_port, packet.dns_id) {
+    let slot = match slot_of(&client_ip, client_port, packet.dns_id) {
         Some((_, slot)) if slot.state == state::PENDING => Some(slot),
         _ => None,
     };

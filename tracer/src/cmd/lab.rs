@@ -13,8 +13,15 @@ pub fn run(args: LabArgs) -> Result<(), lab::Error> {
             backend,
             proxy_mode,
             clients,
+            ip_family,
         } => {
-            let lab = lab::up_in_mode(prefix, backend, proxy_mode, clients)?;
+            let shape = lab::Shape {
+                backend,
+                clients,
+                proxy_mode,
+                ip_family,
+            };
+            let lab = lab::up_with(prefix, &shape)?;
             print_status(&lab);
         }
         LabAction::Down => {
@@ -79,10 +86,12 @@ fn print_status(lab: &LabInfo) {
             lab.prefix, lab.node_netns
         ),
     }
-    println!(
-        "  service kube-system/kube-dns  {}:{} (udp, tcp)",
-        lab.service_ip, lab.dns_port
-    );
+    for ip in lab.service_ips() {
+        println!(
+            "  service kube-system/kube-dns  {} (udp, tcp)",
+            std::net::SocketAddr::new(ip, lab.dns_port)
+        );
+    }
     for pod in lab.endpoints.iter().chain(&lab.clients).chain(&lab.pods) {
         println!(
             "  {:<8} {:<15} netns {:<14} node side {}",

@@ -2,7 +2,7 @@
 //! alongside so that every lost query is attributed to a stage and reason; a progress bar while
 //! it runs, a summary table (or JSON) at the end, and a versioned report with `--report`.
 
-use std::{io::Write as _, net::SocketAddrV4, path::PathBuf, time::Duration};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{Error, lab_info};
 use crate::{
@@ -117,7 +117,7 @@ pub fn run(args: ProbeArgs) -> Result<(), Error> {
 struct Path {
     /// The client's namespace; `None`: the node's (this process's).
     netns: Option<String>,
-    server: SocketAddrV4,
+    server: SocketAddr,
     /// `None` with `--no-trace`.
     target: Option<Target>,
     /// The node's namespace, for the report's node facts.
@@ -144,7 +144,7 @@ fn lab_path(args: &ProbeArgs, spec: &mut BatchSpec, say: impl Fn(String)) -> Res
     }
     let (ip, port) = args
         .server
-        .unwrap_or((info.service_ip, Some(info.dns_port)));
+        .unwrap_or((info.client_service_ip(), Some(info.dns_port)));
     let target = if args.no_trace {
         None
     } else {
@@ -184,12 +184,13 @@ fn node_path(args: &ProbeArgs) -> Result<Path, Error> {
 
 /// The tracer's target for a probe of the node's own DNS Service at `server`: its endpoints
 /// from the node's rules when they describe that Service.
-fn node_target(server: SocketAddrV4) -> Result<Target, Error> {
-    let svc = node::dns_service(None)?.filter(|s| s.ip == *server.ip());
+fn node_target(server: SocketAddr) -> Result<Target, Error> {
+    let svc = node::dns_service(None)?.filter(|s| s.ip == server.ip());
     Ok(Target {
         service: server,
         links_netns: None,
         netns_filter: Vec::new(),
         rules: svc,
+        rules6: None,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::{
     io::Write,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -39,10 +39,11 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
     let mut t = match &lab {
         Some(info) => Target::lab(info)?,
         None => Target {
-            service: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
+            service: SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 53)),
             links_netns: None,
             netns_filter: Vec::new(),
             rules: None,
+            rules6: None,
         },
     };
     if let Some(name) = &args.links_netns {
@@ -51,11 +52,12 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
     if lab.is_none() {
         t.rules = node::dns_service(t.links_netns.as_ref().map(|(_, p)| p.as_path()))?;
         if let Some(svc) = &t.rules {
-            t.service = SocketAddrV4::new(svc.ip, svc.port);
+            t.service = SocketAddr::new(svc.ip, svc.port);
         }
+        t.rules6 = node::ipv6::dns_service6(t.links_netns.as_ref().map(|(_, p)| p.as_path()))?;
     }
     if let Some((ip, port)) = args.service {
-        t.service = SocketAddrV4::new(ip, port.unwrap_or(53));
+        t.service = SocketAddr::new(ip, port.unwrap_or(53));
     }
     if t.service.ip().is_unspecified() {
         return Err(Error::NoService);

@@ -5,7 +5,7 @@
 //! a map; [`Cause::from_str`] reads that text back, and also the `no drop seen (last seen:
 //! AtEndpoint)` form that reports written before [`Seen`] had a name used.
 
-use std::{fmt, net::SocketAddrV4, str::FromStr};
+use std::{fmt, net::SocketAddr, str::FromStr};
 
 use super::record::{Drop, QueryRecord, Seen, Stage};
 use crate::kernel::symbols;
@@ -32,7 +32,7 @@ pub enum Cause {
     /// `queued behind a full receive queue at 10.244.0.10:53, never read`.
     Queued {
         /// The server socket.
-        endpoint: SocketAddrV4,
+        endpoint: SocketAddr,
     },
     /// No drop and no ICMP error seen: `no drop seen (last seen: at_endpoint)`.
     NoDropSeen {

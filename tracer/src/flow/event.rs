@@ -320,8 +320,8 @@ mod tests {
 
     fn packet() -> Packet {
         Packet {
-            saddr: 1,
-            daddr: 2,
+            saddr: [0, 0, 0, 1],
+            daddr: [0, 0, 0, 2],
             sport: 3,
             dport: 4,
             dns_id: 5,

@@ -1,6 +1,6 @@
 //! One record per DNS query: its verdict, its path, and where and why it died.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::{node::Backend, probes::table::Stage as ProbeStage};
 
@@ -301,7 +301,7 @@ impl std::fmt::Display for SocketQueue {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Queued {
     /// The server socket (endpoint address and port).
-    pub endpoint: SocketAddrV4,
+    pub endpoint: SocketAddr,
     /// The queue at that socket's overflow closest in time.
     pub queue: SocketQueue,
 }
@@ -334,9 +334,9 @@ pub struct QueryRecord {
     /// When the query was first seen (Unix time, microseconds).
     pub time_us: u64,
     /// The asking socket.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// Where the client sent it (the Service IP, or a pod).
-    pub server: SocketAddrV4,
+    pub server: SocketAddr,
     /// DNS transaction id.
     pub id: u16,
     /// Queried name, when decodable.
@@ -346,10 +346,10 @@ pub struct QueryRecord {
     /// How it ended.
     pub verdict: Verdict,
     /// The pod the query was sent to after DNAT, when seen.
-    pub endpoint: Option<Ipv4Addr>,
+    pub endpoint: Option<IpAddr>,
     /// The destination NAT rewrote the query to, as the NAT stage saw it (kprobe/fentry tier).
     #[serde(default)]
-    pub nat: Option<SocketAddrV4>,
+    pub nat: Option<SocketAddr>,
     /// Conntrack confirmed the query's entry (kprobe/fentry tier; `false` when not seen).
     #[serde(default)]
     pub confirmed: bool,
@@ -388,11 +388,11 @@ pub struct QueryRecord {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StaleEntry {
     /// The client socket the entry belongs to.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The Service address it was sent to.
-    pub service: SocketAddrV4,
+    pub service: SocketAddr,
     /// The address the entry still sends it to.
-    pub endpoint: Ipv4Addr,
+    pub endpoint: IpAddr,
     /// When conntrack created the entry (Unix µs); `None`: before the trace started.
     pub created_us: Option<u64>,
     /// When the tracer saw the endpoint leave the Service's rules (Unix µs); `None`: it was
@@ -534,13 +534,16 @@ impl QueryRecord {
     pub(crate) fn dropped(id: u16, stage: Stage) -> Self {
         Self {
             time_us: 0,
-            client: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 20), 1000 + id),
-            server: SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53),
+            client: SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 20)),
+                1000 + id,
+            ),
+            server: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10)), 53),
             id,
             name: None,
             qtype: None,
             verdict: Verdict::Dropped,
-            endpoint: Some(Ipv4Addr::new(10, 244, 0, 10)),
+            endpoint: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10))),
             nat: None,
             confirmed: false,
             client_link: None,

@@ -59,7 +59,7 @@ pub fn create_udp_assured(
 pub fn delete_matching(matches: impl Fn(&Entry) -> bool) -> Result<usize, Error> {
     let doomed: Vec<Entry> = conntrack::dump()?
         .into_iter()
-        .filter(|e| matches(e))
+        .filter(|e| e.orig.src.is_ipv4() && matches(e))
         .collect();
     let requests = doomed.iter().map(|e| {
         let mut attributes = vec![ConntrackAttribute::CtaTupleOrig(nl_tuple_of(&e.orig))];

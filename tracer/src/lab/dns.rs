@@ -2,7 +2,7 @@
 //! records, daemonised with its pid file and log in the lab's state directory.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -90,7 +90,7 @@ fn wait_ready(prefix: &str, pod: u8, ip: Ipv4Addr) -> Result<(), Error> {
     let node = topology::node_netns(prefix);
     let deadline = Instant::now() + READY_WITHIN;
     while Instant::now() < deadline {
-        let result = measure::query_batch(Some(&node), SocketAddrV4::new(ip, 53), &spec)
+        let result = measure::query_batch(Some(&node), SocketAddr::from((ip, 53)), &spec)
             .map_err(|source| Error::Measure { source })?;
         if let Some(Outcome::Answered { .. }) = result.queries.first().map(|q| &q.outcome) {
             return Ok(());

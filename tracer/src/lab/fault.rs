@@ -2,12 +2,12 @@
 //! conntrack entries), each undone by `fault clear`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
 use super::{
-    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns,
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, family,
     nftables::{self, ProxyMode},
     overload, policy, rules, state_dir, throttle, topology,
 };
@@ -114,6 +114,7 @@ fn other(backend: Backend) -> Backend {
 fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
     let active = |name| state.faults.iter().find(|f| f.name == name);
     let mut endpoints = topology::DNS_IPS.to_vec();
+    let v4 = |ips: Vec<Ipv4Addr>| ips.into_iter().map(IpAddr::from).collect();
     if let Some(stale) = active(FaultName::StaleConntrack) {
         let gone = topology::DNS_IPS[usize::from(stale.pod.unwrap_or(0))];
         endpoints.retain(|ip| *ip != gone);
@@ -142,9 +143,9 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
         },
     });
     rules::RuleSet {
-        service_ip: SERVICE_IP,
-        endpoints,
-        filter_drop,
+        service_ip: SERVICE_IP.into(),
+        endpoints: v4(endpoints),
+        filter_drop: v4(filter_drop),
         policy_drop,
         kubelet: true,
     }
@@ -162,7 +163,8 @@ pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
         ),
         ProxyMode::Nftables => ("nft", &["-f", "-"][..], nftables::render(&rules)),
     };
-    topology::run_in(&topology::node_netns(prefix), program, args, Some(&text)).map(drop)
+    topology::run_in(&topology::node_netns(prefix), program, args, Some(&text))?;
+    family::load_rules6(prefix, state, &rules)
 }
 
 /// Why fault `name` has no meaning in kube-proxy's nftables mode, if it has none.
@@ -235,8 +237,8 @@ pub fn apply(
             // What an old kube-proxy left in the other backend: the same chains, DNAT to a pod
             // that is long gone. Loaded last, its NAT table is registered last and runs first.
             let stale = rules::RuleSet {
-                service_ip: SERVICE_IP,
-                endpoints: vec![STALE_ENDPOINT],
+                service_ip: SERVICE_IP.into(),
+                endpoints: vec![STALE_ENDPOINT.into()],
                 filter_drop: vec![],
                 policy_drop: None,
                 kubelet: false,
@@ -327,7 +329,7 @@ fn stale_flow(prefix: &str, pod: u8) -> Result<u16, Error> {
         };
         let result = measure::query_batch(
             Some(&client),
-            SocketAddrV4::new(SERVICE_IP, DNS_PORT),
+            SocketAddr::from((SERVICE_IP, DNS_PORT)),
             &spec,
         )
         .map_err(|source| Error::Measure { source })?;

@@ -24,9 +24,11 @@
 //! - `pods`: client pods added to the running lab and deleted from it.
 //! - `overload`: the server-overload fault (a stopped server behind a small receive buffer).
 //! - `throttle`: the throttled-server fault (a server stalled past the UDP conntrack timeout).
+//! - `family`: `--ip-family ipv6|dual`, the pods' IPv6 addresses and kube-proxy's ip6tables rules.
 
 pub mod conntrack;
 mod dns;
+mod family;
 mod fault;
 mod nftables;
 mod overload;
@@ -43,6 +45,7 @@ use std::{
 
 pub use self::{
     dns::{LONG_NAME, LONG_NAME_IP, WHOAMI},
+    family::{IpFamily, SERVICE_IP6, pod_ip6},
     fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
     nftables::ProxyMode,
     pods::{add as add_pod, del as del_pod},
@@ -127,6 +130,10 @@ pub enum Error {
         "--proxy-mode nftables writes kube-proxy's nftables table, which needs the nft backend: drop --backend legacy"
     )]
     ModeBackend,
+    #[error(
+        "--proxy-mode nftables writes kube-proxy's IPv4 table only (table ip kube-proxy): use --ip-family ipv4 with it"
+    )]
+    ModeFamily,
     #[error("fault {fault} does not apply to kube-proxy's nftables mode: {why}")]
     NotInMode { fault: String, why: &'static str },
 }
@@ -159,6 +166,8 @@ pub struct LabInfo {
     pub service_ip: Ipv4Addr,
     /// The DNS Service's port.
     pub dns_port: u16,
+    /// The families of the Service and the pods' addresses (`SERVICE_IP6`, [`pod_ip6`]).
+    pub ip_family: IpFamily,
     /// The DNS pods (the Service's endpoints when healthy): dns0, dns1.
     pub endpoints: Vec<Pod>,
     /// The client pods: client0, ...
@@ -185,6 +194,9 @@ struct State {
     /// Client pods added to the running lab (absent in older state files).
     #[serde(default)]
     pods: Vec<pods::AddedPod>,
+    /// IPv4, IPv6 or both (absent in older state files: IPv4).
+    #[serde(default)]
+    ip_family: IpFamily,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -281,6 +293,7 @@ fn lab_info(prefix: &str, state: &State) -> LabInfo {
         node_netns: topology::node_netns(prefix),
         service_ip: SERVICE_IP,
         dns_port: DNS_PORT,
+        ip_family: state.ip_family,
         endpoints,
         clients,
         pods: pods::of(prefix, state),
@@ -302,19 +315,54 @@ pub fn info(prefix: &str) -> Result<Option<LabInfo>, Error> {
 /// removing whatever an earlier (possibly killed) run with this prefix left. On failure, removes
 /// what it made.
 pub fn up(prefix: &str, backend: Backend, clients: u8) -> Result<LabInfo, Error> {
-    up_in_mode(prefix, backend, ProxyMode::Iptables, clients)
+    up_with(
+        prefix,
+        &Shape {
+            backend,
+            clients,
+            ..Shape::default()
+        },
+    )
 }
 
-/// [`up`], with kube-proxy in `mode`; nftables mode needs the nft backend.
-pub fn up_in_mode(
-    prefix: &str,
-    backend: Backend,
-    proxy_mode: ProxyMode,
-    clients: u8,
-) -> Result<LabInfo, Error> {
+/// How a lab is built: `up`'s arguments and the options `lab up` adds.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Where kube-proxy's iptables rules live.
+    pub backend: Backend,
+    /// Client pods.
+    pub clients: u8,
+    /// kube-proxy's mode; nftables mode needs the nft backend.
+    pub proxy_mode: ProxyMode,
+    /// The Service's and the queries' address family.
+    pub ip_family: IpFamily,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            backend: Backend::Nft,
+            clients: 1,
+            proxy_mode: ProxyMode::Iptables,
+            ip_family: IpFamily::Ipv4,
+        }
+    }
+}
+
+/// [`up`] in any [`Shape`].
+pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
+    let Shape {
+        backend,
+        clients,
+        proxy_mode,
+        ip_family,
+    } = *shape;
     validate_prefix(prefix)?;
     if proxy_mode == ProxyMode::Nftables && backend == Backend::Legacy {
         return Err(Error::ModeBackend);
+    }
+    if proxy_mode == ProxyMode::Nftables && ip_family != IpFamily::Ipv4 {
+        return Err(Error::ModeFamily);
     }
     if clients == 0 || clients > MAX_CLIENTS {
         return Err(Error::Clients { clients });
@@ -326,6 +374,7 @@ pub fn up_in_mode(
         clients,
         faults: Vec::new(),
         pods: Vec::new(),
+        ip_family,
     };
     if let Err(e) = build(prefix, &state) {
         let _ = down(prefix);
@@ -341,22 +390,27 @@ fn build(prefix: &str, state: &State) -> Result<(), Error> {
         source,
     })?;
     topology::create_node(prefix)?;
+    family::setup_node(prefix, state.ip_family)?;
     for pod in 0..2u8 {
         let name = format!("dns{pod}");
         let ifname = topology::dns_host_ifname(prefix, pod);
-        topology::create_pod(prefix, &name, &ifname, topology::DNS_IPS[usize::from(pod)])?;
+        let ip = topology::DNS_IPS[usize::from(pod)];
+        topology::create_pod(prefix, &name, &ifname, ip)?;
+        family::setup_pod(&topology::pod_netns(prefix, &name), ip, state.ip_family)?;
     }
     for client in 0..state.clients {
         let ip = Ipv4Addr::new(10, 244, 0, topology::FIRST_CLIENT + client);
         let ifname = topology::client_host_ifname(prefix, client);
-        topology::create_pod(prefix, &format!("client{client}"), &ifname, ip)?;
+        let name = format!("client{client}");
+        topology::create_pod(prefix, &name, &ifname, ip)?;
+        family::setup_pod(&topology::pod_netns(prefix, &name), ip, state.ip_family)?;
     }
     fault::load_rules(prefix, state)?;
     write_state(prefix, state)?;
     for pod in 0..2u8 {
         dns::start(prefix, &dir, pod)?;
     }
-    Ok(())
+    family::settle(prefix, state.ip_family)
 }
 
 /// Removes every namespace, interface, rule and process of the lab, and its state directory.

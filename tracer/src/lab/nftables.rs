@@ -9,7 +9,7 @@
 //! has an element in `no-endpoint-services` instead, which the `filter-forward` chain sends to
 //! `reject-chain`.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::IpAddr};
 
 use super::rules::{CLUSTER_CIDR, DNS_SERVICE_PORTS, RuleSet, ServicePort, chain_hash};
 
@@ -71,7 +71,7 @@ fn service_chain(sp: &ServicePort) -> String {
 
 /// `endpoint-HASH-kube-system/kube-dns/udp/dns__10.244.0.10/53`
 /// (`servicePortEndpointChainNameBase`).
-fn endpoint_chain(sp: &ServicePort, ep: Ipv4Addr) -> String {
+fn endpoint_chain(sp: &ServicePort, ep: IpAddr) -> String {
     let name = format!(
         "kube-system/kube-dns/{}/{}__{ep}/{}",
         sp.protocol, sp.name, sp.port
@@ -246,7 +246,7 @@ mod tests {
             "service-NWBZK7IH-kube-system/kube-dns/tcp/dns-tcp"
         );
         assert_eq!(
-            endpoint_chain(&DNS_SERVICE_PORTS[0], Ipv4Addr::new(10, 244, 0, 10)),
+            endpoint_chain(&DNS_SERVICE_PORTS[0], IpAddr::from([10, 244, 0, 10])),
             "endpoint-LCNDTFG3-kube-system/kube-dns/udp/dns__10.244.0.10/53"
         );
     }

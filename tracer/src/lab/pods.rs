@@ -79,7 +79,9 @@ pub fn add(prefix: &str, name: &str) -> Result<Pod, Error> {
         octet,
     };
     let pod = added.pod(prefix);
-    if let Err(e) = topology::create_pod(prefix, &format!("pod-{name}"), &pod.host_ifname, pod.ip) {
+    let created = topology::create_pod(prefix, &format!("pod-{name}"), &pod.host_ifname, pod.ip)
+        .and_then(|()| super::family::setup_pod(&pod.netns, pod.ip, state.ip_family));
+    if let Err(e) = created {
         let _ = remove_netns(&pod.netns);
         return Err(e);
     }

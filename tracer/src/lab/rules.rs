@@ -6,7 +6,10 @@
 //! of the service port name and protocol (and endpoint), so the lab's `KUBE-SVC-TCOU7JCQXEZGVUNU`
 //! is the one every real cluster has for `kube-system/kube-dns:dns`.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use sha2::{Digest as _, Sha256};
 
@@ -14,6 +17,22 @@ use super::policy::{self, PolicyDrop};
 
 /// The cluster's pod CIDR: traffic from outside it to a Service is masqueraded.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The cluster's IPv6 pod CIDR (dual-stack and IPv6 labs).
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
+
+/// The pod CIDR of `ip`'s family.
+fn cluster_cidr(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() {
+        CLUSTER_CIDR6
+    } else {
+        CLUSTER_CIDR
+    }
+}
+
+/// The prefix length of one address of `ip`'s family (32, 128).
+fn host_bits(ip: IpAddr) -> u8 {
+    if ip.is_ipv6() { 128 } else { 32 }
+}
 
 /// The ports of the `kube-system/kube-dns` Service, as CoreDNS's manifest declares them.
 pub(super) const DNS_SERVICE_PORTS: [ServicePort; 3] = [
@@ -53,8 +72,9 @@ impl ServicePort {
         )
     }
 
-    fn sep_chain(&self, endpoint: Ipv4Addr) -> String {
-        let ep = format!("{endpoint}:{}", self.port);
+    fn sep_chain(&self, endpoint: IpAddr) -> String {
+        // kube-proxy's endpoint string: `10.244.0.10:53`, `[fd00:10:244::a]:53`.
+        let ep = SocketAddr::new(endpoint, self.port);
         format!(
             "KUBE-SEP-{}",
             chain_hash(&format!("{}{}{ep}", self.full_name(), self.protocol))
@@ -65,12 +85,12 @@ impl ServicePort {
 /// What the rules say about the DNS Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
-    /// The Service's cluster IP.
-    pub service_ip: Ipv4Addr,
+    /// The Service's cluster IP (IPv4 for `iptables-restore`, IPv6 for `ip6tables-restore`).
+    pub service_ip: IpAddr,
     /// The ready endpoints kube-proxy knows of; none gives kube-proxy's REJECT rules.
-    pub endpoints: Vec<Ipv4Addr>,
+    pub endpoints: Vec<IpAddr>,
     /// Pod IPs that get a DROP for UDP/53 at the top of filter FORWARD (the filter-drop fault).
-    pub filter_drop: Vec<Ipv4Addr>,
+    pub filter_drop: Vec<IpAddr>,
     /// A NetworkPolicy engine's per-pod chains that drop DNS from one client (the policy-drop
     /// fault).
     pub policy_drop: Option<PolicyDrop>,
@@ -150,7 +170,8 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
     for ip in &rules.filter_drop {
         let _ = writeln!(
             out,
-            "-A FORWARD -d {ip}/32 -p udp -m udp --dport 53 -m comment --comment \"{FAULT_COMMENT}\" -j DROP"
+            "-A FORWARD -d {ip}/{} -p udp -m udp --dport 53 -m comment --comment \"{FAULT_COMMENT}\" -j DROP",
+            host_bits(*ip)
         );
     }
     if let Some(p) = &rules.policy_drop {
@@ -221,7 +242,8 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
             );
             let _ = writeln!(
                 out,
-                "-A {svc} -m comment --comment \"{name} cluster IP\" {matches} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
+                "-A {svc} -m comment --comment \"{name} cluster IP\" {matches} ! -s {} -j KUBE-MARK-MASQ",
+                cluster_cidr(ip)
             );
             let n = rules.endpoints.len();
             for (i, ep) in rules.endpoints.iter().enumerate() {
@@ -235,7 +257,8 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
                 };
                 let _ = writeln!(
                     out,
-                    "-A {svc} -m comment --comment \"{name} -> {ep}:{port}\"{statistic} -j {}",
+                    "-A {svc} -m comment --comment \"{name} -> {}\"{statistic} -j {}",
+                    SocketAddr::new(*ep, port),
                     sp.sep_chain(*ep)
                 );
             }
@@ -247,7 +270,8 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
                 );
                 let _ = writeln!(
                     out,
-                    "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {ep}:{port}"
+                    "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {}",
+                    SocketAddr::new(*ep, port)
                 );
             }
         }

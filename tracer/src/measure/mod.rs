@@ -12,7 +12,7 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::AsFd as _,
     str::FromStr as _,
     sync::{Arc, Barrier, mpsc},
@@ -52,7 +52,7 @@ pub enum Error {
     Spec { reason: &'static str },
     #[error("failed to open a UDP socket to {server} from source port {port} in {netns}: {source}")]
     Socket {
-        server: SocketAddrV4,
+        server: SocketAddr,
         port: u16,
         netns: String,
         source: io::Error,
@@ -195,7 +195,7 @@ impl BatchResult {
 /// for every answer or timeout. Runs on its own thread; the caller's thread stays where it is.
 pub fn query_batch(
     netns: Option<&str>,
-    server: SocketAddrV4,
+    server: SocketAddr,
     spec: &BatchSpec,
 ) -> Result<BatchResult, Error> {
     validate(spec)?;
@@ -338,7 +338,7 @@ fn pin(cpu: usize) {
 
 struct Batch<'a> {
     netns: &'a str,
-    server: SocketAddrV4,
+    server: SocketAddr,
     spec: &'a BatchSpec,
     start: Instant,
     queries: Vec<SentQuery>,
@@ -348,7 +348,7 @@ struct Batch<'a> {
     helper: Option<Helper>,
 }
 
-fn run(netns: &str, server: SocketAddrV4, spec: &BatchSpec) -> Result<BatchResult, Error> {
+fn run(netns: &str, server: SocketAddr, spec: &BatchSpec) -> Result<BatchResult, Error> {
     let started = SystemTime::now();
     let mut batch = Batch {
         netns,
@@ -413,8 +413,12 @@ impl Batch<'_> {
             netns: self.netns.to_owned(),
             source,
         };
-        let socket =
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).map_err(err)?;
+        let any: IpAddr = if self.server.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(any, port)).map_err(err)?;
         socket.connect(self.server).map_err(err)?;
         socket.set_nonblocking(true).map_err(err)?;
         Ok(socket)
@@ -604,8 +608,8 @@ pub fn parse_qtype(s: &str) -> Result<RecordType, String> {
 }
 
 /// The server address of `IP[:PORT]` (port 53 when absent).
-pub fn server_addr(ip: Ipv4Addr, port: Option<u16>) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port.unwrap_or(53))
+pub fn server_addr(ip: IpAddr, port: Option<u16>) -> SocketAddr {
+    SocketAddr::new(ip, port.unwrap_or(53))
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ fn answers_garbage_and_silence_are_told_apart() {
         timeout: Duration::from_millis(300),
         ..BatchSpec::default()
     };
-    let result = query_batch(None, addr, &spec).unwrap();
+    let result = query_batch(None, addr.into(), &spec).unwrap();
     responder.join().unwrap();
     assert_eq!((result.sent, result.answered, result.lost), (3, 1, 2));
     assert_eq!(result.bad_answers, 1);
@@ -48,7 +48,7 @@ fn answers_garbage_and_silence_are_told_apart() {
 
 #[test]
 fn bad_specs_are_refused() {
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 53));
     let no_names = BatchSpec {
         names: vec![],
         ..BatchSpec::default()

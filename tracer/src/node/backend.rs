@@ -371,7 +371,7 @@ pub(crate) fn nft_json(args: &[&str]) -> Result<Option<nft::Ruleset>, Error> {
         })
 }
 
-fn read_save(program: &str, warnings: &mut Vec<String>) -> Result<Option<Save>, Error> {
+pub(crate) fn read_save(program: &str, warnings: &mut Vec<String>) -> Result<Option<Save>, Error> {
     let Some((stdout, stderr)) = run(program, &["-c"])? else {
         return Ok(None);
     };

@@ -86,7 +86,10 @@ pub struct Report {
 }
 
 /// Runs `f` in `netns` (a path such as `/run/netns/NAME`) or, without one, on the calling thread.
-fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+pub(crate) fn in_netns<T: Send>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, Error> {
     match netns {
         Some(path) => netns::run_in(path, f).map_err(|source| Error::Netns {
             path: path.to_owned(),
@@ -222,7 +225,7 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
     let (mut dns_entries, mut dns_unreplied, mut dns_stale) = (0, 0, Vec::new());
     if let Some(svc) = &dns_service {
         for e in conntrack::dump_udp(svc.port).map_err(ct)? {
-            if e.orig.dst != std::net::IpAddr::V4(svc.ip) {
+            if e.orig.dst != svc.ip {
                 continue;
             }
             dns_entries += 1;
@@ -263,15 +266,13 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
 /// An entry to the Service whose reply comes from an address that is no endpoint (and not the
 /// Service itself, which would be an entry without DNAT).
 pub fn is_stale(e: &Entry, svc: &DnsService) -> bool {
-    match e.reply.src {
-        std::net::IpAddr::V4(src) => src != svc.ip && !svc.endpoint_ips().contains(&src),
-        std::net::IpAddr::V6(_) => false,
-    }
+    let src = e.reply.src;
+    src != svc.ip && !svc.endpoint_ips().contains(&src)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     use super::*;
     use crate::node::{
@@ -282,10 +283,10 @@ pub(crate) mod tests {
     fn svc() -> DnsService {
         DnsService {
             name: kubeproxy::DNS_PORT_NAME.to_owned(),
-            ip: Ipv4Addr::new(10, 96, 0, 10),
+            ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 53,
             svc_chain: Some("KUBE-SVC-TCOU7JCQXEZGVUNU".into()),
-            endpoints: vec![SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 53)],
+            endpoints: vec![SocketAddr::from((Ipv4Addr::new(10, 244, 0, 11), 53))],
             rejects: false,
         }
     }

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use serde::Serialize;
@@ -59,7 +59,7 @@ pub struct Rule {
     pub comment: Option<String>,
     /// `-j` target.
     pub target: Option<String>,
-    /// `-d` (without `/32`).
+    /// `-d` (without `/32` or `/128`).
     pub dst: Option<String>,
     /// `-p`.
     pub proto: Option<String>,
@@ -209,7 +209,11 @@ pub fn parse_save(text: &str) -> Result<Save, Error> {
                 "--comment" => rule.comment = value(),
                 "-j" | "-g" => rule.target = value(),
                 "-d" if positive => {
-                    rule.dst = value().map(|d| d.trim_end_matches("/32").to_owned())
+                    rule.dst = value().map(|d| {
+                        d.trim_end_matches("/32")
+                            .trim_end_matches("/128")
+                            .to_owned()
+                    })
                 }
                 "-p" if positive => rule.proto = value(),
                 "--dport" if positive => rule.dport = value().and_then(|p| p.parse().ok()),
@@ -337,21 +341,26 @@ pub struct DnsService {
     /// kube-proxy's name of the port (`kube-system/kube-dns:dns`), or `udp/53` when found by port.
     pub name: String,
     /// The cluster IP.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The Service port.
     pub port: u16,
     /// The `KUBE-SVC-*` chain; `None` when the Service has no endpoints.
     pub svc_chain: Option<String>,
     /// DNAT targets, in rule order.
-    pub endpoints: Vec<SocketAddrV4>,
+    pub endpoints: Vec<SocketAddr>,
     /// kube-proxy's "has no endpoints" REJECT is in place.
     pub rejects: bool,
 }
 
 impl DnsService {
-    /// The endpoint IPs.
-    pub fn endpoint_ips(&self) -> Vec<Ipv4Addr> {
-        self.endpoints.iter().map(|e| *e.ip()).collect()
+    /// The Service address (`10.96.0.10:53`, `[fd00:10:96::a]:53`).
+    pub fn socket(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    /// The endpoints' addresses.
+    pub fn endpoint_ips(&self) -> Vec<IpAddr> {
+        self.endpoints.iter().map(SocketAddr::ip).collect()
     }
 }
 
@@ -393,7 +402,7 @@ pub fn dns_service(save: &Save) -> Option<DnsService> {
                     nat.rules
                         .iter()
                         .filter(|r| r.chain == sep)
-                        .find_map(|r| r.to_destination.as_deref()?.parse::<SocketAddrV4>().ok())
+                        .find_map(|r| r.to_destination.as_deref()?.parse::<SocketAddr>().ok())
                 })
                 .collect();
             let name = if is_dns_name(rule) {
@@ -521,7 +530,7 @@ mod tests {
     const MIXED_LEGACY: &str =
         include_str!("../../../tests/fixtures/inspect/mixed/iptables-legacy-save-c.txt");
 
-    fn ep(s: &str) -> SocketAddrV4 {
+    fn ep(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -547,7 +556,7 @@ mod tests {
         assert!(save.has_service_portals());
         let svc = dns_service(&save).unwrap();
         assert_eq!(svc.name, DNS_PORT_NAME);
-        assert_eq!((svc.ip, svc.port), (Ipv4Addr::new(10, 96, 0, 10), 53));
+        assert_eq!((svc.ip, svc.port), (IpAddr::from([10, 96, 0, 10]), 53));
         assert_eq!(svc.svc_chain.as_deref(), Some("KUBE-SVC-TCOU7JCQXEZGVUNU"));
         assert_eq!(svc.endpoints, [ep("10.244.0.10:53"), ep("10.244.0.11:53")]);
         assert!(!svc.rejects);
@@ -609,7 +618,7 @@ mod tests {
         assert!(svc.rejects && svc.endpoints.is_empty() && svc.svc_chain.is_none());
         assert_eq!(
             (svc.name.as_str(), svc.ip),
-            (DNS_PORT_NAME, Ipv4Addr::new(10, 96, 0, 10))
+            (DNS_PORT_NAME, IpAddr::from([10, 96, 0, 10]))
         );
     }
 

@@ -20,6 +20,7 @@ pub mod conntrack;
 pub mod facts;
 pub mod findings;
 pub mod inspect;
+pub mod ipv6;
 pub mod kubeproxy;
 pub mod nft;
 pub mod render;

@@ -3,7 +3,7 @@
 //! (`nft -j list table ip kube-proxy`). Only the fields read here are typed; every other object,
 //! expression or value is skipped, so a ruleset with things this module does not know still parses.
 
-use std::{collections::HashMap, net::SocketAddrV4};
+use std::{collections::HashMap, net::SocketAddr};
 
 use serde::{Deserialize, de::IgnoredAny};
 
@@ -273,12 +273,12 @@ fn endpoint_chains<'a>(body: &[&'a Expr]) -> Vec<&'a str> {
 }
 
 /// The `dnat to ADDR:PORT` of an endpoint chain.
-fn dnat_target(body: &[&Expr]) -> Option<SocketAddrV4> {
+fn dnat_target(body: &[&Expr]) -> Option<SocketAddr> {
     body.iter().find_map(|e| {
         let nat = e.dnat.as_ref()?;
         let ip = nat.addr.as_ref()?.str()?.parse().ok()?;
         let port = u16::try_from(nat.port.as_ref()?.num()?).ok()?;
-        Some(SocketAddrV4::new(ip, port))
+        Some(SocketAddr::new(ip, port))
     })
 }
 
@@ -359,7 +359,7 @@ fn no_endpoints(ruleset: &Ruleset) -> Option<DnsService> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
     use super::*;
 
@@ -370,7 +370,7 @@ mod tests {
         Ruleset::parse(&json).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    fn ep(s: &str) -> SocketAddrV4 {
+    fn ep(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -392,7 +392,7 @@ mod tests {
     fn nftables_mode_table_gives_the_dns_service() {
         let svc = dns_service(&fixture("modern/nft-j-list-table-kube-proxy.json")).unwrap();
         assert_eq!(svc.name, DNS_PORT_NAME);
-        assert_eq!((svc.ip, svc.port), (Ipv4Addr::new(10, 96, 0, 10), 53));
+        assert_eq!((svc.ip, svc.port), (IpAddr::from([10, 96, 0, 10]), 53));
         assert_eq!(svc.endpoints, [ep("10.244.0.10:53"), ep("10.244.0.11:53")]);
         assert_eq!(
             svc.svc_chain.as_deref(),
@@ -402,7 +402,7 @@ mod tests {
 
         // Without the masquerade rule the IP comes from the service-ips map.
         let bare = dns_service(&fixture("modern/nft-j-list-table-kube-proxy-bare.json")).unwrap();
-        assert_eq!(bare.ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(bare.ip, IpAddr::from([10, 96, 0, 10]));
         assert_eq!(bare.endpoints, svc.endpoints);
 
         let none = dns_service(&fixture(
@@ -410,7 +410,7 @@ mod tests {
         ))
         .unwrap();
         assert!(none.rejects && none.endpoints.is_empty());
-        assert_eq!((none.ip, none.port), (Ipv4Addr::new(10, 96, 0, 10), 53));
+        assert_eq!((none.ip, none.port), (IpAddr::from([10, 96, 0, 10]), 53));
 
         let empty = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": "ip", "name": "kube-proxy", "handle": 1}}]}"#;
         assert_eq!(dns_service(&Ruleset::parse(empty).unwrap()), None);

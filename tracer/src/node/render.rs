@@ -24,9 +24,8 @@ impl Report {
             ),
             match &self.dns_service {
                 Some(s) => format!(
-                    "dns service: {}:{} -> {}",
-                    s.ip,
-                    s.port,
+                    "dns service: {} -> {}",
+                    s.socket(),
                     endpoints_text(&s.endpoints)
                 ),
                 None => "dns service: not found in the rules".to_owned(),
@@ -76,7 +75,7 @@ impl Report {
                 self.dns_service
                     .as_ref()
                     .map_or("not found".to_owned(), |s| {
-                        format!("{}:{} -> {}", s.ip, s.port, endpoints_text(&s.endpoints))
+                        format!("{} -> {}", s.socket(), endpoints_text(&s.endpoints))
                     }),
             ),
             (

@@ -1,6 +1,6 @@
 //! The trace report: a line per query that failed or was slow, and the summary.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 
@@ -134,9 +134,9 @@ pub struct EndpointChange {
     /// When it was noticed (Unix µs).
     pub noticed_us: u64,
     /// Endpoints that appeared.
-    pub added: Vec<Ipv4Addr>,
+    pub added: Vec<IpAddr>,
     /// Endpoints that went.
-    pub removed: Vec<Ipv4Addr>,
+    pub removed: Vec<IpAddr>,
 }
 
 /// A stale conntrack entry and the failed queries it sent to its gone endpoint.
@@ -271,7 +271,7 @@ impl TraceSummary {
     /// The Service's endpoint changes and the stale conntrack entries that outlived one.
     fn service_text(&self, s: &mut String) {
         for c in &self.endpoint_changes {
-            let list = |ips: &[Ipv4Addr]| match ips {
+            let list = |ips: &[IpAddr]| match ips {
                 [] => "none".to_owned(),
                 _ => ips
                     .iter()
@@ -343,7 +343,7 @@ pub fn endpoint_key(r: &QueryRecord) -> String {
         .unwrap_or_else(|| "before DNAT".to_owned())
 }
 
-fn ep(e: Option<Ipv4Addr>, link: &Option<String>) -> String {
+fn ep(e: Option<IpAddr>, link: &Option<String>) -> String {
     match (e, link) {
         (Some(e), Some(l)) => format!("{e} [{l}]"),
         (Some(e), None) => e.to_string(),

@@ -1,7 +1,7 @@
 //! A batch of DNS queries sent while the tracer watches (`tracer probe`, `tracer validate`).
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -30,7 +30,7 @@ pub struct Traced {
 /// timed out. `progress` counts lookups as they are sent.
 pub fn traced_batch(
     netns: Option<&str>,
-    server: SocketAddrV4,
+    server: SocketAddr,
     spec: &BatchSpec,
     trace: Option<(Target, Settings)>,
     progress: &ProgressBar,

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use crate::{
@@ -24,9 +24,9 @@ struct Destroyed {
     /// When its DESTROY event was read (Unix time, microseconds).
     at_us: u64,
     /// Where the client sent the query (the Service).
-    service: SocketAddrV4,
+    service: SocketAddr,
     /// The endpoint the entry DNATed to.
-    endpoint: Ipv4Addr,
+    endpoint: IpAddr,
 }
 
 /// The DNATed DNS entries destroyed lately, by client socket.
@@ -34,8 +34,8 @@ struct Destroyed {
 pub struct Expiries {
     /// `nf_conntrack_udp_timeout` of the node at trace start (seconds).
     pub udp_timeout_s: Option<u32>,
-    destroyed: HashMap<SocketAddrV4, Destroyed>,
-    order: VecDeque<SocketAddrV4>,
+    destroyed: HashMap<SocketAddr, Destroyed>,
+    order: VecDeque<SocketAddr>,
 }
 
 /// `hh:mm:ss` (UTC) of a Unix time in microseconds.
@@ -63,9 +63,9 @@ impl Expiries {
     /// Conntrack destroyed the entry of `client`'s query to `service`, DNATed to `endpoint`.
     pub fn destroyed(
         &mut self,
-        client: SocketAddrV4,
-        service: SocketAddrV4,
-        endpoint: Ipv4Addr,
+        client: SocketAddr,
+        service: SocketAddr,
+        endpoint: IpAddr,
         at_us: u64,
     ) {
         let d = Destroyed {

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -67,13 +67,16 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The DNS Service.
-    pub service: SocketAddrV4,
+    pub service: SocketAddr,
     /// The namespace holding the node side of the pod links: (name, path); `None`: our own.
     pub links_netns: Option<(String, PathBuf)>,
     /// Namespaces to trace (inodes); empty: all.
     pub netns_filter: Vec<u32>,
     /// The Service as the node's rules describe it (endpoints, REJECT), when they do.
     pub rules: Option<DnsService>,
+    /// The Service's IPv6 side as the node's ip6tables rules describe it (dual-stack and IPv6
+    /// nodes), when they do.
+    pub rules6: Option<DnsService>,
 }
 
 impl Target {
@@ -86,11 +89,17 @@ impl Target {
         let links = netns::named(&info.node_netns);
         // The endpoints are what the rules say now (a fault may have removed one), not the pods.
         let rules = node::dns_service(Some(&links))?;
+        let rules6 = if info.ip_family.has_ipv6() {
+            node::ipv6::dns_service6(Some(&links))?
+        } else {
+            None
+        };
         Ok(Self {
-            service: SocketAddrV4::new(info.service_ip, info.dns_port),
+            service: SocketAddr::new(info.client_service_ip(), info.dns_port),
             links_netns: Some((info.node_netns.clone(), links)),
             netns_filter,
             rules,
+            rules6,
         })
     }
 }
@@ -107,7 +116,7 @@ pub struct Settings {
     /// Unanswered after this.
     pub timeout: Duration,
     /// Only this pod IP.
-    pub pod_ip: Option<Ipv4Addr>,
+    pub pod_ip: Option<IpAddr>,
     /// Netfilter's own tracing of DNS packets, naming the rule that decided each failed query.
     pub rules: bool,
 }
@@ -136,8 +145,8 @@ pub struct Tracer {
     started: Instant,
     last_scan: Instant,
     ct_events: Option<conntrack::Events>,
-    ct_entries: HashMap<SocketAddrV4, CreatedEntry>,
-    ct_order: VecDeque<SocketAddrV4>,
+    ct_entries: HashMap<SocketAddr, CreatedEntry>,
+    ct_order: VecDeque<SocketAddr>,
     ct_start: Option<CpuStats>,
     rules_start: Vec<RuleCounter>,
     rule_traces: Option<RuleTraces>,
@@ -184,9 +193,11 @@ fn monotonic_ns() -> u64 {
 impl Tracer {
     /// Loads and attaches the probes and starts reading.
     pub fn start(target: Target, settings: &Settings) -> Result<Self, Error> {
-        let to_raw = |ip: Ipv4Addr| u32::from_ne_bytes(ip.octets());
         let config = Config {
-            pod_ip: settings.pod_ip.map(to_raw).unwrap_or(0),
+            pod_ip: settings
+                .pod_ip
+                .map(crate::flow::correlate::raw_addr)
+                .unwrap_or([0; 4]),
             netns_filter: u32::from(!target.netns_filter.is_empty()),
             export_all: u32::from(settings.all),
             dns_port: 53u16.to_be(),
@@ -220,14 +231,23 @@ impl Tracer {
         let expiries = Expiries::new(udp_timeout(links.as_ref()));
         let unix_us = unix_now_us() as i64;
         let ctx = Context {
-            service: Some(*target.service.ip()),
+            service: Some(target.service.ip()),
+            also_services: [&target.rules, &target.rules6]
+                .into_iter()
+                .flatten()
+                .map(|r| r.ip)
+                .filter(|ip| *ip != target.service.ip())
+                .collect(),
             dns_port: 53,
-            endpoints: target
-                .rules
-                .as_ref()
-                .map(DnsService::endpoint_ips)
-                .unwrap_or_default(),
-            service_rejects: target.rules.as_ref().is_some_and(|r| r.rejects),
+            endpoints: [&target.rules, &target.rules6]
+                .into_iter()
+                .flatten()
+                .flat_map(DnsService::endpoint_ips)
+                .collect(),
+            service_rejects: [&target.rules, &target.rules6]
+                .into_iter()
+                .flatten()
+                .any(|r| r.rejects),
             drop_reasons: session.drop_reasons.clone(),
             clock_offset_us: unix_us - (monotonic_ns() / 1000) as i64,
             timeout_ns: settings.timeout.as_nanos() as u64,
@@ -352,15 +372,11 @@ impl Tracer {
                 if o.proto != 17 || o.dport != 53 {
                     continue;
                 }
-                let (IpAddr::V4(src), IpAddr::V4(dst), IpAddr::V4(rsrc)) =
-                    (o.src, o.dst, e.entry.reply.src)
-                else {
-                    continue;
-                };
-                let client = SocketAddrV4::new(src, o.sport);
+                let (src, dst, rsrc) = (o.src, o.dst, e.entry.reply.src);
+                let client = SocketAddr::new(src, o.sport);
                 if e.kind == EventKind::Destroy {
                     if dst != rsrc {
-                        let service = SocketAddrV4::new(dst, o.dport);
+                        let service = SocketAddr::new(dst, o.dport);
                         self.expiries
                             .destroyed(client, service, rsrc, unix_now_us());
                     }
@@ -372,13 +388,17 @@ impl Tracer {
                 let (note, dnat) = if dst != rsrc {
                     (
                         format!(
-                            "entry {client} -> {dst}:53, DNAT to {rsrc}:{}",
-                            e.entry.reply.sport
+                            "entry {client} -> {}, DNAT to {}",
+                            SocketAddr::new(dst, 53),
+                            SocketAddr::new(rsrc, e.entry.reply.sport)
                         ),
                         Some(rsrc),
                     )
                 } else {
-                    (format!("entry {client} -> {dst}:53, no NAT"), None)
+                    (
+                        format!("entry {client} -> {}, no NAT", SocketAddr::new(dst, 53)),
+                        None,
+                    )
                 };
                 let created = CreatedEntry {
                     note,
@@ -550,16 +570,11 @@ fn subscribe_links(path: Option<&PathBuf>) -> Option<links::Changes> {
 
 /// The DNATed UDP/53 entries of the calling thread's namespace: client socket -> where the entry
 /// sends it.
-fn dnat_dns_entries() -> Result<HashMap<SocketAddrV4, Ipv4Addr>, conntrack::Error> {
+fn dnat_dns_entries() -> Result<HashMap<SocketAddr, IpAddr>, conntrack::Error> {
     Ok(conntrack::dump_udp(53)?
         .into_iter()
         .filter(conntrack::Entry::dnat)
-        .filter_map(|e| match (e.orig.src, e.reply.src) {
-            (IpAddr::V4(client), IpAddr::V4(to)) => {
-                Some((SocketAddrV4::new(client, e.orig.sport), to))
-            }
-            _ => None,
-        })
+        .map(|e| (SocketAddr::new(e.orig.src, e.orig.sport), e.reply.src))
         .collect())
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{IpAddr, SocketAddrV4},
+    net::SocketAddr,
     path::Path,
 };
 
@@ -30,8 +30,8 @@ pub struct RuleTraces {
     legacy: Option<LegacyTrace>,
     /// Why a side did not run.
     notes: Vec<String>,
-    paths: HashMap<SocketAddrV4, RulePath>,
-    order: VecDeque<SocketAddrV4>,
+    paths: HashMap<SocketAddr, RulePath>,
+    order: VecDeque<SocketAddr>,
 }
 
 impl RuleTraces {
@@ -86,11 +86,11 @@ impl RuleTraces {
 
     fn keep(&mut self, p: &PacketPath) {
         let Some(t) = p.tuple else { return };
-        let IpAddr::V4(src) = t.src else { return };
+        let src = t.src;
         if t.dport != 53 || p.steps.is_empty() {
             return;
         }
-        let client = SocketAddrV4::new(src, t.sport);
+        let client = SocketAddr::new(src, t.sport);
         let path = RulePath::from(p);
         // A drop decides the query's fate; a later copy's accept must not hide it.
         let dropped = |r: &RulePath| r.decided.as_ref().is_some_and(|d| d.verdict == "DROP");
@@ -124,7 +124,7 @@ impl RuleTraces {
     }
 
     /// The path of the last query packet from `client`.
-    pub fn path(&self, client: &SocketAddrV4) -> Option<RulePath> {
+    pub fn path(&self, client: &SocketAddr) -> Option<RulePath> {
         self.paths.get(client).cloned()
     }
 

@@ -12,7 +12,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::Instant,
 };
@@ -34,7 +34,7 @@ pub(super) struct CreatedEntry {
     /// When it was read (Unix µs): within a poll of its creation.
     pub(super) at_us: u64,
     /// Where it sends the client (its reply source), when NATed.
-    pub(super) dnat: Option<Ipv4Addr>,
+    pub(super) dnat: Option<IpAddr>,
 }
 
 /// One endpoint set and the time from which it held.
@@ -44,16 +44,16 @@ struct Epoch {
     after_us: u64,
     /// When the tracer read it (Unix µs).
     noticed_us: u64,
-    endpoints: Vec<Ipv4Addr>,
+    endpoints: Vec<IpAddr>,
 }
 
 /// The Service's endpoints since the trace started.
 pub(super) struct Endpoints {
-    service: SocketAddrV4,
+    service: SocketAddr,
     /// The rules named the Service's endpoints at the start (else nothing is judged).
     known: bool,
     /// The DNATed DNS entries in the table at the start: client socket -> where they send it.
-    existing: HashMap<SocketAddrV4, Ipv4Addr>,
+    existing: HashMap<SocketAddr, IpAddr>,
     watch: Option<Watch>,
     epochs: Vec<Epoch>,
     /// Unix µs minus `Instant` time, to date the watch's readings.
@@ -65,10 +65,10 @@ impl Endpoints {
     /// with the DNATed DNS entries `existing` then. Without rules to follow (no Service found),
     /// nothing is ever named stale.
     pub(super) fn start(
-        service: SocketAddrV4,
+        service: SocketAddr,
         netns: Option<&Path>,
         current: Option<&DnsService>,
-        existing: HashMap<SocketAddrV4, Ipv4Addr>,
+        existing: HashMap<SocketAddr, IpAddr>,
         now_us: u64,
     ) -> Self {
         let watch = current.and_then(|svc| {
@@ -91,7 +91,7 @@ impl Endpoints {
     }
 
     /// Reads the rules again if they may have changed; returns the new endpoints when they did.
-    pub(super) fn poll(&mut self) -> Option<Vec<Ipv4Addr>> {
+    pub(super) fn poll(&mut self) -> Option<Vec<IpAddr>> {
         let Changed {
             service,
             after,
@@ -116,7 +116,7 @@ impl Endpoints {
     }
 
     /// The endpoints now.
-    pub(super) fn current(&self) -> &[Ipv4Addr] {
+    pub(super) fn current(&self) -> &[IpAddr] {
         self.epochs.last().map_or(&[], |e| &e.endpoints)
     }
 
@@ -147,11 +147,11 @@ impl Endpoints {
         // the gone pod's address to resolve was never seen past the client's link).
         let endpoint = r
             .nat
-            .map(|n| *n.ip())
+            .map(|n| n.ip())
             .or(r.endpoint)
             .or(created.and_then(|c| c.dnat))
             .or(prior)?;
-        if endpoint == *self.service.ip() || self.is_endpoint_at(endpoint, r.time_us) {
+        if endpoint == self.service.ip() || self.is_endpoint_at(endpoint, r.time_us) {
             return None;
         }
         let removed_us = self.removed_at(endpoint, r.time_us);
@@ -179,7 +179,7 @@ impl Endpoints {
     /// Whether `ip` was an endpoint for a query at `t_us`. The set in force is the last one that
     /// held from before `t_us`; between a legacy change and the read that noticed it, the old set
     /// is not trusted to hold `ip`.
-    fn is_endpoint_at(&self, ip: Ipv4Addr, t_us: u64) -> bool {
+    fn is_endpoint_at(&self, ip: IpAddr, t_us: u64) -> bool {
         self.epochs
             .iter()
             .rev()
@@ -194,7 +194,7 @@ impl Endpoints {
 
     /// When the tracer saw `ip` leave the endpoints last before `t_us`; `None`: it was not an
     /// endpoint at the start.
-    fn removed_at(&self, ip: Ipv4Addr, t_us: u64) -> Option<u64> {
+    fn removed_at(&self, ip: IpAddr, t_us: u64) -> Option<u64> {
         self.epochs
             .windows(2)
             .filter(|w| w[1].after_us <= t_us)
@@ -213,7 +213,7 @@ impl Endpoints {
 }
 
 /// The addresses of `a` not in `b`.
-fn diff(a: &[Ipv4Addr], b: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+fn diff(a: &[IpAddr], b: &[IpAddr]) -> Vec<IpAddr> {
     a.iter().filter(|ip| !b.contains(ip)).copied().collect()
 }
 
@@ -222,10 +222,10 @@ mod tests {
     use super::*;
     use crate::flow::record::Stage;
 
-    const SVC: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
-    const OLD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
-    const OTHER: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 11);
-    const NEW: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 12);
+    const SVC: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10)), 53);
+    const OLD: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 11));
+    const NEW: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 12));
 
     /// Endpoints OLD and OTHER from the start (1000 µs), then OTHER and NEW from after 5000 µs
     /// (noticed at 7000 µs).
@@ -258,7 +258,7 @@ mod tests {
         }
     }
 
-    fn entry(at_us: u64, dnat: Ipv4Addr) -> CreatedEntry {
+    fn entry(at_us: u64, dnat: IpAddr) -> CreatedEntry {
         CreatedEntry {
             note: String::new(),
             at_us,

@@ -1,6 +1,6 @@
 //! The checks: what each scenario must show in the tracer's records, summary and counters.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::Scenario;
 use crate::{
@@ -23,12 +23,12 @@ pub(super) struct Observed<'a> {
     pub records: &'a [TraceRecord],
     pub report: &'a ProbeReport,
     /// The Service's endpoints as the rules hold them now.
-    pub live: Vec<Ipv4Addr>,
+    pub live: Vec<IpAddr>,
 }
 
 impl Observed<'_> {
-    fn dns0(&self) -> Option<Ipv4Addr> {
-        self.lab.endpoints.first().map(|p| p.ip)
+    fn dns0(&self) -> Option<IpAddr> {
+        self.lab.endpoints.first().map(|p| p.ip.into())
     }
 
     /// The trace record of every lost query (those without one are reported by `attributed`).

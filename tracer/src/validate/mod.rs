@@ -14,7 +14,7 @@
 mod checks;
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -231,7 +231,7 @@ fn run_scenario(prefix: &str, backend: Backend, sc: &Scenario) -> Result<Scenari
         ..Settings::default()
     };
     let client = info.clients.first().map(|c| c.netns.clone());
-    let server = SocketAddrV4::new(info.service_ip, info.dns_port);
+    let server = SocketAddr::from((info.service_ip, info.dns_port));
     let traced = traced_batch(
         client.as_deref(),
         server,

@@ -1,4 +1,7 @@
-use std::{net::Ipv4Addr, time::SystemTime};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::SystemTime,
+};
 
 use super::*;
 use crate::{
@@ -29,6 +32,7 @@ fn lab() -> LabInfo {
         proxy_mode: crate::lab::ProxyMode::Iptables,
         node_netns: "t-node".to_owned(),
         service_ip: *SERVICE.ip(),
+        ip_family: crate::lab::IpFamily::Ipv4,
         dns_port: 53,
         endpoints: vec![
             pod("dns0", DNS0),
@@ -100,7 +104,7 @@ fn check(
     let lab = lab();
     let report = ProbeReport::new(
         "t-client0",
-        SERVICE,
+        SERVICE.into(),
         &BatchSpec::default(),
         result,
         Some(summary),
@@ -111,7 +115,7 @@ fn check(
         summary: Some(summary),
         records,
         report: &report,
-        live: vec![DNS0, Ipv4Addr::new(10, 244, 0, 11)],
+        live: vec![DNS0.into(), IpAddr::from([10, 244, 0, 11])],
     };
     problems(sc, &seen)
 }
@@ -189,7 +193,7 @@ fn a_deep_tier_whose_nat_stage_saw_nothing_fails_healthy() {
             .map(|i| TraceRecord {
                 verdict: Verdict::Answered,
                 drop: None,
-                nat: nat.then(|| SocketAddrV4::new(DNS0, 53)),
+                nat: nat.then(|| SocketAddr::from((DNS0, 53))),
                 ..dropped(i, Stage::Netfilter)
             })
             .collect()

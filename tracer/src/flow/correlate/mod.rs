@@ -8,10 +8,10 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
-use tracer_common::flow::{Packet, Slot, flag};
+use tracer_common::flow::{Addr, Packet, Slot, flag, is_unset};
 
 use super::{
     dns,
@@ -31,17 +31,19 @@ pub const HOLD_NS: u64 = 200_000_000;
 /// How many reported queries are remembered, so a later eviction or scan does not report one twice.
 const REMEMBERED: usize = 8192;
 
-type Key = (u32, u16, u16);
+type Key = (Addr, u16, u16);
 
 /// What the correlator knows about the node.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     /// The DNS Service IP.
-    pub service: Option<Ipv4Addr>,
+    pub service: Option<IpAddr>,
+    /// The Service's cluster IPs in other families (a dual-stack Service's IPv6 one).
+    pub also_services: Vec<IpAddr>,
     /// The DNS port (host order).
     pub dns_port: u16,
     /// The Service's current endpoints, when known (to call an entry stale).
-    pub endpoints: Vec<Ipv4Addr>,
+    pub endpoints: Vec<IpAddr>,
     /// The node's rules hold kube-proxy's "has no endpoints" REJECT for the Service.
     pub service_rejects: bool,
     /// `enum skb_drop_reason` names.
@@ -96,8 +98,23 @@ pub struct Correlator {
     overflows: queue::Overflows,
 }
 
-fn addr(raw: u32) -> Ipv4Addr {
-    Ipv4Addr::from(raw.to_ne_bytes())
+/// An address as the kernel carries it (four wire words, IPv4-mapped for IPv4).
+pub fn addr(raw: Addr) -> IpAddr {
+    let mut b = [0u8; 16];
+    for (chunk, word) in b.chunks_exact_mut(4).zip(raw) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    std::net::Ipv6Addr::from(b).to_canonical()
+}
+
+/// The kernel side's form of an address (the inverse of [`addr`]).
+pub fn raw_addr(ip: IpAddr) -> Addr {
+    let b = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
 }
 
 fn port(raw: u16) -> u16 {
@@ -127,7 +144,7 @@ impl Correlator {
     }
 
     /// The Service's endpoints now (the rules changed during the trace).
-    pub fn set_endpoints(&mut self, endpoints: Vec<Ipv4Addr>) {
+    pub fn set_endpoints(&mut self, endpoints: Vec<IpAddr>) {
         self.ctx.endpoints = endpoints;
     }
 
@@ -146,10 +163,14 @@ impl Correlator {
         }
     }
 
+    fn is_service(&self, ip: IpAddr) -> bool {
+        Some(ip) == self.ctx.service || self.ctx.also_services.contains(&ip)
+    }
+
     fn leg(&self, p: &Packet) -> Leg {
         if port(p.sport) == self.ctx.dns_port {
             Leg::Answer
-        } else if Some(addr(p.daddr)) == self.ctx.service {
+        } else if self.is_service(addr(p.daddr)) {
             Leg::QueryBeforeDnat
         } else {
             Leg::QueryToPod
@@ -176,18 +197,18 @@ impl Correlator {
         let first = s.map(|s| s.t_query).filter(|t| *t != 0).unwrap_or(ts);
         QueryRecord {
             time_us: self.unix_us(first),
-            client: SocketAddrV4::new(addr(q.saddr), port(q.sport)),
-            server: SocketAddrV4::new(addr(q.daddr), port(q.dport)),
+            client: SocketAddr::new(addr(q.saddr), port(q.sport)),
+            server: SocketAddr::new(addr(q.daddr), port(q.dport)),
             id: u16::from_be_bytes(q.dns_id.to_ne_bytes()),
             name: question.name,
             qtype: question.qtype,
             verdict: Verdict::Unanswered,
             endpoint: s
-                .filter(|s| s.endpoint_ip != 0)
+                .filter(|s| !is_unset(&s.endpoint_ip))
                 .map(|s| addr(s.endpoint_ip)),
             nat: s
                 .filter(|s| s.flags & flag::NATTED != 0)
-                .map(|s| SocketAddrV4::new(addr(s.nat_ip), port(s.nat_port))),
+                .map(|s| SocketAddr::new(addr(s.nat_ip), port(s.nat_port))),
             confirmed: s.is_some_and(|s| s.flags & flag::CONFIRMED != 0),
             client_link: s
                 .filter(|s| s.client_ifindex != 0)
@@ -432,7 +453,7 @@ impl Correlator {
         };
         if !self.ctx.endpoints.is_empty()
             && !self.ctx.endpoints.contains(&pod)
-            && Some(pod) != self.ctx.service
+            && !self.is_service(pod)
         {
             format!(
                 "; {pod} is not an endpoint of the Service: a stale conntrack entry or stale rule sent it there"

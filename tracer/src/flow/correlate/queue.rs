@@ -1,7 +1,7 @@
 //! A server socket whose receive queue overflowed: the queries it refused, and the unanswered
 //! ones it had taken before (they sit in the full queue the server is not reading).
 
-use std::{collections::HashMap, net::SocketAddrV4};
+use std::{collections::HashMap, net::SocketAddr};
 
 use tracer_common::flow::{Packet, Slot, flag};
 
@@ -74,12 +74,12 @@ struct Overflow {
 
 /// The server sockets (endpoint address and port) whose receive queue overflowed.
 #[derive(Debug, Default)]
-pub(super) struct Overflows(HashMap<SocketAddrV4, Overflow>);
+pub(super) struct Overflows(HashMap<SocketAddr, Overflow>);
 
 impl Overflows {
     /// A socket refused `p` (a query to the endpoint) at `ts`, its queue as given.
     pub(super) fn saw(&mut self, ts: u64, p: &Packet, queue: SocketQueue) {
-        let socket = SocketAddrV4::new(addr(p.daddr), port(p.dport));
+        let socket = SocketAddr::new(addr(p.daddr), port(p.dport));
         let o = self.0.entry(socket).or_insert(Overflow {
             first_ns: ts,
             last_ns: ts,
@@ -105,7 +105,7 @@ impl Overflows {
         } else {
             ctx.dns_port
         };
-        let endpoint = SocketAddrV4::new(r.endpoint?, dport);
+        let endpoint = SocketAddr::new(r.endpoint?, dport);
         let o = self.0.get(&endpoint)?;
         let t = s.t_endpoint;
         let around = t.saturating_add(ctx.timeout_ns) >= o.first_ns

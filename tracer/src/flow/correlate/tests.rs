@@ -3,13 +3,13 @@ use tracer_common::flow::{QUESTION_LEN, SLOTS, state};
 use super::*;
 use crate::flow::event::{NfHook, SocketHook};
 
-const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 20);
-const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+const SERVICE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10));
+const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 20));
+const POD: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10));
 const SECOND: u64 = 1_000_000_000;
 
-fn raw(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
+fn raw(ip: IpAddr) -> tracer_common::flow::Addr {
+    raw_addr(ip)
 }
 
 fn be(port: u16) -> u16 {
@@ -28,6 +28,7 @@ fn correlator() -> Correlator {
     Correlator::new(
         Context {
             service: Some(SERVICE),
+            also_services: vec![],
             dns_port: 53,
             endpoints: vec![POD],
             drop_reasons: reasons,
@@ -39,7 +40,7 @@ fn correlator() -> Correlator {
 }
 
 /// The query from CLIENT:40000 id 7, to `to`.
-fn query(to: Ipv4Addr) -> Packet {
+fn query(to: IpAddr) -> Packet {
     Packet {
         saddr: raw(CLIENT),
         daddr: raw(to),
@@ -51,7 +52,7 @@ fn query(to: Ipv4Addr) -> Packet {
 }
 
 /// The answer to `query(from)`, from `from`, as it reaches the client.
-fn answer_from(from: Ipv4Addr) -> Packet {
+fn answer_from(from: IpAddr) -> Packet {
     let q = query(from);
     Packet {
         saddr: q.daddr,
@@ -68,7 +69,7 @@ fn slot(endpoint_ns: u64, flags: u16) -> Slot {
         query: query(SERVICE),
         state: state::PENDING,
         flags,
-        endpoint_ip: if endpoint_ns != 0 { raw(POD) } else { 0 },
+        endpoint_ip: if endpoint_ns != 0 { raw(POD) } else { [0; 4] },
         t_query: SECOND,
         t_endpoint: endpoint_ns,
         nat_ip: raw(POD),
@@ -142,7 +143,7 @@ fn an_answer_ends_the_query_with_its_path_nat_and_confirmation() {
     assert_eq!(r.verdict, Verdict::Answered);
     assert_eq!(r.latency_us, Some(500));
     assert_eq!(r.endpoint, Some(POD));
-    assert_eq!(r.nat, Some(SocketAddrV4::new(POD, 53)));
+    assert_eq!(r.nat, Some(SocketAddr::new(POD, 53)));
     assert!(r.confirmed);
     assert_eq!(r.last_seen, Seen::Delivered);
 }
@@ -405,7 +406,7 @@ fn a_full_receive_queue_names_its_drops_and_the_queries_stuck_in_it() {
         .expect("queued behind the full queue");
     assert_eq!(
         (queued.endpoint, queued.queue),
-        (SocketAddrV4::new(POD, 53), q)
+        (SocketAddr::new(POD, 53), q)
     );
     assert_eq!(
         crate::flow::cause::Cause::of(&out[0]).to_string(),
@@ -524,7 +525,7 @@ fn a_drop_with_no_slot_is_built_from_the_packet() {
     );
     assert_eq!(
         r.client,
-        SocketAddrV4::new(CLIENT, 40000),
+        SocketAddr::new(CLIENT, 40000),
         "the answer's ends swapped"
     );
     assert_eq!(r.endpoint, Some(POD), "the answer names its endpoint");
@@ -627,7 +628,7 @@ fn an_answer_not_un_dnated_waits_for_the_client_to_take_or_refuse_it() {
         (out[0].verdict, out[0].server, d.reason.as_str(), d.leg),
         (
             Verdict::Dropped,
-            SocketAddrV4::new(SERVICE, 53),
+            SocketAddr::new(SERVICE, 53),
             "NO_SOCKET",
             Leg::Answer
         )
@@ -645,4 +646,37 @@ fn an_answer_not_un_dnated_waits_for_the_client_to_take_or_refuse_it() {
     );
     let out = c.flush(0, true);
     assert_eq!(out[0].verdict, Verdict::Answered, "{out:?}");
+}
+
+#[test]
+fn addresses_of_both_families_round_trip_through_the_kernel_form() {
+    for ip in ["10.244.0.20", "fd00:10:244::14", "::1"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(addr(raw_addr(ip)), ip);
+    }
+    assert!(tracer_common::flow::is_v4(&raw_addr(CLIENT)));
+}
+
+/// An IPv6 query to an IPv6 Service, answered by its endpoint: the record prints IPv6 sockets.
+#[test]
+fn ipv6_query_is_keyed_and_printed_as_ipv6() {
+    let svc: IpAddr = "fd00:10:96::a".parse().unwrap();
+    let client: IpAddr = "fd00:10:244::14".parse().unwrap();
+    let mut c = correlator();
+    let s = Slot {
+        query: Packet {
+            saddr: raw(client),
+            daddr: raw(svc),
+            sport: be(40000),
+            dport: be(53),
+            dns_id: be(7),
+            dns_flags: 0,
+        },
+        state: state::PENDING,
+        t_query: SECOND,
+        ..Slot::EMPTY
+    };
+    let record = c.base(SECOND, Known::Slot(&s), 0);
+    assert_eq!(record.client.to_string(), "[fd00:10:244::14]:40000");
+    assert_eq!(record.server.to_string(), "[fd00:10:96::a]:53");
 }

@@ -327,16 +327,12 @@ pub(crate) fn read_proc_u32(path: &str) -> Result<u32, Error> {
     })
 }
 
-/// Every IPv4 entry of the calling thread's namespace.
+/// Every entry (IPv4 and IPv6) of the calling thread's namespace.
 pub fn dump() -> Result<Vec<Entry>, Error> {
     const WHAT: &str = "the table dump";
     let mut nl = Ctnetlink::open()?;
     let replies = nl.request(WHAT, query(IPCTNL_MSG_CT_GET, NLM_F_DUMP))?;
-    Ok(replies
-        .iter()
-        .filter_map(entry_of)
-        .filter(|e| e.orig.src.is_ipv4())
-        .collect())
+    Ok(replies.iter().filter_map(entry_of).collect())
 }
 
 /// The UDP entries whose original destination port is `port` (53 for DNS).

@@ -91,6 +91,13 @@ impl Ctnetlink {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | request.flags | if dump { 0 } else { NLM_F_ACK };
         header.sequence_number = self.seq;
+        // A table dump asks for every family (IPv4 and IPv6 entries); the rest name IPv4, the
+        // family of the entries the lab creates and deletes.
+        let family = if dump && request.message_type == IPCTNL_MSG_CT_GET {
+            NetfilterProtoFamily::Unspec
+        } else {
+            NetfilterProtoFamily::IPv4
+        };
         let attributes = request.attributes;
         let inner = match request.message_type {
             IPCTNL_MSG_CT_NEW => ConntrackMessage::New(attributes),
@@ -104,7 +111,7 @@ impl Ctnetlink {
         let mut msg = NetlinkMessage::new(
             header,
             NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                NetfilterHeader::new(family, 0, 0),
                 inner,
             )),
         );

@@ -1,7 +1,7 @@
 //! The conntrack table: full or nearly, drops and failed inserts, DNS entries that point at a gone
 //! pod, and the DNS entries' count.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use super::{Evidence, Finding, Severity, usage_percent};
 use crate::node::{
@@ -102,14 +102,7 @@ fn stale_dns(c: &ConntrackReport, s: &DnsService) -> Option<Finding> {
     if c.dns_stale.is_empty() {
         return None;
     }
-    let mut gone: Vec<Ipv4Addr> = c
-        .dns_stale
-        .iter()
-        .filter_map(|e| match e.reply.src {
-            IpAddr::V4(ip) => Some(ip),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
+    let mut gone: Vec<IpAddr> = c.dns_stale.iter().map(|e| e.reply.src).collect();
     gone.sort();
     gone.dedup();
     let mut evidence = vec![Evidence::Endpoints(s.endpoints.clone())];

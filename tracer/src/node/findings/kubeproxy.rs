@@ -27,8 +27,8 @@ fn dns_service(r: &Report) -> Option<Finding> {
             severity: Severity::Error,
             id: "dns-no-endpoints",
             title: format!(
-                "the DNS Service {}:{} has no endpoints: kube-proxy rejects every query",
-                s.ip, s.port
+                "the DNS Service {} has no endpoints: kube-proxy rejects every query",
+                s.socket()
             ),
             evidence: vec![Evidence::NoEndpointsReject(s.name.clone())],
             action: Some("Check the CoreDNS pods (`kubectl -n kube-system get pods -l k8s-app=kube-dns`) and their readiness.".to_owned()),
@@ -37,10 +37,9 @@ fn dns_service(r: &Report) -> Option<Finding> {
             severity: Severity::Info,
             id: "dns-service",
             title: format!(
-                "DNS Service {} {}:{} -> {}",
+                "DNS Service {} {} -> {}",
                 s.name,
-                s.ip,
-                s.port,
+                s.socket(),
                 endpoints_text(&s.endpoints)
             ),
             evidence: r

@@ -14,7 +14,7 @@ mod kubeproxy;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, net::SocketAddrV4, path::PathBuf};
+use std::{fmt, net::SocketAddr, path::PathBuf};
 
 use serde::{Serialize, Serializer};
 
@@ -94,7 +94,7 @@ pub enum Evidence {
     /// One CPU's drop counters.
     CpuDrops(CpuStats),
     /// The Service's endpoints now.
-    Endpoints(Vec<SocketAddrV4>),
+    Endpoints(Vec<SocketAddr>),
     /// A conntrack entry.
     Entry(Entry),
     /// How many more entries were left out.
@@ -128,7 +128,7 @@ fn or_unknown(v: Option<u32>) -> String {
 }
 
 /// The endpoints, comma-separated, or `no endpoints`.
-pub(crate) fn endpoints_text(endpoints: &[SocketAddrV4]) -> String {
+pub(crate) fn endpoints_text(endpoints: &[SocketAddr]) -> String {
     if endpoints.is_empty() {
         "no endpoints".to_owned()
     } else {
@@ -169,13 +169,10 @@ fn side_line(f: &mut fmt::Formatter<'_>, b: Backend, side: &Side) -> fmt::Result
 /// A conntrack entry on one line, with its flags.
 pub(crate) fn entry_line(e: &Entry) -> String {
     format!(
-        "udp {}:{} -> {}:{} reply from {}:{}{}{} timeout {}s id {}",
-        e.orig.src,
-        e.orig.sport,
-        e.orig.dst,
-        e.orig.dport,
-        e.reply.src,
-        e.reply.sport,
+        "udp {} -> {} reply from {}{}{} timeout {}s id {}",
+        std::net::SocketAddr::new(e.orig.src, e.orig.sport),
+        std::net::SocketAddr::new(e.orig.dst, e.orig.dport),
+        std::net::SocketAddr::new(e.reply.src, e.reply.sport),
         if e.assured() { " [ASSURED]" } else { "" },
         if e.seen_reply() { "" } else { " [UNREPLIED]" },
         e.timeout.map_or("?".to_owned(), |t| t.to_string()),

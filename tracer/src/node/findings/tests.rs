@@ -3,7 +3,7 @@
 //! with a full table, stale entries, br_netfilter off and strict rp_filter.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -329,7 +329,7 @@ fn evidence_serializes_as_its_line() {
         serde_json::to_value(&e).unwrap(),
         serde_json::json!("UDP timeouts: 30 s unreplied, ? s assured")
     );
-    let ep = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 10), 53);
+    let ep = SocketAddr::from((Ipv4Addr::new(10, 244, 0, 10), 53));
     assert_eq!(
         Evidence::Endpoints(vec![ep]).to_string(),
         "endpoints now: 10.244.0.10:53"

@@ -31,7 +31,7 @@ fn thresholds_judge_each_kind() {
 #[test]
 fn validate_reports_flag_a_scenario_that_stopped_passing() {
     use std::{
-        net::{Ipv4Addr, SocketAddrV4},
+        net::{IpAddr, SocketAddr},
         time::SystemTime,
     };
 
@@ -44,7 +44,7 @@ fn validate_reports_flag_a_scenario_that_stopped_passing() {
             validation::{ScenarioResult, Validation},
         },
     };
-    let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
+    let server = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10)), 53);
     let probe = |lost: u32| {
         let result = BatchResult {
             started: SystemTime::now(),
@@ -102,7 +102,7 @@ fn validate_reports_flag_a_scenario_that_stopped_passing() {
 #[test]
 fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
     use std::{
-        net::{Ipv4Addr, SocketAddrV4},
+        net::{IpAddr, SocketAddr},
         time::{Duration, SystemTime},
     };
 
@@ -116,7 +116,7 @@ fn validate_reports_show_tier_scenarios_drop_locations_and_latency() {
             validation::{ScenarioResult, Validation},
         },
     };
-    let server = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 53);
+    let server = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10)), 53);
     let query = |i: u16, outcome| SentQuery {
         id: i,
         name: "kubernetes.default.svc.cluster.local".to_owned(),

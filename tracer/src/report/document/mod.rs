@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -303,7 +303,7 @@ impl NodeFacts {
             proxy_mode: text(serde_json::to_value(r.proxy_mode)),
             dns_service: r.dns_service.as_ref().map(|s| {
                 let eps: Vec<String> = s.endpoints.iter().map(ToString::to_string).collect();
-                format!("{}:{} -> [{}]", s.ip, s.port, eps.join(", "))
+                format!("{} -> [{}]", s.socket(), eps.join(", "))
             }),
             conntrack_count: r.conntrack.table.count,
             conntrack_max: r.conntrack.table.max,
@@ -369,7 +369,7 @@ pub struct ProbeReport {
     /// Where the queries were sent from (network namespace, or `node`).
     pub from: String,
     /// The DNS server (the Service IP).
-    pub server: SocketAddrV4,
+    pub server: SocketAddr,
     /// Lookups per second.
     pub rate: f64,
     /// Lookups planned.
@@ -418,7 +418,7 @@ impl ProbeReport {
     /// id).
     pub fn new(
         from: &str,
-        server: SocketAddrV4,
+        server: SocketAddr,
         spec: &BatchSpec,
         result: &BatchResult,
         summary: Option<&TraceSummary>,
