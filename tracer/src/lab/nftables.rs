@@ -217,16 +217,7 @@ pub fn render(rules: &RuleSet) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lab(endpoints: &[&str]) -> RuleSet {
-        RuleSet {
-            service_ip: "10.96.0.10".parse().unwrap(),
-            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
-            filter_drop: vec![],
-            policy_drop: None,
-            kubelet: true,
-        }
-    }
+    use crate::lab::rules::tests::lab;
 
     #[test]
     fn chain_names_match_real_clusters() {

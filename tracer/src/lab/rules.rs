@@ -286,10 +286,12 @@ pub fn empty() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn lab(endpoints: &[&str]) -> RuleSet {
+    /// The lab's rule set with `endpoints` and no fault (for the renderers' tests here and in
+    /// `nftables`).
+    pub(in crate::lab) fn lab(endpoints: &[&str]) -> RuleSet {
         RuleSet {
             service_ip: "10.96.0.10".parse().unwrap(),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
