@@ -15,7 +15,8 @@ use tracer::{
     flow::record::{Leg, QueryRecord, Stage, Verdict},
     lab::{self, FaultName, IpFamily, LabInfo, SERVICE_IP6},
     measure::{self, BatchSpec},
-    node::Backend,
+    netns,
+    node::{self, Backend, inspect::Severity},
     trace::{Settings, Target, Tracer},
 };
 
@@ -248,5 +249,47 @@ fn dual_stack_traces_both_families_in_one_run() {
                 assert_eq!(r.client.is_ipv6(), family_v6, "{r:?}");
             }
         }
+    }
+}
+
+// Scenario: `inspect` on a dual-stack lab reads the IPv6 Service and both pods' IPv6 endpoints
+// from the lab's ip6tables backend (and no split between the families), counts the conntrack
+// entries of IPv6 queries to it, and after no-endpoints names the IPv6 reject as an error.
+#[test]
+fn inspect_reads_the_ipv6_service_its_endpoints_and_its_conntrack_entries() {
+    for backend in BACKENDS {
+        let mut lab = Lab6::up("tv64", backend, IpFamily::Dual);
+        let node_ns = netns::named(&lab.info.node_netns);
+        let server = SocketAddr::new(service6(), lab.info.dns_port);
+        let r = measure::query_batch(Some(&lab.info.clients[0].netns), server, &batch(5))
+            .expect("query batch");
+        assert_eq!((r.sent, r.lost), (5, 0), "{backend:?}");
+        let report = node::inspect(Some(&node_ns)).expect("inspect");
+        assert_eq!(report.dns6_by_backend.len(), 1, "{backend:?}: {report:#?}");
+        let found = &report.dns6_by_backend[0];
+        assert_eq!(found.backend, backend);
+        assert_eq!(found.service.ip, service6());
+        let mut endpoints = found.service.endpoint_ips();
+        endpoints.sort();
+        assert_eq!(endpoints, [lab.dns6(0), lab.dns6(1)], "{backend:?}");
+        assert_eq!(report.dns_service6.as_ref(), Some(&found.service));
+        let ids: Vec<&str> = report.findings.iter().map(|f| f.id).collect();
+        assert!(ids.contains(&"dns6-service"), "{backend:?}: {ids:?}");
+        assert!(!ids.contains(&"dns6-backend-split"), "{backend:?}: {ids:?}");
+        assert!(
+            report.conntrack.dns_entries >= 5,
+            "{backend:?}: the IPv6 queries' entries: {:?}",
+            report.conntrack
+        );
+        assert!(report.render_text().contains(&format!("{server} -> ")));
+
+        lab.fault(FaultName::NoEndpoints, None);
+        let report = node::inspect(Some(&node_ns)).expect("inspect");
+        let f = report
+            .findings
+            .iter()
+            .find(|f| f.id == "dns6-no-endpoints")
+            .unwrap_or_else(|| panic!("{backend:?}: {:#?}", report.findings));
+        assert_eq!(f.severity, Severity::Error);
     }
 }

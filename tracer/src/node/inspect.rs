@@ -77,6 +77,11 @@ pub struct Report {
     pub dns_by_backend: Vec<DnsInBackend>,
     /// The DNS Service trace would use (from the current backend).
     pub dns_service: Option<DnsService>,
+    /// The IPv6 DNS Service per backend of the `ip6tables` saves where one was found (nft
+    /// first): dual-stack and IPv6 nodes.
+    pub dns6_by_backend: Vec<DnsInBackend>,
+    /// The IPv6 DNS Service trace would use.
+    pub dns_service6: Option<DnsService>,
     /// Packet counters of the DNS path's rules in both backends.
     pub counters: Vec<RuleCounter>,
     /// The conntrack table.
@@ -199,7 +204,7 @@ pub fn inspect_with_tier(
 
 fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
     let facts = facts::collect(tier).map_err(|source| Error::Facts { source })?;
-    let backends = backend::detect().map_err(|source| Error::Backend { source })?;
+    let mut backends = backend::detect().map_err(|source| Error::Backend { source })?;
     let kube_ipvs0 = facts.links.iter().any(|l| l.kind == LinkKind::KubeIpvs);
     let saves = [backends.saves.legacy.as_ref(), backends.saves.nft.as_ref()];
     let proxy_mode_evidence = kubeproxy::mode_evidence(
@@ -217,17 +222,25 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
         .as_ref()
         .map(|s| counters_of(&backends.saves, s))
         .unwrap_or_default();
+    let dns6_by_backend = super::ipv6::dns6_by_backend(&mut backends.saves.warnings)
+        .map_err(|source| Error::Backend { source })?;
+    let dns_service6 = dns6_by_backend.first().map(|d| d.service.clone());
 
     let ct = |source| Error::Conntrack { source };
     let table = conntrack::table().map_err(ct)?;
     let per_cpu = conntrack::stats().map_err(ct)?;
     let total = CpuStats::sum(&per_cpu);
     let (mut dns_entries, mut dns_unreplied, mut dns_stale) = (0, 0, Vec::new());
-    if let Some(svc) = &dns_service {
-        for e in conntrack::dump_udp(svc.port).map_err(ct)? {
-            if e.orig.dst != svc.ip {
+    let services: Vec<&DnsService> = dns_service.iter().chain(&dns_service6).collect();
+    if !services.is_empty() {
+        for e in conntrack::dump().map_err(ct)? {
+            let to = |s: &&&DnsService| {
+                e.orig.proto == libc::IPPROTO_UDP as u8
+                    && (e.orig.dst, e.orig.dport) == (s.ip, s.port)
+            };
+            let Some(svc) = services.iter().find(to) else {
                 continue;
-            }
+            };
             dns_entries += 1;
             if !e.seen_reply() {
                 dns_unreplied += 1;
@@ -255,6 +268,8 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
         proxy_mode_evidence,
         dns_by_backend,
         dns_service,
+        dns6_by_backend,
+        dns_service6,
         counters,
         conntrack,
         findings: Vec::new(),

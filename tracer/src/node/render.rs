@@ -31,6 +31,13 @@ impl Report {
                 None => "dns service: not found in the rules".to_owned(),
             },
         ];
+        lines.extend(self.dns_service6.as_ref().map(|s| {
+            format!(
+                "dns service (IPv6): {} -> {}",
+                s.socket(),
+                endpoints_text(&s.endpoints)
+            )
+        }));
         lines.extend(
             self.findings
                 .iter()
@@ -77,6 +84,25 @@ impl Report {
                     .map_or("not found".to_owned(), |s| {
                         format!("{} -> {}", s.socket(), endpoints_text(&s.endpoints))
                     }),
+            ),
+            (
+                "dns service (IPv6)".into(),
+                match &self.dns6_by_backend[..] {
+                    [] => "none (no IPv6 Service in the ip6tables rules)".to_owned(),
+                    found => found
+                        .iter()
+                        .map(|d| {
+                            let s = &d.service;
+                            format!(
+                                "{} -> {} ({})",
+                                s.socket(),
+                                endpoints_text(&s.endpoints),
+                                d.backend
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                },
             ),
             (
                 "conntrack".into(),

@@ -16,6 +16,7 @@ pub(super) fn findings(r: &Report) -> Vec<Finding> {
         action: None,
     }];
     out.extend(dns_service(r));
+    out.extend(dns_service6(r));
     out.extend(blocking_rules(&r.counters));
     out
 }
@@ -60,6 +61,63 @@ fn dns_service(r: &Report) -> Option<Finding> {
         }),
         None => None,
     }
+}
+
+/// The IPv6 DNS Service of a dual-stack or IPv6 node (from the `ip6tables` saves): found,
+/// rejecting for lack of endpoints, or held by another backend than the IPv4 rules (kube-proxy
+/// writes both families with one backend: a split means two writers, one of them stale).
+fn dns_service6(r: &Report) -> Vec<Finding> {
+    let Some(s) = &r.dns_service6 else {
+        return Vec::new();
+    };
+    let evidence: Vec<Evidence> = r
+        .dns6_by_backend
+        .iter()
+        .cloned()
+        .map(Evidence::ServiceIn)
+        .collect();
+    let mut out = vec![if s.rejects {
+        Finding {
+            severity: Severity::Error,
+            id: "dns6-no-endpoints",
+            title: format!(
+                "the IPv6 DNS Service {} has no endpoints: kube-proxy rejects every IPv6 query",
+                s.socket()
+            ),
+            evidence: vec![Evidence::NoEndpointsReject(s.name.clone())],
+            action: Some("Check the CoreDNS pods' IPv6 addresses and readiness (`kubectl -n kube-system get endpointslices -l k8s-app=kube-dns`).".to_owned()),
+        }
+    } else {
+        Finding {
+            severity: Severity::Info,
+            id: "dns6-service",
+            title: format!(
+                "IPv6 DNS Service {} {} -> {}",
+                s.name,
+                s.socket(),
+                endpoints_text(&s.endpoints)
+            ),
+            evidence: evidence.clone(),
+            action: None,
+        }
+    }];
+    let v6: Vec<_> = r.dns6_by_backend.iter().map(|d| d.backend).collect();
+    let v4 = r.dns_by_backend.first().map(|d| d.backend);
+    let split = v6.len() > 1 || v4.is_some_and(|b| !v6.contains(&b));
+    if split {
+        out.push(Finding {
+            severity: Severity::Error,
+            id: "dns6-backend-split",
+            title: format!(
+                "the IPv6 DNS rules are in {} but the IPv4 ones in {}: two writers, one of them stale",
+                v6.iter().map(|b| b.name()).collect::<Vec<_>>().join(" and "),
+                v4.map_or("neither backend", |b| b.name())
+            ),
+            evidence,
+            action: Some("Every writer of kube-proxy's rules must use one backend for both families: remove the stale backend's IPv6 rules (`ip6tables-legacy-save` / `ip6tables-nft-save` show which) and check the kube-proxy image's iptables wrapper.".to_owned()),
+        });
+    }
+    out
 }
 
 /// DROP and REJECT rules (other than kube-proxy's own no-endpoints REJECT) on the DNS path: an

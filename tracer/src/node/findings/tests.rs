@@ -13,7 +13,7 @@ use crate::node::{
     backend::{Backends, Saves},
     conntrack::{self, CpuStats, Entry},
     facts::{self, Facts, LinkKind},
-    inspect::{ConntrackReport, Report, counters_of, dns_by_backend},
+    inspect::{ConntrackReport, DnsInBackend, Report, counters_of, dns_by_backend},
     kubeproxy,
 };
 
@@ -78,6 +78,8 @@ fn report(
         backends,
         dns_by_backend,
         dns_service,
+        dns6_by_backend: vec![],
+        dns_service6: None,
         counters,
         conntrack: ConntrackReport {
             usage_percent: f64::from(table.count) * 100.0 / f64::from(table.max),
@@ -333,5 +335,52 @@ fn evidence_serializes_as_its_line() {
     assert_eq!(
         Evidence::Endpoints(vec![ep]).to_string(),
         "endpoints now: 10.244.0.10:53"
+    );
+}
+
+/// A modern nft node whose IPv6 DNS rules sit in legacy ip6tables (saved from a dual-stack lab
+/// on the legacy backend): the IPv6 Service is read, and the split between the families is an
+/// error naming both backends.
+#[test]
+fn ipv6_rules_in_the_other_backend_are_a_split() {
+    let saves = Saves {
+        legacy: None,
+        nft: Some(save("modern/iptables-nft-save-c.txt")),
+        warnings: vec![],
+    };
+    let b = Backends::assemble(vec![], None, Some(vec![]), Some(vec![]), saves);
+    let mut r = report(b, facts(vec![], None), SMALL, CpuStats::default(), vec![]);
+    assert!(
+        !ids(&r).iter().any(|(_, id)| id.starts_with("dns6")),
+        "{:?}",
+        ids(&r)
+    );
+    let service = kubeproxy::dns_service(&save("ipv6/ip6tables-legacy-save-c.txt")).unwrap();
+    assert_eq!(service.socket().to_string(), "[fd00:10:96::a]:53");
+    assert_eq!(service.endpoints.len(), 2, "{service:?}");
+    r.dns6_by_backend = vec![DnsInBackend {
+        backend: Backend::Legacy,
+        service: service.clone(),
+    }];
+    r.dns_service6 = Some(service);
+    r.findings = findings(&r);
+    assert!(
+        ids(&r).contains(&(Severity::Info, "dns6-service")),
+        "{:?}",
+        ids(&r)
+    );
+    let split = r
+        .findings
+        .iter()
+        .find(|f| f.id == "dns6-backend-split")
+        .unwrap();
+    assert_eq!(split.severity, Severity::Error);
+    assert!(
+        split.title.contains("in legacy but the IPv4 ones in nft"),
+        "{split:?}"
+    );
+    assert!(
+        split.evidence[0].to_string().starts_with("legacy: "),
+        "{split:?}"
     );
 }

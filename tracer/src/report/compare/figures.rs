@@ -113,6 +113,9 @@ fn node(n: &NodeFacts, out: &mut Rows) {
     if let Some(svc) = &n.dns_service {
         out.field(g, "dns_service", Kind::Info, text(svc));
     }
+    if let Some(svc) = &n.dns_service6 {
+        out.field(g, "dns_service6", Kind::Info, text(svc));
+    }
     out.field(g, "conntrack_count", Kind::Info, num(n.conntrack_count));
     out.field(g, "conntrack_max", Kind::Info, num(n.conntrack_max));
     out.field(

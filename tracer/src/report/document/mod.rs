@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     flow::{cause::Cause, record::QueryRecord as TraceRecord},
     measure::{BatchResult, BatchSpec, Outcome, SentQuery},
-    node::{conntrack::CpuStats, inspect},
+    node::{DnsService, conntrack::CpuStats, inspect},
     probes::plan::Tier,
     report::trace::{TraceSummary, endpoint_key, line},
     report::validation::Validation,
@@ -270,6 +270,10 @@ pub struct NodeFacts {
     pub proxy_mode: String,
     /// The DNS Service and its endpoints, as the rules say.
     pub dns_service: Option<String>,
+    /// The IPv6 DNS Service and its endpoints (dual-stack and IPv6 nodes); absent from reports
+    /// written before it was read.
+    #[serde(default)]
+    pub dns_service6: Option<String>,
     /// Conntrack entries.
     pub conntrack_count: u32,
     /// Conntrack table limit.
@@ -284,6 +288,12 @@ pub struct NodeFacts {
     pub findings: Vec<FindingLine>,
     /// The whole report, as `tracer inspect --output json` prints it.
     pub inspect: serde_json::Value,
+}
+
+/// `SERVICE -> [ENDPOINT, ...]`.
+fn service_text(s: &DnsService) -> String {
+    let eps: Vec<String> = s.endpoints.iter().map(ToString::to_string).collect();
+    format!("{} -> [{}]", s.socket(), eps.join(", "))
 }
 
 impl NodeFacts {
@@ -301,10 +311,8 @@ impl NodeFacts {
             tier: r.facts.tier,
             iptables_backend: r.backends.verdict.to_string(),
             proxy_mode: text(serde_json::to_value(r.proxy_mode)),
-            dns_service: r.dns_service.as_ref().map(|s| {
-                let eps: Vec<String> = s.endpoints.iter().map(ToString::to_string).collect();
-                format!("{} -> [{}]", s.socket(), eps.join(", "))
-            }),
+            dns_service: r.dns_service.as_ref().map(service_text),
+            dns_service6: r.dns_service6.as_ref().map(service_text),
             conntrack_count: r.conntrack.table.count,
             conntrack_max: r.conntrack.table.max,
             conntrack_stats: r.conntrack.total,
