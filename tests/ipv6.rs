@@ -189,13 +189,30 @@ fn ipv6_no_endpoints_is_rejected_before_dnat() {
         assert_eq!(t.sent_lost, [(20, 20)], "{backend:?}");
         let failed = t.failed();
         assert_eq!(failed.len(), 20, "{backend:?}: a record per query");
-        for r in failed {
+        for r in &failed {
             assert_eq!(r.endpoint, None, "never DNATed: {r:?}");
             let d = r.drop.as_ref().expect("the REJECT drops the packet");
             assert_eq!(
                 (d.stage, d.leg),
                 (Stage::Netfilter, Leg::QueryBeforeDnat),
                 "{d:?}"
+            );
+        }
+        // The REJECT's ICMPv6 errors that left the node (the rest are rate-limited) are taken
+        // off the client's link: those queries are rejected, with the error named.
+        let rejected: Vec<_> = failed.iter().filter(|r| r.icmp.is_some()).collect();
+        assert!(!rejected.is_empty(), "{backend:?}: no ICMPv6 error seen");
+        for r in rejected {
+            let i = r.icmp.as_ref().unwrap();
+            assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
+            assert_eq!(
+                (i.what.as_str(), i.leg),
+                ("port unreachable", Leg::QueryBeforeDnat),
+                "{i:?}"
+            );
+            assert!(
+                i.by.starts_with("the node (seen reaching the client at tv62-node/"),
+                "{i:?}"
             );
         }
     }
@@ -217,6 +234,24 @@ fn ipv6_pod_down_is_no_socket_in_the_pod() {
             let d = r.drop.as_ref().expect("a drop");
             assert_eq!(d.stage, Stage::Socket, "{d:?}");
             assert!(d.at.starts_with("tv63-dns0/"), "inside the pod: {d:?}");
+        }
+        // The pod's port unreachable errors that got out (rate-limited per host) are taken off
+        // its link, on the leg to the pod.
+        let rejected: Vec<_> = t
+            .failed()
+            .into_iter()
+            .filter(|r| r.icmp.is_some())
+            .collect();
+        assert!(!rejected.is_empty(), "{backend:?}: no ICMPv6 error seen");
+        for r in rejected {
+            let i = r.icmp.as_ref().unwrap();
+            assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
+            assert_eq!(
+                (i.what.as_str(), i.leg),
+                ("port unreachable", Leg::QueryToPod),
+                "{i:?}"
+            );
+            assert!(i.by.ends_with("(leaving the pod)"), "{i:?}");
         }
     }
 }

@@ -37,6 +37,18 @@ pub mod socket_hook {
     pub const RCVQUEUE_FULL: u64 = 2;
 }
 
+/// `Event::location` of an ICMP record: where the error was seen.
+pub mod icmp_seen {
+    /// Sent, at `icmp:icmp_send` (IPv4): `netns` and `ifindex` are the refused packet's.
+    pub const SENT: u64 = 0;
+    /// An ICMPv6 error leaving a pod, on its link (TC ingress, the pod links' namespace): the
+    /// pod sent it.
+    pub const LEAVING_POD: u64 = 1;
+    /// An ICMPv6 error reaching the client, on its link (TC egress, the pod links' namespace):
+    /// the node sent it.
+    pub const REACHING_CLIENT: u64 = 2;
+}
+
 /// `Event::hook` when the hook is not known.
 pub const NO_HOOK: u32 = u32::MAX;
 
@@ -60,7 +72,7 @@ pub struct Event {
     /// the netfilter verdict; CONFIRM: the confirm result.
     pub reason: u32,
     /// DROP: the code address that freed the packet (0 when the kernel's tracepoint has no
-    /// location); VERDICT: `backend::*`; SOCKET_DROP: `socket_hook::*`.
+    /// location); VERDICT: `backend::*`; SOCKET_DROP: `socket_hook::*`; ICMP: `icmp_seen::*`.
     pub location: u64,
     /// VERDICT from xtables: the netfilter hook (`enum nf_inet_hooks`: 0 PREROUTING .. 4
     /// POSTROUTING); `NO_HOOK` otherwise.

@@ -297,6 +297,53 @@ fn tc_packet6(ctx: &TcContext) -> Parsed {
     }
 }
 
+/// ICMPv6 (next header 58) and its error types: destination unreachable, packet too big, time
+/// exceeded, parameter problem (RFC 4443: errors are types below 128).
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_ERROR_TYPES: core::ops::RangeInclusive<u8> = 1..=4;
+/// The ICMPv6 header before the quoted packet: type, code, checksum, and 4 bytes of
+/// type-specific data (unused, MTU or pointer).
+const ICMPV6_HEADER_LEN: usize = 8;
+
+/// An ICMPv6 error about a DNS query, in an Ethernet frame seen by TC: the quoted query (as the
+/// error carries it) and `type << 8 | code`. `None` for anything else, without counting: an
+/// ICMPv6 error about other traffic is not ours, and one cut short is only evidence missing.
+/// Only the common shape is read: no extension headers before the ICMPv6 header or inside the
+/// quoted packet.
+#[inline(always)]
+pub fn tc_icmp6_error(ctx: &TcContext) -> Option<(Packet, u32)> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV6 {
+        return None;
+    }
+    let ip = ctx.load::<Ipv6Hdr>(EthHdr::LEN).ok()?;
+    if ip.version() != 6 || ip.next_hdr != IPPROTO_ICMPV6 {
+        return None;
+    }
+    let icmp_off = EthHdr::LEN + Ipv6Hdr::LEN;
+    let icmp = ctx.load::<[u8; ICMPV6_HEADER_LEN]>(icmp_off).ok()?;
+    if !ICMPV6_ERROR_TYPES.contains(&icmp[0]) {
+        return None;
+    }
+    let inner_off = icmp_off + ICMPV6_HEADER_LEN;
+    let inner = ctx.load::<Ipv6Hdr>(inner_off).ok()?;
+    if inner.next_hdr != IPPROTO_UDP {
+        return None;
+    }
+    let udp = ctx.load::<UdpHdr>(inner_off + Ipv6Hdr::LEN).ok()?;
+    let ports = dns_ports(&udp)?;
+    if ports.1 != config().dns_port {
+        // An error about an answer: the query's fate is told by its own records.
+        return None;
+    }
+    let dns = ctx
+        .load::<[u8; DNS_HEADER_LEN]>(inner_off + Ipv6Hdr::LEN + UdpHdr::LEN)
+        .ok()?;
+    let packet = packet_of(addr6(&inner.src_addr), addr6(&inner.dst_addr), ports, &dns);
+    Some((packet, (u32::from(icmp[0]) << 8) | u32::from(icmp[1])))
+}
+
 /// How many question bytes to copy when `avail` follow the DNS header: all of them up to
 /// `QUESTION_LEN` (the copy ends with the datagram, not at a fixed size), in [1, QUESTION_LEN];
 /// `None` when nothing follows. The verifier must see the length bounded (and non-zero, for

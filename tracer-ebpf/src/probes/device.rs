@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use tracer_common::{
     counter,
-    event::kind,
+    event::{NO_HOOK, icmp_seen, kind},
     flow::{Packet, flag, state},
 };
 
@@ -31,7 +31,7 @@ pub fn device_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
     match parse::tc_packet(ctx) {
-        Parsed::Other => {}
+        Parsed::Other => icmp6_error(ctx, ingress),
         Parsed::Malformed => count(counter::PARSE_ERRORS),
         Parsed::Dns { packet, question } => {
             if parse::wanted(&packet) {
@@ -155,6 +155,41 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
         e.ts = t;
         // SAFETY: as above.
         e.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        copy_words(&mut e.slot, slot);
+        send(e);
+    }
+}
+
+/// An ICMPv6 error about a pending query: IPv6 has no `icmp:icmp_send`, so the error is taken
+/// off the wire. Leaving a pod (ingress), that pod sent it (a closed port); reaching the client
+/// (egress) unmarked, the node sent it (a REJECT rule). The slot is marked so each error is told
+/// once.
+#[inline(always)]
+fn icmp6_error(ctx: &TcContext, ingress: bool) {
+    let Some((packet, type_code)) = parse::tc_icmp6_error(ctx) else {
+        return;
+    };
+    if !parse::wanted(&packet) {
+        return;
+    }
+    let Some((_, slot)) = slot_of(&packet.saddr, packet.sport, packet.dns_id) else {
+        return;
+    };
+    if slot.state != state::PENDING || slot.flags & flag::ICMP != 0 {
+        return;
+    }
+    count(counter::ICMP);
+    slot.flags |= flag::ICMP;
+    if let Some(e) = scratch(kind::ICMP, &packet) {
+        e.reason = type_code;
+        // SAFETY: the TC context's skb is valid for the program's run.
+        e.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        e.location = if ingress {
+            icmp_seen::LEAVING_POD
+        } else {
+            icmp_seen::REACHING_CLIENT
+        };
+        e.hook = NO_HOOK;
         copy_words(&mut e.slot, slot);
         send(e);
     }

@@ -6,7 +6,7 @@
 //! counted by the caller as a malformed record, never guessed at.
 
 use tracer_common::{
-    event::{Event, NAME_LEN, NO_HOOK, backend, kind, socket_hook},
+    event::{Event, NAME_LEN, NO_HOOK, backend, icmp_seen, kind, socket_hook},
     flow::{Packet, Slot, state},
 };
 
@@ -23,6 +23,8 @@ pub enum Error {
     UnknownHook { value: u32 },
     #[error("socket drop record names unknown socket hook {value}")]
     UnknownSocketHook { value: u64 },
+    #[error("ICMP record names unknown place {value}")]
+    UnknownIcmpSeen { value: u64 },
     #[error("ICMP record holds type and code {value:#x}, wider than a byte each")]
     IcmpOutOfRange { value: u32 },
     #[error("record of kind {kind} holds a slot in unknown state {value}")]
@@ -160,12 +162,15 @@ pub enum KernelEvent {
         /// The socket's receive queue then; `None` when the kernel's record has none.
         queue: Option<SocketQueue>,
     },
-    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`).
+    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`), or an ICMPv6 error about
+    /// one was seen on a pod link.
     Icmp {
         /// Where.
         at: Point,
         /// Its query's slot, if still pending.
         slot: SlotMatch,
+        /// Where it was seen.
+        seen: IcmpSeen,
         /// The ICMP type.
         icmp_type: u8,
         /// The ICMP code.
@@ -214,6 +219,18 @@ impl KernelEvent {
     }
 }
 
+/// Where an ICMP error was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpSeen {
+    /// At `icmp:icmp_send`, where it was sent (IPv4): the refused packet's namespace and link.
+    Sent,
+    /// An ICMPv6 error leaving a pod, on the pod's link (in the pod links' namespace).
+    LeavingPod,
+    /// An ICMPv6 error reaching the client, on its link (in the pod links' namespace): the node
+    /// sent it.
+    ReachingClient,
+}
+
 impl TryFrom<&Event> for KernelEvent {
     type Error = Error;
 
@@ -257,6 +274,12 @@ impl TryFrom<&Event> for KernelEvent {
                 Self::Icmp {
                     at,
                     slot: slot_match(e)?,
+                    seen: match e.location {
+                        icmp_seen::SENT => IcmpSeen::Sent,
+                        icmp_seen::LEAVING_POD => IcmpSeen::LeavingPod,
+                        icmp_seen::REACHING_CLIENT => IcmpSeen::ReachingClient,
+                        value => return Err(Error::UnknownIcmpSeen { value }),
+                    },
                     icmp_type,
                     code,
                 }
@@ -492,10 +515,22 @@ mod tests {
             Ok(KernelEvent::Icmp {
                 at: at(),
                 slot: unmatched(),
+                seen: IcmpSeen::Sent,
                 icmp_type: 3,
                 code: 13,
             })
         );
+        e.location = icmp_seen::REACHING_CLIENT;
+        assert!(matches!(
+            decode(&e),
+            Ok(KernelEvent::Icmp {
+                seen: IcmpSeen::ReachingClient,
+                ..
+            })
+        ));
+        e.location = 7;
+        assert_eq!(decode(&e), Err(Error::UnknownIcmpSeen { value: 7 }));
+        e.location = icmp_seen::SENT;
         e.reason = 0x1_0003;
         assert_eq!(decode(&e), Err(Error::IcmpOutOfRange { value: 0x1_0003 }));
     }

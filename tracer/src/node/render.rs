@@ -47,6 +47,27 @@ impl Report {
         lines
     }
 
+    /// The IPv6 DNS Service in each backend that holds one.
+    fn dns6_text(&self) -> String {
+        if self.dns6_by_backend.is_empty() {
+            return "none (no IPv6 Service in the ip6tables rules)".to_owned();
+        }
+        let found: Vec<String> = self
+            .dns6_by_backend
+            .iter()
+            .map(|d| {
+                let s = &d.service;
+                format!(
+                    "{} -> {} ({})",
+                    s.socket(),
+                    endpoints_text(&s.endpoints),
+                    d.backend
+                )
+            })
+            .collect();
+        found.join("; ")
+    }
+
     /// The report for people.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
@@ -85,25 +106,7 @@ impl Report {
                         format!("{} -> {}", s.socket(), endpoints_text(&s.endpoints))
                     }),
             ),
-            (
-                "dns service (IPv6)".into(),
-                match &self.dns6_by_backend[..] {
-                    [] => "none (no IPv6 Service in the ip6tables rules)".to_owned(),
-                    found => found
-                        .iter()
-                        .map(|d| {
-                            let s = &d.service;
-                            format!(
-                                "{} -> {} ({})",
-                                s.socket(),
-                                endpoints_text(&s.endpoints),
-                                d.backend
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                },
-            ),
+            ("dns service (IPv6)".into(), self.dns6_text()),
             (
                 "conntrack".into(),
                 format!(

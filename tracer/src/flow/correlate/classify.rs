@@ -6,7 +6,11 @@ use super::{
     queue,
 };
 
-pub(super) fn icmp_text(t: u8, code: u8) -> String {
+/// The name of an ICMP error (`ipv6`: of an ICMPv6 one, RFC 4443).
+pub(super) fn icmp_text(ipv6: bool, t: u8, code: u8) -> String {
+    if ipv6 {
+        return icmp6_text(t, code);
+    }
     match (t, code) {
         (3, 0) => "net unreachable".into(),
         (3, 1) => "host unreachable".into(),
@@ -15,6 +19,22 @@ pub(super) fn icmp_text(t: u8, code: u8) -> String {
         (3, c) => format!("destination unreachable (code {c})"),
         (11, _) => "time exceeded".into(),
         (t, c) => format!("ICMP type {t} code {c}"),
+    }
+}
+
+fn icmp6_text(t: u8, code: u8) -> String {
+    match (t, code) {
+        (1, 0) => "no route to destination".into(),
+        (1, 1) => "administratively prohibited".into(),
+        (1, 3) => "address unreachable".into(),
+        (1, 4) => "port unreachable".into(),
+        (1, 5) => "source address failed ingress/egress policy".into(),
+        (1, 6) => "reject route to destination".into(),
+        (1, c) => format!("destination unreachable (code {c})"),
+        (2, _) => "packet too big".into(),
+        (3, _) => "time exceeded".into(),
+        (4, c) => format!("parameter problem (code {c})"),
+        (t, c) => format!("ICMPv6 type {t} code {c}"),
     }
 }
 

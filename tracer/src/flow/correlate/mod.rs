@@ -15,7 +15,7 @@ use tracer_common::flow::{Addr, Packet, Slot, flag, is_unset};
 
 use super::{
     dns,
-    event::{KernelEvent, Point, SlotMatch, question_of},
+    event::{IcmpSeen, KernelEvent, Point, SlotMatch, question_of},
     names::Names,
     record::{
         BackendEvidence, Drop, Icmp, Leg, NetfilterBackend, QueryRecord, Seen, Stage, StageTimes,
@@ -305,10 +305,15 @@ impl Correlator {
             return;
         }
         let leg = self.leg(p);
+        // An ICMPv6 error taken off a pod link (TC) is in the pod links' namespace.
+        let netns = match e {
+            KernelEvent::Icmp { seen, .. } if *seen != IcmpSeen::Sent => links_netns,
+            _ => point.netns,
+        };
         let at = format!(
             "{}/{}",
-            self.names.netns(point.netns),
-            self.names.link(point.netns, point.ifindex)
+            self.names.netns(netns),
+            self.names.link(netns, point.ifindex)
         );
         if !self.held.contains_key(&key) {
             let held = self.hold(point, slot, leg, links_netns);
@@ -337,11 +342,20 @@ impl Correlator {
         let place = Place { leg, at, stale };
         match e {
             KernelEvent::Icmp {
-                icmp_type, code, ..
+                seen,
+                icmp_type,
+                code,
+                ..
             } => {
                 r.icmp = Some(Icmp {
-                    what: icmp_text(*icmp_type, *code),
-                    by: place.at,
+                    what: icmp_text(addr(p.saddr).is_ipv6(), *icmp_type, *code),
+                    by: match seen {
+                        IcmpSeen::Sent => place.at,
+                        IcmpSeen::LeavingPod => format!("{} (leaving the pod)", place.at),
+                        IcmpSeen::ReachingClient => {
+                            format!("the node (seen reaching the client at {})", place.at)
+                        }
+                    },
                     leg,
                 });
             }

@@ -422,6 +422,7 @@ fn an_icmp_error_with_a_drop_is_rejected_before_dnat() {
     let unreachable = KernelEvent::Icmp {
         at: point(2 * SECOND, query(SERVICE)),
         slot: matched(s),
+        seen: IcmpSeen::Sent,
         icmp_type: 3,
         code: 3,
     };
