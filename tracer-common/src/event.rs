@@ -9,7 +9,7 @@ pub mod kind {
     pub const ANSWERED: u32 = 1;
     /// A DNS packet was freed with a drop reason (`skb:kfree_skb`).
     pub const DROP: u32 = 2;
-    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`).
+    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`), or seen on a pod link.
     pub const ICMP: u32 = 3;
     /// A socket refused the packet (`udp:udp_fail_queue_rcv_skb`, `sock:sock_rcvqueue_full`).
     pub const SOCKET_DROP: u32 = 4;
@@ -39,12 +39,12 @@ pub mod socket_hook {
 
 /// `Event::location` of an ICMP record: where the error was seen.
 pub mod icmp_seen {
-    /// Sent, at `icmp:icmp_send` (IPv4): `netns` and `ifindex` are the refused packet's.
+    /// Sent, at `icmp:icmp_send` (IPv4, 5.16+): `netns` and `ifindex` are the refused packet's.
     pub const SENT: u64 = 0;
-    /// An ICMPv6 error leaving a pod, on its link (TC ingress, the pod links' namespace): the
-    /// pod sent it.
+    /// An ICMP error leaving a pod, on its link (TC ingress, the pod links' namespace): the pod
+    /// sent it. IPv6 always; IPv4 where `icmp:icmp_send` did not see it first.
     pub const LEAVING_POD: u64 = 1;
-    /// An ICMPv6 error reaching the client, on its link (TC egress, the pod links' namespace):
+    /// An ICMP error reaching the client, on its link (TC egress, the pod links' namespace):
     /// the node sent it.
     pub const REACHING_CLIENT: u64 = 2;
 }

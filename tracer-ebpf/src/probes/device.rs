@@ -31,7 +31,7 @@ pub fn device_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
     match parse::tc_packet(ctx) {
-        Parsed::Other => icmp6_error(ctx, ingress),
+        Parsed::Other => icmp_error(ctx, ingress),
         Parsed::Malformed => count(counter::PARSE_ERRORS),
         Parsed::Dns { packet, question } => {
             if parse::wanted(&packet) {
@@ -160,13 +160,13 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
     }
 }
 
-/// An ICMPv6 error about a pending query: IPv6 has no `icmp:icmp_send`, so the error is taken
-/// off the wire. Leaving a pod (ingress), that pod sent it (a closed port); reaching the client
-/// (egress) unmarked, the node sent it (a REJECT rule). The slot is marked so each error is told
-/// once.
+/// An ICMP error about a pending query, taken off the wire: IPv6 has no `icmp:icmp_send`, and
+/// kernels before 5.16 have none for IPv4 either (where they have it, it marks the slot first).
+/// Leaving a pod (ingress), that pod sent it (a closed port); reaching the client (egress)
+/// unmarked, the node sent it (a REJECT rule). The slot is marked so each error is told once.
 #[inline(always)]
-fn icmp6_error(ctx: &TcContext, ingress: bool) {
-    let Some((packet, type_code)) = parse::tc_icmp6_error(ctx) else {
+fn icmp_error(ctx: &TcContext, ingress: bool) {
+    let Some((packet, type_code)) = parse::tc_icmp_error(ctx) else {
         return;
     };
     if !parse::wanted(&packet) {

@@ -162,8 +162,8 @@ pub enum KernelEvent {
         /// The socket's receive queue then; `None` when the kernel's record has none.
         queue: Option<SocketQueue>,
     },
-    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`), or an ICMPv6 error about
-    /// one was seen on a pod link.
+    /// An ICMP error was sent about a DNS packet (`icmp:icmp_send`), or an ICMP or ICMPv6 error
+    /// about one was seen on a pod link.
     Icmp {
         /// Where.
         at: Point,
@@ -224,10 +224,10 @@ impl KernelEvent {
 pub enum IcmpSeen {
     /// At `icmp:icmp_send`, where it was sent (IPv4): the refused packet's namespace and link.
     Sent,
-    /// An ICMPv6 error leaving a pod, on the pod's link (in the pod links' namespace).
+    /// An error leaving a pod, on the pod's link (in the pod links' namespace).
     LeavingPod,
-    /// An ICMPv6 error reaching the client, on its link (in the pod links' namespace): the node
-    /// sent it.
+    /// An error reaching the client, on its link (in the pod links' namespace): the node sent
+    /// it.
     ReachingClient,
 }
 

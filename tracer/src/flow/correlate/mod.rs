@@ -305,7 +305,7 @@ impl Correlator {
             return;
         }
         let leg = self.leg(p);
-        // An ICMPv6 error taken off a pod link (TC) is in the pod links' namespace.
+        // An ICMP error taken off a pod link (TC) is in the pod links' namespace.
         let netns = match e {
             KernelEvent::Icmp { seen, .. } if *seen != IcmpSeen::Sent => links_netns,
             _ => point.netns,
