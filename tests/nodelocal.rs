@@ -1,0 +1,166 @@
+//! NodeLocal DNSCache (`lab up --nodelocal`), in both iptables backends: a caching dnsmasq in the
+//! node namespace on 169.254.20.10 and the kube-dns ClusterIP, node-cache's NOTRACK and ACCEPT
+//! rules, and misses sent to the CoreDNS pods through the `kube-dns-upstream` Service.
+//!
+//! Run as root, one test at a time: `cargo test --release -p tracer --test nodelocal --
+//! --test-threads=1`.
+
+mod common;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use common::{BACKENDS, LabGuard, answer_addresses, in_node, leftovers};
+use tracer::{
+    lab::{self, NODELOCAL_IP, UPSTREAM_IP},
+    measure::{self, BatchSpec, Outcome, RecordType, ResponseCode},
+    node::Backend,
+};
+
+/// Lab `prefix` with the cache and one client pod.
+fn nodelocal_lab(prefix: &str, backend: Backend) -> LabGuard {
+    let shape = lab::Shape {
+        backend,
+        nodelocal: true,
+        ..lab::Shape::default()
+    };
+    let info = lab::up_with(prefix, &shape)
+        .unwrap_or_else(|e| panic!("lab up {prefix} --nodelocal --backend {backend}: {e}"));
+    LabGuard { info }
+}
+
+/// `count` A queries for `name`, one at a time.
+fn lookups(name: &str, count: u32) -> BatchSpec {
+    BatchSpec {
+        names: vec![name.to_owned()],
+        qtypes: vec![RecordType::A],
+        count,
+        rate: 50.0,
+        timeout: Duration::from_secs(1),
+        ..BatchSpec::default()
+    }
+}
+
+/// The cache's log lines that contain `needle`.
+fn log_lines(lab: &LabGuard, needle: &str) -> usize {
+    let cache = lab.info.nodelocal.as_ref().expect("the lab runs the cache");
+    std::fs::read_to_string(&cache.log)
+        .expect("the cache's log")
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Scenario: a client pod asks the cache at 169.254.20.10 for whoami twice. The first query is
+/// a miss the cache sends to kube-dns-upstream, which kube-proxy DNATs to a CoreDNS pod (the
+/// answer names that pod); the second is answered from the cache. A query to the kube-dns
+/// ClusterIP is answered by the cache too (node-cache holds that address), not DNATed.
+#[test]
+fn the_cache_answers_misses_from_a_pod_and_repeats_itself() {
+    for (i, backend) in BACKENDS.into_iter().enumerate() {
+        let prefix = format!("tnl{}", i + 1);
+        {
+            let lab = nodelocal_lab(&prefix, backend);
+            let cache = lab
+                .info
+                .nodelocal
+                .clone()
+                .expect("lab info names the cache");
+            assert!(cache.pid.is_some(), "the cache runs: {cache:?}");
+            assert_eq!(cache.upstream_ip, UPSTREAM_IP);
+            let client = &lab.info.clients[0].netns;
+            let at_cache = SocketAddr::from((NODELOCAL_IP, 53));
+            let result = measure::query_batch(Some(client), at_cache, &lookups(lab::WHOAMI, 2))
+                .expect("query the cache");
+            let answers = answer_addresses(&result);
+            assert_eq!(answers.len(), 2, "{backend}: both answered: {result:?}");
+            assert_eq!(
+                answers[0], answers[1],
+                "{backend}: the repeat is the cached answer"
+            );
+            let pods: Vec<IpAddr> = lab.info.endpoints.iter().map(|p| p.ip.into()).collect();
+            assert!(
+                pods.contains(&answers[0]),
+                "{backend}: a CoreDNS pod answered the miss"
+            );
+            let forwarded = format!("forwarded {} to {UPSTREAM_IP}", lab::WHOAMI);
+            assert_eq!(
+                log_lines(&lab, &forwarded),
+                1,
+                "{backend}: one miss went upstream"
+            );
+            let cached = format!("cached {} is {}", lab::WHOAMI, answers[0]);
+            assert_eq!(
+                log_lines(&lab, &cached),
+                1,
+                "{backend}: one answer from the cache"
+            );
+            // The kube-dns ClusterIP is the cache's too: the query is not DNATed to a pod.
+            let at_service = SocketAddr::from((lab.info.service_ip, 53));
+            let result =
+                measure::query_batch(Some(client), at_service, &lookups(lab::WHOAMI, 1)).unwrap();
+            assert_eq!(answer_addresses(&result), vec![answers[0]], "{backend}");
+            assert_eq!(
+                log_lines(&lab, &cached),
+                2,
+                "{backend}: answered from the cache"
+            );
+            let raw = in_node(&lab, &[&format!("iptables-{backend}-save"), "-t", "raw"]);
+            let notrack = raw.lines().filter(|l| l.ends_with("-j NOTRACK")).count();
+            assert_eq!(notrack, 16, "{backend}: node-cache's NOTRACK rules:\n{raw}");
+            let filter = in_node(&lab, &[&format!("iptables-{backend}-save"), "-t", "filter"]);
+            assert!(filter.contains(&format!(
+                "-A INPUT -d {NODELOCAL_IP}/32 -p udp -m udp --dport 53 -j ACCEPT"
+            )));
+        }
+        assert_eq!(leftovers(&prefix), Vec::<String>::new(), "{backend}");
+    }
+}
+
+/// Scenario: with no endpoints, kube-proxy REJECTs the cache's miss to kube-dns-upstream in filter
+/// OUTPUT, so the cache's send fails at once and it answers the client REFUSED itself: the client
+/// sees the cache's error, never the REJECT.
+#[test]
+fn a_miss_without_endpoints_is_refused_by_the_cache() {
+    let mut lab = nodelocal_lab("tnl3", Backend::Nft);
+    lab.fault(lab::FaultName::NoEndpoints, None);
+    let client = lab.info.clients[0].netns.clone();
+    let at_cache = SocketAddr::from((NODELOCAL_IP, 53));
+    let result = measure::query_batch(Some(&client), at_cache, &lookups("gone.cluster.local", 1))
+        .expect("query the cache");
+    match &result.queries[0].outcome {
+        Outcome::Answered { rcode, .. } => assert_eq!(*rcode, ResponseCode::Refused),
+        other => panic!("the cache answers: {other:?}"),
+    }
+    assert_eq!(
+        log_lines(&lab, "query[A] gone.cluster.local from 10.244.0.20"),
+        1
+    );
+    drop(lab);
+    assert_eq!(leftovers("tnl3"), Vec::<String>::new());
+}
+
+/// `--nodelocal` models node-cache in kube-proxy's iptables mode over IPv4 and says so.
+#[test]
+fn nodelocal_refuses_nftables_mode_and_ipv6() {
+    for shape in [
+        lab::Shape {
+            nodelocal: true,
+            proxy_mode: lab::ProxyMode::Nftables,
+            ..lab::Shape::default()
+        },
+        lab::Shape {
+            nodelocal: true,
+            ip_family: lab::IpFamily::Dual,
+            ..lab::Shape::default()
+        },
+    ] {
+        match lab::up_with("tnl4", &shape) {
+            Err(lab::Error::NodeLocalShape) => {}
+            other => panic!("{shape:?}: {other:?}"),
+        }
+    }
+    assert_eq!(leftovers("tnl4"), Vec::<String>::new());
+}
