@@ -12,11 +12,17 @@ use std::{
     time::Duration,
 };
 
-use common::{BACKENDS, LabGuard, answer_addresses, in_node, leftovers};
+use common::{BACKENDS, LabGuard, answer_addresses, in_node, leftovers, tier};
 use tracer::{
+    flow::{
+        cache::{CacheOutcome, CacheTally},
+        record::{QueryRecord, Verdict},
+    },
     lab::{self, NODELOCAL_IP, UPSTREAM_IP},
     measure::{self, BatchSpec, Outcome, RecordType, ResponseCode},
     node::Backend,
+    report::trace::TraceSummary,
+    trace::{Settings, Target, Tracer},
 };
 
 /// Lab `prefix` with the cache and one client pod.
@@ -163,4 +169,142 @@ fn nodelocal_refuses_nftables_mode_and_ipv6() {
         }
     }
     assert_eq!(leftovers("tnl4"), Vec::<String>::new());
+}
+
+/// Starts the tracer on the nodelocal lab (every query a record), runs `send`, waits out the
+/// timeout and stops.
+fn traced(lab: &LabGuard, send: impl FnOnce()) -> (Vec<QueryRecord>, TraceSummary) {
+    let settings = Settings {
+        tier: tier(),
+        all: true,
+        timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
+        .expect("start the tracer");
+    send();
+    std::thread::sleep(Duration::from_millis(2500));
+    tracer.finish().expect("finish")
+}
+
+/// Client legs: the records of queries to the cache for `name` (records spell it with the
+/// root's dot).
+fn client_legs<'a>(records: &'a [QueryRecord], name: &str) -> Vec<&'a QueryRecord> {
+    let fqdn = format!("{name}.");
+    records
+        .iter()
+        .filter(|r| r.server.ip() == IpAddr::from(NODELOCAL_IP))
+        .filter(|r| r.name.as_deref() == Some(fqdn.as_str()))
+        .collect()
+}
+
+/// Scenario: a client pod looks up five new names at 169.254.20.10, then the same five again.
+/// Each first lookup is a miss: one lookup with two legs, the client's query to the cache and
+/// the cache's query from the node namespace through kube-proxy's DNAT to a CoreDNS pod, which
+/// is named. Each repeat is a hit: one leg, answered by the cache.
+#[test]
+fn the_tracer_tells_hits_from_misses_with_both_legs_of_a_miss() {
+    for (i, backend) in BACKENDS.into_iter().enumerate() {
+        let prefix = format!("tnl{}", i + 1);
+        let lab = nodelocal_lab(&prefix, backend);
+        let names: Vec<String> = (0..5)
+            .map(|n| format!("new{n}.{prefix}.cluster.local"))
+            .collect();
+        let client = lab.info.clients[0].netns.clone();
+        let at_cache = SocketAddr::from((NODELOCAL_IP, 53));
+        let spec = BatchSpec {
+            names: names.clone(),
+            count: 5,
+            ..lookups("", 5)
+        };
+        let (records, summary) = traced(&lab, || {
+            for _ in 0..2 {
+                let r = measure::query_batch(Some(&client), at_cache, &spec).expect("query");
+                assert_eq!(r.lost, 0, "{backend}: {r:?}");
+            }
+        });
+        let pods: Vec<IpAddr> = lab.info.endpoints.iter().map(|p| p.ip.into()).collect();
+        for name in &names {
+            let legs = client_legs(&records, name);
+            assert_eq!(legs.len(), 2, "{backend} {name}: two lookups: {records:#?}");
+            let miss = legs[0].cache.as_ref().expect("a cache lookup");
+            assert_eq!(
+                miss.outcome,
+                CacheOutcome::Miss,
+                "{backend} {name}: {:#?}",
+                legs[0]
+            );
+            assert_eq!(miss.upstream.len(), 1, "{backend} {name}: {miss:#?}");
+            let up = &miss.upstream[0];
+            assert_eq!(up.verdict, Verdict::Answered, "{backend} {name}: {up:#?}");
+            assert!(up.client_link.is_none(), "sent from the node namespace");
+            assert!(pods.contains(&miss.served_by().expect("a pod served the miss")));
+            let hit = legs[1].cache.as_ref().expect("a cache lookup");
+            assert_eq!(
+                (hit.outcome, hit.upstream.len()),
+                (CacheOutcome::Hit, 0),
+                "{backend}"
+            );
+        }
+        assert_eq!(
+            summary.cache,
+            Some(CacheTally {
+                hits: 5,
+                misses: 5,
+                unanswered: 0,
+                upstream_unlinked: 0
+            }),
+            "{backend}"
+        );
+        drop(lab);
+        assert_eq!(leftovers(&prefix), Vec::<String>::new(), "{backend}");
+    }
+}
+
+/// Scenario: the Service has no endpoints. kube-proxy REJECTs the cache's query upstream, and the
+/// cache answers the client itself with an error: the failure is placed on the upstream leg,
+/// while the client leg is answered.
+#[test]
+fn a_failed_upstream_leg_is_placed_on_the_upstream_leg() {
+    for (i, backend) in BACKENDS.into_iter().enumerate() {
+        let prefix = format!("tnl{}", i + 1);
+        let mut lab = nodelocal_lab(&prefix, backend);
+        lab.fault(lab::FaultName::NoEndpoints, None);
+        let names: Vec<String> = (0..3).map(|n| format!("gone{n}.cluster.local")).collect();
+        let client = lab.info.clients[0].netns.clone();
+        let at_cache = SocketAddr::from((NODELOCAL_IP, 53));
+        let spec = BatchSpec {
+            names: names.clone(),
+            count: 3,
+            ..lookups("", 3)
+        };
+        let (records, summary) = traced(&lab, || {
+            measure::query_batch(Some(&client), at_cache, &spec).expect("query");
+        });
+        for name in &names {
+            let legs = client_legs(&records, name);
+            assert_eq!(legs.len(), 1, "{backend} {name}: {records:#?}");
+            let miss = legs[0].cache.as_ref().expect("a cache lookup");
+            assert_eq!(
+                miss.outcome,
+                CacheOutcome::Miss,
+                "{backend}: {:#?}",
+                legs[0]
+            );
+            assert!(!miss.upstream.is_empty(), "{backend}");
+            for up in &miss.upstream {
+                assert_ne!(up.verdict, Verdict::Answered, "{backend}: {up:#?}");
+                assert_eq!(
+                    up.server.ip(),
+                    IpAddr::from(UPSTREAM_IP),
+                    "{backend}: {up:#?}"
+                );
+            }
+            assert_eq!(miss.served_by(), None);
+        }
+        let cache = summary.cache.expect("cache counts");
+        assert_eq!((cache.hits, cache.misses), (0, 3), "{backend}: {cache:?}");
+        drop(lab);
+        assert_eq!(leftovers(&prefix), Vec::<String>::new(), "{backend}");
+    }
 }
