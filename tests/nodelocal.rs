@@ -308,3 +308,60 @@ fn a_failed_upstream_leg_is_placed_on_the_upstream_leg() {
         assert_eq!(leftovers(&prefix), Vec::<String>::new(), "{backend}");
     }
 }
+
+/// Scenario: `tracer inspect` of the node reports the cache: the `nodelocaldns` link with its two
+/// addresses, dnsmasq's two UDP sockets on them, node-cache's 16 NOTRACK and 8 ACCEPT rules in
+/// the lab's backend (text and JSON); with the cache stopped, an error that nothing listens.
+#[test]
+fn inspect_reports_the_cache_its_listeners_and_rules() {
+    for (i, backend) in BACKENDS.into_iter().enumerate() {
+        let prefix = format!("tnl{}", i + 1);
+        let lab = nodelocal_lab(&prefix, backend);
+        let node = tracer::netns::named(&lab.info.node_netns);
+        let report = tracer::node::inspect(Some(&node)).expect("inspect");
+        let cache = report.nodelocal.as_ref().expect("the cache is found");
+        assert_eq!(cache.link, "nodelocaldns");
+        let expected: Vec<IpAddr> = vec![NODELOCAL_IP.into(), lab.info.service_ip.into()];
+        assert_eq!(cache.addresses, expected, "{backend}");
+        let listening: Vec<SocketAddr> =
+            expected.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+        assert_eq!(cache.listeners, listening, "{backend}");
+        assert_eq!(
+            (cache.notrack().count(), cache.accepts().count()),
+            (16, 8),
+            "{backend}: {:#?}",
+            cache.rules
+        );
+        assert_eq!(cache.backends(), vec![backend]);
+        let ids: Vec<&str> = report.findings.iter().map(|f| f.id).collect();
+        assert!(ids.contains(&"nodelocal-dns-cache"), "{ids:?}");
+        assert!(!ids.contains(&"nodelocal-not-listening"), "{ids:?}");
+        assert!(!ids.contains(&"nodelocal-no-notrack"), "{ids:?}");
+        let text = report.render_text();
+        assert!(text.contains("nodelocal dns cache: link nodelocaldns (169.254.20.10, 10.96.0.10), 2 UDP listeners on port 53, 16 NOTRACK and 8 ACCEPT rules"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&report.render_json().unwrap()).unwrap();
+        assert_eq!(json["nodelocal"]["listeners"].as_array().unwrap().len(), 2);
+        // The cache stops: the link and rules stay, nothing listens.
+        let pid = lab
+            .info
+            .nodelocal
+            .as_ref()
+            .unwrap()
+            .pid
+            .expect("the cache's pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("stop the cache");
+        std::thread::sleep(Duration::from_millis(500));
+        let report = tracer::node::inspect(Some(&node)).expect("inspect");
+        let ids: Vec<&str> = report.findings.iter().map(|f| f.id).collect();
+        assert!(
+            ids.contains(&"nodelocal-not-listening"),
+            "{backend}: {ids:?}"
+        );
+        drop(lab);
+        assert_eq!(leftovers(&prefix), Vec::<String>::new(), "{backend}");
+    }
+}
