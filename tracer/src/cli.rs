@@ -151,6 +151,13 @@ pub enum LabAction {
         /// Example: tracer lab up --ip-family dual
         #[arg(long, value_enum, default_value_t = IpFamily::Ipv4)]
         ip_family: IpFamily,
+        /// Run NodeLocal DNSCache: a caching DNS server in the node namespace on 169.254.20.10
+        /// and the kube-dns ClusterIP (link `nodelocaldns`), node-cache's NOTRACK and ACCEPT
+        /// rules, and the `kube-dns-upstream` Service (10.96.0.11) for its misses.
+        ///
+        /// Example: tracer lab up --nodelocal --backend legacy
+        #[arg(long)]
+        nodelocal: bool,
     },
     /// Remove every namespace, interface, rule and process the lab made.
     Down,

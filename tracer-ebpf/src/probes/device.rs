@@ -1,6 +1,9 @@
 //! Device stage: TC on the node side of every pod link. Ingress sees what a pod sends (queries
 //! from clients, answers from DNS pods), egress what a pod receives (queries after DNAT, answers
 //! after un-DNAT). The healthy fast path only updates the query's slot and per-CPU counters.
+//! A query no pod link saw leave was sent from the node itself (a node-local DNS cache's miss,
+//! a hostNetwork pod): it takes its slot where it reaches the DNS pod's link, with no client
+//! link, and the pod's answer on that link ends it (the node's stack takes it from there).
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use tracer_common::{
@@ -37,9 +40,9 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
             if parse::wanted(&packet) {
                 let is_query = packet.dport == config().dns_port;
                 match (ingress, is_query) {
-                    (true, true) => query_sent(ctx, &packet, question),
-                    (false, true) => query_at_endpoint(ctx, &packet),
-                    (true, false) => answer_from_endpoint(&packet),
+                    (true, true) => query_sent(ctx, &packet, question, false),
+                    (false, true) => query_at_endpoint(ctx, &packet, question),
+                    (true, false) => answer_from_endpoint(ctx, &packet),
                     (false, false) => answer_delivered(ctx, &packet),
                 }
             }
@@ -48,9 +51,10 @@ fn try_device(ctx: &TcContext, ingress: bool) -> i32 {
     NEXT
 }
 
-/// A client sent a query: take its slot. A pending query found there is reported first.
+/// A client sent a query (`from_node`: the node did, and this is the DNS pod's link): take its
+/// slot. A pending query found there is reported first.
 #[inline(always)]
-fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
+fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt, from_node: bool) {
     let Some((index, slot)) = slot_for_new(&packet.saddr, packet.sport, packet.dns_id) else {
         return;
     };
@@ -81,22 +85,31 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
     slot.state = state::PENDING;
     slot.flags = 0;
     slot.retries = 0;
-    slot.client_ifindex = ifindex;
-    slot.t_query = now();
+    let t = now();
+    slot.t_query = t;
     // Volatile: plain zero stores to neighbouring fields become a call to a byte-loop memset.
     // SAFETY: fields of a valid map value.
     unsafe {
-        core::ptr::write_volatile(&mut slot.endpoint_ip, [0; 4]);
-        core::ptr::write_volatile(&mut slot.endpoint_ifindex, 0);
-        core::ptr::write_volatile(&mut slot.t_endpoint, 0);
         core::ptr::write_volatile(&mut slot.t_reply, 0);
+        if from_node {
+            // No client link; the query is at its endpoint already.
+            core::ptr::write_volatile(&mut slot.client_ifindex, 0);
+            core::ptr::write_volatile(&mut slot.endpoint_ip, packet.daddr);
+            core::ptr::write_volatile(&mut slot.endpoint_ifindex, ifindex);
+            core::ptr::write_volatile(&mut slot.t_endpoint, t);
+        } else {
+            core::ptr::write_volatile(&mut slot.client_ifindex, ifindex);
+            core::ptr::write_volatile(&mut slot.endpoint_ip, [0; 4]);
+            core::ptr::write_volatile(&mut slot.endpoint_ifindex, 0);
+            core::ptr::write_volatile(&mut slot.t_endpoint, 0);
+        }
     }
     slot.question_len = parse::tc_question(ctx, question, &mut slot.question);
 }
 
-/// The query reached a DNS pod's link, after DNAT.
+/// The query reached a DNS pod's link, after DNAT; without a pending slot the node sent it.
 #[inline(always)]
-fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
+fn query_at_endpoint(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
     count(counter::AT_ENDPOINT);
     match slot_of(&packet.saddr, packet.sport, packet.dns_id) {
         Some((_, slot)) if slot.state == state::PENDING => {
@@ -105,21 +118,31 @@ fn query_at_endpoint(ctx: &TcContext, packet: &Packet) {
             slot.endpoint_ifindex = unsafe { (*ctx.skb.skb).ifindex };
             slot.t_endpoint = now();
         }
-        _ => count(counter::UNMATCHED),
+        _ => query_sent(ctx, packet, question, true),
     }
 }
 
-/// A DNS pod sent its answer.
+/// A DNS pod sent its answer; to a query the node sent, that ends the query.
 #[inline(always)]
-fn answer_from_endpoint(packet: &Packet) {
+fn answer_from_endpoint(ctx: &TcContext, packet: &Packet) {
     count(counter::FROM_ENDPOINT);
-    match slot_of(&packet.daddr, packet.dport, packet.dns_id) {
-        Some((_, slot)) if slot.state == state::PENDING => slot.t_reply = now(),
-        _ => count(counter::UNMATCHED),
+    let from_node = match slot_of(&packet.daddr, packet.dport, packet.dns_id) {
+        Some((_, slot)) if slot.state == state::PENDING => {
+            slot.t_reply = now();
+            slot.client_ifindex == 0
+        }
+        _ => {
+            count(counter::UNMATCHED);
+            false
+        }
+    };
+    if from_node {
+        answer_delivered(ctx, packet);
     }
 }
 
-/// The answer reached the client that asked: the query is done.
+/// The answer reached the client that asked (or, for a query the node sent, left the DNS pod):
+/// the query is done.
 #[inline(always)]
 fn answer_delivered(ctx: &TcContext, packet: &Packet) {
     let Some((index, slot)) = slot_of(&packet.daddr, packet.dport, packet.dns_id) else {

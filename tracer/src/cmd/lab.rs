@@ -14,12 +14,14 @@ pub fn run(args: LabArgs) -> Result<(), lab::Error> {
             proxy_mode,
             clients,
             ip_family,
+            nodelocal,
         } => {
             let shape = lab::Shape {
                 backend,
                 clients,
                 proxy_mode,
                 ip_family,
+                nodelocal,
             };
             let lab = lab::up_with(prefix, &shape)?;
             print_status(&lab);
@@ -90,6 +92,23 @@ fn print_status(lab: &LabInfo) {
         println!(
             "  service kube-system/kube-dns  {} (udp, tcp)",
             std::net::SocketAddr::new(ip, lab.dns_port)
+        );
+    }
+    if let Some(cache) = &lab.nodelocal {
+        let ips: Vec<String> = cache
+            .local_ips
+            .iter()
+            .map(|ip| format!("{ip}:53"))
+            .collect();
+        let pid = cache
+            .pid
+            .map_or("not running".to_owned(), |p| format!("pid {p}"));
+        println!(
+            "  nodelocal dns cache on {} (link {}, udp/tcp), {pid}, misses to service kube-system/kube-dns-upstream {}:53, log {}",
+            ips.join(" "),
+            cache.link,
+            cache.upstream_ip,
+            cache.log.display()
         );
     }
     for pod in lab.endpoints.iter().chain(&lab.clients).chain(&lab.pods) {

@@ -192,5 +192,6 @@ fn node_target(server: SocketAddr) -> Result<Target, Error> {
         netns_filter: Vec::new(),
         rules: svc,
         rules6: None,
+        cache: None,
     })
 }

@@ -44,6 +44,7 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
             netns_filter: Vec::new(),
             rules: None,
             rules6: None,
+            cache: None,
         },
     };
     if let Some(name) = &args.links_netns {

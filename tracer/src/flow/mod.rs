@@ -10,6 +10,9 @@
 //! - `cause`: where and why a failed query died as one value, the key of the counts by cause.
 //! - `correlate`: merges the records of one query (drop, ICMP, eviction, answer) across NAT,
 //!   holding each briefly so evidence arriving in any order ends up in one verdict.
+//! - `cache`: NodeLocal DNSCache: a client's query to the node's cache and the cache's query
+//!   upstream on a miss, linked into one lookup (hit or miss, and the pod that served the miss).
+pub mod cache;
 pub mod cause;
 pub mod correlate;
 pub mod dns;

@@ -381,6 +381,10 @@ pub struct QueryRecord {
     /// Unanswered, delivered into a server socket whose receive queue overflowed around then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<Queued>,
+    /// A query to the node's DNS cache (NodeLocal DNSCache): hit or miss, and on a miss the
+    /// cache's queries upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<super::cache::CacheLookup>,
 }
 
 /// A UDP conntrack entry that outlived its endpoint: kube-proxy removed the endpoint (a CoreDNS
@@ -571,6 +575,7 @@ impl QueryRecord {
             rules: None,
             stale: None,
             queued: None,
+            cache: None,
         }
     }
 }

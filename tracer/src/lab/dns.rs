@@ -106,8 +106,12 @@ fn wait_ready(prefix: &str, pod: u8, ip: Ipv4Addr) -> Result<(), Error> {
 /// The pid of DNS pod `pod`'s dnsmasq, when its pid file names a process started with that
 /// pid file (after a crash the number may be someone else's).
 pub fn pid(state_dir: &Path, pod: u8) -> Option<i32> {
-    let path = pid_file(state_dir, pod);
-    let pid = std::fs::read_to_string(&path)
+    pid_at(&pid_file(state_dir, pod))
+}
+
+/// The pid in the dnsmasq pid file `path`, when it names a process started with that pid file.
+pub fn pid_at(path: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(path)
         .ok()?
         .trim()
         .parse::<i32>()

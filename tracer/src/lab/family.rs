@@ -180,6 +180,7 @@ fn rule_set6(set: &rules::RuleSet) -> rules::RuleSet {
         filter_drop: v6(&set.filter_drop),
         policy_drop: None,
         kubelet: set.kubelet,
+        nodelocal: None,
     }
 }
 
@@ -211,6 +212,7 @@ mod tests {
             filter_drop: vec![IpAddr::from([10, 244, 0, 11])],
             policy_drop: None,
             kubelet: true,
+            nodelocal: None,
         };
         let text = rules::render(&rule_set6(&set));
         assert!(text.contains("-d fd00:10:96::a --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU"));

@@ -9,7 +9,7 @@ use std::{
 use super::{
     ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, family,
     nftables::{self, ProxyMode},
-    overload, policy, rules, state_dir, throttle, topology,
+    nodelocal, overload, policy, rules, state_dir, throttle, topology,
 };
 use crate::{
     measure::{self, BatchSpec, Outcome, RecordType},
@@ -148,6 +148,7 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
         filter_drop: v4(filter_drop),
         policy_drop,
         kubelet: true,
+        nodelocal: state.nodelocal.then(nodelocal::rules),
     }
 }
 
@@ -242,6 +243,7 @@ pub fn apply(
                 filter_drop: vec![],
                 policy_drop: None,
                 kubelet: false,
+                nodelocal: None,
             };
             let program = restore_program(other(state.backend));
             topology::run_in(&node, program, &[], Some(&rules::render(&stale)))?;

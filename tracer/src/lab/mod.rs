@@ -25,12 +25,15 @@
 //! - `overload`: the server-overload fault (a stopped server behind a small receive buffer).
 //! - `throttle`: the throttled-server fault (a server stalled past the UDP conntrack timeout).
 //! - `family`: `--ip-family ipv6|dual`, the pods' IPv6 addresses and kube-proxy's ip6tables rules.
+//! - `nodelocal`: `--nodelocal`, NodeLocal DNSCache: its link, its caching server in the node
+//!   namespace, and (with kube-proxy's rules in `rules`) its NOTRACK rules and upstream Service.
 
 pub mod conntrack;
 mod dns;
 mod family;
 mod fault;
 mod nftables;
+mod nodelocal;
 mod overload;
 mod pods;
 mod policy;
@@ -48,6 +51,7 @@ pub use self::{
     family::{IpFamily, SERVICE_IP6, pod_ip6},
     fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
     nftables::ProxyMode,
+    nodelocal::{NODELOCAL_IP, NodeLocal, UPSTREAM_IP},
     pods::{add as add_pod, del as del_pod},
 };
 use crate::{measure, netns, node::Backend};
@@ -134,6 +138,12 @@ pub enum Error {
         "--proxy-mode nftables writes kube-proxy's IPv4 table only (table ip kube-proxy): use --ip-family ipv4 with it"
     )]
     ModeFamily,
+    #[error(
+        "--nodelocal models node-cache in kube-proxy's iptables mode over IPv4: drop --proxy-mode nftables and --ip-family"
+    )]
+    NodeLocalShape,
+    #[error("the NodeLocal DNSCache did not answer within {within:?} of starting")]
+    CacheNotReady { within: std::time::Duration },
     #[error("fault {fault} does not apply to kube-proxy's nftables mode: {why}")]
     NotInMode { fault: String, why: &'static str },
 }
@@ -180,6 +190,8 @@ pub struct LabInfo {
     /// points to the removed endpoint (send from it to see the fault; the entry lives 30 s past
     /// its last packet).
     pub stale_source_port: Option<u16>,
+    /// NodeLocal DNSCache, when the lab runs it (`--nodelocal`).
+    pub nodelocal: Option<NodeLocal>,
 }
 
 /// What the state file keeps.
@@ -197,6 +209,9 @@ struct State {
     /// IPv4, IPv6 or both (absent in older state files: IPv4).
     #[serde(default)]
     ip_family: IpFamily,
+    /// Whether NodeLocal DNSCache runs (absent in older state files: no).
+    #[serde(default)]
+    nodelocal: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -299,6 +314,7 @@ fn lab_info(prefix: &str, state: &State) -> LabInfo {
         pods: pods::of(prefix, state),
         faults: state.faults.iter().map(|f| f.name).collect(),
         stale_source_port: state.faults.iter().find_map(|f| f.source_port),
+        nodelocal: state.nodelocal.then(|| nodelocal::info(&state_dir(prefix))),
     }
 }
 
@@ -336,6 +352,8 @@ pub struct Shape {
     pub proxy_mode: ProxyMode,
     /// The Service's and the queries' address family.
     pub ip_family: IpFamily,
+    /// Run NodeLocal DNSCache (iptables mode, IPv4 only).
+    pub nodelocal: bool,
 }
 
 impl Default for Shape {
@@ -345,6 +363,7 @@ impl Default for Shape {
             clients: 1,
             proxy_mode: ProxyMode::Iptables,
             ip_family: IpFamily::Ipv4,
+            nodelocal: false,
         }
     }
 }
@@ -356,6 +375,7 @@ pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
         clients,
         proxy_mode,
         ip_family,
+        nodelocal,
     } = *shape;
     validate_prefix(prefix)?;
     if proxy_mode == ProxyMode::Nftables && backend == Backend::Legacy {
@@ -363,6 +383,9 @@ pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
     }
     if proxy_mode == ProxyMode::Nftables && ip_family != IpFamily::Ipv4 {
         return Err(Error::ModeFamily);
+    }
+    if nodelocal && (proxy_mode != ProxyMode::Iptables || ip_family != IpFamily::Ipv4) {
+        return Err(Error::NodeLocalShape);
     }
     if clients == 0 || clients > MAX_CLIENTS {
         return Err(Error::Clients { clients });
@@ -375,6 +398,7 @@ pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
         faults: Vec::new(),
         pods: Vec::new(),
         ip_family,
+        nodelocal,
     };
     if let Err(e) = build(prefix, &state) {
         let _ = down(prefix);
@@ -410,6 +434,10 @@ fn build(prefix: &str, state: &State) -> Result<(), Error> {
     for pod in 0..2u8 {
         dns::start(prefix, &dir, pod)?;
     }
+    if state.nodelocal {
+        nodelocal::create_link(prefix)?;
+        nodelocal::start(prefix, &dir)?;
+    }
     family::settle(prefix, state.ip_family)
 }
 
@@ -421,6 +449,7 @@ pub fn down(prefix: &str) -> Result<(), Error> {
     for pod in 0..2u8 {
         dns::stop(&dir, pod)?;
     }
+    nodelocal::stop(&dir)?;
     let namespaces = topology::existing_netns(prefix)?;
     for ns in &namespaces {
         for pid in topology::netns_pids(ns)? {

@@ -37,23 +37,45 @@ fn host_bits(ip: IpAddr) -> u8 {
 /// The ports of the `kube-system/kube-dns` Service, as CoreDNS's manifest declares them.
 pub(super) const DNS_SERVICE_PORTS: [ServicePort; 3] = [
     ServicePort {
+        service: "kube-dns",
         name: "dns",
         protocol: "udp",
         port: 53,
     },
     ServicePort {
+        service: "kube-dns",
         name: "dns-tcp",
         protocol: "tcp",
         port: 53,
     },
     ServicePort {
+        service: "kube-dns",
         name: "metrics",
         protocol: "tcp",
         port: 9153,
     },
 ];
 
+/// The ports of `kube-system/kube-dns-upstream`, the Service NodeLocal DNSCache's manifest adds
+/// for the cache's misses: the same CoreDNS endpoints behind a ClusterIP of its own.
+pub(super) const UPSTREAM_SERVICE_PORTS: [ServicePort; 2] = [
+    ServicePort {
+        service: "kube-dns-upstream",
+        name: "dns",
+        protocol: "udp",
+        port: 53,
+    },
+    ServicePort {
+        service: "kube-dns-upstream",
+        name: "dns-tcp",
+        protocol: "tcp",
+        port: 53,
+    },
+];
+
 pub(super) struct ServicePort {
+    /// The Service's name in `kube-system`.
+    pub(super) service: &'static str,
     pub(super) name: &'static str,
     pub(super) protocol: &'static str,
     pub(super) port: u16,
@@ -62,7 +84,7 @@ pub(super) struct ServicePort {
 impl ServicePort {
     /// `kube-system/kube-dns:dns`, kube-proxy's `ServicePortName.String()`.
     pub(super) fn full_name(&self) -> String {
-        format!("kube-system/kube-dns:{}", self.name)
+        format!("kube-system/{}:{}", self.service, self.name)
     }
 
     fn svc_chain(&self) -> String {
@@ -96,6 +118,27 @@ pub struct RuleSet {
     pub policy_drop: Option<PolicyDrop>,
     /// Whether the kubelet's chains (`KUBE-IPTABLES-HINT`, `KUBE-KUBELET-CANARY`) are included.
     pub kubelet: bool,
+    /// NodeLocal DNSCache's rules and its upstream Service, when the node runs the cache.
+    pub nodelocal: Option<NodeLocalRules>,
+}
+
+/// What NodeLocal DNSCache adds to a node's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLocalRules {
+    /// The addresses node-cache listens on (169.254.20.10 and, in iptables mode, the kube-dns
+    /// ClusterIP): NOTRACK in raw, ACCEPT in filter.
+    pub local_ips: Vec<IpAddr>,
+    /// The ClusterIP of `kube-dns-upstream`, balanced over the same endpoints as kube-dns.
+    pub upstream_ip: IpAddr,
+}
+
+/// The Services kube-proxy writes rules for: kube-dns, and kube-dns-upstream with the cache.
+fn services(rules: &RuleSet) -> Vec<(IpAddr, &'static [ServicePort])> {
+    let mut all = vec![(rules.service_ip, &DNS_SERVICE_PORTS[..])];
+    if let Some(n) = &rules.nodelocal {
+        all.push((n.upstream_ip, &UPSTREAM_SERVICE_PORTS[..]));
+    }
+    all
 }
 
 /// The comment on the lab's own fault rules, so a reader of `iptables-save` sees what they are.
@@ -120,6 +163,9 @@ pub(super) fn chain_hash(input: &str) -> String {
 /// table is replaced whole).
 pub fn render(rules: &RuleSet) -> String {
     let mut out = String::new();
+    if let Some(n) = &rules.nodelocal {
+        render_raw(&mut out, n);
+    }
     render_mangle(&mut out, rules);
     render_filter(&mut out, rules);
     render_nat(&mut out, rules);
@@ -145,6 +191,64 @@ fn render_mangle(out: &mut String, rules: &RuleSet) {
     out.push_str("COMMIT\n");
 }
 
+/// node-cache's NOTRACK rules (`-I`, so the last address it adds comes first): queries to its
+/// addresses and answers from them skip conntrack, so kube-proxy's DNAT never sees them.
+fn render_raw(out: &mut String, n: &NodeLocalRules) {
+    out.push_str("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for ip in n.local_ips.iter().rev() {
+        for p in ["udp", "tcp"] {
+            let _ = writeln!(
+                out,
+                "-A PREROUTING -d {ip}/32 -p {p} -m {p} --dport 53 -j NOTRACK"
+            );
+        }
+    }
+    for ip in n.local_ips.iter().rev() {
+        let _ = writeln!(
+            out,
+            "-A OUTPUT -s {ip}/32 -p tcp -m tcp --sport 8080 -j NOTRACK"
+        );
+        let _ = writeln!(
+            out,
+            "-A OUTPUT -d {ip}/32 -p tcp -m tcp --dport 8080 -j NOTRACK"
+        );
+        for p in ["udp", "tcp"] {
+            let _ = writeln!(
+                out,
+                "-A OUTPUT -d {ip}/32 -p {p} -m {p} --dport 53 -j NOTRACK"
+            );
+        }
+        for p in ["udp", "tcp"] {
+            let _ = writeln!(
+                out,
+                "-A OUTPUT -s {ip}/32 -p {p} -m {p} --sport 53 -j NOTRACK"
+            );
+        }
+    }
+    out.push_str("COMMIT\n");
+}
+
+/// node-cache's filter rules, ahead of everything else in INPUT and OUTPUT: the untracked
+/// packets would otherwise miss the conntrack-state ACCEPTs a host firewall relies on.
+fn nodelocal_accepts(out: &mut String, n: &NodeLocalRules) {
+    for ip in n.local_ips.iter().rev() {
+        for p in ["udp", "tcp"] {
+            let _ = writeln!(
+                out,
+                "-A INPUT -d {ip}/32 -p {p} -m {p} --dport 53 -j ACCEPT"
+            );
+        }
+    }
+    for ip in n.local_ips.iter().rev() {
+        for p in ["udp", "tcp"] {
+            let _ = writeln!(
+                out,
+                "-A OUTPUT -s {ip}/32 -p {p} -m {p} --sport 53 -j ACCEPT"
+            );
+        }
+    }
+}
+
 fn render_filter(out: &mut String, rules: &RuleSet) {
     out.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     for chain in [
@@ -164,6 +268,9 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
     let lb_fw = "-m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL";
     let ext = "-m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
     let svc = "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    if let Some(n) = &rules.nodelocal {
+        nodelocal_accepts(out, n);
+    }
     let _ = writeln!(out, "-A INPUT {new} {lb_fw}");
     out.push_str("-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n");
     let _ = writeln!(out, "-A INPUT {new} {ext}");
@@ -189,15 +296,16 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n");
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     if rules.endpoints.is_empty() {
-        for sp in &DNS_SERVICE_PORTS {
-            let _ = writeln!(
-                out,
-                "-A KUBE-SERVICES -m comment --comment \"{} has no endpoints\" -m {p} -p {p} -d {} --dport {} -j REJECT",
-                sp.full_name(),
-                rules.service_ip,
-                sp.port,
-                p = sp.protocol,
-            );
+        for (ip, ports) in services(rules) {
+            for sp in ports {
+                let _ = writeln!(
+                    out,
+                    "-A KUBE-SERVICES -m comment --comment \"{} has no endpoints\" -m {p} -p {p} -d {ip} --dport {} -j REJECT",
+                    sp.full_name(),
+                    sp.port,
+                    p = sp.protocol,
+                );
+            }
         }
     }
     out.push_str("COMMIT\n");
@@ -216,7 +324,7 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
     }
     canaries(out, rules);
     if !rules.endpoints.is_empty() {
-        for sp in &DNS_SERVICE_PORTS {
+        for sp in services(rules).into_iter().flat_map(|(_, ports)| ports) {
             let _ = writeln!(out, ":{} - [0:0]", sp.svc_chain());
             for ep in &rules.endpoints {
                 let _ = writeln!(out, ":{} - [0:0]", sp.sep_chain(*ep));
@@ -232,52 +340,60 @@ fn render_nat(out: &mut String, rules: &RuleSet) {
     out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
     out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
     if !rules.endpoints.is_empty() {
-        for sp in &DNS_SERVICE_PORTS {
-            let (name, p, ip, port) = (sp.full_name(), sp.protocol, rules.service_ip, sp.port);
-            let svc = sp.svc_chain();
-            let matches = format!("-m {p} -p {p} -d {ip} --dport {port}");
-            let _ = writeln!(
-                out,
-                "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {matches} -j {svc}"
-            );
-            let _ = writeln!(
-                out,
-                "-A {svc} -m comment --comment \"{name} cluster IP\" {matches} ! -s {} -j KUBE-MARK-MASQ",
-                cluster_cidr(ip)
-            );
-            let n = rules.endpoints.len();
-            for (i, ep) in rules.endpoints.iter().enumerate() {
-                let statistic = if i + 1 < n {
-                    format!(
-                        " -m statistic --mode random --probability {:.10}",
-                        1.0 / (n - i) as f64
-                    )
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(
-                    out,
-                    "-A {svc} -m comment --comment \"{name} -> {}\"{statistic} -j {}",
-                    SocketAddr::new(*ep, port),
-                    sp.sep_chain(*ep)
-                );
-            }
-            for ep in &rules.endpoints {
-                let sep = sp.sep_chain(*ep);
-                let _ = writeln!(
-                    out,
-                    "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ"
-                );
-                let _ = writeln!(
-                    out,
-                    "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {}",
-                    SocketAddr::new(*ep, port)
-                );
+        for (ip, ports) in services(rules) {
+            for sp in ports {
+                nat_service_port(out, sp, ip, &rules.endpoints);
             }
         }
     }
     out.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
     out.push_str("COMMIT\n");
+}
+
+/// One Service port's rules in nat: the ClusterIP match, the masquerade mark for traffic from
+/// outside the pod CIDR, the random split over the endpoints and the DNAT to each.
+fn nat_service_port(out: &mut String, sp: &ServicePort, ip: IpAddr, endpoints: &[IpAddr]) {
+    let (name, p, port) = (sp.full_name(), sp.protocol, sp.port);
+    let svc = sp.svc_chain();
+    let matches = format!("-m {p} -p {p} -d {ip} --dport {port}");
+    let _ = writeln!(
+        out,
+        "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" {matches} -j {svc}"
+    );
+    let _ = writeln!(
+        out,
+        "-A {svc} -m comment --comment \"{name} cluster IP\" {matches} ! -s {} -j KUBE-MARK-MASQ",
+        cluster_cidr(ip)
+    );
+    let n = endpoints.len();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let statistic = if i + 1 < n {
+            format!(
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / (n - i) as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "-A {svc} -m comment --comment \"{name} -> {}\"{statistic} -j {}",
+            SocketAddr::new(*ep, port),
+            sp.sep_chain(*ep)
+        );
+    }
+    for ep in endpoints {
+        let sep = sp.sep_chain(*ep);
+        let _ = writeln!(
+            out,
+            "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ"
+        );
+        let _ = writeln!(
+            out,
+            "-A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {}",
+            SocketAddr::new(*ep, port)
+        );
+    }
 }
 
 /// `iptables-restore` input that empties `mangle`, `filter` and `nat` (deleting their user chains).
@@ -298,6 +414,7 @@ pub(super) mod tests {
             filter_drop: vec![],
             policy_drop: None,
             kubelet: true,
+            nodelocal: None,
         }
     }
 
@@ -349,5 +466,40 @@ pub(super) mod tests {
             .collect();
         assert!(forward[0].starts_with("-A FORWARD -d 10.244.0.10/32 -p udp -m udp --dport 53"));
         assert!(forward[0].ends_with("-j DROP"));
+    }
+
+    #[test]
+    fn nodelocal_adds_notrack_accepts_and_the_upstream_service() {
+        let mut rules = lab(&["10.244.0.10", "10.244.0.11"]);
+        rules.nodelocal = Some(NodeLocalRules {
+            local_ips: vec![
+                "169.254.20.10".parse().unwrap(),
+                "10.96.0.10".parse().unwrap(),
+            ],
+            upstream_ip: "10.96.0.11".parse().unwrap(),
+        });
+        let text = render(&rules);
+        assert!(text.starts_with("*raw\n"));
+        for ip in ["169.254.20.10", "10.96.0.10"] {
+            assert!(text.contains(&format!(
+                "-A PREROUTING -d {ip}/32 -p udp -m udp --dport 53 -j NOTRACK\n"
+            )));
+            assert!(text.contains(&format!(
+                "-A INPUT -d {ip}/32 -p udp -m udp --dport 53 -j ACCEPT\n"
+            )));
+        }
+        let input: Vec<&str> = text.lines().filter(|l| l.starts_with("-A INPUT")).collect();
+        assert!(input[..4].iter().all(|l| l.ends_with("-j ACCEPT")));
+        assert!(text.contains("\"kube-system/kube-dns-upstream:dns cluster IP\" -m udp -p udp -d 10.96.0.11 --dport 53 -j KUBE-SVC-"));
+        assert_eq!(
+            text.matches("-j DNAT --to-destination 10.244.0.10:53")
+                .count(),
+            4
+        );
+        rules.endpoints.clear();
+        let text = render(&rules);
+        assert!(
+            text.contains("kube-dns-upstream:dns has no endpoints\" -m udp -p udp -d 10.96.0.11")
+        );
     }
 }

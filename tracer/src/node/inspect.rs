@@ -14,6 +14,7 @@ use super::{
     facts::{self, Facts, LinkKind},
     findings::usage_percent,
     kubeproxy::{self, DnsService, ModeEvidence, ProxyMode, RuleCounter},
+    nodelocal::{self, NodeLocalCache},
 };
 use crate::{netns, probes::plan::Tier};
 
@@ -86,6 +87,8 @@ pub struct Report {
     pub counters: Vec<RuleCounter>,
     /// The conntrack table.
     pub conntrack: ConntrackReport,
+    /// NodeLocal DNSCache, when the node has its `nodelocaldns` link.
+    pub nodelocal: Option<NodeLocalCache>,
     /// Findings, most severe first.
     pub findings: Vec<Finding>,
 }
@@ -250,6 +253,7 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
             }
         }
     }
+    let nodelocal = nodelocal::find(&backends.saves);
     let usage_percent = usage_percent(&table);
     let conntrack = ConntrackReport {
         table,
@@ -272,6 +276,7 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
         dns_service6,
         counters,
         conntrack,
+        nodelocal,
         findings: Vec::new(),
     };
     report.findings = findings(&report);

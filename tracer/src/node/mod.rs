@@ -11,6 +11,7 @@
 //! - `inspect`: the report (facts, backends, DNS Service, conntrack, findings); the DNS Service and
 //!   its rule counters for `tracer trace`.
 //! - `kubeproxy`: `iptables-save` parsing, kube-proxy's mode, the DNS Service and its rule counters.
+//! - `nodelocal`: NodeLocal DNSCache: its link, listeners on its addresses, NOTRACK/ACCEPT rules.
 //! - `nft`: `nft -j` JSON: the tables, and the DNS Service in kube-proxy's nftables-mode table.
 //! - `render`: the report as text and JSON, and trace's summary lines.
 //! - `watch`: the DNS Service's rules followed during a trace (nf_tables notifications, a
@@ -23,6 +24,7 @@ pub mod inspect;
 pub mod ipv6;
 pub mod kubeproxy;
 pub mod nft;
+pub mod nodelocal;
 pub mod render;
 pub mod watch;
 

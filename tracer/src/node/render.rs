@@ -121,6 +121,17 @@ impl Report {
                 ),
             ),
         ]));
+        if let Some(c) = &self.nodelocal {
+            let addresses: Vec<String> = c.addresses.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(
+                "\nnodelocal dns cache: link {} ({}), {} UDP listeners on port 53, {} NOTRACK and {} ACCEPT rules\n",
+                c.link,
+                addresses.join(", "),
+                c.listeners.len(),
+                c.notrack().count(),
+                c.accepts().count()
+            ));
+        }
         out.push_str("\n\nConntrack statistics\n");
         let mut stats = Table::new();
         stats.load_style(UTF8_BORDERS_ONLY);

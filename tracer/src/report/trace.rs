@@ -6,6 +6,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 
 use crate::{
     flow::{
+        cache::CacheTally,
         cause::Cause,
         correlate::Tally,
         record::{QueryRecord, Stage, StaleEntry, Verdict},
@@ -126,6 +127,10 @@ pub struct TraceSummary {
     /// Conntrack entries that sent queries to a gone endpoint, with the queries each lost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale_entries: Vec<StaleLoss>,
+    /// With a node-local DNS cache: lookups by hit, miss, unanswered (records only: every
+    /// lookup with `--all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheTally>,
 }
 
 /// A change of the DNS Service's endpoints, as the tracer noticed it.
@@ -220,6 +225,13 @@ impl TraceSummary {
         }
         self.rule_counter_text(&mut s);
         self.service_text(&mut s);
+        if let Some(c) = &self.cache {
+            let _ = writeln!(
+                s,
+                "nodelocal dns cache: {} hits, {} misses, {} unanswered lookups; {} upstream queries linked to no lookup",
+                c.hits, c.misses, c.unanswered, c.upstream_unlinked
+            );
+        }
         if let Some(d) = &self.conntrack_delta {
             let moved: Vec<String> = d
                 .fields()
@@ -436,6 +448,15 @@ pub fn line(r: &QueryRecord) -> String {
     }
     if r.retries > 0 {
         let _ = write!(s, " [{} retries]", r.retries);
+    }
+    if let Some(c) = &r.cache {
+        let _ = write!(s, " | {}", c.outcome);
+        if let Some(pod) = c.served_by() {
+            let _ = write!(s, " served by {pod}");
+        }
+        for u in &c.upstream {
+            let _ = write!(s, "\n    upstream leg: {}", line(u));
+        }
     }
     s
 }

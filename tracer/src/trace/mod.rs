@@ -24,6 +24,7 @@ use service::{CreatedEntry, Endpoints};
 
 use crate::{
     flow::{
+        cache::Linker,
         correlate::{Context, Correlator},
         event::KernelEvent,
         names::Names,
@@ -77,6 +78,33 @@ pub struct Target {
     /// The Service's IPv6 side as the node's ip6tables rules describe it (dual-stack and IPv6
     /// nodes), when they do.
     pub rules6: Option<DnsService>,
+    /// A node-local DNS cache (NodeLocal DNSCache): the addresses it listens on (traced as DNS
+    /// targets) and the Service it sends misses to; its queries are linked to the clients'.
+    pub cache: Option<NodeCache>,
+}
+
+impl Target {
+    /// The DNS targets besides the Service: its other families' cluster IPs, and a node-local
+    /// cache's addresses and upstream Service.
+    fn also_services(&self) -> Vec<IpAddr> {
+        [&self.rules, &self.rules6]
+            .into_iter()
+            .flatten()
+            .map(|r| r.ip)
+            .chain(self.cache.iter().flat_map(|c| c.local_ips.iter().copied()))
+            .chain(self.cache.iter().map(|c| c.upstream))
+            .filter(|ip| *ip != self.service.ip())
+            .collect()
+    }
+}
+
+/// A node-local DNS cache the trace follows.
+#[derive(Debug, Clone)]
+pub struct NodeCache {
+    /// The addresses it listens on (169.254.20.10, the kube-dns ClusterIP).
+    pub local_ips: Vec<IpAddr>,
+    /// The ClusterIP of the Service it sends misses to (`kube-dns-upstream`).
+    pub upstream: IpAddr,
 }
 
 impl Target {
@@ -100,6 +128,10 @@ impl Target {
             netns_filter,
             rules,
             rules6,
+            cache: info.nodelocal.as_ref().map(|c| NodeCache {
+                local_ips: c.local_ips.iter().map(|ip| IpAddr::from(*ip)).collect(),
+                upstream: c.upstream_ip.into(),
+            }),
         })
     }
 }
@@ -157,6 +189,8 @@ pub struct Tracer {
     link_changes: Option<links::Changes>,
     /// DNATed DNS entries conntrack destroyed, to name answers that came after theirs expired.
     expiries: Expiries,
+    /// With a node-local cache: links the clients' queries to it with its queries upstream.
+    cache: Option<Linker>,
     summary: TraceSummary,
 }
 
@@ -232,12 +266,7 @@ impl Tracer {
         let unix_us = unix_now_us() as i64;
         let ctx = Context {
             service: Some(target.service.ip()),
-            also_services: [&target.rules, &target.rules6]
-                .into_iter()
-                .flatten()
-                .map(|r| r.ip)
-                .filter(|ip| *ip != target.service.ip())
-                .collect(),
+            also_services: target.also_services(),
             dns_port: 53,
             endpoints: [&target.rules, &target.rules6]
                 .into_iter()
@@ -279,6 +308,10 @@ impl Tracer {
             unix_now_us(),
         );
         let names = Names::new(links_inode, &session.link_names);
+        let cache = target
+            .cache
+            .as_ref()
+            .map(|c| Linker::new(c.local_ips.clone(), settings.timeout.as_micros() as u64));
         let summary = TraceSummary {
             plan: Some(session.plan.clone()),
             ..Default::default()
@@ -299,6 +332,7 @@ impl Tracer {
             endpoints,
             link_changes,
             expiries,
+            cache,
             summary,
         })
     }
@@ -483,7 +517,16 @@ impl Tracer {
             let pending = self.session.pending()?;
             out.extend(self.corr.scan(&pending, now, self.links_inode));
         }
-        Ok(out.into_iter().map(|r| self.finish_record(r)).collect())
+        let out = out.into_iter().map(|r| self.finish_record(r)).collect();
+        Ok(self.link_cache(out, false))
+    }
+
+    /// Holds and links the node-local cache's legs (`last`: releases everything).
+    fn link_cache(&mut self, records: Vec<QueryRecord>, last: bool) -> Vec<QueryRecord> {
+        match self.cache.as_mut() {
+            Some(linker) => linker.push(records, unix_now_us(), last),
+            None => records,
+        }
     }
 
     /// Stops: the last records, then the summary. Dropping the tracer detaches every probe.
@@ -491,11 +534,14 @@ impl Tracer {
         let mut out = self.read(true)?;
         let now = monotonic_ns();
         let rest: Vec<QueryRecord> = self.corr.flush(now, true);
-        out.extend(rest.into_iter().map(|r| self.finish_record(r)));
+        let mut last: Vec<QueryRecord> = rest.into_iter().map(|r| self.finish_record(r)).collect();
         let pending = self.session.pending()?;
         let judged: Vec<QueryRecord> = self.corr.scan(&pending, now, self.links_inode);
         let judged_n = judged.len();
-        out.extend(judged.into_iter().map(|r| self.finish_record(r)));
+        last.extend(judged.into_iter().map(|r| self.finish_record(r)));
+        // `read` linked what it returned; the last records, and every leg still held, now.
+        out.extend(self.link_cache(last, true));
+        self.summary.cache = self.cache.as_ref().map(|l| l.tally);
         let end = self.ct_stats();
         let links = self.target.links_netns.as_ref().map(|(_, p)| p.as_path());
         let rules_end = match &self.target.rules {

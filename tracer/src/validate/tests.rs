@@ -42,6 +42,7 @@ fn lab() -> LabInfo {
         pods: vec![],
         faults: vec![],
         stale_source_port: None,
+        nodelocal: None,
     }
 }
 

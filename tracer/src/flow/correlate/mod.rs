@@ -226,6 +226,7 @@ impl Correlator {
             rules: None,
             stale: None,
             queued: None,
+            cache: None,
         }
     }
 

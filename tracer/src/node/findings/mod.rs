@@ -6,15 +6,21 @@
 //! - `kubeproxy`: kube-proxy's mode, the DNS Service, rules that block DNS.
 //! - `conntrack`: a full table, drops, stale and unreplied DNS entries.
 //! - `kernel`: br_netfilter, rp_filter, and what the kernel offers tracing.
+//! - `nodelocal`: NodeLocal DNSCache's link, listeners and NOTRACK/ACCEPT rules.
 
 mod backend;
 mod conntrack;
 mod kernel;
 mod kubeproxy;
+mod nodelocal;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, net::SocketAddr, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::{Serialize, Serializer};
 
@@ -120,6 +126,13 @@ pub enum Evidence {
     TierReason(String),
     /// br_netfilter's switches and IP forwarding.
     Forwarding(Option<BrNetfilter>, Option<u32>),
+    /// NodeLocal DNSCache's link and its addresses.
+    CacheLink {
+        name: String,
+        addresses: Vec<IpAddr>,
+    },
+    /// UDP sockets on port 53 of the cache's addresses.
+    CacheListeners(Vec<SocketAddr>),
 }
 
 /// `?` for an unknown number.
@@ -143,6 +156,27 @@ pub(crate) fn usage_percent(t: &Table) -> f64 {
         0.0
     } else {
         f64::from(t.count) * 100.0 / f64::from(t.max)
+    }
+}
+
+/// NodeLocal DNSCache's evidence on one line.
+fn cache_line(f: &mut fmt::Formatter<'_>, e: &Evidence) -> fmt::Result {
+    let joined = |all: Vec<String>| all.join(", ");
+    match e {
+        Evidence::CacheLink { name, addresses } => write!(
+            f,
+            "link {name}: addresses {}",
+            joined(addresses.iter().map(ToString::to_string).collect())
+        ),
+        Evidence::CacheListeners(l) if l.is_empty() => {
+            f.write_str("UDP sockets on port 53 of those addresses (/proc/net/udp): none")
+        }
+        Evidence::CacheListeners(l) => write!(
+            f,
+            "UDP sockets on port 53 of those addresses (/proc/net/udp): {}",
+            joined(l.iter().map(ToString::to_string).collect())
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -297,6 +331,7 @@ impl fmt::Display for Evidence {
                 )),
                 or_unknown(*ip_forward)
             ),
+            Evidence::CacheLink { .. } | Evidence::CacheListeners(_) => cache_line(f, self),
         }
     }
 }
@@ -313,6 +348,7 @@ pub fn findings(r: &Report) -> Vec<Finding> {
     out.extend(kubeproxy::findings(r));
     out.extend(conntrack::findings(r));
     out.extend(kernel::findings(&r.facts));
+    out.extend(nodelocal::findings(r));
     out.sort_by_key(|f| f.severity);
     out
 }

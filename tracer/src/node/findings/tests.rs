@@ -90,6 +90,7 @@ fn report(
             dns_unreplied: 0,
             dns_stale: stale,
         },
+        nodelocal: None,
         findings: vec![],
     };
     r.findings = findings(&r);
