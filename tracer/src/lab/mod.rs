@@ -24,12 +24,15 @@
 //! - `pods`: client pods added to the running lab and deleted from it.
 //! - `overload`: the server-overload fault (a stopped server behind a small receive buffer).
 //! - `throttle`: the throttled-server fault (a server stalled past the UDP conntrack timeout).
+//! - `ipvs`: kube-proxy's ipvs mode (`--proxy-mode ipvs`): kube-ipvs0, IPVS virtual services over
+//!   generic netlink, its ipsets and iptables rules.
 //! - `family`: `--ip-family ipv6|dual`, the pods' IPv6 addresses and kube-proxy's ip6tables rules.
 
 pub mod conntrack;
 mod dns;
 mod family;
 mod fault;
+mod ipvs;
 mod nftables;
 mod overload;
 mod pods;
@@ -134,8 +137,18 @@ pub enum Error {
         "--proxy-mode nftables writes kube-proxy's IPv4 table only (table ip kube-proxy): use --ip-family ipv4 with it"
     )]
     ModeFamily,
-    #[error("fault {fault} does not apply to kube-proxy's nftables mode: {why}")]
-    NotInMode { fault: String, why: &'static str },
+    #[error("fault {fault} does not apply to kube-proxy's {mode} mode: {why}")]
+    NotInMode {
+        fault: String,
+        mode: ProxyMode,
+        why: &'static str,
+    },
+    #[error(
+        "--proxy-mode ipvs writes kube-proxy's IPv4 virtual services only: use --ip-family ipv4 with it"
+    )]
+    IpvsFamily,
+    #[error("--proxy-mode ipvs needs IPVS in the kernel: {source}")]
+    Ipvs { source: crate::node::ipvs::Error },
 }
 
 /// A pod of the lab.
@@ -332,7 +345,7 @@ pub struct Shape {
     pub backend: Backend,
     /// Client pods.
     pub clients: u8,
-    /// kube-proxy's mode; nftables mode needs the nft backend.
+    /// kube-proxy's mode; nftables mode needs the nft backend, ipvs mode IPVS in the kernel.
     pub proxy_mode: ProxyMode,
     /// The Service's and the queries' address family.
     pub ip_family: IpFamily,
@@ -364,8 +377,14 @@ pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
     if proxy_mode == ProxyMode::Nftables && ip_family != IpFamily::Ipv4 {
         return Err(Error::ModeFamily);
     }
+    if proxy_mode == ProxyMode::Ipvs && ip_family != IpFamily::Ipv4 {
+        return Err(Error::IpvsFamily);
+    }
     if clients == 0 || clients > MAX_CLIENTS {
         return Err(Error::Clients { clients });
+    }
+    if proxy_mode == ProxyMode::Ipvs {
+        ipvs::check()?;
     }
     down(prefix)?;
     let state = State {
@@ -391,6 +410,9 @@ fn build(prefix: &str, state: &State) -> Result<(), Error> {
     })?;
     topology::create_node(prefix)?;
     family::setup_node(prefix, state.ip_family)?;
+    if state.proxy_mode == ProxyMode::Ipvs {
+        ipvs::setup_node(prefix)?;
+    }
     for pod in 0..2u8 {
         let name = format!("dns{pod}");
         let ifname = topology::dns_host_ifname(prefix, pod);
