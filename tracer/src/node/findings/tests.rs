@@ -78,6 +78,7 @@ fn report(
         backends,
         dns_by_backend,
         dns_service,
+        ipvs_services: Vec::new(),
         counters,
         conntrack: ConntrackReport {
             usage_percent: f64::from(table.count) * 100.0 / f64::from(table.max),
