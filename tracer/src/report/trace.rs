@@ -376,6 +376,9 @@ pub fn line(r: &QueryRecord) -> String {
             if let Some(n) = r.nat {
                 let _ = write!(s, " (NAT to {n})");
             }
+            if let Some(by) = r.nat_by {
+                let _ = write!(s, " (NAT by {by})");
+            }
             let st = &r.stages;
             if let (Some(a), Some(b), Some(c)) = (st.to_endpoint_us, st.in_endpoint_us, st.back_us)
             {
@@ -412,6 +415,9 @@ pub fn line(r: &QueryRecord) -> String {
             }
             if let Some(n) = r.nat {
                 let _ = write!(s, " | NAT to {n}");
+            }
+            if let Some(by) = r.nat_by {
+                let _ = write!(s, " | NAT by {by}");
             }
             if let Some(c) = &r.conntrack {
                 let _ = write!(s, " | conntrack: {c}");
