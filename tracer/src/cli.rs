@@ -138,8 +138,9 @@ pub enum LabAction {
         /// Where kube-proxy's rules live.
         #[arg(long, value_enum, default_value_t = Backend::Nft)]
         backend: Backend,
-        /// kube-proxy's mode: its iptables rules, or its nftables table (`ip kube-proxy`, verdict
-        /// maps; needs the nft backend).
+        /// kube-proxy's mode: its iptables rules, its nftables table (`ip kube-proxy`, verdict
+        /// maps; needs the nft backend), or IPVS (virtual services on kube-ipvs0, ipsets; needs
+        /// the kernel's ip_vs).
         #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
         proxy_mode: ProxyMode,
         /// Number of client pods.

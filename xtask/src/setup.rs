@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the real DNS server in the lab's CoreDNS pods",
     ),
     ("dnsperf", "real DNS load for the bench"),
+    (
+        "ipset",
+        "the lab's ipvs mode: kube-proxy's KUBE-CLUSTER-IP and KUBE-LOOP-BACK sets",
+    ),
     ("dnsutils", "dig, for the README's manual checks"),
     ("bpftrace", "the bench's reference tracer"),
     (

@@ -83,6 +83,10 @@ fn print_status(lab: &LabInfo) {
             "lab {}: up, kube-proxy rules in iptables-{}, node namespace {}",
             lab.prefix, lab.backend, lab.node_netns
         ),
+        lab::ProxyMode::Ipvs => println!(
+            "lab {}: up, kube-proxy in ipvs mode (kube-ipvs0, IPVS services, rules in iptables-{}), node namespace {}",
+            lab.prefix, lab.backend, lab.node_netns
+        ),
         lab::ProxyMode::Nftables => println!(
             "lab {}: up, kube-proxy in nftables mode (table ip kube-proxy), node namespace {}",
             lab.prefix, lab.node_netns

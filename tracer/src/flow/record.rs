@@ -53,6 +53,25 @@ impl std::fmt::Display for Leg {
     }
 }
 
+/// What rewrote a query's destination from the Service to a pod, where it was not netfilter's
+/// nat table (kube-proxy's iptables and nftables modes DNAT there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatBy {
+    /// IPVS (kube-proxy's ipvs mode): `ip_vs_in` takes the query at LOCAL_IN (the ClusterIP is
+    /// local, on kube-ipvs0), rewrites its destination and sends it on through LOCAL_OUT
+    /// (`ip_vs_nat_xmit`); with `net.ipv4.vs.conntrack=1` conntrack's reply tuple follows.
+    Ipvs,
+}
+
+impl std::fmt::Display for NatBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ipvs => "IPVS (ip_vs_in at LOCAL_IN, then OUTPUT; not netfilter's nat table)",
+        })
+    }
+}
+
 /// The furthest point of the path a query was seen at, in path order.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -350,6 +369,9 @@ pub struct QueryRecord {
     /// The destination NAT rewrote the query to, as the NAT stage saw it (kprobe/fentry tier).
     #[serde(default)]
     pub nat: Option<SocketAddr>,
+    /// What does the Service's NAT when it is not netfilter's nat table (IPVS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_by: Option<NatBy>,
     /// Conntrack confirmed the query's entry (kprobe/fentry tier; `false` when not seen).
     #[serde(default)]
     pub confirmed: bool,
@@ -549,6 +571,7 @@ impl QueryRecord {
             verdict: Verdict::Dropped,
             endpoint: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 10))),
             nat: None,
+            nat_by: None,
             confirmed: false,
             client_link: None,
             endpoint_link: None,

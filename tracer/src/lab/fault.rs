@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, family,
+    ActiveFault, DNS_PORT, Error, SERVICE_IP, State, dns, family, ipvs,
     nftables::{self, ProxyMode},
     nodelocal, overload, policy, rules, state_dir, throttle, topology,
 };
@@ -163,9 +163,24 @@ pub fn load_rules(prefix: &str, state: &State) -> Result<(), Error> {
             rules::render(&rules),
         ),
         ProxyMode::Nftables => ("nft", &["-f", "-"][..], nftables::render(&rules)),
+        ProxyMode::Ipvs => return ipvs::load(prefix, restore_program(state.backend), &rules),
     };
     topology::run_in(&topology::node_netns(prefix), program, args, Some(&text))?;
     family::load_rules6(prefix, state, &rules)
+}
+
+/// Why fault `name` has no meaning in kube-proxy's ipvs mode, if it has none.
+fn not_in_ipvs_mode(name: FaultName) -> Option<&'static str> {
+    match name {
+        FaultName::PolicyDrop => Some(
+            "IPVS sends the rewritten query through OUTPUT, past the FORWARD chains a NetworkPolicy engine hooks",
+        ),
+        FaultName::MixedBackend => Some("IPVS, not a nat table, does the Service's NAT"),
+        FaultName::StaleConntrack | FaultName::EndpointChurn => Some(
+            "IPVS keeps its own connection table; the lab's stale entries are conntrack's NAT entries",
+        ),
+        _ => None,
+    }
 }
 
 /// Why fault `name` has no meaning in kube-proxy's nftables mode, if it has none.
@@ -199,11 +214,15 @@ pub fn apply(
             | FaultName::ServerOverload
             | FaultName::ThrottledServer
     );
-    if state.proxy_mode == ProxyMode::Nftables
-        && let Some(why) = not_in_nftables_mode(name)
-    {
+    let why = match state.proxy_mode {
+        ProxyMode::Iptables => None,
+        ProxyMode::Nftables => not_in_nftables_mode(name),
+        ProxyMode::Ipvs => not_in_ipvs_mode(name),
+    };
+    if let Some(why) = why {
         return Err(Error::NotInMode {
             fault: name.to_string(),
+            mode: state.proxy_mode,
             why,
         });
     }

@@ -24,6 +24,8 @@
 //! - `pods`: client pods added to the running lab and deleted from it.
 //! - `overload`: the server-overload fault (a stopped server behind a small receive buffer).
 //! - `throttle`: the throttled-server fault (a server stalled past the UDP conntrack timeout).
+//! - `ipvs`: kube-proxy's ipvs mode (`--proxy-mode ipvs`): kube-ipvs0, IPVS virtual services over
+//!   generic netlink, its ipsets and iptables rules.
 //! - `family`: `--ip-family ipv6|dual`, the pods' IPv6 addresses and kube-proxy's ip6tables rules.
 //! - `nodelocal`: `--nodelocal`, NodeLocal DNSCache: its link, its caching server in the node
 //!   namespace, and (with kube-proxy's rules in `rules`) its NOTRACK rules and upstream Service.
@@ -32,6 +34,7 @@ pub mod conntrack;
 mod dns;
 mod family;
 mod fault;
+mod ipvs;
 mod nftables;
 mod nodelocal;
 mod overload;
@@ -139,13 +142,23 @@ pub enum Error {
     )]
     ModeFamily,
     #[error(
-        "--nodelocal models node-cache in kube-proxy's iptables mode over IPv4: drop --proxy-mode nftables and --ip-family"
+        "--nodelocal models node-cache in kube-proxy's iptables mode over IPv4: drop --proxy-mode and --ip-family"
     )]
     NodeLocalShape,
     #[error("the NodeLocal DNSCache did not answer within {within:?} of starting")]
     CacheNotReady { within: std::time::Duration },
-    #[error("fault {fault} does not apply to kube-proxy's nftables mode: {why}")]
-    NotInMode { fault: String, why: &'static str },
+    #[error("fault {fault} does not apply to kube-proxy's {mode} mode: {why}")]
+    NotInMode {
+        fault: String,
+        mode: ProxyMode,
+        why: &'static str,
+    },
+    #[error(
+        "--proxy-mode ipvs writes kube-proxy's IPv4 virtual services only: use --ip-family ipv4 with it"
+    )]
+    IpvsFamily,
+    #[error("--proxy-mode ipvs needs IPVS in the kernel: {source}")]
+    Ipvs { source: crate::node::ipvs::Error },
 }
 
 /// A pod of the lab.
@@ -348,7 +361,7 @@ pub struct Shape {
     pub backend: Backend,
     /// Client pods.
     pub clients: u8,
-    /// kube-proxy's mode; nftables mode needs the nft backend.
+    /// kube-proxy's mode; nftables mode needs the nft backend, ipvs mode IPVS in the kernel.
     pub proxy_mode: ProxyMode,
     /// The Service's and the queries' address family.
     pub ip_family: IpFamily,
@@ -387,8 +400,14 @@ pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
     if nodelocal && (proxy_mode != ProxyMode::Iptables || ip_family != IpFamily::Ipv4) {
         return Err(Error::NodeLocalShape);
     }
+    if proxy_mode == ProxyMode::Ipvs && ip_family != IpFamily::Ipv4 {
+        return Err(Error::IpvsFamily);
+    }
     if clients == 0 || clients > MAX_CLIENTS {
         return Err(Error::Clients { clients });
+    }
+    if proxy_mode == ProxyMode::Ipvs {
+        ipvs::check()?;
     }
     down(prefix)?;
     let state = State {
@@ -415,6 +434,9 @@ fn build(prefix: &str, state: &State) -> Result<(), Error> {
     })?;
     topology::create_node(prefix)?;
     family::setup_node(prefix, state.ip_family)?;
+    if state.proxy_mode == ProxyMode::Ipvs {
+        ipvs::setup_node(prefix)?;
+    }
     for pod in 0..2u8 {
         let name = format!("dns{pod}");
         let ifname = topology::dns_host_ifname(prefix, pod);

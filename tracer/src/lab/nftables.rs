@@ -39,6 +39,9 @@ pub enum ProxyMode {
     Iptables,
     /// The `ip kube-proxy` nftables table with its verdict maps (implies the nft backend).
     Nftables,
+    /// IPVS virtual services on `kube-ipvs0`, ipsets and a few iptables rules (needs IPVS in the
+    /// kernel: the `ip_vs` module).
+    Ipvs,
 }
 
 impl ProxyMode {
@@ -47,6 +50,7 @@ impl ProxyMode {
         match self {
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
+            Self::Ipvs => "ipvs",
         }
     }
 }

@@ -13,6 +13,7 @@ use super::{
     conntrack::{self, CpuStats, Entry},
     facts::{self, Facts, LinkKind},
     findings::usage_percent,
+    ipvs::{self, Ipvs},
     kubeproxy::{self, DnsService, ModeEvidence, ProxyMode, RuleCounter},
     nodelocal::{self, NodeLocalCache},
 };
@@ -29,6 +30,8 @@ pub enum Error {
     Conntrack { source: conntrack::Error },
     #[error("failed to read the node's facts: {source}")]
     Facts { source: facts::Error },
+    #[error("failed to read IPVS's virtual services: {source}")]
+    Ipvs { source: ipvs::Error },
     #[error("failed to write JSON: {source}")]
     Json { source: serde_json::Error },
 }
@@ -83,6 +86,9 @@ pub struct Report {
     pub dns6_by_backend: Vec<DnsInBackend>,
     /// The IPv6 DNS Service trace would use.
     pub dns_service6: Option<DnsService>,
+    /// IPVS's IPv4 virtual services with their real servers (kube-proxy's ipvs mode), read over
+    /// generic netlink; empty without IPVS.
+    pub ipvs_services: Vec<ipvs::Service>,
     /// Packet counters of the DNS path's rules in both backends.
     pub counters: Vec<RuleCounter>,
     /// The conntrack table.
@@ -139,6 +145,35 @@ fn nftables_mode_service(nft_tables: Option<&[String]>) -> Result<Option<DnsInBa
         }))
 }
 
+/// IPVS's IPv4 virtual services (none when the kernel has no IPVS, or it is not loaded).
+fn ipvs_services() -> Result<Vec<ipvs::Service>, Error> {
+    match Ipvs::open() {
+        Ok(mut ipvs) => ipvs.services().map_err(|source| Error::Ipvs { source }),
+        Err(ipvs::Error::Unavailable { .. }) => Ok(Vec::new()),
+        Err(source) => Err(Error::Ipvs { source }),
+    }
+}
+
+/// The DNS Service among IPVS's virtual services (kube-proxy's ipvs mode): the UDP service on
+/// port 53, its real servers the endpoints. A service without real servers is IPVS's "no
+/// endpoints" (kube-proxy keeps it; IPVS refuses the query).
+fn ipvs_mode_service(services: &[ipvs::Service]) -> Option<DnsService> {
+    let s = services.iter().find(|s| s.protocol == 17 && s.port == 53)?;
+    Some(DnsService {
+        name: kubeproxy::IPVS_DNS_NAME.to_owned(),
+        ip: s.addr.into(),
+        port: s.port,
+        svc_chain: None,
+        endpoints: s
+            .destinations
+            .iter()
+            .filter(|d| d.weight > 0)
+            .map(|d| std::net::SocketAddr::from((d.addr, d.port)))
+            .collect(),
+        rejects: s.destinations.is_empty(),
+    })
+}
+
 pub(crate) fn counters_of(saves: &Saves, service: &DnsService) -> Vec<RuleCounter> {
     let mut out = Vec::new();
     for b in [Backend::Nft, Backend::Legacy] {
@@ -171,6 +206,9 @@ pub fn dns_service(netns: Option<&Path>) -> Result<Option<DnsService>, Error> {
             .map(|ruleset| ruleset.tables());
         if let Some(d) = nftables_mode_service(nft_tables.as_deref())? {
             return Ok(Some(d.service));
+        }
+        if let Some(s) = ipvs_mode_service(&ipvs_services()?) {
+            return Ok(Some(s));
         }
         let primary = backend::verdict(&legacy, &nft).primary;
         Ok(dns_by_backend(&saves, primary)
@@ -220,7 +258,11 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
     if let Some(d) = nftables_mode_service(backends.nft_tables.as_deref())? {
         dns_by_backend.insert(0, d);
     }
-    let dns_service = dns_by_backend.first().map(|d| d.service.clone());
+    let ipvs_services = ipvs_services()?;
+    let dns_service = match dns_by_backend.first() {
+        Some(d) if proxy_mode != ProxyMode::Ipvs => Some(d.service.clone()),
+        first => ipvs_mode_service(&ipvs_services).or(first.map(|d| d.service.clone())),
+    };
     let counters = dns_service
         .as_ref()
         .map(|s| counters_of(&backends.saves, s))
@@ -274,6 +316,7 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
         dns_service,
         dns6_by_backend,
         dns_service6,
+        ipvs_services,
         counters,
         conntrack,
         nodelocal,

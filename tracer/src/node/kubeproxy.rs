@@ -352,7 +352,15 @@ pub struct DnsService {
     pub rejects: bool,
 }
 
+/// The name of a DNS Service read from IPVS's virtual services (kube-proxy's ipvs mode).
+pub const IPVS_DNS_NAME: &str = "ipvs udp/53";
+
 impl DnsService {
+    /// Read from IPVS (kube-proxy's ipvs mode): IPVS, not a nat table, does its NAT.
+    pub fn by_ipvs(&self) -> bool {
+        self.name == IPVS_DNS_NAME
+    }
+
     /// The Service address (`10.96.0.10:53`, `[fd00:10:96::a]:53`).
     pub fn socket(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)

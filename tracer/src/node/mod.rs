@@ -10,6 +10,8 @@
 //!   returning findings with typed evidence.
 //! - `inspect`: the report (facts, backends, DNS Service, conntrack, findings); the DNS Service and
 //!   its rule counters for `tracer trace`.
+//! - `ipvs`: IPVS virtual services and real servers over generic netlink (read here, written by
+//!   the lab's ipvs mode).
 //! - `kubeproxy`: `iptables-save` parsing, kube-proxy's mode, the DNS Service and its rule counters.
 //! - `nodelocal`: NodeLocal DNSCache: its link, listeners on its addresses, NOTRACK/ACCEPT rules.
 //! - `nft`: `nft -j` JSON: the tables, and the DNS Service in kube-proxy's nftables-mode table.
@@ -22,6 +24,7 @@ pub mod facts;
 pub mod findings;
 pub mod inspect;
 pub mod ipv6;
+pub mod ipvs;
 pub mod kubeproxy;
 pub mod nft;
 pub mod nodelocal;

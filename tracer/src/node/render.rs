@@ -132,6 +132,7 @@ impl Report {
                 c.accepts().count()
             ));
         }
+        out.push_str(&self.ipvs_text());
         out.push_str("\n\nConntrack statistics\n");
         let mut stats = Table::new();
         stats.load_style(UTF8_BORDERS_ONLY);
@@ -185,6 +186,50 @@ impl Report {
                 out.push_str(&format!("  → {a}\n"));
             }
         }
+        out
+    }
+
+    /// IPVS's virtual services and real servers (none: empty).
+    fn ipvs_text(&self) -> String {
+        if self.ipvs_services.is_empty() {
+            return String::new();
+        }
+        let mut out =
+            "\n\nIPVS virtual services (kube-proxy's ipvs mode: IPVS does the NAT)\n".to_owned();
+        let mut t = Table::new();
+        t.load_style(UTF8_BORDERS_ONLY);
+        t.set_header(vec![
+            "service",
+            "scheduler",
+            "real server",
+            "forward",
+            "weight",
+            "active",
+            "inactive",
+        ]);
+        for s in &self.ipvs_services {
+            let proto = match s.protocol {
+                6 => "tcp".to_owned(),
+                17 => "udp".to_owned(),
+                p => p.to_string(),
+            };
+            let name = format!("{proto} {}:{}", s.addr, s.port);
+            if s.destinations.is_empty() {
+                t.add_row(vec![name.clone(), s.scheduler.clone(), "(none)".to_owned()]);
+            }
+            for d in &s.destinations {
+                t.add_row(vec![
+                    name.clone(),
+                    s.scheduler.clone(),
+                    format!("{}:{}", d.addr, d.port),
+                    d.forward.name().to_owned(),
+                    d.weight.to_string(),
+                    d.active.to_string(),
+                    d.inactive.to_string(),
+                ]);
+            }
+        }
+        out.push_str(&t.to_string());
         out
     }
 

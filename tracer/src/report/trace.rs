@@ -388,6 +388,9 @@ pub fn line(r: &QueryRecord) -> String {
             if let Some(n) = r.nat {
                 let _ = write!(s, " (NAT to {n})");
             }
+            if let Some(by) = r.nat_by {
+                let _ = write!(s, " (NAT by {by})");
+            }
             let st = &r.stages;
             if let (Some(a), Some(b), Some(c)) = (st.to_endpoint_us, st.in_endpoint_us, st.back_us)
             {
@@ -424,6 +427,9 @@ pub fn line(r: &QueryRecord) -> String {
             }
             if let Some(n) = r.nat {
                 let _ = write!(s, " | NAT to {n}");
+            }
+            if let Some(by) = r.nat_by {
+                let _ = write!(s, " | NAT by {by}");
             }
             if let Some(c) = &r.conntrack {
                 let _ = write!(s, " | conntrack: {c}");

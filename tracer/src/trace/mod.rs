@@ -277,6 +277,7 @@ impl Tracer {
                 .into_iter()
                 .flatten()
                 .any(|r| r.rejects),
+            ipvs: target.rules.as_ref().is_some_and(DnsService::by_ipvs),
             drop_reasons: session.drop_reasons.clone(),
             clock_offset_us: unix_us - (monotonic_ns() / 1000) as i64,
             timeout_ns: settings.timeout.as_nanos() as u64,

@@ -18,8 +18,8 @@ use super::{
     event::{IcmpSeen, KernelEvent, Point, SlotMatch, question_of},
     names::Names,
     record::{
-        BackendEvidence, Drop, Icmp, Leg, NetfilterBackend, QueryRecord, Seen, Stage, StageTimes,
-        Verdict,
+        BackendEvidence, Drop, Icmp, Leg, NatBy, NetfilterBackend, QueryRecord, Seen, Stage,
+        StageTimes, Verdict,
     },
 };
 use crate::kernel::symbols::{self, Symbolizer};
@@ -44,8 +44,11 @@ pub struct Context {
     pub dns_port: u16,
     /// The Service's current endpoints, when known (to call an entry stale).
     pub endpoints: Vec<IpAddr>,
-    /// The node's rules hold kube-proxy's "has no endpoints" REJECT for the Service.
+    /// The node's rules hold kube-proxy's "has no endpoints" REJECT for the Service (in ipvs
+    /// mode: its virtual service has no real servers).
     pub service_rejects: bool,
+    /// kube-proxy's ipvs mode: IPVS, not netfilter's nat table, rewrites the Service's queries.
+    pub ipvs: bool,
     /// `enum skb_drop_reason` names.
     pub drop_reasons: HashMap<u32, String>,
     /// Unix time minus monotonic time, microseconds.
@@ -209,6 +212,7 @@ impl Correlator {
             nat: s
                 .filter(|s| s.flags & flag::NATTED != 0)
                 .map(|s| SocketAddr::new(addr(s.nat_ip), port(s.nat_port))),
+            nat_by: self.ctx.ipvs.then_some(NatBy::Ipvs),
             confirmed: s.is_some_and(|s| s.flags & flag::CONFIRMED != 0),
             client_link: s
                 .filter(|s| s.client_ifindex != 0)
@@ -329,10 +333,13 @@ impl Correlator {
                 // Before 5.17 (no reasons) a netfilter drop is placed by its location.
                 || (reason.is_empty() && symbols::function(&location) == "nf_hook_slow"))
         {
-            stale.push_str(
+            stale.push_str(if self.ctx.ipvs {
+                "; IPVS's virtual service for the Service has no real servers: ip_vs_in refuses the \
+                 query at LOCAL_IN (its ICMP error is rate-limited per host, so most clients just time out)"
+            } else {
                 "; the rules hold kube-proxy's REJECT for a Service without endpoints (its ICMP error is \
-                 rate-limited per host, so most clients just time out)",
-            );
+                 rate-limited per host, so most clients just time out)"
+            });
         }
         let conntrack_dropping = self.conntrack_drops > self.conntrack_placed;
         let at_us = self.unix_us(point.ts);

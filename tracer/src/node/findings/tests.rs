@@ -80,6 +80,7 @@ fn report(
         dns_service,
         dns6_by_backend: vec![],
         dns_service6: None,
+        ipvs_services: Vec::new(),
         counters,
         conntrack: ConntrackReport {
             usage_percent: f64::from(table.count) * 100.0 / f64::from(table.max),
