@@ -232,6 +232,7 @@ mod tests {
             stale: None,
             queued: None,
             cache: None,
+            nat_by: None,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             filter_drop: vec![IpAddr::from(Ipv4Addr::new(10, 244, 0, 10))],
             policy_drop: None,
             kubelet: true,
+            nodelocal: None,
         };
         let text = render(&rules);
         assert!(text.contains("-A OUTPUT -d 10.244.0.10/32 -p udp"));
