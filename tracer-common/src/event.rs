@@ -77,8 +77,6 @@ pub struct Event {
     /// VERDICT from xtables: the netfilter hook (`enum nf_inet_hooks`: 0 PREROUTING .. 4
     /// POSTROUTING); `NO_HOOK` otherwise.
     pub hook: u32,
-    /// Explicit padding.
-    pub _pad: u32,
     /// The packet as it was at this point. For ANSWERED/EVICTED, the query's slot below
     /// holds the path; here `packet` is the packet the event saw.
     pub packet: crate::flow::Packet,
@@ -119,7 +117,7 @@ mod tests {
     fn size_is_pinned() {
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 16 + 8 + 8 + 40 + core::mem::size_of::<Slot>() + 2 * NAME_LEN + 16
+            8 + 16 + 8 + 4 + 44 + core::mem::size_of::<Slot>() + 2 * NAME_LEN + 16
         );
         assert_eq!(core::mem::size_of::<Event>(), 544);
     }

@@ -44,14 +44,37 @@ pub struct Packet {
     pub saddr: Addr,
     /// Destination address (IPv4-mapped for IPv4).
     pub daddr: Addr,
-    /// UDP source port.
+    /// UDP or TCP source port.
     pub sport: u16,
-    /// UDP destination port.
+    /// UDP or TCP destination port.
     pub dport: u16,
-    /// DNS transaction id.
+    /// DNS transaction id (0 for a SYN).
     pub dns_id: u16,
-    /// DNS flags (QR, opcode, rcode ...), host order.
+    /// DNS flags (QR, opcode, rcode ...), as the wire's two bytes read as one native word (0 for
+    /// a SYN); see [`is_truncated`].
     pub dns_flags: u16,
+    /// `proto::UDP` or `proto::TCP`: part of the query's key, so that a TCP query never matches
+    /// a UDP one.
+    pub proto: u8,
+    /// 1: a TCP SYN opening a connection to the DNS port, which carries no DNS message (only the
+    /// drop stage reports these: a connection that never got to send its query); 0: a DNS message.
+    pub syn: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// IP protocol numbers of the transports DNS uses.
+pub mod proto {
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// TCP (RFC 7766: each message prefixed by its 2-byte length).
+    pub const TCP: u8 = 6;
+}
+
+/// Whether a DNS packet's header has the TC (truncated) bit: the first flags byte's bit 1.
+#[inline(always)]
+pub const fn is_truncated(p: &Packet) -> bool {
+    p.dns_flags.to_ne_bytes()[0] & 0x02 != 0
 }
 
 /// A slot's state.
@@ -77,7 +100,8 @@ pub mod flag {
 }
 
 /// One query in flight, kept in the kernel from the moment the client sends it until its answer
-/// reaches the client. Indexed by a hash of (client address, client port, DNS id).
+/// reaches the client. Indexed by a hash of (client address, client port, DNS id); matched on
+/// those and the transport.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
@@ -99,16 +123,16 @@ pub struct Slot {
     pub endpoint_ip: Addr,
     /// The destination NAT rewrote the query to (kprobe/fentry tier), zero until seen.
     pub nat_ip: Addr,
+    /// The destination port NAT rewrote the query to, network order, 0 until seen.
+    pub nat_port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
     /// When the query left the client (bpf_ktime_get_ns).
     pub t_query: u64,
     /// When it reached the endpoint's link, 0 until seen.
     pub t_endpoint: u64,
     /// When the endpoint's answer left it, 0 until seen.
     pub t_reply: u64,
-    /// The destination port NAT rewrote the query to, network order, 0 until seen.
-    pub nat_port: u16,
-    /// Explicit padding.
-    pub _pad: [u16; 3],
     /// The question, raw: the wire-format name, then type and class; zero padded.
     pub question: [u8; QUESTION_LEN],
 }
@@ -123,6 +147,9 @@ impl Slot {
             dport: 0,
             dns_id: 0,
             dns_flags: 0,
+            proto: 0,
+            syn: 0,
+            _pad: 0,
         },
         state: state::FREE,
         flags: 0,
@@ -132,11 +159,11 @@ impl Slot {
         endpoint_ifindex: 0,
         endpoint_ip: [0; 4],
         nat_ip: [0; 4],
+        nat_port: 0,
+        _pad: 0,
         t_query: 0,
         t_endpoint: 0,
         t_reply: 0,
-        nat_port: 0,
-        _pad: [0; 3],
         question: [0; QUESTION_LEN],
     };
 }
@@ -168,10 +195,10 @@ mod tests {
 
     #[test]
     fn sizes_are_pinned() {
-        assert_eq!(core::mem::size_of::<Packet>(), 40);
+        assert_eq!(core::mem::size_of::<Packet>(), 44);
         assert_eq!(
             core::mem::size_of::<Slot>(),
-            40 + 16 + 32 + 24 + 8 + QUESTION_LEN
+            44 + 16 + 32 + 4 + 24 + QUESTION_LEN
         );
         // The slot table is SLOTS of these: 384 bytes each, 1.5 MiB in all.
         assert_eq!(core::mem::size_of::<Slot>(), 384);

@@ -80,13 +80,14 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The slot of the query (client address, client port, DNS id), with its index, if it is still
-/// that query's.
+/// The slot of the query (client address, client port, DNS id, transport), with its index, if it
+/// is still that query's.
 #[inline(always)]
 pub fn slot_of(
     client_ip: &Addr,
     client_port: u16,
     dns_id: u16,
+    proto: u8,
 ) -> Option<(u32, &'static mut Slot)> {
     let index = slot_index(client_ip, client_port, dns_id);
     let slot = QUERY_SLOTS.get_ptr_mut(index)?;
@@ -94,7 +95,7 @@ pub fn slot_of(
     // slot only blur that one query's times, which userspace tolerates.
     let slot = unsafe { &mut *slot };
     let q = &slot.query;
-    if q.saddr == *client_ip && q.sport == client_port && q.dns_id == dns_id {
+    if q.saddr == *client_ip && q.sport == client_port && q.dns_id == dns_id && q.proto == proto {
         Some((index, slot))
     } else {
         None

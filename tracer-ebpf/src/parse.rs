@@ -12,14 +12,23 @@ use network_types::{
 };
 use tracer_common::{
     counter,
-    flow::{Addr, Packet, QUESTION_LEN, is_unset, v4_mapped},
+    flow::{Addr, Packet, QUESTION_LEN, is_unset, proto, v4_mapped},
 };
 
 use crate::maps::{config, count};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDP: u8 = proto::UDP;
+const IPPROTO_TCP: u8 = proto::TCP;
+/// TCP header bytes read: ports, sequence and acknowledgement numbers, data offset, flags.
+const TCP_FIXED: usize = 14;
+const TCP_MIN_HEADER: usize = 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// A DNS message over TCP: its 2-byte length, then the DNS header (RFC 7766).
+const TCP_PREFIX: usize = 2;
+const TCP_MESSAGE_START: usize = TCP_PREFIX + DNS_HEADER_LEN;
 /// IPv6 extension headers walked to reach UDP: hop-by-hop, routing, fragment, destination options.
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
@@ -32,14 +41,15 @@ pub const DNS_HEADER_LEN: usize = 12;
 
 /// What a packet turned out to be.
 pub enum Parsed {
-    /// Not UDP to or from the DNS port: not ours.
+    /// Not UDP or TCP to or from the DNS port, or a TCP segment that starts no DNS message (an
+    /// ACK, a message's continuation): not ours.
     Other,
     /// A DNS packet: its summary, and where its question is.
     Dns {
         packet: Packet,
         question: QuestionAt,
     },
-    /// UDP on the DNS port, but too short or fragmented to read: counted, never guessed at.
+    /// UDP or TCP on the DNS port, but too short or fragmented to read: counted, never guessed at.
     Malformed,
 }
 
@@ -53,20 +63,108 @@ pub struct QuestionAt {
     pub avail: usize,
 }
 
-/// The IPv4 header length when `ip` carries UDP, else `None` (not ours).
+/// The IPv4 header length of a well-formed IPv4 header, else `None` (not ours).
 #[inline(always)]
-fn udp_ihl(ip: &Ipv4Hdr) -> Option<usize> {
+fn ihl4(ip: &Ipv4Hdr) -> Option<usize> {
     let ihl = (ip.vihl & 0x0f) as usize * 4;
-    (ip.vihl >> 4 == 4 && ip.proto == IPPROTO_UDP && (Ipv4Hdr::LEN..=60).contains(&ihl))
-        .then_some(ihl)
+    (ip.vihl >> 4 == 4 && (Ipv4Hdr::LEN..=60).contains(&ihl)).then_some(ihl)
 }
 
 /// The (source, destination) ports, network order, when either is the DNS port.
 #[inline(always)]
 fn dns_ports(udp: &UdpHdr) -> Option<(u16, u16)> {
+    dns_ports_of(udp.src, udp.dst)
+}
+
+#[inline(always)]
+fn dns_ports_of(src: [u8; 2], dst: [u8; 2]) -> Option<(u16, u16)> {
     let port = config().dns_port;
-    let (sport, dport) = (u16::from_ne_bytes(udp.src), u16::from_ne_bytes(udp.dst));
+    let (sport, dport) = (u16::from_ne_bytes(src), u16::from_ne_bytes(dst));
     (sport == port || dport == port).then_some((sport, dport))
+}
+
+/// A TCP segment on the DNS port, given its first `TCP_FIXED` header bytes `t`, the bytes from
+/// its header to the end of the IP packet (`l4_len`), and `read(offset from the TCP header)`
+/// for the 14 bytes a DNS message starts with. A segment whose payload starts a DNS message (a
+/// length that covers a DNS header, one question, and the QR bit that fits the direction) is a
+/// DNS packet; with `syns`, so is a SYN opening a connection to the DNS port (no id, no
+/// question). Every other segment (an ACK, a message's continuation, a FIN) is not ours.
+#[inline(always)]
+fn tcp<R: Fn(usize) -> Option<[u8; TCP_MESSAGE_START]>>(
+    (saddr, daddr): (Addr, Addr),
+    t: &[u8; TCP_FIXED],
+    l4_len: usize,
+    read: R,
+    syns: bool,
+) -> Parsed {
+    let Some(ports) = dns_ports_of([t[0], t[1]], [t[2], t[3]]) else {
+        return Parsed::Other;
+    };
+    let doff = (t[12] >> 4) as usize * 4;
+    if doff < TCP_MIN_HEADER || l4_len < doff {
+        return Parsed::Malformed;
+    }
+    let payload = l4_len - doff;
+    if payload == 0 {
+        if syns && t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            let mut packet = packet_of(saddr, daddr, ports, &[0; DNS_HEADER_LEN], IPPROTO_TCP);
+            packet.syn = 1;
+            let question = QuestionAt { off: 0, avail: 0 };
+            return Parsed::Dns { packet, question };
+        }
+        return Parsed::Other;
+    }
+    if payload < TCP_MESSAGE_START {
+        return Parsed::Other;
+    }
+    let Some(m) = read(doff) else {
+        return Parsed::Malformed;
+    };
+    let len = u16::from_be_bytes([m[0], m[1]]) as usize;
+    let qdcount = u16::from_be_bytes([m[6], m[7]]);
+    let is_answer = m[4] & 0x80 != 0;
+    if len < DNS_HEADER_LEN || qdcount != 1 || is_answer == (ports.1 == config().dns_port) {
+        return Parsed::Other;
+    }
+    let dns = [
+        m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12], m[13],
+    ];
+    Parsed::Dns {
+        packet: packet_of(saddr, daddr, ports, &dns, IPPROTO_TCP),
+        question: QuestionAt {
+            off: doff + TCP_MESSAGE_START,
+            avail: len.min(payload - TCP_PREFIX) - DNS_HEADER_LEN,
+        },
+    }
+}
+
+/// The IPv4 packet's TCP segment, read through `read(offset from the TCP header)`.
+#[inline(always)]
+fn tcp4<R: Fn(usize) -> Option<[u8; TCP_MESSAGE_START]>>(
+    ip: &Ipv4Hdr,
+    ihl: usize,
+    t: Option<[u8; TCP_FIXED]>,
+    read: R,
+    syns: bool,
+) -> Parsed {
+    let Some(t) = t else {
+        return Parsed::Other;
+    };
+    let addrs = (
+        v4_mapped(u32::from_ne_bytes(ip.src_addr)),
+        v4_mapped(u32::from_ne_bytes(ip.dst_addr)),
+    );
+    if is_fragment(ip) {
+        return if dns_ports_of([t[0], t[1]], [t[2], t[3]]).is_some() {
+            Parsed::Malformed
+        } else {
+            Parsed::Other
+        };
+    }
+    let Some(l4_len) = (u16::from_be_bytes(ip.tot_len) as usize).checked_sub(ihl) else {
+        return Parsed::Malformed;
+    };
+    tcp(addrs, &t, l4_len, read, syns)
 }
 
 /// Bytes after the DNS header by the UDP length; `None` when the datagram is shorter than the UDP
@@ -89,6 +187,7 @@ fn packet(ip: &Ipv4Hdr, ports: (u16, u16), dns: &[u8; DNS_HEADER_LEN]) -> Packet
         v4_mapped(u32::from_ne_bytes(ip.dst_addr)),
         ports,
         dns,
+        IPPROTO_UDP,
     )
 }
 
@@ -109,6 +208,7 @@ fn packet_of(
     daddr: Addr,
     (sport, dport): (u16, u16),
     dns: &[u8; DNS_HEADER_LEN],
+    proto: u8,
 ) -> Packet {
     Packet {
         saddr,
@@ -117,6 +217,9 @@ fn packet_of(
         dport,
         dns_id: u16::from_ne_bytes([dns[0], dns[1]]),
         dns_flags: u16::from_ne_bytes([dns[2], dns[3]]),
+        proto,
+        syn: 0,
+        _pad: 0,
     }
 }
 
@@ -149,10 +252,26 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
     };
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    let Some(ihl) = udp_ihl(ip) else {
+    let Some(ihl) = ihl4(ip) else {
         return Parsed::Other;
     };
     let udp_off = EthHdr::LEN + ihl;
+    if ip.proto != IPPROTO_UDP {
+        if ip.proto != IPPROTO_TCP {
+            return Parsed::Other;
+        }
+        let read = |off| ctx.load::<[u8; TCP_MESSAGE_START]>(udp_off + off).ok();
+        return match tcp4(ip, ihl, ctx.load(udp_off).ok(), read, false) {
+            Parsed::Dns { packet, question } => Parsed::Dns {
+                packet,
+                question: QuestionAt {
+                    off: udp_off + question.off,
+                    avail: question.avail,
+                },
+            },
+            other => other,
+        };
+    }
     let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_off) else {
         return Parsed::Other;
     };
@@ -181,11 +300,13 @@ pub fn tc_packet(ctx: &TcContext) -> Parsed {
     }
 }
 
-/// Where an IPv6 packet's UDP header is, after its extension headers.
+/// Where an IPv6 packet's UDP or TCP header is, after its extension headers.
 enum Walk {
     /// UDP header at this offset from the IPv6 header.
     Udp(usize),
-    /// Not UDP, or a fragment other than the first (no UDP header to read): not ours.
+    /// TCP header at this offset from the IPv6 header.
+    Tcp(usize),
+    /// Not UDP or TCP, or a fragment other than the first (no UDP header to read): not ours.
     Other,
     /// More extension headers than we walk, or one that could not be read: counted.
     Unreadable,
@@ -202,6 +323,9 @@ fn walk6(mut next: u8, read8: impl Fn(usize) -> Option<[u8; 8]>) -> Walk {
     for _ in 0..MAX_EXT_HEADERS {
         if next == IPPROTO_UDP {
             return Walk::Udp(off);
+        }
+        if next == IPPROTO_TCP {
+            return Walk::Tcp(off);
         }
         let len = match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => None,
@@ -221,24 +345,26 @@ fn walk6(mut next: u8, read8: impl Fn(usize) -> Option<[u8; 8]>) -> Walk {
         next = h[0];
         off += len;
     }
-    if next == IPPROTO_UDP {
-        Walk::Udp(off)
-    } else {
-        Walk::Unreadable
+    match next {
+        IPPROTO_UDP => Walk::Udp(off),
+        IPPROTO_TCP => Walk::Tcp(off),
+        _ => Walk::Unreadable,
     }
 }
 
-/// The UDP and DNS part of an IPv6 packet, read through `read` (offsets from the IPv6 header):
-/// the shared tail of `tc_packet6` and `skb_packet6`. The returned question offset is relative
-/// to the IPv6 header.
+/// The UDP or TCP and DNS part of an IPv6 packet, read through `read` (offsets from the IPv6
+/// header): the shared tail of `tc_packet6` and `skb_packet6`. The returned question offset is
+/// relative to the IPv6 header. `syns` as for `tcp`.
 #[inline(always)]
-fn dns6<R: Fn(usize) -> Option<[u8; 8]>, D: Fn(usize) -> Option<[u8; DNS_HEADER_LEN]>>(
-    ip: &Ipv6Hdr,
-    read8: R,
-    read_dns: D,
-) -> Parsed {
+fn dns6<R, D, M>(ip: &Ipv6Hdr, read8: R, read_dns: D, read_msg: M, syns: bool) -> Parsed
+where
+    R: Fn(usize) -> Option<[u8; 8]>,
+    D: Fn(usize) -> Option<[u8; DNS_HEADER_LEN]>,
+    M: Fn(usize) -> Option<[u8; TCP_MESSAGE_START]>,
+{
     let udp_off = match walk6(ip.next_hdr, &read8) {
         Walk::Udp(off) => off,
+        Walk::Tcp(off) => return tcp6(ip, off, read_msg, syns),
         Walk::Other => return Parsed::Other,
         Walk::Unreadable => return Parsed::Malformed,
     };
@@ -262,11 +388,50 @@ fn dns6<R: Fn(usize) -> Option<[u8; 8]>, D: Fn(usize) -> Option<[u8; DNS_HEADER_
         return Parsed::Malformed;
     };
     Parsed::Dns {
-        packet: packet_of(addr6(&ip.src_addr), addr6(&ip.dst_addr), ports, &dns),
+        packet: packet_of(
+            addr6(&ip.src_addr),
+            addr6(&ip.dst_addr),
+            ports,
+            &dns,
+            IPPROTO_UDP,
+        ),
         question: QuestionAt {
             off: dns_off + DNS_HEADER_LEN,
             avail,
         },
+    }
+}
+
+/// The TCP segment of an IPv6 packet at `tcp_off` from its header (offsets of the result from
+/// the IPv6 header, as `dns6`'s).
+#[inline(always)]
+fn tcp6<M: Fn(usize) -> Option<[u8; TCP_MESSAGE_START]>>(
+    ip: &Ipv6Hdr,
+    tcp_off: usize,
+    read_msg: M,
+    syns: bool,
+) -> Parsed {
+    let Some(m) = read_msg(tcp_off) else {
+        return Parsed::Other;
+    };
+    let t = [
+        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12], m[13],
+    ];
+    let Some(l4_len) =
+        (u16::from_be_bytes(ip.payload_len) as usize + Ipv6Hdr::LEN).checked_sub(tcp_off)
+    else {
+        return Parsed::Malformed;
+    };
+    let addrs = (addr6(&ip.src_addr), addr6(&ip.dst_addr));
+    match tcp(addrs, &t, l4_len, |off| read_msg(tcp_off + off), syns) {
+        Parsed::Dns { packet, question } => Parsed::Dns {
+            packet,
+            question: QuestionAt {
+                off: tcp_off + question.off,
+                avail: question.avail,
+            },
+        },
+        other => other,
     }
 }
 
@@ -285,6 +450,8 @@ fn tc_packet6(ctx: &TcContext) -> Parsed {
         &ip,
         |off| ctx.load::<[u8; 8]>(base + off).ok(),
         |off| ctx.load::<[u8; DNS_HEADER_LEN]>(base + off).ok(),
+        |off| ctx.load::<[u8; TCP_MESSAGE_START]>(base + off).ok(),
+        false,
     ) {
         Parsed::Dns { packet, question } => Parsed::Dns {
             packet,
@@ -370,7 +537,13 @@ fn tc_icmp6_error(ctx: &TcContext) -> Option<(Packet, u32)> {
     let dns = ctx
         .load::<[u8; DNS_HEADER_LEN]>(inner_off + Ipv6Hdr::LEN + UdpHdr::LEN)
         .ok()?;
-    let packet = packet_of(addr6(&inner.src_addr), addr6(&inner.dst_addr), ports, &dns);
+    let packet = packet_of(
+        addr6(&inner.src_addr),
+        addr6(&inner.dst_addr),
+        ports,
+        &dns,
+        IPPROTO_UDP,
+    );
     Some((packet, type_code(&icmp)))
 }
 
@@ -493,7 +666,8 @@ pub fn skb_place(skb: *const u8) -> Place {
     Place { netns, ifindex }
 }
 
-/// Parses the IPv4/UDP/DNS headers of an `sk_buff` at its network header.
+/// Parses the IPv4/UDP/DNS (or TCP/DNS, and SYNs to the DNS port) headers of an `sk_buff` at
+/// its network header.
 #[inline(always)]
 pub fn skb_packet(skb: *const u8) -> Parsed {
     let o = &config().offsets;
@@ -513,9 +687,26 @@ pub fn skb_packet(skb: *const u8) -> Parsed {
     if ip.vihl >> 4 == 6 {
         return skb_packet6(ip_ptr);
     }
-    let Some(ihl) = udp_ihl(&ip) else {
+    let Some(ihl) = ihl4(&ip) else {
         return Parsed::Other;
     };
+    if ip.proto != IPPROTO_UDP {
+        if ip.proto != IPPROTO_TCP {
+            return Parsed::Other;
+        }
+        let tcp_ptr = ip_ptr.wrapping_add(ihl);
+        let read_msg = |off| read::<[u8; TCP_MESSAGE_START]>(tcp_ptr.wrapping_add(off));
+        return match tcp4(&ip, ihl, read(tcp_ptr), read_msg, true) {
+            Parsed::Dns { packet, question } => Parsed::Dns {
+                packet,
+                question: QuestionAt {
+                    off: tcp_ptr as usize + question.off,
+                    avail: question.avail,
+                },
+            },
+            other => other,
+        };
+    }
     let Some(udp) = read::<UdpHdr>(ip_ptr.wrapping_add(ihl)) else {
         return Parsed::Other;
     };
@@ -541,7 +732,7 @@ pub fn skb_packet(skb: *const u8) -> Parsed {
     }
 }
 
-/// Parses the IPv6/UDP/DNS headers of an `sk_buff` whose network header is at `ip_ptr`.
+/// Parses the IPv6/UDP/DNS (or TCP) headers of an `sk_buff` whose network header is at `ip_ptr`.
 #[inline(always)]
 fn skb_packet6(ip_ptr: *const u8) -> Parsed {
     let Some(ip) = read::<Ipv6Hdr>(ip_ptr) else {
@@ -551,6 +742,8 @@ fn skb_packet6(ip_ptr: *const u8) -> Parsed {
         &ip,
         |off| read::<[u8; 8]>(ip_ptr.wrapping_add(off)),
         |off| read::<[u8; DNS_HEADER_LEN]>(ip_ptr.wrapping_add(off)),
+        |off| read::<[u8; TCP_MESSAGE_START]>(ip_ptr.wrapping_add(off)),
+        true,
     ) {
         Parsed::Dns { packet, question } => Parsed::Dns {
             packet,

@@ -9,7 +9,7 @@ use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext}
 use tracer_common::{
     counter,
     event::{NO_HOOK, icmp_seen, kind},
-    flow::{Packet, flag, state},
+    flow::{Packet, flag, is_truncated, proto, state},
 };
 
 use crate::{
@@ -60,7 +60,8 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt, from_node:
     };
     let same = slot.query.saddr == packet.saddr
         && slot.query.sport == packet.sport
-        && slot.query.dns_id == packet.dns_id;
+        && slot.query.dns_id == packet.dns_id
+        && slot.query.proto == packet.proto;
     // SAFETY: the TC context's skb is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if slot.state == state::PENDING {
@@ -111,7 +112,7 @@ fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt, from_node:
 #[inline(always)]
 fn query_at_endpoint(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
     count(counter::AT_ENDPOINT);
-    match slot_of(&packet.saddr, packet.sport, packet.dns_id) {
+    match slot_of(&packet.saddr, packet.sport, packet.dns_id, packet.proto) {
         Some((_, slot)) if slot.state == state::PENDING => {
             slot.endpoint_ip = packet.daddr;
             // SAFETY: as above.
@@ -126,7 +127,7 @@ fn query_at_endpoint(ctx: &TcContext, packet: &Packet, question: QuestionAt) {
 #[inline(always)]
 fn answer_from_endpoint(ctx: &TcContext, packet: &Packet) {
     count(counter::FROM_ENDPOINT);
-    let from_node = match slot_of(&packet.daddr, packet.dport, packet.dns_id) {
+    let from_node = match slot_of(&packet.daddr, packet.dport, packet.dns_id, packet.proto) {
         Some((_, slot)) if slot.state == state::PENDING => {
             slot.t_reply = now();
             slot.client_ifindex == 0
@@ -145,7 +146,8 @@ fn answer_from_endpoint(ctx: &TcContext, packet: &Packet) {
 /// the query is done.
 #[inline(always)]
 fn answer_delivered(ctx: &TcContext, packet: &Packet) {
-    let Some((index, slot)) = slot_of(&packet.daddr, packet.dport, packet.dns_id) else {
+    let Some((index, slot)) = slot_of(&packet.daddr, packet.dport, packet.dns_id, packet.proto)
+    else {
         count(counter::UNMATCHED);
         return;
     };
@@ -172,7 +174,13 @@ fn answer_delivered(ctx: &TcContext, packet: &Packet) {
     if slow {
         count(counter::SLOW);
     }
-    if (slow || slot.flags & flag::EVIDENCE != 0 || config().export_all != 0)
+    // A truncated answer and every TCP answer are exported too: userspace links the one to the
+    // TCP retry it causes.
+    if (slow
+        || slot.flags & flag::EVIDENCE != 0
+        || config().export_all != 0
+        || is_truncated(packet)
+        || packet.proto == proto::TCP)
         && let Some(e) = scratch(kind::ANSWERED, packet)
     {
         e.ts = t;
@@ -195,7 +203,7 @@ fn icmp_error(ctx: &TcContext, ingress: bool) {
     if !parse::wanted(&packet) {
         return;
     }
-    let Some((_, slot)) = slot_of(&packet.saddr, packet.sport, packet.dns_id) else {
+    let Some((_, slot)) = slot_of(&packet.saddr, packet.sport, packet.dns_id, packet.proto) else {
         return;
     };
     if slot.state != state::PENDING || slot.flags & flag::ICMP != 0 {

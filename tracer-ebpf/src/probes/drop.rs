@@ -85,8 +85,9 @@ pub fn skb_packet_slot(
         return None;
     }
     let (client_ip, client_port) = parse::client_of(&packet);
-    let slot = match slot_of(&client_ip, client_port, packet.dns_id) {
-        Some((_, slot)) if slot.state == state::PENDING => Some(slot),
+    // A SYN carries no query: no slot is its.
+    let slot = match slot_of(&client_ip, client_port, packet.dns_id, packet.proto) {
+        Some((_, slot)) if slot.state == state::PENDING && packet.syn == 0 => Some(slot),
         _ => None,
     };
     Some((packet, question, place, slot))

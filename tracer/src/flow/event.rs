@@ -349,6 +349,9 @@ mod tests {
             dport: 4,
             dns_id: 5,
             dns_flags: 0,
+            proto: tracer_common::flow::proto::UDP,
+            syn: 0,
+            _pad: 0,
         }
     }
 
@@ -376,7 +379,6 @@ mod tests {
             reason: 0,
             location: 0,
             hook: NO_HOOK,
-            _pad: 0,
             packet: packet(),
             slot,
             name: [0; NAME_LEN],

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::transport::{Transport, UdpLeg};
 use crate::{node::Backend, probes::table::Stage as ProbeStage};
 
 /// How a query ended.
@@ -358,6 +359,19 @@ pub struct QueryRecord {
     pub server: SocketAddr,
     /// DNS transaction id.
     pub id: u16,
+    /// `udp` or `tcp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// A TCP connection to the DNS port that failed before it carried a query (its SYN was
+    /// dropped or refused): no id, no name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connection: bool,
+    /// The answer had the TC bit: too large for UDP, the client should retry over TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// A TCP query or connection retrying a truncated UDP answer: that UDP query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<UdpLeg>,
     /// Queried name, when decodable.
     pub name: Option<String>,
     /// Query type.
@@ -566,6 +580,10 @@ impl QueryRecord {
             ),
             server: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10)), 53),
             id,
+            transport: Transport::Udp,
+            connection: false,
+            truncated: false,
+            retry_of: None,
             name: None,
             qtype: None,
             verdict: Verdict::Dropped,

@@ -37,6 +37,31 @@ pub const LONG_NAME: &str = concat!(
 /// The address `LONG_NAME` resolves to.
 pub const LONG_NAME_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 253);
 
+/// A name every DNS pod answers with a TXT record too large for UDP: five strings of
+/// `LARGE_STRING_LEN` bytes, more than 512 bytes (DNS without EDNS) and than 1232 (the EDNS
+/// buffer of dig and most resolvers), so a UDP answer comes back truncated (TC bit) and the
+/// client retries over TCP.
+pub const LARGE: &str = "large.cluster.local";
+/// Strings in `LARGE`'s TXT record.
+pub const LARGE_STRINGS: usize = 5;
+/// Bytes of each.
+pub const LARGE_STRING_LEN: usize = 250;
+
+/// `LARGE`'s TXT record, as dnsmasq's `--txt-record` takes it.
+fn large_record() -> String {
+    let strings: Vec<String> = (0..LARGE_STRINGS)
+        .map(|i| {
+            format!(
+                "\"{}\"",
+                char::from(b'a' + i as u8)
+                    .to_string()
+                    .repeat(LARGE_STRING_LEN)
+            )
+        })
+        .collect();
+    format!("--txt-record={LARGE},{}", strings.join(","))
+}
+
 /// The records every pod serves.
 const HOST_RECORDS: [&str; 2] = [
     "kubernetes.default.svc.cluster.local,10.96.0.1",
@@ -68,6 +93,7 @@ pub fn start(prefix: &str, state_dir: &Path, pod: u8) -> Result<(), Error> {
         format!("--log-facility={}", log.display()),
         format!("--host-record={WHOAMI},{ip}"),
         format!("--host-record={LONG_NAME},{LONG_NAME_IP}"),
+        large_record(),
     ];
     args.extend(HOST_RECORDS.iter().map(|r| format!("--host-record={r}")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

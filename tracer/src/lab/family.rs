@@ -178,6 +178,7 @@ fn rule_set6(set: &rules::RuleSet) -> rules::RuleSet {
         service_ip: SERVICE_IP6.into(),
         endpoints: v6(&set.endpoints),
         filter_drop: v6(&set.filter_drop),
+        tcp_drop: v6(&set.tcp_drop),
         policy_drop: None,
         kubelet: set.kubelet,
         nodelocal: None,
@@ -210,6 +211,7 @@ mod tests {
             service_ip: IpAddr::from([10, 96, 0, 10]),
             endpoints: vec![IpAddr::from([10, 244, 0, 10])],
             filter_drop: vec![IpAddr::from([10, 244, 0, 11])],
+            tcp_drop: vec![IpAddr::from([10, 244, 0, 10])],
             policy_drop: None,
             kubelet: true,
             nodelocal: None,
@@ -218,6 +220,7 @@ mod tests {
         assert!(text.contains("-d fd00:10:96::a --dport 53 -j KUBE-SVC-TCOU7JCQXEZGVUNU"));
         assert!(text.contains("-j DNAT --to-destination [fd00:10:244::a]:53"));
         assert!(text.contains("-A FORWARD -d fd00:10:244::b/128 -p udp"));
+        assert!(text.contains("-A FORWARD -d fd00:10:244::a/128 -p tcp -m tcp --dport 53"));
         assert!(text.contains("! -s fd00:10:244::/56 -j KUBE-MARK-MASQ"));
         assert!(!text.contains("10.244."));
         assert_eq!(

@@ -51,6 +51,10 @@ pub enum FaultName {
     /// The DNS server in a pod stalls 2.5 s at a time (as CPU throttling would) while the node's
     /// `nf_conntrack_udp_timeout` is 1 s: its answers come after the query's entry expired.
     ThrottledServer,
+    /// A DROP for DNS over TCP to the pods after DNAT (filter FORWARD, as a NetworkPolicy or a
+    /// firewall allowing only UDP would), on one pod (`--pod`) or both: a client retrying a
+    /// truncated UDP answer (`large.cluster.local`) over TCP gets nothing.
+    TcpBlocked,
     /// Remove every fault and restore full answers.
     Clear,
 }
@@ -71,6 +75,7 @@ impl FaultName {
             Self::ConntrackRace => "conntrack-race",
             Self::ServerOverload => "server-overload",
             Self::ThrottledServer => "throttled-server",
+            Self::TcpBlocked => "tcp-blocked",
             Self::Clear => "clear",
         }
     }
@@ -127,11 +132,13 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
     if active(FaultName::NoEndpoints).is_some() {
         endpoints.clear();
     }
-    let filter_drop = match active(FaultName::FilterDrop) {
+    let to_pods = |fault| match active(fault) {
         Some(ActiveFault { pod: Some(p), .. }) => vec![topology::DNS_IPS[usize::from(*p)]],
         Some(_) => topology::DNS_IPS.to_vec(),
         None => vec![],
     };
+    let filter_drop = to_pods(FaultName::FilterDrop);
+    let tcp_drop = to_pods(FaultName::TcpBlocked);
     // A NetworkPolicy selects the CoreDNS pods and denies client0: one chain per selected pod.
     let policy_drop = active(FaultName::PolicyDrop).map(|f| policy::PolicyDrop {
         client: Ipv4Addr::new(10, 244, 0, topology::FIRST_CLIENT),
@@ -146,6 +153,7 @@ fn rule_set(prefix: &str, state: &State) -> rules::RuleSet {
         service_ip: SERVICE_IP.into(),
         endpoints: v4(endpoints),
         filter_drop: v4(filter_drop),
+        tcp_drop: v4(tcp_drop),
         policy_drop,
         kubelet: true,
         nodelocal: state.nodelocal.then(nodelocal::rules),
@@ -207,6 +215,7 @@ pub fn apply(
         name,
         FaultName::FilterDrop
             | FaultName::PolicyDrop
+            | FaultName::TcpBlocked
             | FaultName::PodDown
             | FaultName::PodLinkDown
             | FaultName::StaleConntrack
@@ -231,8 +240,12 @@ pub fn apply(
             fault: name.to_string(),
         });
     }
-    // filter-drop and policy-drop without --pod hit both pods; the others default to pod 0.
-    let pod = if matches!(name, FaultName::FilterDrop | FaultName::PolicyDrop) {
+    // filter-drop, policy-drop and tcp-blocked without --pod hit both pods; the others default
+    // to pod 0.
+    let pod = if matches!(
+        name,
+        FaultName::FilterDrop | FaultName::PolicyDrop | FaultName::TcpBlocked
+    ) {
         pod
     } else {
         pod.or(per_pod.then_some(0))
@@ -250,7 +263,10 @@ pub fn apply(
         next
     };
     match name {
-        FaultName::FilterDrop | FaultName::PolicyDrop | FaultName::NoEndpoints => {
+        FaultName::FilterDrop
+        | FaultName::PolicyDrop
+        | FaultName::NoEndpoints
+        | FaultName::TcpBlocked => {
             load_rules(prefix, &with_fault(&active))?;
         }
         FaultName::MixedBackend => {
@@ -260,6 +276,7 @@ pub fn apply(
                 service_ip: SERVICE_IP.into(),
                 endpoints: vec![STALE_ENDPOINT.into()],
                 filter_drop: vec![],
+                tcp_drop: vec![],
                 policy_drop: None,
                 kubelet: false,
                 nodelocal: None,

@@ -50,7 +50,7 @@ use std::{
 };
 
 pub use self::{
-    dns::{LONG_NAME, LONG_NAME_IP, WHOAMI},
+    dns::{LARGE, LONG_NAME, LONG_NAME_IP, WHOAMI},
     family::{IpFamily, SERVICE_IP6, pod_ip6},
     fault::{FaultName, REPLACEMENT_IPS, STALE_ENDPOINT},
     nftables::ProxyMode,

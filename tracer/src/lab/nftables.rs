@@ -188,12 +188,13 @@ fn render_service(out: &mut String, rules: &RuleSet) {
     }
 }
 
-/// The lab's fault table: replaced whole, and holding the filter-drop rules when that fault is
-/// active (a DROP for DNS to the chosen pods in the forward hook, after DNAT).
+/// The lab's fault table: replaced whole, and holding the filter-drop (and tcp-blocked) rules
+/// when that fault is active (a DROP for DNS over UDP (TCP) to the chosen pods in the forward
+/// hook, after DNAT).
 fn render_faults(out: &mut String, rules: &RuleSet) {
     let t = format!("ip {FAULT_TABLE}");
     let _ = writeln!(out, "add table {t}\ndelete table {t}");
-    if rules.filter_drop.is_empty() {
+    if rules.filter_drop.is_empty() && rules.tcp_drop.is_empty() {
         return;
     }
     let _ = writeln!(out, "add table {t}");
@@ -206,6 +207,13 @@ fn render_faults(out: &mut String, rules: &RuleSet) {
             out,
             "add rule {t} forward ip daddr {ip} udp dport 53 drop comment \"{}\"",
             super::rules::FAULT_COMMENT
+        );
+    }
+    for ip in &rules.tcp_drop {
+        let _ = writeln!(
+            out,
+            "add rule {t} forward ip daddr {ip} tcp dport 53 drop comment \"{}\"",
+            super::rules::TCP_FAULT_COMMENT
         );
     }
 }

@@ -113,6 +113,8 @@ pub struct RuleSet {
     pub endpoints: Vec<IpAddr>,
     /// Pod IPs that get a DROP for UDP/53 at the top of filter FORWARD (the filter-drop fault).
     pub filter_drop: Vec<IpAddr>,
+    /// Pod IPs that get a DROP for TCP/53 at the top of filter FORWARD (the tcp-blocked fault).
+    pub tcp_drop: Vec<IpAddr>,
     /// A NetworkPolicy engine's per-pod chains that drop DNS from one client (the policy-drop
     /// fault).
     pub policy_drop: Option<PolicyDrop>,
@@ -143,6 +145,8 @@ fn services(rules: &RuleSet) -> Vec<(IpAddr, &'static [ServicePort])> {
 
 /// The comment on the lab's own fault rules, so a reader of `iptables-save` sees what they are.
 pub const FAULT_COMMENT: &str = "tracer lab fault: filter-drop";
+/// The comment on the tcp-blocked fault's rules.
+pub const TCP_FAULT_COMMENT: &str = "tracer lab fault: tcp-blocked";
 
 /// kube-proxy's chain-name hash: base32 (RFC 4648 alphabet) of SHA-256, first 16 characters.
 pub(super) fn chain_hash(input: &str) -> String {
@@ -281,6 +285,13 @@ fn render_filter(out: &mut String, rules: &RuleSet) {
             host_bits(*ip)
         );
     }
+    for ip in &rules.tcp_drop {
+        let _ = writeln!(
+            out,
+            "-A FORWARD -d {ip}/{} -p tcp -m tcp --dport 53 -m comment --comment \"{TCP_FAULT_COMMENT}\" -j DROP",
+            host_bits(*ip)
+        );
+    }
     if let Some(p) = &rules.policy_drop {
         out.push_str(&policy::rules(p));
     }
@@ -412,6 +423,7 @@ pub(super) mod tests {
             service_ip: "10.96.0.10".parse().unwrap(),
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             filter_drop: vec![],
+            tcp_drop: vec![],
             policy_drop: None,
             kubelet: true,
             nodelocal: None,

@@ -10,6 +10,7 @@ use crate::{
         cause::Cause,
         correlate::Tally,
         record::{QueryRecord, Stage, StaleEntry, Verdict},
+        transport::Transport,
     },
     node::{RuleCounter, conntrack::CpuStats},
     probes::{plan::Plan, session::Counters},
@@ -131,6 +132,12 @@ pub struct TraceSummary {
     /// lookup with `--all`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheTally>,
+    /// UDP answers that came back truncated (TC bit: too large for UDP).
+    #[serde(default)]
+    pub truncated_answers: u64,
+    /// TCP queries or connections linked to the truncated UDP answer they retried.
+    #[serde(default)]
+    pub retried_over_tcp: u64,
 }
 
 /// A change of the DNS Service's endpoints, as the tracer noticed it.
@@ -157,6 +164,8 @@ impl TraceSummary {
     /// Counts one record.
     pub fn add(&mut self, r: &QueryRecord) {
         *self.by_verdict.entry(r.verdict).or_default() += 1;
+        self.truncated_answers += u64::from(r.truncated);
+        self.retried_over_tcp += u64::from(r.retry_of.is_some());
         if r.verdict == Verdict::Answered {
             return;
         }
@@ -198,6 +207,13 @@ impl TraceSummary {
                 s,
                 "latency (log2 buckets): p50 <= {} us  p90 <= {} us  p99 <= {} us  max < {} us",
                 l.p50_le_us, l.p90_le_us, l.p99_le_us, l.max_lt_us
+            );
+        }
+        if self.truncated_answers + self.retried_over_tcp > 0 {
+            let _ = writeln!(
+                s,
+                "truncated, retried over TCP: {} of {} truncated UDP answers",
+                self.retried_over_tcp, self.truncated_answers
             );
         }
         let mut t = Table::new();
@@ -368,15 +384,33 @@ pub fn line(r: &QueryRecord) -> String {
     let secs = r.time_us / 1_000_000;
     let (h, m, sec) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let mut s = format!(
-        "{h:02}:{m:02}:{sec:02}.{:03} {:<10} {} -> {} id {:#06x} {} {}",
+        "{h:02}:{m:02}:{sec:02}.{:03} {:<10} {} -> {}{} ",
         (r.time_us / 1000) % 1000,
         r.verdict.to_string().to_uppercase(),
         r.client,
         r.server,
-        r.id,
-        r.qtype.as_deref().unwrap_or("?"),
-        r.name.as_deref().unwrap_or("?"),
+        match r.transport {
+            Transport::Udp => "",
+            Transport::Tcp => " over tcp",
+        },
     );
+    if r.connection {
+        s.push_str("connection (SYN, no query sent)");
+    } else {
+        let _ = write!(
+            s,
+            "id {:#06x} {} {}",
+            r.id,
+            r.qtype.as_deref().unwrap_or("?"),
+            r.name.as_deref().unwrap_or("?"),
+        );
+    }
+    if r.truncated {
+        s.push_str(" [truncated]");
+    }
+    if let Some(leg) = &r.retry_of {
+        let _ = write!(s, " [{leg}]");
+    }
     match r.verdict {
         Verdict::Answered => {
             let _ = write!(

@@ -82,6 +82,11 @@ pub fn classify(reason: &str, function: &str, conntrack_dropping: bool) -> Class
             Stage::Socket,
             "nothing listens on the DNS port there (placed by location: no drop reasons before 5.17)",
         ),
+        ("", "tcp_v4_rcv" | "tcp_v6_rcv") => at(
+            Stage::Socket,
+            "nothing listens on the DNS port there: the kernel answered the SYN with a reset (placed \
+             by location: no drop reasons before 5.17)",
+        ),
         ("", f) if f.starts_with("neigh_") => at(
             Stage::Neighbour,
             "the next hop's address did not resolve on the link (placed by location: no drop reasons \

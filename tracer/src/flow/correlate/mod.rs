@@ -1,6 +1,6 @@
 //! Merges the kernel's records of one query into one `QueryRecord`.
 //!
-//! A query is keyed by (client address, client port, DNS id): DNAT rewrites the destination of
+//! A query is keyed by (client address, client port, DNS id, transport): DNAT rewrites the destination of
 //! the query and the source of the answer, never the client side, so the key holds across NAT.
 //! Evidence of a failure (drop, ICMP error, netfilter verdict) is held for `HOLD` so that records
 //! arriving in any order (a REJECT sends its ICMP error before the packet is freed) end in one
@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use tracer_common::flow::{Addr, Packet, Slot, flag, is_unset};
+use tracer_common::flow::{Addr, Packet, Slot, flag, is_truncated, is_unset, proto};
 
 use super::{
     dns,
@@ -21,6 +21,7 @@ use super::{
         BackendEvidence, Drop, Icmp, Leg, NatBy, NetfilterBackend, QueryRecord, Seen, Stage,
         StageTimes, Verdict,
     },
+    transport::{Retries, Transport},
 };
 use crate::kernel::symbols::{self, Symbolizer};
 use classify::icmp_text;
@@ -31,7 +32,7 @@ pub const HOLD_NS: u64 = 200_000_000;
 /// How many reported queries are remembered, so a later eviction or scan does not report one twice.
 const REMEMBERED: usize = 8192;
 
-type Key = (Addr, u16, u16);
+type Key = (Addr, u16, u16, u8);
 
 /// What the correlator knows about the node.
 #[derive(Debug, Clone, Default)]
@@ -99,6 +100,8 @@ pub struct Correlator {
     pub tally: Tally,
     /// The server sockets whose receive queue overflowed, by endpoint address.
     overflows: queue::Overflows,
+    /// Truncated UDP answers, to link the TCP queries that retry them.
+    retries: Retries,
 }
 
 /// An address as the kernel carries it (four wire words, IPv4-mapped for IPv4).
@@ -138,6 +141,7 @@ impl Correlator {
             conntrack_placed: 0,
             tally: Tally::default(),
             overflows: queue::Overflows::default(),
+            retries: Retries::default(),
         }
     }
 
@@ -203,6 +207,10 @@ impl Correlator {
             client: SocketAddr::new(addr(q.saddr), port(q.sport)),
             server: SocketAddr::new(addr(q.daddr), port(q.dport)),
             id: u16::from_be_bytes(q.dns_id.to_ne_bytes()),
+            transport: Transport::of(q.proto),
+            connection: q.syn != 0,
+            truncated: false,
+            retry_of: None,
             name: question.name,
             qtype: question.qtype,
             verdict: Verdict::Unanswered,
@@ -244,6 +252,7 @@ impl Correlator {
                 let mut r = self.base(at.ts, Known::Slot(s), links_netns);
                 r.verdict = Verdict::Answered;
                 r.last_seen = Seen::Delivered;
+                r.truncated = s.query.proto == proto::UDP && is_truncated(&at.packet);
                 r.latency_us = Some(at.ts.saturating_sub(s.t_query) / 1000);
                 let us = |a: u64, b: u64| (a != 0 && b != 0 && b >= a).then(|| (b - a) / 1000);
                 r.stages = StageTimes {
@@ -294,6 +303,14 @@ impl Correlator {
             | KernelEvent::Verdict { .. }
             | KernelEvent::Confirm { .. } => self.evidence(e, links_netns),
         }
+        self.link(out)
+    }
+
+    /// Links each TCP record to the truncated UDP answer it retried (records in time order).
+    fn link(&mut self, mut out: Vec<QueryRecord>) -> Vec<QueryRecord> {
+        for r in &mut out {
+            self.retries.link(r);
+        }
         out
     }
 
@@ -307,6 +324,11 @@ impl Correlator {
             && self.reported.contains(&(key, s.t_query))
         {
             self.tally.late_evidence += 1;
+            return;
+        }
+        // A SYN sent again on a connection already reported: one record per connection.
+        if p.syn != 0 && !self.held.contains_key(&key) && self.reported.contains(&(key, 0)) {
+            self.tally.merged += 1;
             return;
         }
         let leg = self.leg(p);
@@ -513,7 +535,7 @@ impl Correlator {
             out.push(r);
         }
         out.sort_by_key(|r| r.time_us);
-        out
+        self.link(out)
     }
 
     /// Judges slots still pending: older than the timeout and not yet reported means unanswered.
@@ -533,7 +555,7 @@ impl Correlator {
             self.remember(key, s.t_query);
             out.push(r);
         }
-        out
+        self.link(out)
     }
 }
 
@@ -573,6 +595,11 @@ fn add_drop(
         Some(_) => None,
         None => {
             let c = classify(&reason, symbols::function(&location), conntrack_dropping);
+            let reset = if r.connection && reason == "NO_SOCKET" {
+                ": the kernel answered the SYN with a reset (connection refused)"
+            } else {
+                ""
+            };
             r.drop = Some(Drop {
                 stage: c.stage,
                 reason,
@@ -583,7 +610,7 @@ fn add_drop(
                 chain: None,
                 leg: place.leg,
                 at: place.at,
-                why: c.why + &place.stale,
+                why: c.why + reset + &place.stale,
                 time_us: None,
                 socket: None,
             });
@@ -653,7 +680,7 @@ fn query_of(p: &Packet, dns_port: u16) -> Packet {
 }
 
 fn key_of(q: &Packet) -> Key {
-    (q.saddr, q.sport, q.dns_id)
+    (q.saddr, q.sport, q.dns_id, q.proto)
 }
 
 mod classify;

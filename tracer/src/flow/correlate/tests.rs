@@ -48,6 +48,9 @@ fn query(to: IpAddr) -> Packet {
         dport: be(53),
         dns_id: 7u16.to_be(),
         dns_flags: 0,
+        proto: tracer_common::flow::proto::UDP,
+        syn: 0,
+        _pad: 0,
     }
 }
 
@@ -672,6 +675,9 @@ fn ipv6_query_is_keyed_and_printed_as_ipv6() {
             dport: be(53),
             dns_id: be(7),
             dns_flags: 0,
+            proto: tracer_common::flow::proto::UDP,
+            syn: 0,
+            _pad: 0,
         },
         state: state::PENDING,
         t_query: SECOND,
@@ -680,4 +686,76 @@ fn ipv6_query_is_keyed_and_printed_as_ipv6() {
     let record = c.base(SECOND, Known::Slot(&s), 0);
     assert_eq!(record.client.to_string(), "[fd00:10:244::14]:40000");
     assert_eq!(record.server.to_string(), "[fd00:10:96::a]:53");
+}
+
+/// A UDP query and a TCP one with the same client socket and id are two queries: the transport
+/// is part of the key.
+#[test]
+fn udp_and_tcp_queries_with_one_key_do_not_merge() {
+    let mut c = correlator();
+    let udp = slot(0, 0);
+    let tcp = Slot {
+        query: Packet {
+            proto: tracer_common::flow::proto::TCP,
+            ..query(SERVICE)
+        },
+        ..udp
+    };
+    c.push(&netfilter_drop(2 * SECOND, query(POD), udp), 0);
+    let tcp_drop = netfilter_drop(
+        2 * SECOND,
+        Packet {
+            proto: tracer_common::flow::proto::TCP,
+            ..query(POD)
+        },
+        tcp,
+    );
+    c.push(&tcp_drop, 0);
+    let out = c.flush(3 * SECOND, true);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let transports: Vec<Transport> = out.iter().map(|r| r.transport).collect();
+    assert!(transports.contains(&Transport::Udp) && transports.contains(&Transport::Tcp));
+}
+
+/// A SYN dropped after a truncated UDP answer: one connection record however often the client
+/// sends the SYN again, linked to the UDP query; the truncated answer says so.
+#[test]
+fn a_dropped_syn_is_one_connection_record_linked_to_the_truncated_answer() {
+    let mut c = correlator();
+    let mut s = slot(SECOND + 100, 0);
+    s.t_reply = SECOND + 200;
+    let mut answer = answer_from(SERVICE);
+    // The TC bit: the first flags byte's bit 1, as the kernel reads the wire.
+    answer.dns_flags = u16::from_ne_bytes([0x82, 0x80]);
+    let out = c.push(
+        &KernelEvent::Answered {
+            at: point(SECOND + 300, answer),
+            slot: s,
+        },
+        0,
+    );
+    assert_eq!(out.len(), 1);
+    assert!(out[0].truncated && out[0].transport == Transport::Udp);
+    let syn = Packet {
+        sport: be(40001),
+        dns_id: 0,
+        proto: tracer_common::flow::proto::TCP,
+        syn: 1,
+        ..query(POD)
+    };
+    let unmatched = Slot {
+        state: state::FREE,
+        ..Slot::EMPTY
+    };
+    c.push(&netfilter_drop(SECOND + 400, syn, unmatched), 0);
+    let out = c.flush(2 * SECOND, false);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let r = &out[0];
+    assert!(r.connection && r.transport == Transport::Tcp && r.verdict == Verdict::Dropped);
+    assert_eq!(r.endpoint, Some(POD));
+    assert_eq!(r.retry_of.as_ref().map(|l| l.client.port()), Some(40000));
+    // The SYN sent again a second later: merged, not a second record.
+    c.push(&netfilter_drop(2 * SECOND + 400, syn, unmatched), 0);
+    assert!(c.flush(4 * SECOND, true).is_empty());
+    assert_eq!(c.tally.merged, 1);
 }
