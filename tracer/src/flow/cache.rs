@@ -205,7 +205,10 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::flow::record::{Seen, StageTimes};
+    use crate::flow::{
+        record::{Seen, StageTimes},
+        transport::Transport,
+    };
 
     fn record(client: &str, server: &str, name: &str, time_us: u64) -> QueryRecord {
         QueryRecord {
@@ -233,6 +236,10 @@ mod tests {
             queued: None,
             cache: None,
             nat_by: None,
+            transport: Transport::Udp,
+            connection: false,
+            truncated: false,
+            retry_of: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! - `names`: namespace and interface names for the numbers in records.
 //! - `record`: the per-query record (verdict, path, where and why it died) and its typed parts
 //!   (stage, netfilter backend and what told it, how far a query was seen).
+//! - `rulepath`: the netfilter chains and deciding rule of a failed query (`trace --rules`).
 //! - `transport`: UDP or TCP, and the link from a truncated UDP answer to its TCP retry.
 //! - `cause`: where and why a failed query died as one value, the key of the counts by cause.
 //! - `correlate`: merges the records of one query (drop, ICMP, eviction, answer) across NAT,
@@ -20,4 +21,5 @@ pub mod dns;
 pub mod event;
 pub mod names;
 pub mod record;
+pub mod rulepath;
 pub mod transport;

@@ -165,12 +165,15 @@ pub fn render(rules: &rules::RuleSet) -> String {
     out.push_str(
         "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n",
     );
-    for ip in &rules.filter_drop {
-        let _ = writeln!(
-            out,
-            "-A OUTPUT -d {ip}/32 -p udp -m udp --dport 53 -m comment --comment \"{}\" -j DROP",
-            rules::FAULT_COMMENT
-        );
+    let drops = [("udp", &rules.filter_drop), ("tcp", &rules.tcp_drop)];
+    for (proto, ips) in drops {
+        for ip in ips {
+            let _ = writeln!(
+                out,
+                "-A OUTPUT -d {ip}/32 -p {proto} -m {proto} --dport 53 -m comment --comment \"{}\" -j DROP",
+                rules::FAULT_COMMENT
+            );
+        }
     }
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n");
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
@@ -227,12 +230,14 @@ mod tests {
             service_ip: SERVICE_IP.into(),
             endpoints: vec![],
             filter_drop: vec![IpAddr::from(Ipv4Addr::new(10, 244, 0, 10))],
+            tcp_drop: vec![IpAddr::from(Ipv4Addr::new(10, 244, 0, 11))],
             policy_drop: None,
             kubelet: true,
             nodelocal: None,
         };
         let text = render(&rules);
         assert!(text.contains("-A OUTPUT -d 10.244.0.10/32 -p udp"));
+        assert!(text.contains("-A OUTPUT -d 10.244.0.11/32 -p tcp -m tcp --dport 53"));
         assert!(!text.contains("-A FORWARD -d"));
         assert!(text.contains("--match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"));
         assert_eq!(text.matches("COMMIT\n").count(), 3);
