@@ -78,6 +78,7 @@ pub fn host_column(
         if l.starts_with("Running ") || l.starts_with("Doc-tests ") {
             current = BINARIES
                 .into_iter()
+                .map(|(b, _)| b)
                 .find(|b| l.contains(&format!("deps/{b}-")));
             continue;
         }
@@ -151,7 +152,7 @@ pub fn test_binaries() -> anyhow::Result<BTreeMap<&'static str, PathBuf>> {
         let name = v["target"]["name"].as_str().unwrap_or_default();
         let kinds = v["target"]["kind"].as_array().cloned().unwrap_or_default();
         let is = |k: &str| kinds.iter().any(|x| x == k);
-        let key = match BINARIES.into_iter().find(|b| *b == name) {
+        let key = match BINARIES.into_iter().map(|(b, _)| b).find(|b| *b == name) {
             Some(b) if is("test") => b,
             // The bin target comes twice: its unit-test harness (profile.test) and the binary.
             _ if name == "tracer" && is("bin") && v["profile"]["test"] == false => "tracer",

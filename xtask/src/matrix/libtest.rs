@@ -192,6 +192,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::matrix::plan::Suites;
 
     #[test]
     fn libtest_lines_and_late_results() {
@@ -212,7 +213,7 @@ mod tests {
         let t = Libtest::parse("running 2 tests\ntest a ... ok\ntest b ... ".lines());
         let bin = Binary {
             name: "trace",
-            core: true,
+            level: Suites::Core,
             path: PathBuf::new(),
             expected: vec!["a".into(), "b".into()],
         };

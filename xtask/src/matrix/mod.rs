@@ -25,32 +25,34 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use host::{host_column, host_tests, list_tests, snapshot, test_binaries};
-use plan::Selection;
+use plan::{Selection, Suites};
 use table::render;
 use vm::vm_columns;
 
-/// The test binaries the matrix runs in the guests: `hooks` (with `TRACER_EXPECT_TIER`), then the
-/// scenario suites (with `TRACER_TEST_TIER`). A run of `Suites::Core` runs the first two.
-const BINARIES: [&str; 8] = [
-    "hooks",
-    "trace",
-    "policy",
-    "rules",
-    "ruletrace",
-    "live",
-    "causes",
-    "names",
+/// The test binaries the matrix runs in the guests, with the smallest `Suites` that runs each:
+/// `hooks` (with `TRACER_EXPECT_TIER`), then the scenario suites (with `TRACER_TEST_TIER`).
+const BINARIES: [(&str, Suites); 13] = [
+    ("hooks", Suites::Core),
+    ("trace", Suites::Core),
+    ("tcp", Suites::Paths),
+    ("ipvs", Suites::Paths),
+    ("policy", Suites::All),
+    ("rules", Suites::All),
+    ("ruletrace", Suites::All),
+    ("live", Suites::All),
+    ("causes", Suites::All),
+    ("names", Suites::All),
+    ("ipv6", Suites::All),
+    ("nodelocal", Suites::All),
+    ("modes", Suites::All),
 ];
-
-/// How many of `BINARIES` a `Suites::Core` run runs.
-const CORE: usize = 2;
 
 /// A test binary of the matrix and the tests it must run (its `--list`, filtered).
 struct Binary {
     /// One of `BINARIES`.
     name: &'static str,
-    /// Whether a `Suites::Core` run runs it.
-    core: bool,
+    /// The smallest `Suites` whose runs run it.
+    level: Suites,
     /// The snapshot under target/matrix/bin.
     path: PathBuf,
     expected: Vec<String>,
@@ -90,7 +92,7 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
     // The binaries the host run built, copied so that a rebuild while guests run cannot swap them.
     let built = test_binaries()?;
     let mut binaries = Vec::new();
-    for (i, name) in BINARIES.into_iter().enumerate() {
+    for (name, level) in BINARIES {
         let exe = built
             .get(name)
             .with_context(|| format!("cargo test --no-run built no test binary {name}"))?;
@@ -98,7 +100,7 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
         let expected = list_tests(&path, filter)?;
         binaries.push(Binary {
             name,
-            core: i < CORE,
+            level,
             path,
             expected,
         });
@@ -106,7 +108,7 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
     if binaries.iter().all(|b| b.expected.is_empty()) && !sel.runs.is_empty() {
         bail!(
             "the filter {filter:?} matches no test of the matrix ({})",
-            BINARIES.join(", ")
+            BINARIES.map(|(name, _)| name).join(", ")
         );
     }
     let tracer = snapshot(

@@ -115,7 +115,7 @@ fn bin_bound(bin: &Binary) -> Duration {
 fn selected(ctx: &Ctx, suites: Suites) -> impl Iterator<Item = &Binary> {
     ctx.binaries
         .iter()
-        .filter(move |b| !b.expected.is_empty() && (b.core || suites == Suites::All))
+        .filter(move |b| !b.expected.is_empty() && b.level <= suites)
 }
 
 /// The guest's script: each binary under `timeout`, between marker lines carrying its exit status.
