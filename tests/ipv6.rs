@@ -106,6 +106,19 @@ fn traced(lab: &Lab6, servers: &[IpAddr], spec: &BatchSpec, all: bool) -> Traced
     }
 }
 
+/// The failed queries an ICMPv6 error was seen for, at least one (the first error is not
+/// rate-limited): each rejected with port unreachable, on `leg`, seen where `by` accepts.
+fn assert_rejected(backend: Backend, failed: &[&QueryRecord], leg: Leg, by: impl Fn(&str) -> bool) {
+    let rejected: Vec<_> = failed.iter().filter(|r| r.icmp.is_some()).collect();
+    assert!(!rejected.is_empty(), "{backend:?}: no ICMPv6 error seen");
+    for r in rejected {
+        let i = r.icmp.as_ref().unwrap();
+        assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
+        assert_eq!((i.what.as_str(), i.leg), ("port unreachable", leg), "{i:?}");
+        assert!(by(&i.by), "{i:?}");
+    }
+}
+
 fn service6() -> IpAddr {
     SERVICE_IP6.into()
 }
@@ -199,22 +212,10 @@ fn ipv6_no_endpoints_is_rejected_before_dnat() {
             );
         }
         // The REJECT's ICMPv6 errors that left the node (the rest are rate-limited) are taken
-        // off the client's link: those queries are rejected, with the error named.
-        let rejected: Vec<_> = failed.iter().filter(|r| r.icmp.is_some()).collect();
-        assert!(!rejected.is_empty(), "{backend:?}: no ICMPv6 error seen");
-        for r in rejected {
-            let i = r.icmp.as_ref().unwrap();
-            assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
-            assert_eq!(
-                (i.what.as_str(), i.leg),
-                ("port unreachable", Leg::QueryBeforeDnat),
-                "{i:?}"
-            );
-            assert!(
-                i.by.starts_with("the node (seen reaching the client at tv62-node/"),
-                "{i:?}"
-            );
-        }
+        // off the client's link.
+        assert_rejected(backend, &failed, Leg::QueryBeforeDnat, |by| {
+            by.starts_with("the node (seen reaching the client at tv62-node/")
+        });
     }
 }
 
@@ -237,22 +238,9 @@ fn ipv6_pod_down_is_no_socket_in_the_pod() {
         }
         // The pod's port unreachable errors that got out (rate-limited per host) are taken off
         // its link, on the leg to the pod.
-        let rejected: Vec<_> = t
-            .failed()
-            .into_iter()
-            .filter(|r| r.icmp.is_some())
-            .collect();
-        assert!(!rejected.is_empty(), "{backend:?}: no ICMPv6 error seen");
-        for r in rejected {
-            let i = r.icmp.as_ref().unwrap();
-            assert_eq!(r.verdict, Verdict::Rejected, "{r:?}");
-            assert_eq!(
-                (i.what.as_str(), i.leg),
-                ("port unreachable", Leg::QueryToPod),
-                "{i:?}"
-            );
-            assert!(i.by.ends_with("(leaving the pod)"), "{i:?}");
-        }
+        assert_rejected(backend, &t.failed(), Leg::QueryToPod, |by| {
+            by.ends_with("(leaving the pod)")
+        });
     }
 }
 
