@@ -369,6 +369,10 @@ impl Correlator {
             return;
         };
         let r = &mut held.record;
+        // A first record from the client's side (an ICMP error on its link) names no endpoint.
+        if r.endpoint.is_none() {
+            r.endpoint = endpoint_of(p, leg);
+        }
         let place = Place { leg, at, stale };
         match e {
             KernelEvent::Icmp {
@@ -446,11 +450,8 @@ impl Correlator {
             SlotMatch::Unmatched { question } => (Known::Packet(p, question), 0),
         };
         let mut record = self.base(at.ts, known, links_netns);
-        if record.endpoint.is_none() && leg == Leg::QueryToPod {
-            record.endpoint = Some(addr(p.daddr));
-        }
-        if record.endpoint.is_none() && leg == Leg::Answer {
-            record.endpoint = Some(addr(p.saddr));
+        if record.endpoint.is_none() {
+            record.endpoint = endpoint_of(p, leg);
         }
         Held {
             first_ns: at.ts,
@@ -661,6 +662,15 @@ fn add_verdict(
                 socket: None,
             })
         }
+    }
+}
+
+/// The endpoint a packet on `leg` shows: a query's destination past DNAT, an answer's source.
+fn endpoint_of(p: &Packet, leg: Leg) -> Option<IpAddr> {
+    match leg {
+        Leg::QueryToPod => Some(addr(p.daddr)),
+        Leg::Answer => Some(addr(p.saddr)),
+        Leg::QueryBeforeDnat => None,
     }
 }
 

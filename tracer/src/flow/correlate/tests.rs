@@ -443,6 +443,35 @@ fn an_icmp_error_with_a_drop_is_rejected_before_dnat() {
 }
 
 #[test]
+fn an_icmp_error_seen_at_the_client_then_a_drop_at_the_pod_names_the_endpoint() {
+    // Neighbour resolution failed for the pod (5.10, no icmp_send tracepoint): the host
+    // unreachable is seen reaching the client with the Service address restored, the drop of
+    // the queued packet after it, addressed to the pod.
+    let mut c = correlator();
+    let s = slot(0, flag::DROPPED | flag::ICMP);
+    let unreachable = KernelEvent::Icmp {
+        at: point(2 * SECOND, query(SERVICE)),
+        slot: matched(s),
+        seen: IcmpSeen::ReachingClient,
+        icmp_type: 3,
+        code: 1,
+    };
+    c.push(&unreachable, 0);
+    c.push(&netfilter_drop(2 * SECOND, query(POD), s), 0);
+    let out = c.flush(0, true);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].endpoint, Some(POD), "{:?}", out[0]);
+    let icmp = out[0].icmp.as_ref().unwrap();
+    assert_eq!(icmp.what, "host unreachable");
+    assert!(
+        icmp.by
+            .starts_with("the node (seen reaching the client at "),
+        "{icmp:?}"
+    );
+    assert_eq!(out[0].drop.as_ref().unwrap().leg, Leg::QueryToPod);
+}
+
+#[test]
 fn a_query_past_its_timeout_is_unanswered_once() {
     let mut c = correlator();
     let s = slot(SECOND + 100, 0);
