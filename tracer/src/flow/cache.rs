@@ -205,42 +205,23 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::flow::{
-        record::{Seen, StageTimes},
-        transport::Transport,
-    };
+    use crate::flow::record::{Seen, Stage};
 
+    /// An answered query from `client` to `server` for `name`: `QueryRecord::dropped`'s record
+    /// with its drop and endpoint taken away.
     fn record(client: &str, server: &str, name: &str, time_us: u64) -> QueryRecord {
-        QueryRecord {
-            time_us,
-            client: client.parse().unwrap(),
-            server: server.parse().unwrap(),
-            id: 1,
-            name: Some(name.to_owned()),
-            qtype: Some("A".to_owned()),
-            verdict: Verdict::Answered,
-            endpoint: None,
-            nat: None,
-            confirmed: false,
-            client_link: None,
-            endpoint_link: None,
-            latency_us: Some(2_000),
-            stages: StageTimes::default(),
-            last_seen: Seen::Delivered,
-            retries: 0,
-            drop: None,
-            icmp: None,
-            conntrack: None,
-            rules: None,
-            stale: None,
-            queued: None,
-            cache: None,
-            nat_by: None,
-            transport: Transport::Udp,
-            connection: false,
-            truncated: false,
-            retry_of: None,
-        }
+        let mut r = QueryRecord::dropped(1, Stage::Netfilter);
+        r.time_us = time_us;
+        r.client = client.parse().unwrap();
+        r.server = server.parse().unwrap();
+        r.name = Some(name.to_owned());
+        r.qtype = Some("A".to_owned());
+        r.verdict = Verdict::Answered;
+        r.endpoint = None;
+        r.latency_us = Some(2_000);
+        r.last_seen = Seen::Delivered;
+        r.drop = None;
+        r
     }
 
     fn client(name: &str, time_us: u64) -> QueryRecord {
