@@ -27,17 +27,24 @@ pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
     }
 }
 
-/// Copies a packet summary word by word (see `copy_words`; a `Packet` is 4-aligned).
+/// Copies a packet summary field by field: volatile stores (so that no memcpy call comes back),
+/// plain loads (so that a summary still in registers, as a parsed one is, is stored from there
+/// instead of going through the stack first).
 #[inline(always)]
 pub fn copy_packet(dst: &mut Packet, src: &Packet) {
-    const N: usize = core::mem::size_of::<Packet>() / 4;
-    let (d, s) = (
-        dst as *mut Packet as *mut u32,
-        src as *const Packet as *const u32,
-    );
-    for i in 0..N {
-        // SAFETY: both point to a whole Packet; i stays inside it.
-        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+    // SAFETY: every pointer is a field of a valid Packet.
+    unsafe {
+        for i in 0..4 {
+            core::ptr::write_volatile(&mut dst.saddr[i], src.saddr[i]);
+            core::ptr::write_volatile(&mut dst.daddr[i], src.daddr[i]);
+        }
+        core::ptr::write_volatile(&mut dst.sport, src.sport);
+        core::ptr::write_volatile(&mut dst.dport, src.dport);
+        core::ptr::write_volatile(&mut dst.dns_id, src.dns_id);
+        core::ptr::write_volatile(&mut dst.dns_flags, src.dns_flags);
+        core::ptr::write_volatile(&mut dst.proto, src.proto);
+        core::ptr::write_volatile(&mut dst.syn, src.syn);
+        core::ptr::write_volatile(&mut dst._pad, 0);
     }
 }
 
