@@ -9,7 +9,9 @@
 //! - `traced`: the tracer and the bpftrace anchor as attached child processes, their output.
 //! - `report`: figures over the rounds, targets met or missed, the Markdown written and printed.
 //! - `vm`: the deep tier (kprobe, fentry) inside a Debian kernel under qemu, in ratios.
+//! - `baseline`: an earlier commit's tracer, built to run in the same rounds as this one's.
 
+mod baseline;
 mod dnsperf;
 mod measure;
 mod report;
@@ -48,6 +50,9 @@ pub struct Options {
     pub seconds: Option<u32>,
     /// Only the VM part, on this kernel (`tracer vm run --kernel`).
     pub vm: Option<String>,
+    /// The commit whose tracer runs in the same rounds as a baseline (`none`: no baseline;
+    /// default: `baseline::REFERENCE` for the full bench, none for the quick one).
+    pub baseline: Option<String>,
 }
 
 /// The kernel of the full bench's VM part: Debian 12's, the one most nodes of its age run.
@@ -194,15 +199,18 @@ pub enum Mode {
     TracerRules,
     /// The bpftrace anchor.
     Bpftrace,
+    /// An earlier commit's `tracer trace --lab --output json` (`--baseline`).
+    Baseline,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Untraced,
         Mode::Tracer,
         Mode::TracerAll,
         Mode::TracerRules,
         Mode::Bpftrace,
+        Mode::Baseline,
     ];
 
     /// Its name in tables.
@@ -213,6 +221,7 @@ impl Mode {
             Mode::TracerAll => "tracer --all",
             Mode::TracerRules => "tracer --rules",
             Mode::Bpftrace => "bpftrace",
+            Mode::Baseline => "baseline",
         }
     }
 }
@@ -305,6 +314,8 @@ pub struct Results {
     pub foreign: Vec<(String, u64, u64)>,
     /// The commit measured (`git describe --always --dirty`).
     pub commit: String,
+    /// The baseline's commit, as given, when one ran.
+    pub baseline: Option<String>,
 }
 
 /// One dnsperf run and the CPU time it took.
@@ -320,6 +331,7 @@ struct Loaded {
 
 struct Bench {
     tracer: PathBuf,
+    baseline: Option<baseline::Baseline>,
     script: PathBuf,
     queries: QueryFile,
     /// Inodes of the lab's node, dns0, dns1 and client0 namespaces.
@@ -378,6 +390,10 @@ impl Bench {
             Mode::Tracer | Mode::TracerAll | Mode::TracerRules => {
                 traced::tracer(&self.tracer, PREFIX, mode)?
             }
+            Mode::Baseline => {
+                let b = self.baseline.as_ref().context("no baseline was built")?;
+                traced::tracer(&b.tracer, PREFIX, mode)?
+            }
             Mode::Bpftrace => traced::bpftrace(&self.script, &self.netns)?,
         };
         run.ready = Some(attached.ready);
@@ -395,6 +411,8 @@ impl Bench {
         run.detach = Some(detach);
         match mode {
             Mode::Bpftrace => run.bpftrace_packets = Some(traced::bpftrace_packets(&cap)),
+            // An older tracer's lines need not parse as today's: its BPF statistics are enough.
+            Mode::Baseline => {}
             _ => run.tracer = Some(traced::TracerReport::parse(&cap)?),
         }
         Ok(run)
@@ -562,6 +580,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     check_interrupted()?;
     let target = target_dir(&root);
     let tracer = target.join("release/tracer");
+    let baseline = match opts.baseline.as_deref() {
+        Some("none") => None,
+        Some(rev) => Some(rev),
+        None if !plan.quick && opts.vm.is_none() => Some(baseline::REFERENCE),
+        None => None,
+    }
+    .map(|rev| baseline::build(&root, &target, rev))
+    .transpose()?;
+    check_interrupted()?;
     if let Some(kernel) = &opts.vm {
         let md = run_vm(&root, &target, &tracer, kernel, &opts)?;
         println!("\n{md}");
@@ -593,6 +620,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         script: root.join("bench/bpftrace.bt"),
         queries: QueryFile::create(&target.join("bench"))?,
         tracer,
+        baseline,
         netns,
     };
     let started = Instant::now();
@@ -608,10 +636,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for round in 1..=plan.rounds {
         // Rotate the order each round, so that no mode always runs first or last.
-        let n = Mode::ALL.len();
-        let modes: Vec<Mode> = (0..n)
-            .map(|i| Mode::ALL[(i + round as usize - 1) % n])
+        let all: Vec<Mode> = Mode::ALL
+            .into_iter()
+            .filter(|m| *m != Mode::Baseline || bench.baseline.is_some())
             .collect();
+        let n = all.len();
+        let modes: Vec<Mode> = (0..n).map(|i| all[(i + round as usize - 1) % n]).collect();
         for mode in modes {
             let r = bench.run(round, mode, load, plan.seconds)?;
             println!(
@@ -647,6 +677,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bpftrace_cmd: "bpftrace -B none bench/bpftrace.bt <netns inodes of trb-node, trb-dns0, trb-dns1, trb-client0>"
             .to_owned(),
         commit: git_describe(&root),
+        baseline: bench.baseline.as_ref().map(|b| b.rev.clone()),
         calibration,
         load,
         runs,

@@ -71,6 +71,11 @@ enum Task {
         /// minutes; rounds default 4). The full bench runs it on 6.1 after the host part.
         #[arg(long, value_name = "KERNEL")]
         vm: Option<String>,
+        /// Also run this commit's tracer in every round, and give this commit's BPF cost per
+        /// query as a ratio to it (default for the full bench: e073dc2, the last commit
+        /// measured before IPv6 and TCP; `none`: no baseline). Built once, kept in target/bench.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// The VM part's guest side (run by `bench` inside the guest, not by hand).
     #[command(hide = true)]
@@ -112,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             seconds,
             vm,
+            baseline,
         } => {
             setup::run()?;
             bench::run(bench::Options {
@@ -119,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 seconds,
                 vm,
+                baseline,
             })
         }
         Task::BenchVmGuest {

@@ -174,6 +174,11 @@ pub fn tracer(bin: &Path, prefix: &str, mode: Mode) -> anyhow::Result<Attached> 
         Mode::TracerRules => &["--rules"],
         _ => &[],
     };
+    if mode == Mode::Baseline {
+        let mut cmd = Command::new(bin);
+        cmd.args(["trace", "--lab", "--prefix", prefix, "--output", "json"]);
+        return Attached::start(mode.name(), cmd, is_any_plan_line, Duration::from_secs(60));
+    }
     tracer_with(bin, prefix, args, mode.name(), Duration::from_secs(60))
 }
 
@@ -296,6 +301,13 @@ fn is_plan_line(line: &str) -> bool {
         serde_json::from_str::<TraceLine>(line),
         Ok(TraceLine::Plan { .. })
     )
+}
+
+/// An older tracer's plan line too: before its lines were tagged with `type`, the first was
+/// `{"plan": ...}` alone (a baseline is read for its BPF run statistics only).
+fn is_any_plan_line(line: &str) -> bool {
+    is_plan_line(line)
+        || serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.get("plan").is_some())
 }
 
 impl TracerReport {

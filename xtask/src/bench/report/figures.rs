@@ -127,10 +127,24 @@ pub struct Cost {
     pub total_ns: Spread,
 }
 
+/// BPF run time per answered query of one run.
+fn bpf_per_query(x: &Run) -> f64 {
+    per_query(x.bpf.values().map(|s| s.run_time_ns).sum(), x.dns.completed)
+}
+
+/// The default-mode tracer's BPF time per query over the baseline's in the same round.
+fn baseline_ratios(r: &Results) -> Vec<f64> {
+    runs(r, Mode::Tracer)
+        .filter_map(|t| {
+            let b = runs(r, Mode::Baseline).find(|b| b.round == t.round)?;
+            let base = bpf_per_query(b);
+            (base > 0.0).then(|| bpf_per_query(t) / base)
+        })
+        .collect()
+}
+
 fn cost(r: &Results, mode: Mode) -> Cost {
-    let bpf: Vec<f64> = runs(r, mode)
-        .map(|x| per_query(x.bpf.values().map(|s| s.run_time_ns).sum(), x.dns.completed))
-        .collect();
+    let bpf: Vec<f64> = runs(r, mode).map(bpf_per_query).collect();
     let user: Vec<f64> = runs(r, mode)
         .map(|x| per_query(x.proc_cpu_ns.unwrap_or(0), x.dns.completed))
         .collect();
@@ -165,6 +179,10 @@ pub struct Headline {
     pub rules_lab_ns: Spread,
     /// Of the bpftrace anchor.
     pub anchor: Cost,
+    /// Of the baseline commit's tracer (zero without `--baseline`).
+    pub baseline: Cost,
+    /// The default-mode tracer's BPF time per query over the baseline's, per round.
+    pub vs_baseline: Spread,
     /// Throughput ratio to untraced of the default-mode tracer.
     pub tr_ratio: Spread,
     /// Of `tracer --all`.
@@ -215,6 +233,8 @@ impl Headline {
             rules: cost(r, Mode::TracerRules),
             rules_lab_ns: Spread::of(&extra_lab_ns(r, Mode::TracerRules)),
             anchor: cost(r, Mode::Bpftrace),
+            baseline: cost(r, Mode::Baseline),
+            vs_baseline: Spread::of(&baseline_ratios(r)),
             tr_ratio: Spread::of(&ratios(r, Mode::Tracer)),
             all_ratio: Spread::of(&ratios(r, Mode::TracerAll)),
             rules_ratio: Spread::of(&ratios(r, Mode::TracerRules)),

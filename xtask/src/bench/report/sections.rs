@@ -79,6 +79,12 @@ pub fn commands(w: &mut String, r: &Results) {
         "- tracer: `tracer trace --lab --prefix trb --output json` and `tracer trace --lab --prefix trb --output json --all` (JSON lines: the plan, a line per query reported, the summary)"
     );
     let _ = writeln!(w, "- anchor: `{}`", r.bpftrace_cmd);
+    if let Some(rev) = &r.baseline {
+        let _ = writeln!(
+            w,
+            "- baseline: the tracer of commit `{rev}` (built from `git archive`), `tracer trace --lab --prefix trb --output json`, one more mode in every round"
+        );
+    }
     let rounds = r.runs.iter().map(|x| x.round).max().unwrap_or(0);
     let _ = writeln!(
         w,
@@ -166,6 +172,20 @@ pub fn targets(w: &mut String, r: &Results, h: &Headline) {
         h.bt_ratio.median,
         anchor_verdict(h)
     );
+    if let Some(rev) = &r.baseline {
+        let _ = writeln!(
+            w,
+            "| BPF CPU per IPv4 UDP query grows <= 10 % over `{rev}` | this commit / `{rev}`, same round: min / median / max {} over {} rounds (medians {:.0} ns and {:.0} ns) | {} |",
+            h.vs_baseline.show(3),
+            runs(r, Mode::Baseline).count(),
+            h.tracer.bpf_ns.median,
+            h.baseline.bpf_ns.median,
+            verdict(h.vs_baseline.median <= 1.10, || format!(
+                "by {:.1} points",
+                100.0 * (h.vs_baseline.median - 1.10)
+            ))
+        );
+    }
     let lost_all = lost_events(r, Mode::Tracer) + long.lost_events;
     let _ = writeln!(
         w,
@@ -290,6 +310,9 @@ pub fn throughput(w: &mut String, r: &Results) {
         "| mode | qps | avg latency µs | ratio to untraced | lab CPU µs per query | machine CPU µs per query | lost queries |\n|---|---|---|---|---|---|---:|"
     );
     for mode in Mode::ALL {
+        if runs(r, mode).next().is_none() {
+            continue;
+        }
         let qps = Spread::of(&runs(r, mode).map(|x| x.dns.qps).collect::<Vec<_>>());
         let lat = Spread::of(&runs(r, mode).map(|x| x.dns.latency_us).collect::<Vec<_>>());
         let cpu = Spread::of(
@@ -357,7 +380,11 @@ pub fn per_hook(w: &mut String, r: &Results, h: &Headline) {
         (Mode::Tracer, h.tracer),
         (Mode::TracerAll, h.all),
         (Mode::Bpftrace, h.anchor),
+        (Mode::Baseline, h.baseline),
     ] {
+        if runs(r, mode).next().is_none() {
+            continue;
+        }
         let (progs, queries) = hooks(r, mode);
         let _ = writeln!(w, "### {}\n", mode.name());
         let _ = writeln!(
