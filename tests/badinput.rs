@@ -36,17 +36,28 @@ fn tracer(args: &[&str]) -> Output {
 fn refused(args: &[&str], code: i32, expect: &str) -> String {
     let out = tracer(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let what = format!("tracer {}: exit {:?}, stderr:\n{stderr}", args.join(" "), out.status.code());
+    let what = format!(
+        "tracer {}: exit {:?}, stderr:\n{stderr}",
+        args.join(" "),
+        out.status.code()
+    );
     assert_eq!(out.status.code(), Some(code), "{what}");
     assert!(!stderr.contains("panicked"), "{what}");
-    assert!(!stderr.contains("backtrace") && !stderr.contains("Caused by"), "{what}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{what}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line: {what}");
     let line = errors[0];
     assert!(line.contains(expect), "expected {expect:?}: {what}");
     if code == ERROR {
         // Errors found while running end stderr; clap's usage errors add a usage hint after.
-        assert_eq!(stderr.lines().last(), Some(line), "the error is the last line: {what}");
+        assert_eq!(
+            stderr.lines().last(),
+            Some(line),
+            "the error is the last line: {what}"
+        );
     }
     line.to_owned()
 }
@@ -56,7 +67,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tracer-badinput-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tracer-badinput-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Self(dir)
@@ -79,7 +91,10 @@ fn valid_report() -> String {
     let mut text = String::new();
     let dir = Scratch::new("valid");
     let path = dir.0.join("r.json");
-    Document::new("inspect").expect("document").write(&path).expect("write report");
+    Document::new("inspect")
+        .expect("document")
+        .write(&path)
+        .expect("write report");
     text.push_str(&std::fs::read_to_string(&path).expect("read report"));
     text
 }
@@ -90,7 +105,10 @@ fn malformed_addresses_and_ports_are_usage_errors() {
         (&["trace", "--service", "10.96.0"][..], "bad address"),
         (&["trace", "--service", "10.96.0.10:99999"], "bad port"),
         (&["trace", "--service", "10.96.0.10:0"], "0 is not a port"),
-        (&["trace", "--service", "[fd00:10:96::a]:0"], "0 is not a port"),
+        (
+            &["trace", "--service", "[fd00:10:96::a]:0"],
+            "0 is not a port",
+        ),
         (&["trace", "--service", "kube-dns:53"], "bad address"),
         (&["trace", "--service", ""], "bad address"),
         (&["trace", "--pod-ip", "10.244.0.300"], "--pod-ip"),
@@ -121,19 +139,76 @@ fn out_of_range_numbers_are_usage_errors() {
         (&["probe", "--timeout", "0"], "out of range"),
         (&["probe", "--duration", "nan"], "out of range"),
         (&["probe", "--type", "BOGUS"], "unknown query type"),
-        (&["compare", "--max-loss-increase", "nan", "a", "b"], "out of range"),
-        (&["compare", "--max-p99-increase-percent", "-1", "a", "b"], "out of range"),
-        (&["compare", "--max-drop-increase", "-1", "a", "b"], "unexpected argument '-1'"),
-        (&["lab", "--prefix", DOWN, "up", "--clients", "0"], "--clients"),
-        (&["lab", "--prefix", DOWN, "up", "--clients", "201"], "--clients"),
-        (&["lab", "--prefix", DOWN, "fault", "filter-drop", "--pod", "2"], "--pod"),
-        (&["lab", "--prefix", DOWN, "fault", "no-such-fault"], "no-such-fault"),
+        (
+            &["compare", "--max-loss-increase", "nan", "a", "b"],
+            "out of range",
+        ),
+        (
+            &["compare", "--max-p99-increase-percent", "-1", "a", "b"],
+            "out of range",
+        ),
+        (
+            &["compare", "--max-drop-increase", "-1", "a", "b"],
+            "unexpected argument '-1'",
+        ),
+        (
+            &["lab", "--prefix", DOWN, "up", "--clients", "0"],
+            "--clients",
+        ),
+        (
+            &["lab", "--prefix", DOWN, "up", "--clients", "201"],
+            "--clients",
+        ),
+        (
+            &[
+                "lab",
+                "--prefix",
+                DOWN,
+                "fault",
+                "filter-drop",
+                "--pod",
+                "2",
+            ],
+            "--pod",
+        ),
+        (
+            &["lab", "--prefix", DOWN, "fault", "no-such-fault"],
+            "no-such-fault",
+        ),
         (&["validate", "--healthy-count", "0"], "--healthy-count"),
-        (&["validate", "--vm-timeout", "0", "--kernel", "6.1"], "--vm-timeout"),
-        (&["vm", "run", "--kernel", "6.1", "--cpus", "0", "--", "true"], "--cpus"),
-        (&["vm", "run", "--kernel", "6.1", "--memory", "1", "--", "true"], "--memory"),
-        (&["vm", "run", "--kernel", "6.1", "--timeout", "0", "--", "true"], "--timeout"),
-        (&["vm", "run", "--kernel", "6.1", "--env", "NOEQUALS", "--", "true"], "NAME=VALUE"),
+        (
+            &["validate", "--vm-timeout", "0", "--kernel", "6.1"],
+            "--vm-timeout",
+        ),
+        (
+            &["vm", "run", "--kernel", "6.1", "--cpus", "0", "--", "true"],
+            "--cpus",
+        ),
+        (
+            &[
+                "vm", "run", "--kernel", "6.1", "--memory", "1", "--", "true",
+            ],
+            "--memory",
+        ),
+        (
+            &[
+                "vm",
+                "run",
+                "--kernel",
+                "6.1",
+                "--timeout",
+                "0",
+                "--",
+                "true",
+            ],
+            "--timeout",
+        ),
+        (
+            &[
+                "vm", "run", "--kernel", "6.1", "--env", "NOEQUALS", "--", "true",
+            ],
+            "NAME=VALUE",
+        ),
         (&["no-such-command"], "no-such-command"),
     ] {
         refused(args, USAGE, expect);
@@ -144,26 +219,95 @@ fn out_of_range_numbers_are_usage_errors() {
 fn unknown_namespaces_pods_and_labs_are_one_line_errors() {
     for (args, expect) in [
         (
-            &["trace", "--netns", "tracer-no-such-ns", "--service", "10.96.0.10", "--duration", "1"][..],
+            &[
+                "trace",
+                "--netns",
+                "tracer-no-such-ns",
+                "--service",
+                "10.96.0.10",
+                "--duration",
+                "1",
+            ][..],
             "failed to open network namespace /run/netns/tracer-no-such-ns",
         ),
         (
-            &["trace", "--links-netns", "tracer-no-such-ns", "--service", "10.96.0.10", "--duration", "1"],
+            &[
+                "trace",
+                "--links-netns",
+                "tracer-no-such-ns",
+                "--service",
+                "10.96.0.10",
+                "--duration",
+                "1",
+            ],
             "tracer-no-such-ns",
         ),
-        (&["trace", "--lab", "--prefix", DOWN, "--duration", "1"], "lab hb9 is not up"),
-        (&["inspect", "--netns", "tracer-no-such-ns"], "failed to enter network namespace /run/netns/tracer-no-such-ns"),
+        (
+            &["trace", "--lab", "--prefix", DOWN, "--duration", "1"],
+            "lab hb9 is not up",
+        ),
+        (
+            &["inspect", "--netns", "tracer-no-such-ns"],
+            "failed to enter network namespace /run/netns/tracer-no-such-ns",
+        ),
         (&["inspect", "--lab", "--prefix", DOWN], "lab hb9 is not up"),
         (
-            &["probe", "--netns", "tracer-no-such-ns", "--server", "127.0.0.1", "--no-trace", "--count", "1"],
+            &[
+                "probe",
+                "--netns",
+                "tracer-no-such-ns",
+                "--server",
+                "127.0.0.1",
+                "--no-trace",
+                "--count",
+                "1",
+            ],
             "tracer-no-such-ns",
         ),
-        (&["probe", "--lab", "--prefix", DOWN, "--no-trace", "--count", "1"], "hb9"),
-        (&["probe", "--server", "127.0.0.1", "--name", "..bad..", "--no-trace", "--count", "1"], "invalid query name"),
-        (&["lab", "--prefix", DOWN, "fault", "filter-drop"], "hb9 is down"),
-        (&["lab", "--prefix", DOWN, "pod", "add", "late"], "hb9 is down"),
+        (
+            &[
+                "probe",
+                "--lab",
+                "--prefix",
+                DOWN,
+                "--no-trace",
+                "--count",
+                "1",
+            ],
+            "hb9",
+        ),
+        (
+            &[
+                "probe",
+                "--server",
+                "127.0.0.1",
+                "--name",
+                "..bad..",
+                "--no-trace",
+                "--count",
+                "1",
+            ],
+            "invalid query name",
+        ),
+        (
+            &["lab", "--prefix", DOWN, "fault", "filter-drop"],
+            "hb9 is down",
+        ),
+        (
+            &["lab", "--prefix", DOWN, "pod", "add", "late"],
+            "hb9 is down",
+        ),
         (&["lab", "--prefix", DOWN, "pod", "del", "nosuch"], "hb9"),
-        (&["validate", "--prefix", DOWN, "--scenario", "no-such-scenario"], "unknown scenario \"no-such-scenario\""),
+        (
+            &[
+                "validate",
+                "--prefix",
+                DOWN,
+                "--scenario",
+                "no-such-scenario",
+            ],
+            "unknown scenario \"no-such-scenario\"",
+        ),
     ] {
         refused(args, ERROR, expect);
     }
@@ -172,7 +316,11 @@ fn unknown_namespaces_pods_and_labs_are_one_line_errors() {
 #[test]
 fn a_node_without_a_dns_service_is_a_one_line_error() {
     // This machine's own namespace holds no kube-proxy rules: no Service to trace or probe.
-    refused(&["trace", "--duration", "1"], ERROR, "no DNS Service to trace");
+    refused(
+        &["trace", "--duration", "1"],
+        ERROR,
+        "no DNS Service to trace",
+    );
     refused(&["probe", "--no-trace", "--count", "1"], ERROR, "kube-dns");
 }
 
@@ -186,20 +334,56 @@ fn unreadable_truncated_malformed_and_foreign_reports_are_refused_by_compare() {
         "\"schema_version\": 999",
         1,
     );
-    assert_ne!(other_version, good_text, "the report names its schema version");
+    assert_ne!(
+        other_version, good_text,
+        "the report names its schema version"
+    );
     let dir_path = dir.0.to_string_lossy().into_owned();
     let cases: Vec<(String, &str)> = vec![
-        ("/nonexistent/report.json".into(), "failed to read the report /nonexistent/report.json"),
+        (
+            "/nonexistent/report.json".into(),
+            "failed to read the report /nonexistent/report.json",
+        ),
         (dir_path.clone(), "Is a directory"),
         (dir.file("empty.json", b""), "is not a tracer report"),
-        (dir.file("truncated.json", &good_text.as_bytes()[..good_text.len() / 2]), "is not a tracer report"),
-        (dir.file("garbage.json", b"\x00\xff\xfe not json"), "did not contain valid UTF-8"),
-        (dir.file("nul.json", b"\x00\x00\x00\x00"), "is not a tracer report"),
-        (dir.file("array.json", b"[1, 2, 3]"), "has no schema_version"),
-        (dir.file("noversion.json", b"{\"tool\": \"tracer\"}"), "has no schema_version"),
-        (dir.file("strversion.json", b"{\"schema_version\": \"1\"}"), "has no schema_version"),
-        (dir.file("other.json", other_version.as_bytes()), "has report schema version 999"),
-        (dir.file("fields.json", format!("{{\"schema_version\": {SCHEMA_VERSION}}}").as_bytes()), "is not a tracer report"),
+        (
+            dir.file(
+                "truncated.json",
+                &good_text.as_bytes()[..good_text.len() / 2],
+            ),
+            "is not a tracer report",
+        ),
+        (
+            dir.file("garbage.json", b"\x00\xff\xfe not json"),
+            "did not contain valid UTF-8",
+        ),
+        (
+            dir.file("nul.json", b"\x00\x00\x00\x00"),
+            "is not a tracer report",
+        ),
+        (
+            dir.file("array.json", b"[1, 2, 3]"),
+            "has no schema_version",
+        ),
+        (
+            dir.file("noversion.json", b"{\"tool\": \"tracer\"}"),
+            "has no schema_version",
+        ),
+        (
+            dir.file("strversion.json", b"{\"schema_version\": \"1\"}"),
+            "has no schema_version",
+        ),
+        (
+            dir.file("other.json", other_version.as_bytes()),
+            "has report schema version 999",
+        ),
+        (
+            dir.file(
+                "fields.json",
+                format!("{{\"schema_version\": {SCHEMA_VERSION}}}").as_bytes(),
+            ),
+            "is not a tracer report",
+        ),
         ("/dev/zero".into(), "is larger than"),
     ];
     for (bad, expect) in &cases {
@@ -208,7 +392,12 @@ fn unreadable_truncated_malformed_and_foreign_reports_are_refused_by_compare() {
     }
     // The same report on both sides compares clean: the refusals above are about the files.
     let out = tracer(&["compare", &good, &good]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -218,9 +407,15 @@ fn reports_are_written_0644_whatever_the_umask_and_an_unwritable_path_is_an_erro
     let path = dir.file("r.json", b"old");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    Document::new("inspect").expect("document").write(Path::new(&path)).expect("write");
+    Document::new("inspect")
+        .expect("document")
+        .write(Path::new(&path))
+        .expect("write");
     let fresh = dir.0.join("fresh.json");
-    Document::new("inspect").expect("document").write(&fresh).expect("write");
+    Document::new("inspect")
+        .expect("document")
+        .write(&fresh)
+        .expect("write");
     nix::sys::stat::umask(old);
     for p in [Path::new(&path), fresh.as_path()] {
         let mode = std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
@@ -232,4 +427,21 @@ fn reports_are_written_0644_whatever_the_umask_and_an_unwritable_path_is_an_erro
         ERROR,
         "/nonexistent/dir/r.json",
     );
+}
+
+#[test]
+fn help_names_every_exit_code() {
+    let out = tracer(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for code in [
+        "0 ok",
+        "1 an error",
+        "2 bad usage",
+        "3 `compare` found a regression",
+        "4 a `validate` scenario failed",
+        "5 missing privileges",
+    ] {
+        assert!(help.contains(code), "{code:?} in:\n{help}");
+    }
 }

@@ -99,11 +99,26 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
-const INTERESTING: [u32; 10] = [0, 1, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0xffff, 0x7fff_ffff, 0xffff_ffff];
+const INTERESTING: [u32; 10] = [
+    0,
+    1,
+    0x7f,
+    0x80,
+    0xff,
+    0x100,
+    0x7fff,
+    0xffff,
+    0x7fff_ffff,
+    0xffff_ffff,
+];
 
 /// One to four mutations of `input`, sometimes spliced with `other`.
 fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
@@ -122,13 +137,21 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
             2 if len >= 2 => {
                 let i = rng.below(len - 1);
                 let x = INTERESTING[rng.below(INTERESTING.len())] as u16;
-                let b = if rng.below(2) == 0 { x.to_be_bytes() } else { x.to_ne_bytes() };
+                let b = if rng.below(2) == 0 {
+                    x.to_be_bytes()
+                } else {
+                    x.to_ne_bytes()
+                };
                 v[i..i + 2].copy_from_slice(&b);
             }
             3 if len >= 4 => {
                 let i = rng.below(len - 3);
                 let x = INTERESTING[rng.below(INTERESTING.len())];
-                let b = if rng.below(2) == 0 { x.to_be_bytes() } else { x.to_ne_bytes() };
+                let b = if rng.below(2) == 0 {
+                    x.to_be_bytes()
+                } else {
+                    x.to_ne_bytes()
+                };
                 v[i..i + 4].copy_from_slice(&b);
             }
             4 => v.truncate(rng.below(len + 1)),
@@ -171,7 +194,10 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 fn dns_question(b: &[u8]) {
     let q = dns::question(b);
     if let Some(name) = q.name {
-        assert!(name.len() <= 4 * b.len() + 2, "a name longer than its bytes allow");
+        assert!(
+            name.len() <= 4 * b.len() + 2,
+            "a name longer than its bytes allow"
+        );
     }
 }
 
@@ -263,7 +289,9 @@ const TARGETS: [Target; 7] = [
 // --- seeds ---
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/corpus")
+        .join(target)
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -288,7 +316,15 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 /// carrying a question captured from the lab (`tests/corpus/dns`).
 fn event_seeds() -> Vec<Vec<u8>> {
     let question = corpus("dns").into_iter().next().expect("a dns seed");
-    let kinds = [kind::ANSWERED, kind::DROP, kind::ICMP, kind::SOCKET_DROP, kind::EVICTED, kind::CONFIRM, kind::VERDICT];
+    let kinds = [
+        kind::ANSWERED,
+        kind::DROP,
+        kind::ICMP,
+        kind::SOCKET_DROP,
+        kind::EVICTED,
+        kind::CONFIRM,
+        kind::VERDICT,
+    ];
     kinds
         .iter()
         .flat_map(|&k| [state::FREE, state::PENDING].map(move |s| (k, s)))
@@ -312,7 +348,8 @@ fn event_seeds() -> Vec<Vec<u8>> {
             e.slot.question[..n].copy_from_slice(&question[..n]);
             e.slot.question_len = n as u16;
             // SAFETY: reading a plain-data struct as its bytes.
-            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), size_of::<Event>()) }.to_vec()
+            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), size_of::<Event>()) }
+                .to_vec()
         })
         .collect()
 }
@@ -338,22 +375,33 @@ fn fuzz(name: &str, f: fn(&[u8])) {
     }
     let seeds = corpus(name);
     let (runs, seconds) = budget();
-    let seed = std::env::var("TRACER_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    let seed = std::env::var("TRACER_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_u64);
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let check = |input: &[u8], what: &str| {
         let peak = std::panic::catch_unwind(|| peak_of(|| f(input)));
         let failure = match peak {
             Err(_) => Some("panicked".to_owned()),
-            Ok(p) if p > ALLOC_SLACK + 64 * input.len() => Some(format!("allocated {p} bytes at once")),
+            Ok(p) if p > ALLOC_SLACK + 64 * input.len() => {
+                Some(format!("allocated {p} bytes at once"))
+            }
             Ok(_) => None,
         };
         if let Some(failure) = failure {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-crashes").join(name);
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/fuzz-crashes")
+                .join(name);
             let _ = std::fs::create_dir_all(&dir);
             let file = dir.join(format!("seed-{seed}-{what}"));
             let _ = std::fs::write(&file, input);
-            panic!("{name}: {what} {failure} ({} bytes, saved to {})", input.len(), file.display());
+            panic!(
+                "{name}: {what} {failure} ({} bytes, saved to {})",
+                input.len(),
+                file.display()
+            );
         }
     };
     for (i, s) in seeds.iter().enumerate() {

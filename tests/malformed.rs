@@ -83,7 +83,12 @@ impl Ipv4 {
 /// Sends each packet from namespace `ns` with a raw IP socket (the header as given); returns how
 /// many the kernel took whole, and a UDP socket bound to each source port in `ports`, so that an
 /// answer finds its client listening (the caller keeps them until the trace ends).
-fn send_raw(ns: &str, dst: Ipv4Addr, packets: &[Vec<u8>], ports: &[u16]) -> (usize, Vec<UdpSocket>) {
+fn send_raw(
+    ns: &str,
+    dst: Ipv4Addr,
+    packets: &[Vec<u8>],
+    ports: &[u16],
+) -> (usize, Vec<UdpSocket>) {
     netns::run_in(&netns::named(ns), || {
         let listeners: Vec<UdpSocket> = ports
             .iter()
@@ -161,10 +166,26 @@ fn packet(lab: &LabGuard, sport: u16, f: impl FnOnce(&mut Ipv4)) -> Vec<u8> {
 /// The packets no parser can read as a DNS message, each from its own source port.
 fn unreadable(lab: &LabGuard) -> Vec<(u16, &'static str, Vec<u8>)> {
     vec![
-        (41001, "DNS shorter than its header", packet(lab, 41001, |p| p.payload.truncate(6))),
-        (41002, "UDP length below the UDP header", packet(lab, 41002, |p| p.udp_len = Some(4))),
-        (41003, "UDP length below a DNS header", packet(lab, 41003, |p| p.udp_len = Some(14))),
-        (41004, "first fragment", packet(lab, 41004, |p| p.frag = 0x2000)),
+        (
+            41001,
+            "DNS shorter than its header",
+            packet(lab, 41001, |p| p.payload.truncate(6)),
+        ),
+        (
+            41002,
+            "UDP length below the UDP header",
+            packet(lab, 41002, |p| p.udp_len = Some(4)),
+        ),
+        (
+            41003,
+            "UDP length below a DNS header",
+            packet(lab, 41003, |p| p.udp_len = Some(14)),
+        ),
+        (
+            41004,
+            "first fragment",
+            packet(lab, 41004, |p| p.frag = 0x2000),
+        ),
         (
             41005,
             "later fragment",
@@ -194,7 +215,12 @@ fn unreadable_packets_are_counted_and_never_a_query() {
     let mut ports: Vec<u16> = bad.iter().map(|(p, _, _)| *p).collect();
     ports.push(41010);
     let (records, summary, sent) = traced(&lab, || {
-        send_raw(&lab.info.clients[0].netns, lab.info.service_ip, &all, &ports)
+        send_raw(
+            &lab.info.clients[0].netns,
+            lab.info.service_ip,
+            &all,
+            &ports,
+        )
     });
     assert_eq!(sent, all.len(), "the kernel took every packet");
     assert!(
@@ -203,14 +229,28 @@ fn unreadable_packets_are_counted_and_never_a_query() {
         summary.counters
     );
     for (port, what, _) in &bad {
-        let claimed: Vec<_> = records.iter().filter(|r| r.client.port() == *port).collect();
+        let claimed: Vec<_> = records
+            .iter()
+            .filter(|r| r.client.port() == *port)
+            .collect();
         assert!(claimed.is_empty(), "{what} is no query: {claimed:?}");
     }
-    let with_options: Vec<_> = records.iter().filter(|r| r.client.port() == 41010).collect();
-    assert_eq!(with_options.len(), 1, "the query with IP options is traced: {records:?}");
+    let with_options: Vec<_> = records
+        .iter()
+        .filter(|r| r.client.port() == 41010)
+        .collect();
+    assert_eq!(
+        with_options.len(),
+        1,
+        "the query with IP options is traced: {records:?}"
+    );
     let r = with_options[0];
     assert_eq!(r.verdict, Verdict::Answered, "{r:?}");
-    assert_eq!(r.name.as_deref(), Some(format!("{NAME}.").as_str()), "{r:?}");
+    assert_eq!(
+        r.name.as_deref(),
+        Some(format!("{NAME}.").as_str()),
+        "{r:?}"
+    );
     assert_eq!(r.id, 41010);
 }
 
@@ -222,19 +262,43 @@ fn unreadable_packets_are_counted_and_never_a_query() {
 fn bad_counts_and_lying_lengths_are_counted_and_never_a_query() {
     let lab = LabGuard::up("hb4", Backend::Nft);
     let cases = [
-        (41021, "qdcount 0", packet(&lab, 41021, |p| p.payload = dns_query(41021, 0))),
-        (41022, "qdcount 2", packet(&lab, 41022, |p| p.payload = dns_query(41022, 2))),
-        (41023, "UDP length past the datagram", packet(&lab, 41023, |p| p.udp_len = Some(400))),
+        (
+            41021,
+            "qdcount 0",
+            packet(&lab, 41021, |p| p.payload = dns_query(41021, 0)),
+        ),
+        (
+            41022,
+            "qdcount 2",
+            packet(&lab, 41022, |p| p.payload = dns_query(41022, 2)),
+        ),
+        (
+            41023,
+            "UDP length past the datagram",
+            packet(&lab, 41023, |p| p.udp_len = Some(400)),
+        ),
     ];
     let all: Vec<Vec<u8>> = cases.iter().map(|(_, _, p)| p.clone()).collect();
     let ports: Vec<u16> = cases.iter().map(|(p, _, _)| *p).collect();
     let (records, summary, sent) = traced(&lab, || {
-        send_raw(&lab.info.clients[0].netns, lab.info.service_ip, &all, &ports)
+        send_raw(
+            &lab.info.clients[0].netns,
+            lab.info.service_ip,
+            &all,
+            &ports,
+        )
     });
     assert_eq!(sent, all.len(), "the kernel took every packet");
-    assert!(summary.counters.parse_errors >= cases.len() as u64, "{:?}", summary.counters);
+    assert!(
+        summary.counters.parse_errors >= cases.len() as u64,
+        "{:?}",
+        summary.counters
+    );
     for (port, what, _) in &cases {
-        let claimed: Vec<_> = records.iter().filter(|r| r.client.port() == *port).collect();
+        let claimed: Vec<_> = records
+            .iter()
+            .filter(|r| r.client.port() == *port)
+            .collect();
         assert!(claimed.is_empty(), "{what} is no query: {claimed:?}");
     }
 }

@@ -31,7 +31,7 @@ use vm::vm_columns;
 
 /// The test binaries the matrix runs in the guests, with the smallest `Suites` that runs each:
 /// `hooks` (with `TRACER_EXPECT_TIER`), then the scenario suites (with `TRACER_TEST_TIER`).
-const BINARIES: [(&str, Suites); 14] = [
+const BINARIES: [(&str, Suites); 15] = [
     ("hooks", Suites::Core),
     ("trace", Suites::Core),
     ("tcp", Suites::Paths),
@@ -46,6 +46,7 @@ const BINARIES: [(&str, Suites); 14] = [
     ("nodelocal", Suites::All),
     ("modes", Suites::All),
     ("badinput", Suites::All),
+    ("malformed", Suites::All),
 ];
 
 /// A test binary of the matrix and the tests it must run (its `--list`, filtered).

@@ -261,7 +261,9 @@ pub fn write_inspect_report(path: &Path, report: &inspect::Report) -> Result<(),
 /// Writes `bytes` to `path` readable by all and writable by its owner only (0644), whatever the
 /// umask and whatever mode a file already there had.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::fs::PermissionsExt as _};
+    use std::{
+        io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::fs::PermissionsExt as _,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
