@@ -445,3 +445,19 @@ fn help_names_every_exit_code() {
         assert!(help.contains(code), "{code:?} in:\n{help}");
     }
 }
+
+#[test]
+fn a_kernel_spec_that_is_no_kernel_is_a_one_line_error() {
+    let dir = Scratch::new("kernel");
+    let empty = dir.0.to_string_lossy().into_owned();
+    refused(
+        &["vm", "prepare", "--kernel", &empty],
+        ERROR,
+        "is not a kernel: no lib/modules/",
+    );
+    refused(
+        &["vm", "run", "--kernel", &empty, "--", "true"],
+        ERROR,
+        "is not a kernel: no lib/modules/",
+    );
+}
