@@ -10,10 +10,16 @@ use crate::{
     probes::plan::Tier,
 };
 
+/// Every command's exit codes (README: "Exit codes").
+pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN).";
+
+/// The longest time a flag takes, in seconds (a year): more overflows time arithmetic.
+const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
+
 /// Follows Kubernetes DNS queries through the Service IP, conntrack and DNAT, and says where each
 /// one that got no answer died.
 #[derive(Debug, Parser)]
-#[command(name = "tracer", version, about)]
+#[command(name = "tracer", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -106,14 +112,14 @@ pub struct TraceArgs {
     #[arg(long)]
     pub all: bool,
     /// Report answered queries slower than this, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(..=3_600_000))]
     pub slow_ms: u64,
     /// A query with no answer after this many seconds is unanswered (glibc's resolver waits 5 s;
     /// the kernel gives up on an unresolved neighbour after about 3 s).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: f64,
     /// Stop after this many seconds (default: at Ctrl-C).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub duration: Option<f64>,
     #[command(flatten)]
     pub out: Output,
@@ -144,7 +150,7 @@ pub enum LabAction {
         #[arg(long, value_enum, default_value_t = ProxyMode::Iptables)]
         proxy_mode: ProxyMode,
         /// Number of client pods.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=200))]
         clients: u8,
         /// The DNS Service's and pods' IP families (ipv6 and dual add `fd00:10:244::/64` pod
         /// addresses, the Service `fd00:10:96::a` and kube-proxy's ip6tables rules).
@@ -194,7 +200,7 @@ pub struct FaultArgs {
     #[arg(value_enum)]
     pub name: FaultName,
     /// Only this DNS pod (0 or 1), where the fault is per pod; default: as the fault describes.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub pod: Option<u8>,
 }
 
@@ -218,13 +224,13 @@ pub struct ProbeArgs {
     #[arg(long, value_parser = parse_ip_port)]
     pub server: Option<(IpAddr, Option<u16>)>,
     /// Number of lookups (default: rate × duration).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
-    /// Lookups per second.
-    #[arg(long, default_value_t = 50.0)]
+    /// Lookups per second (0.01 to 1000000).
+    #[arg(long, default_value_t = 50.0, value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: f64,
     /// Seconds to send for (ignored with `--count`).
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub duration: f64,
     /// Name to ask for; repeat to use several in turn.
     #[arg(long = "name", default_value = "kubernetes.default.svc.cluster.local")]
@@ -233,10 +239,10 @@ pub struct ProbeArgs {
     #[arg(long = "type", default_value = "A", value_parser = crate::measure::parse_qtype)]
     pub types: Vec<crate::measure::RecordType>,
     /// Seconds to wait for each answer.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: f64,
     /// Send every query from this UDP source port (one conntrack flow) instead of a fresh one.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub source_port: Option<u16>,
     /// Send A and AAAA together from one socket for every lookup, as glibc does.
     #[arg(long)]
@@ -272,7 +278,7 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  tracer compare before.json after.json\n  tracer compare before.json after.json --max-loss-increase 0.5 --output json\n\nExit codes: 0 no regression, 3 a regression, 1 an error."
+    after_help = "Examples:\n  tracer compare before.json after.json\n  tracer compare before.json after.json --max-loss-increase 0.5 --output json\n\nExit codes: 0 no regression, 3 a regression, 1 an error (an unreadable or malformed report, another schema version), 2 bad usage."
 )]
 pub struct CompareArgs {
     /// The earlier report (`--report` of probe, trace, inspect or validate).
@@ -280,13 +286,13 @@ pub struct CompareArgs {
     /// The later report.
     pub after: std::path::PathBuf,
     /// A rise of the loss by more than this many percentage points is a regression.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_non_negative, allow_negative_numbers = true)]
     pub max_loss_increase: f64,
     /// A p99 latency rise by more than this many percent is a regression ...
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 50.0, value_parser = parse_non_negative, allow_negative_numbers = true)]
     pub max_p99_increase_percent: f64,
     /// ... when it is also more than this many milliseconds (below that it is noise).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_non_negative, allow_negative_numbers = true)]
     pub min_p99_increase_ms: f64,
     /// A rise of the drops for one reason by more than this many is a regression.
     #[arg(long, default_value_t = 0)]
@@ -301,7 +307,7 @@ pub struct CompareArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer validate --kernel linux-image-6.12.117+deb13-amd64 --report candidate.json\n  tracer validate --kernel 6.1 --scenario healthy --vm-timeout 600\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 2 one failed, 1 an error."
+    after_help = "Examples:\n  tracer validate --report kernel-6.18.json\n  tracer validate --backend nft --scenario filter-drop\n  tracer validate --kernel linux-image-6.12.117+deb13-amd64 --report candidate.json\n  tracer validate --kernel 6.1 --scenario healthy --vm-timeout 600\n  tracer compare kernel-6.12.json kernel-6.18.json\n\nExit codes: 0 every scenario passed, 4 one failed, 1 an error, 2 bad usage."
 )]
 pub struct ValidateArgs {
     /// Prefix of the lab validate brings up (and down) for its scenarios.
@@ -314,7 +320,7 @@ pub struct ValidateArgs {
     #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
     /// Lookups for the healthy measurement of loss and latency.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub healthy_count: u32,
     /// Run the scenarios on another kernel, booted in a VM (qemu TCG) on this machine's root
     /// filesystem: an alias (5.10, 6.1, 6.12), a Debian package name, a .deb or an unpacked
@@ -326,6 +332,7 @@ pub struct ValidateArgs {
         long,
         value_name = "SECONDS",
         default_value_t = 1200,
+        value_parser = clap::value_parser!(u64).range(1..),
         requires = "kernel"
     )]
     pub vm_timeout: u64,
@@ -362,13 +369,13 @@ pub struct VmRunArgs {
     #[arg(long)]
     pub kernel: String,
     /// Stop the guest (and fail) after this many seconds, boot included.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Guest vCPUs (1 is the default: 6.12 under TCG panicked at boot once with 2).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: u32,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 2048)]
+    /// Guest memory in MiB (256 to 65536).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(256..=65536))]
     pub memory: u32,
     /// Copy what the command wrote to $TRACER_VM_OUT into this directory.
     #[arg(long, value_name = "DIR")]
@@ -403,8 +410,47 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
-/// Parses `IP[:PORT]`.
+/// Parses a number of seconds: finite, above 0, at most a year.
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("bad number {s:?}: {e}"))?;
+    if !(v.is_finite() && v > 0.0 && v <= MAX_SECONDS) {
+        return Err(format!(
+            "{s} is out of range: a number of seconds above 0 and at most {MAX_SECONDS}"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a rate of lookups per second: 0.01 to 1000000.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("bad number {s:?}: {e}"))?;
+    if !(0.01..=1_000_000.0).contains(&v) {
+        return Err(format!(
+            "{s} is out of range: 0.01 to 1000000 lookups per second"
+        ));
+    }
+    Ok(v)
+}
+
+/// Parses a threshold: finite and not negative.
+pub fn parse_non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("bad number {s:?}: {e}"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("{s} is out of range: a finite number, 0 or more"));
+    }
+    Ok(v)
+}
+
+/// Parses `IP[:PORT]` (port 1 to 65535).
 pub fn parse_ip_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let (ip, port) = parse_ip_maybe_port(s)?;
+    if port == Some(0) {
+        return Err(format!("bad port in {s:?}: 0 is not a port to send to"));
+    }
+    Ok((ip, port))
+}
+
+fn parse_ip_maybe_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     // IPv6: bare (`fd00:10:96::a`) or bracketed with a port (`[fd00:10:96::a]:53`).
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
         return Ok((sa.ip(), Some(sa.port())));
@@ -447,6 +493,28 @@ mod tests {
         );
         assert!(parse_ip_port("10.96.0").is_err());
         assert!(parse_ip_port("10.96.0.10:99999").is_err());
+        assert!(parse_ip_port("10.96.0.10:0").is_err());
+        assert!(parse_ip_port("[fd00:10:96::a]:0").is_err());
+        assert_eq!(
+            parse_ip_port("[fd00:10:96::a]:53"),
+            Ok(("fd00:10:96::a".parse().unwrap(), Some(53)))
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        for bad in ["0", "-1", "nan", "inf", "1e300", "x", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_seconds("0.5"), Ok(0.5));
+        for bad in ["0", "1e-300", "inf", "nan", "2e6"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rate("50"), Ok(50.0));
+        for bad in ["-0.1", "nan", "inf"] {
+            assert!(parse_non_negative(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_non_negative("0"), Ok(0.0));
     }
 
     #[test]

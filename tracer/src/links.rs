@@ -101,7 +101,7 @@ pub struct Peer {
 impl Link {
     /// The link an `RTM_NEWLINK` message describes; `None` for loopback (and for a message without
     /// a name, which the kernel never sends).
-    fn from_message(message: LinkMessage) -> Option<Link> {
+    pub fn from_message(message: LinkMessage) -> Option<Link> {
         let flags = message.header.flags;
         if flags.contains(LinkFlags::Loopback) {
             return None;

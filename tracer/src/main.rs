@@ -2,20 +2,32 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracer::cli::{Cli, Command};
 
-/// `tracer validate`: a scenario failed its checks (errors exit with 1).
-const EXIT_SCENARIO_FAILED: i32 = 2;
-/// `tracer compare`: a figure regressed past its threshold (errors exit with 1).
+/// Any error: one line on stderr, `error: <command>: <what failed>: <why>`.
+const EXIT_ERROR: i32 = 1;
+// 2 is clap's own, for bad usage (an unknown flag, a malformed or out-of-range value).
+/// `tracer compare`: a figure regressed past its threshold.
 const EXIT_REGRESSION: i32 = 3;
+/// `tracer validate`: a scenario failed its checks.
+const EXIT_SCENARIO_FAILED: i32 = 4;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Lab(args) => tracer::cmd::lab::run(args).context("lab"),
-        Command::Trace(args) => tracer::cmd::trace::run(args).context("trace"),
-        Command::Hooks(args) => tracer::cmd::hooks::run(args).context("hooks"),
-        Command::Inspect(args) => tracer::cmd::inspect::run(args).context("inspect"),
-        Command::Probe(args) => tracer::cmd::probe::run(args).context("probe"),
+    let code = run(cli.command).unwrap_or_else(|e| {
+        eprintln!("error: {}", one_line(&e));
+        EXIT_ERROR
+    });
+    std::process::exit(code);
+}
+
+/// Runs the command; returns the exit code of a result that is not an error.
+fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Lab(args) => tracer::cmd::lab::run(args).context("lab")?,
+        Command::Trace(args) => tracer::cmd::trace::run(args).context("trace")?,
+        Command::Hooks(args) => tracer::cmd::hooks::run(args).context("hooks")?,
+        Command::Inspect(args) => tracer::cmd::inspect::run(args).context("inspect")?,
+        Command::Probe(args) => tracer::cmd::probe::run(args).context("probe")?,
         Command::Compare(args) => {
             let c = tracer::cmd::compare::run(args).context("compare")?;
             if c.regressions > 0 {
@@ -24,20 +36,34 @@ fn main() -> anyhow::Result<()> {
                     c.regressions,
                     c.regressed().join(", ")
                 );
-                std::process::exit(EXIT_REGRESSION);
+                return Ok(EXIT_REGRESSION);
             }
-            Ok(())
         }
         Command::Validate(args) => {
             if !tracer::cmd::validate::run(args).context("validate")? {
                 eprintln!("validate: a scenario failed on this kernel (see the FAIL lines)");
-                std::process::exit(EXIT_SCENARIO_FAILED);
+                return Ok(EXIT_SCENARIO_FAILED);
             }
-            Ok(())
         }
-        Command::Vm(args) => {
-            let status = tracer::cmd::vm::run(args).context("vm")?;
-            std::process::exit(status);
-        }
+        Command::Vm(args) => return tracer::cmd::vm::run(args).context("vm"),
     }
+    Ok(0)
+}
+
+/// The error and its causes on one line, `a: b: c`, leaving out a cause whose text the message
+/// before it already holds (the modules' messages name their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
 }

@@ -14,6 +14,7 @@
 mod baseline;
 mod dnsperf;
 mod measure;
+mod memory;
 mod report;
 mod traced;
 mod vm;
@@ -661,6 +662,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let foreign = foreign_runs(&progs_before, &measure::progs()?, &ours);
     drop(stats);
     let long = bench.long_run(&plan, load)?;
+    let kernel_memory = memory::measure(&bench.tracer, PREFIX)?;
     println!(
         "bench: measured in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -684,7 +686,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         long,
         foreign,
     };
-    let mut md = report::markdown(&results, &report::Machine::read());
+    let mut md = report::markdown(&results, &report::Machine::read()) + &kernel_memory.markdown();
     drop(_lab);
     // The deep tier needs a kernel with kprobes and netfilter as modules: a VM (the quick run
     // skips it; `--vm KERNEL` runs it alone).

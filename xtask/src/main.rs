@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|demo|test|bench|lint`.
+//! Project tasks: `cargo xtask setup|demo|test|bench|fuzz|lint`.
 //!
 //! # Layout
 //! - `setup`: installs what a fresh machine lacks (Debian packages, rust-src, bpf-linker, bpffs
@@ -8,11 +8,13 @@
 //!   then the kernel matrix (`matrix`): hooks and trace tests in Debian kernels under qemu.
 //! - `bench`: the tracer's cost at full DNS rate next to bpftrace, and the deep tier's inside a
 //!   Debian kernel under qemu; writes bench/RESULTS.md.
+//! - `fuzz`: the long run of tests/fuzz.rs (the parsers of untrusted bytes, stable toolchain).
 //! - `lint` (`arch`): rustfmt, clippy, the function limit (clippy's `too_many_lines`), and the
 //!   architecture check: file sizes and the tracer's module layering.
 mod arch;
 mod bench;
 mod demo;
+mod fuzz;
 mod matrix;
 mod setup;
 
@@ -91,6 +93,25 @@ enum Task {
         #[arg(long)]
         conn_rate: u32,
     },
+    /// Fuzz the parsers of untrusted bytes (tests/fuzz.rs, stable toolchain, corpora in
+    /// tests/corpus/): 60 s per target unless told; prints each target's executions.
+    #[command(
+        after_help = "Examples:\n  cargo xtask fuzz\n  cargo xtask fuzz --target dns --runs 1000000\n  cargo xtask fuzz --seconds 600 --seed 7"
+    )]
+    Fuzz {
+        /// Only this target: dns, iptables_save, nft_json, ctnetlink, rtnetlink, ring_buffer, report.
+        #[arg(long)]
+        target: Option<String>,
+        /// Mutations per target.
+        #[arg(long, conflicts_with = "seconds")]
+        runs: Option<u64>,
+        /// Seconds per target (default 60).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// The mutator's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// rustfmt and clippy on the host crates; functions at most 120 lines outside tests
     /// (clippy.toml); clippy on the eBPF crate on its own; files at most 700 lines and the
     /// tracer's module layering (xtask/src/arch.rs). Runs every step, then fails if one did.
@@ -142,6 +163,17 @@ fn main() -> anyhow::Result<()> {
                 qps,
                 conn_rate,
             },
+        }),
+        Task::Fuzz {
+            target,
+            runs,
+            seconds,
+            seed,
+        } => fuzz::run(&fuzz::Options {
+            target,
+            runs,
+            seconds,
+            seed,
         }),
         Task::Lint => lint(),
     }

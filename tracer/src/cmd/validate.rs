@@ -181,7 +181,7 @@ fn run_in_vm(spec: &str, args: &ValidateArgs) -> Result<bool, Error> {
     );
     match guest.status {
         0 => Ok(true),
-        2 => Ok(false),
+        4 => Ok(false),
         status => Err(Error::VmStatus {
             release: kernel.release,
             status,

@@ -432,7 +432,7 @@ fn tuple_of(parts: &[NlTuple]) -> Option<Tuple> {
 }
 
 /// The entry in a ctnetlink NEW/GET/DELETE message, if it has both tuples.
-pub(crate) fn entry_of(msg: &NetfilterMessage) -> Option<Entry> {
+pub fn entry_of(msg: &NetfilterMessage) -> Option<Entry> {
     let attributes = match &msg.inner {
         NetfilterMessageInner::Conntrack(
             ConntrackMessage::New(a) | ConntrackMessage::Get(a) | ConntrackMessage::Delete(a),

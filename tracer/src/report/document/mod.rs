@@ -45,6 +45,8 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path} is larger than {max} bytes: it is not a tracer report")]
+    TooLarge { path: PathBuf, max: u64 },
     #[error("{path} has no schema_version: it is not a tracer report")]
     NoVersion { path: PathBuf },
     #[error(
@@ -178,7 +180,7 @@ impl Document {
         let mut text =
             serde_json::to_string_pretty(self).map_err(|source| Error::Encode { source })?;
         text.push('\n');
-        std::fs::write(path, text).map_err(|source| Error::Write {
+        write_private(path, text.as_bytes()).map_err(|source| Error::Write {
             path: path.to_owned(),
             source,
         })
@@ -186,10 +188,24 @@ impl Document {
 
     /// Reads a report, refusing any schema version but [`SCHEMA_VERSION`].
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        use std::io::Read as _;
+        let read = |source| Error::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // Bounded: a path to a device or a huge file is refused, not read into memory whole.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_REPORT_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() as u64 > MAX_REPORT_BYTES {
+            return Err(Error::TooLarge {
+                path: path.to_owned(),
+                max: MAX_REPORT_BYTES,
+            });
+        }
         Self::parse(path, &text)
     }
 
@@ -241,6 +257,28 @@ pub fn write_inspect_report(path: &Path, report: &inspect::Report) -> Result<(),
     doc.node = Some(NodeFacts::from_inspect(report));
     doc.write(path)
 }
+
+/// Writes `bytes` to `path` readable by all and writable by its owner only (0644), whatever the
+/// umask and whatever mode a file already there had.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{
+        io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::fs::PermissionsExt as _,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(REPORT_MODE)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(REPORT_MODE))?;
+    f.write_all(bytes)
+}
+
+/// The largest report `read` takes (a validate report with every failed record is under 1 MiB).
+pub const MAX_REPORT_BYTES: u64 = 64 << 20;
+
+/// The mode of the reports tracer writes: not writable by group or others.
+pub const REPORT_MODE: u32 = 0o644;
 
 /// One finding of `tracer inspect`, in short.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
