@@ -258,7 +258,6 @@ fn unreadable_packets_are_counted_and_never_a_query() {
 // and a query whose UDP length claims more than the datagram holds. None is one DNS question a
 // client asked; each must be counted unparseable, not recorded as a query.
 #[test]
-#[ignore = "the eBPF parser takes these as queries: see KNOWN_ISSUES.md, \"Malformed DNS\""]
 fn bad_counts_and_lying_lengths_are_counted_and_never_a_query() {
     let lab = LabGuard::up("hb4", Backend::Nft);
     let cases = [

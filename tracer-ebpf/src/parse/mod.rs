@@ -189,10 +189,28 @@ fn tcp4<R: Fn(usize) -> Option<[u8; TCP_MESSAGE_START]>>(
 }
 
 /// Bytes after the DNS header by the UDP length; `None` when the datagram is shorter than the UDP
-/// and DNS headers (malformed).
+/// and DNS headers, or longer than the IP packet says follows its header (`l4_len`): malformed.
 #[inline(always)]
-fn question_avail(udp: &UdpHdr) -> Option<usize> {
-    (u16::from_be_bytes(udp.len) as usize).checked_sub(UdpHdr::LEN + DNS_HEADER_LEN)
+fn question_avail(udp: &UdpHdr, l4_len: usize) -> Option<usize> {
+    let len = u16::from_be_bytes(udp.len) as usize;
+    if len > l4_len {
+        return None;
+    }
+    len.checked_sub(UdpHdr::LEN + DNS_HEADER_LEN)
+}
+
+/// The bytes an IPv4 packet says follow its header (`tot_len` less the header).
+#[inline(always)]
+fn l4_len4(ip: &Ipv4Hdr, ihl: usize) -> usize {
+    (u16::from_be_bytes(ip.tot_len) as usize).saturating_sub(ihl)
+}
+
+/// A query must ask exactly one question (RFC 1035 allows more, no server answers them): one
+/// that asks none or several is not read as a query. Answers are left alone (an error answer
+/// may carry no question).
+#[inline(always)]
+fn one_question(dns: &[u8; DNS_HEADER_LEN]) -> bool {
+    dns[2] & 0x80 != 0 || u16::from_be_bytes([dns[4], dns[5]]) == 1
 }
 
 /// A fragment (other than a whole datagram) cannot be read as DNS.
@@ -291,7 +309,7 @@ pub fn tc_udp4(ctx: &TcContext) -> Option<Parsed> {
     if is_fragment(ip) {
         return Some(Parsed::Malformed);
     }
-    let Some(avail) = question_avail(udp) else {
+    let Some(avail) = question_avail(udp, l4_len4(ip, ihl)) else {
         return Some(Parsed::Malformed);
     };
     let dns_off = udp_off + UdpHdr::LEN;
@@ -299,8 +317,12 @@ pub fn tc_udp4(ctx: &TcContext) -> Option<Parsed> {
         return Some(Parsed::Malformed);
     };
     // SAFETY: bounds checked by ptr_at.
+    let dns = unsafe { &*dns };
+    if !one_question(dns) {
+        return Some(Parsed::Malformed);
+    }
     Some(Parsed::Dns {
-        packet: packet(ip, ports, unsafe { &*dns }),
+        packet: packet(ip, ports, dns),
         question: QuestionAt {
             off: dns_off + DNS_HEADER_LEN,
             avail,
@@ -402,13 +424,18 @@ where
     let Some(ports) = dns_ports(&udp) else {
         return Parsed::Other;
     };
-    let Some(avail) = question_avail(&udp) else {
+    let l4_len =
+        (u16::from_be_bytes(ip.payload_len) as usize + Ipv6Hdr::LEN).saturating_sub(udp_off);
+    let Some(avail) = question_avail(&udp, l4_len) else {
         return Parsed::Malformed;
     };
     let dns_off = udp_off + UdpHdr::LEN;
     let Some(dns) = read_dns(dns_off) else {
         return Parsed::Malformed;
     };
+    if !one_question(&dns) {
+        return Parsed::Malformed;
+    }
     Parsed::Dns {
         packet: packet_of(
             addr6(&ip.src_addr),
@@ -623,13 +650,16 @@ pub fn skb_packet(skb: *const u8) -> Parsed {
     if is_fragment(&ip) {
         return Parsed::Malformed;
     }
-    let Some(avail) = question_avail(&udp) else {
+    let Some(avail) = question_avail(&udp, l4_len4(&ip, ihl)) else {
         return Parsed::Malformed;
     };
     let dns_ptr = ip_ptr.wrapping_add(ihl + UdpHdr::LEN);
     let Some(dns) = read::<[u8; DNS_HEADER_LEN]>(dns_ptr) else {
         return Parsed::Malformed;
     };
+    if !one_question(&dns) {
+        return Parsed::Malformed;
+    }
     Parsed::Dns {
         packet: packet(&ip, ports, &dns),
         question: QuestionAt {
