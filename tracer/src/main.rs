@@ -10,6 +10,11 @@ const EXIT_REGRESSION: i32 = 3;
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Trace(_) | Command::Probe(_)) {
+        // Before anything else: a SIGINT or SIGTERM while loading and attaching stops the
+        // command after it, with everything removed and the summary printed.
+        tracer::process::stop_on_signals()?;
+    }
     match cli.command {
         Command::Lab(args) => tracer::cmd::lab::run(args).context("lab"),
         Command::Trace(args) => tracer::cmd::trace::run(args).context("trace"),
