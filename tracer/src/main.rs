@@ -6,6 +6,8 @@ use tracer::cli::{Cli, Command};
 const EXIT_SCENARIO_FAILED: i32 = 2;
 /// `tracer compare`: a figure regressed past its threshold (errors exit with 1).
 const EXIT_REGRESSION: i32 = 3;
+/// Not root, or without the capabilities the command needs, or a kernel lockdown that forbids it.
+const EXIT_PRIVILEGES: i32 = 5;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -14,6 +16,11 @@ fn main() -> anyhow::Result<()> {
         // Before anything else: a SIGINT or SIGTERM while loading and attaching stops the
         // command after it, with everything removed and the summary printed.
         tracer::process::stop_on_signals()?;
+    }
+    let name = std::env::args().nth(1).unwrap_or_default();
+    if let Err(e) = tracer::cmd::privileges::check(&name, &cli.command) {
+        eprintln!("error: {e}");
+        std::process::exit(EXIT_PRIVILEGES);
     }
     match cli.command {
         Command::Lab(args) => tracer::cmd::lab::run(args).context("lab"),
