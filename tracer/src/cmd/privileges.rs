@@ -95,12 +95,19 @@ pub fn check(name: &str, command: &Command) -> Result<(), Error> {
                 .any(|m| *m == "CAP_BPF" || *m == "CAP_SYS_ADMIN")
         {
             if let Some(v) = read_trimmed("/proc/sys/kernel/unprivileged_bpf_disabled") {
-                why = format!(", and kernel.unprivileged_bpf_disabled={v}");
+                why = format!(
+                    "; kernel.unprivileged_bpf_disabled={v}{}",
+                    if v == "0" {
+                        ""
+                    } else {
+                        ": no BPF without CAP_BPF"
+                    }
+                );
             }
         }
         return Err(Error::Privileges {
             reason: format!(
-                "tracer {name} needs {}; this process (uid {}) lacks {} (effective capabilities {effective:#x}{why}): run it as root or grant those capabilities",
+                "tracer {name} needs {}; this process (uid {}) lacks {} (effective capabilities {effective:#x}{why}): {}",
                 wanted
                     .iter()
                     .map(|c| c.name())
@@ -108,6 +115,11 @@ pub fn check(name: &str, command: &Command) -> Result<(), Error> {
                     .join(", "),
                 euid,
                 missing.join(", "),
+                if euid == "0" {
+                    "its bounding set or container dropped them; grant them"
+                } else {
+                    "run it as root or grant those capabilities"
+                },
             ),
         });
     }
