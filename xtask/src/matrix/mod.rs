@@ -31,7 +31,7 @@ use vm::vm_columns;
 
 /// The test binaries the matrix runs in the guests, with the smallest `Suites` that runs each:
 /// `hooks` (with `TRACER_EXPECT_TIER`), then the scenario suites (with `TRACER_TEST_TIER`).
-const BINARIES: [(&str, Suites); 13] = [
+const BINARIES: [(&str, Suites); 15] = [
     ("hooks", Suites::Core),
     ("trace", Suites::Core),
     ("tcp", Suites::Paths),
@@ -45,6 +45,8 @@ const BINARIES: [(&str, Suites); 13] = [
     ("ipv6", Suites::All),
     ("nodelocal", Suites::All),
     ("modes", Suites::All),
+    ("lifecycle", Suites::All),
+    ("privileges", Suites::All),
 ];
 
 /// A test binary of the matrix and the tests it must run (its `--list`, filtered).
@@ -149,4 +151,24 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
         bail!("the matrix failed in {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Makes `cmd`'s process get SIGTERM when the thread that starts it ends: when `cargo xtask
+/// test` is killed (SIGTERM, SIGINT), `tracer vm run` stops its guest (its handler ends qemu and
+/// removes the guest's files) and `cargo test` stops, instead of running on without a reader.
+fn stop_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+
+    let parent = nix::unistd::getpid();
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The parent died before the prctl: nothing would signal this child.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("xtask exited"));
+            }
+            Ok(())
+        })
+    }
 }
