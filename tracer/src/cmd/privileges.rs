@@ -88,23 +88,20 @@ pub fn check(name: &str, command: &Command) -> Result<(), Error> {
         .map(|c| c.name())
         .collect();
     if !missing.is_empty() {
-        let mut why = String::new();
-        if ebpf
-            && missing
-                .iter()
-                .any(|m| *m == "CAP_BPF" || *m == "CAP_SYS_ADMIN")
-        {
-            if let Some(v) = read_trimmed("/proc/sys/kernel/unprivileged_bpf_disabled") {
-                why = format!(
-                    "; kernel.unprivileged_bpf_disabled={v}{}",
-                    if v == "0" {
-                        ""
-                    } else {
-                        ": no BPF without CAP_BPF"
-                    }
-                );
-            }
-        }
+        let bpf_missing = missing
+            .iter()
+            .any(|m| *m == "CAP_BPF" || *m == "CAP_SYS_ADMIN");
+        let why = match read_trimmed("/proc/sys/kernel/unprivileged_bpf_disabled") {
+            Some(v) if ebpf && bpf_missing => format!(
+                "; kernel.unprivileged_bpf_disabled={v}{}",
+                if v == "0" {
+                    ""
+                } else {
+                    ": no BPF without CAP_BPF"
+                }
+            ),
+            _ => String::new(),
+        };
         return Err(Error::Privileges {
             reason: format!(
                 "tracer {name} needs {}; this process (uid {}) lacks {} (effective capabilities {effective:#x}{why}): {}",
