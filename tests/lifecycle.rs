@@ -528,3 +528,61 @@ fn two_tracers_at_once_keep_their_own_results() {
     let left = tracer_leftovers(&node);
     assert!(left.is_empty(), "left: {left:?}");
 }
+
+/// Scenario: `tracer probe --lab` (traced) stopped by SIGTERM while it sends, and by SIGINT while
+/// it loads: it stops sending, exits 0 and prints its table with fewer lookups sent than asked.
+#[test]
+fn probe_stops_on_a_signal_with_its_table() {
+    const PREFIX: &str = "hl5";
+    let lab = LabGuard::up(PREFIX, Backend::Nft);
+    for (signal, after_start) in [(Signal::SIGTERM, true), (Signal::SIGINT, false)] {
+        let mut child = Command::new(TRACER)
+            .args(["probe", "--lab", "--prefix", PREFIX])
+            .args(["--rate", "100", "--duration", "60", "--timeout", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracer probe");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut guard = ChildGuard(Some(child));
+        if after_start {
+            let mut line = String::new();
+            while !line.starts_with("probing") {
+                line.clear();
+                assert!(
+                    stdout.read_line(&mut line).expect("read") > 0,
+                    "probe ended before sending"
+                );
+            }
+            thread::sleep(Duration::from_secs(1));
+        } else {
+            thread::sleep(Duration::from_millis(50));
+        }
+        kill(guard.pid(), signal).expect("signal probe");
+        let status = guard.wait(Duration::from_secs(60));
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).expect("read");
+        assert!(status.success(), "{signal}: {status:?}\n{out}");
+        let sent: u32 = out
+            .lines()
+            .skip_while(|l| !l.contains("sent"))
+            .nth(2)
+            .and_then(|l| {
+                l.trim_matches(|c: char| !c.is_ascii_digit())
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{signal}: no table:\n{out}"));
+        assert!(
+            sent < 6000,
+            "{signal}: sent {sent} of 6000: it did not stop"
+        );
+        if after_start {
+            assert!(sent > 0, "{signal}: sent nothing in a second:\n{out}");
+        }
+    }
+    drop(lab);
+    assert!(leftovers(PREFIX).is_empty());
+}
