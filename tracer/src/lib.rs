@@ -26,6 +26,8 @@
 //! - `links`: a namespace's interfaces, their kinds and veth peers (an RTM_GETLINK dump).
 //! - `netlink`: what every netlink family shares (a datagram split into its messages).
 //! - `netns`: running code inside another network namespace.
+//! - `process`: this process: SIGINT and SIGTERM as a stop request, and the owner tag (pid, start
+//!   time) on what it leaves in the kernel, told apart from a killed run's.
 pub mod cli;
 pub mod cmd;
 pub mod flow;
@@ -37,6 +39,7 @@ pub mod netlink;
 pub mod netns;
 pub mod node;
 pub mod probes;
+pub mod process;
 pub mod report;
 pub mod ruletrace;
 pub mod trace;

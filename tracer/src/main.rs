@@ -9,10 +9,25 @@ const EXIT_ERROR: i32 = 1;
 const EXIT_REGRESSION: i32 = 3;
 /// `tracer validate`: a scenario failed its checks.
 const EXIT_SCENARIO_FAILED: i32 = 4;
+/// Not root, or without the capabilities the command needs, or a kernel lockdown that forbids it.
+const EXIT_PRIVILEGES: i32 = 5;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Trace(_) | Command::Probe(_)) {
+        // Before anything else: a SIGINT or SIGTERM while loading and attaching stops the
+        // command after it, with everything removed and the summary printed.
+        if let Err(e) = tracer::process::stop_on_signals() {
+            eprintln!("error: {}", one_line(&e.into()));
+            std::process::exit(EXIT_ERROR);
+        }
+    }
+    let name = std::env::args().nth(1).unwrap_or_default();
+    if let Err(e) = tracer::cmd::privileges::check(&name, &cli.command) {
+        eprintln!("error: {e}");
+        std::process::exit(EXIT_PRIVILEGES);
+    }
     let code = run(cli.command).unwrap_or_else(|e| {
         eprintln!("error: {}", one_line(&e));
         EXIT_ERROR

@@ -38,6 +38,7 @@ pub const LAYERS: &[&str] = &[
     "links",
     "netlink",
     "netns",
+    "process",
 ];
 
 /// No source file longer than this (lines), except test modules in a file named tests.rs.

@@ -5,6 +5,7 @@
 //! - `hooks`: every program loaded (none attached), the tier this kernel gives.
 //! - `inspect`: the node's state without eBPF, as findings.
 //! - `lab`: the simulated node up, down, its status and faults.
+//! - `privileges`: what each command needs (capabilities, lockdown), checked first; exit code 5.
 //! - `probe`: DNS queries at a fixed rate through the Service, optionally traced.
 //! - `trace`: every DNS query followed until Ctrl-C or `--duration`.
 //! - `validate`: the lab's scenarios on this kernel or one booted in a VM.
@@ -13,6 +14,7 @@ pub mod compare;
 pub mod hooks;
 pub mod inspect;
 pub mod lab;
+pub mod privileges;
 pub mod probe;
 pub mod trace;
 pub mod validate;
@@ -33,6 +35,8 @@ pub enum Error {
         "no DNS Service to trace: no kube-dns Service in this node's rules; pass --service IP[:PORT], or --lab"
     )]
     NoService,
+    #[error("{reason}")]
+    Privileges { reason: String },
     #[error("invalid arguments: {reason}")]
     Usage { reason: &'static str },
     #[error("failed to load the eBPF programs to find the hook tier: {source}")]

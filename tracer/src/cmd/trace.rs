@@ -7,13 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
-
 use super::Error;
 use crate::{
     cli::{OutputFormat, TraceArgs},
     flow::record::{QueryRecord, Verdict},
-    lab, netns, node,
+    lab, netns, node, process,
     report::{
         document,
         trace::{TraceLine, line},
@@ -84,15 +82,11 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         pod_ip: args.pod_ip,
         rules: args.rules,
     };
-    // The signal handlers go in before anything is attached: Ctrl-C or SIGTERM while loading
-    // and attaching is seen by the first poll, and everything attached is removed.
+    // SIGINT and SIGTERM only ask to stop (`main` set that up first thing): one that came while
+    // loading and attaching is seen by the first poll, and everything attached is removed.
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_time()
         .build()?;
-    let signals = {
-        let _in_runtime = rt.enter();
-        Signals::new()?
-    };
     let mut tracer = Tracer::start(target.clone(), &settings)?;
     let json = args.out.format == OutputFormat::Json;
     // Buffered and flushed once per poll: with --all, a flush per line cost more than tracing.
@@ -123,7 +117,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     // With --report, the failed records are kept for it.
     let keep = args.out.report.is_some();
     let mut kept = Vec::new();
-    follow(&rt, signals, &mut tracer, deadline, |records| {
+    follow(&rt, &mut tracer, deadline, |records| {
         for r in records {
             write(&mut stdout, &r)?;
             if keep && r.verdict != Verdict::Answered {
@@ -193,28 +187,10 @@ fn header(
     Ok(())
 }
 
-/// SIGINT and SIGTERM, caught from the moment this is made (a signal before the first poll is
-/// kept for it).
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl Signals {
-    /// Must be made inside the runtime that polls it.
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-}
-
 /// Polls the tracer until SIGINT, SIGTERM or `deadline`, handing over the queries each poll
 /// completed.
 fn follow(
     rt: &tokio::runtime::Runtime,
-    mut signals: Signals,
     tracer: &mut Tracer,
     deadline: Option<Instant>,
     mut each: impl FnMut(Vec<QueryRecord>) -> Result<(), Error>,
@@ -222,15 +198,10 @@ fn follow(
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
-            tokio::select! {
-                _ = signals.interrupt.recv() => break,
-                _ = signals.terminate.recv() => break,
-                _ = tick.tick() => {
-                    each(tracer.poll()?)?;
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        break;
-                    }
-                }
+            tick.tick().await;
+            each(tracer.poll()?)?;
+            if process::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
             }
         }
         Ok(())

@@ -372,19 +372,24 @@ fn run(netns: &str, server: SocketAddr, spec: &BatchSpec) -> Result<BatchResult,
     }
     let interval = Duration::from_secs_f64(1.0 / spec.rate);
     let mut next = 0u32;
+    let mut count = spec.count;
     loop {
+        if crate::process::stop_requested() {
+            // SIGINT or SIGTERM (`tracer probe`): no more lookups; those sent get their timeout.
+            count = count.min(next);
+        }
         let now = Instant::now();
-        while next < spec.count && now >= batch.start + interval * next {
+        while next < count && now >= batch.start + interval * next {
             batch.send_lookup(next)?;
             next += 1;
         }
         batch.expire(Instant::now());
         let waiting = batch.flows.iter().any(|f| !f.waiting.is_empty());
-        if next >= spec.count && !waiting {
+        if next >= count && !waiting {
             break;
         }
         let mut wake = batch.earliest_deadline().unwrap_or(now + spec.timeout);
-        if next < spec.count {
+        if next < count {
             wake = wake.min(batch.start + interval * next);
         }
         batch.wait(wake.saturating_duration_since(Instant::now()))?;

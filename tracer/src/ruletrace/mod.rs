@@ -85,6 +85,10 @@ pub enum Error {
     Enter { source: nix::Error },
     #[error("the thread running in the trace's network namespace panicked")]
     Panicked,
+    #[error(
+        "another tracer (pid {pid}) is tracing rules in this namespace (table inet tracer_rules): one --rules trace per namespace"
+    )]
+    Busy { pid: u32 },
 }
 
 /// What to trace and how paths complete.

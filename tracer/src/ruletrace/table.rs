@@ -46,6 +46,11 @@ pub(crate) fn script(ports: &[u16], replies: bool, leftover: bool) -> String {
         out.push_str(&format!("delete table inet {TABLE}\n"));
     }
     out.push_str(&format!("table inet {TABLE} {{\n"));
+    // Whose it is: a later run deletes it only once this process is gone.
+    out.push_str(&format!(
+        "\tcomment \"tracer {}\"\n",
+        crate::process::owner_tag()
+    ));
     for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
         out.push_str(&format!(
             "\tchain {chain} {{\n\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;\n{rules}\t}}\n"
@@ -89,16 +94,31 @@ pub(crate) fn command(
 
 /// Whether the calling thread's namespace has tracer's table.
 pub(crate) fn exists() -> Result<bool, Error> {
+    Ok(listing()?.is_some())
+}
+
+/// `nft list table inet tracer_rules` in the calling thread's namespace, if the table is there.
+fn listing() -> Result<Option<String>, Error> {
     match command("nft", &["list", "table", "inet", TABLE], None) {
-        Ok(_) => Ok(true),
-        Err(Error::Command { .. }) => Ok(false),
+        Ok(out) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
+        Err(Error::Command { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Creates the table, first deleting one a killed run left (returns whether there was one).
+/// Creates the table, first deleting one a killed run left (returns whether there was one). A
+/// table whose owner (its comment's pid and start time) still runs is another tracer's: that is
+/// an error, and its table is left alone.
 pub(crate) fn create(ports: &[u16], replies: bool) -> Result<bool, Error> {
-    let leftover = exists()?;
+    let leftover = match listing()? {
+        None => false,
+        Some(text) => match crate::process::find_owner(&text) {
+            Some((pid, start)) if crate::process::owner_alive(pid, start) => {
+                return Err(Error::Busy { pid });
+            }
+            _ => true,
+        },
+    };
     if leftover {
         log::warn!("removing table inet {TABLE} left by a killed run before creating it anew");
     }

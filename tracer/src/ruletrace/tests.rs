@@ -377,6 +377,8 @@ fn rules_render_compactly() {
 fn the_table_script_only_sets_nftrace() {
     let script = table::script(&[53, 5353], true, false);
     assert!(script.starts_with("table inet tracer_rules {\n"));
+    let owner = format!("\tcomment \"tracer pid={} start=", std::process::id());
+    assert!(script.contains(&owner), "{script}");
     assert_eq!(script.matches("meta nftrace set 1").count(), 8);
     assert_eq!(script.matches("priority -350; policy accept;").count(), 2);
     assert!(script.contains("\t\tudp sport { 53, 5353 } meta nftrace set 1 comment "));

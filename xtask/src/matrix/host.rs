@@ -28,7 +28,7 @@ pub fn host_tests(
     // Release, like the demo and the binary users run: one build serves all three. The scenario
     // tests change kernel state (namespaces, conntrack, rules), so one test at a time.
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--no-fail-fast"]);
+    super::stop_with_parent(&mut cmd).args(["test", "--release", "--no-fail-fast"]);
     cmd.args(["--", "--test-threads=1"]);
     if let Some(f) = filter {
         cmd.arg(f);

@@ -31,7 +31,7 @@ use vm::vm_columns;
 
 /// The test binaries the matrix runs in the guests, with the smallest `Suites` that runs each:
 /// `hooks` (with `TRACER_EXPECT_TIER`), then the scenario suites (with `TRACER_TEST_TIER`).
-const BINARIES: [(&str, Suites); 15] = [
+const BINARIES: [(&str, Suites); 17] = [
     ("hooks", Suites::Core),
     ("trace", Suites::Core),
     ("tcp", Suites::Paths),
@@ -47,6 +47,8 @@ const BINARIES: [(&str, Suites); 15] = [
     ("modes", Suites::All),
     ("badinput", Suites::All),
     ("malformed", Suites::All),
+    ("lifecycle", Suites::All),
+    ("privileges", Suites::All),
 ];
 
 /// A test binary of the matrix and the tests it must run (its `--list`, filtered).
@@ -151,4 +153,24 @@ pub fn run(kernels: &str, filter: Option<&str>, jobs: usize) -> anyhow::Result<(
         bail!("the matrix failed in {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Makes `cmd`'s process get SIGTERM when the thread that starts it ends: when `cargo xtask
+/// test` is killed (SIGTERM, SIGINT), `tracer vm run` stops its guest (its handler ends qemu and
+/// removes the guest's files) and `cargo test` stops, instead of running on without a reader.
+fn stop_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+
+    let parent = nix::unistd::getpid();
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The parent died before the prctl: nothing would signal this child.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("xtask exited"));
+            }
+            Ok(())
+        })
+    }
 }

@@ -49,7 +49,7 @@ pub fn vm_columns(
     for k in kernels {
         println!("matrix: tracer vm prepare --kernel {k}");
         let t = Instant::now();
-        match Command::new(&ctx.tracer)
+        match super::stop_with_parent(&mut Command::new(&ctx.tracer))
             .args(["vm", "prepare", "--kernel", k])
             .output()
         {
@@ -154,7 +154,7 @@ fn vm_run(ctx: &Ctx, kernel: &str, tier: &str, suites: Suites) -> Column {
     let bound = selected(ctx, suites).map(bin_bound).sum::<Duration>() + BOOT_ALLOWANCE;
     println!("matrix: {label}: booting (bound {}s)", bound.as_secs());
     let t = Instant::now();
-    let out = Command::new(&ctx.tracer)
+    let out = super::stop_with_parent(&mut Command::new(&ctx.tracer))
         .args(["vm", "run", "--kernel", kernel])
         .args(["--timeout", &bound.as_secs().to_string()])
         .arg("--workdir")
