@@ -115,6 +115,9 @@ pub struct TraceArgs {
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Print the whole hook plan (every program, attached or why not) instead of its one line.
+    #[arg(short, long)]
+    pub verbose: bool,
     #[command(flatten)]
     pub out: Output,
 }

@@ -574,6 +574,9 @@ impl ProbeReport {
             ),
             ("lost queries sent to", by_endpoint.collect()),
         ] {
+            if rows.is_empty() {
+                continue;
+            }
             let mut t = Table::new();
             t.load_style(UTF8_BORDERS_ONLY)
                 .set_header(vec![title, "queries", "share"]);
