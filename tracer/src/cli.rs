@@ -39,6 +39,56 @@ pub enum Command {
     /// Boot another kernel (Debian's 5.10, 6.1, 6.12, a .deb or a directory) under qemu with this
     /// machine's root filesystem and run one command in it.
     Vm(VmArgs),
+    /// Diagnose DNS on this node in one run: the read-only checks, a short traced probe through
+    /// the Service IP from a pod, then one page: verdict, ranked causes with evidence and fix,
+    /// every check (exit code 0 healthy, 6 degraded, 7 broken).
+    Doctor(DoctorArgs),
+    /// Print shell completions for SHELL on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    Man,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tracer doctor --lab\n  tracer doctor --netns cni-1234 --output json\n  tracer doctor --server 10.96.0.10 --report doctor.json\n\nExit codes: 0 healthy, 6 degraded (a few queries lost, or a problem on the node), 7 broken (10 % or more lost), 1 an error, 2 bad usage."
+)]
+pub struct DoctorArgs {
+    /// Diagnose the lab: send from its client0 pod, read its node namespace.
+    #[arg(long, conflicts_with = "netns")]
+    pub lab: bool,
+    /// The lab `--lab` uses.
+    #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl")]
+    pub prefix: String,
+    /// Send from this pod network namespace (`ip netns` name); default: the first in /run/netns
+    /// with a veth `eth0` and no DNS server.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// The DNS Service, `IP[:PORT]` (default: the lab's, else the kube-dns Service in the rules).
+    #[arg(long, value_parser = parse_ip_port)]
+    pub server: Option<(IpAddr, Option<u16>)>,
+    /// Lookups the probe sends.
+    #[arg(long, default_value_t = 40)]
+    pub count: u32,
+    /// Lookups per second.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
+    /// Seconds the probe waits for each answer (over 3 s: the kernel's neighbour resolution of a
+    /// pod gone silent takes that long to give up, and the tracer then names it).
+    #[arg(long, default_value_t = 3.5)]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub out: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tracer completions bash > /etc/bash_completion.d/tracer\n  tracer completions zsh > ~/.zfunc/_tracer"
+)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where a command that reports writes its results (trace, probe, inspect, validate).

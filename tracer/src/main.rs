@@ -1,11 +1,18 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use tracer::cli::{Cli, Command};
+use tracer::{
+    cli::{Cli, Command},
+    report::doctor::Health,
+};
 
 /// `tracer validate`: a scenario failed its checks (errors exit with 1).
 const EXIT_SCENARIO_FAILED: i32 = 2;
 /// `tracer compare`: a figure regressed past its threshold (errors exit with 1).
 const EXIT_REGRESSION: i32 = 3;
+/// `tracer doctor`: DNS works but the node has a problem, or a few queries were lost.
+const EXIT_DEGRADED: i32 = 6;
+/// `tracer doctor`: DNS queries are failing (10 % or more lost).
+const EXIT_BROKEN: i32 = 7;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -35,6 +42,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Doctor(args) => {
+            match tracer::cmd::doctor::run(args).context("doctor")? {
+                Health::Healthy => {}
+                Health::Degraded => std::process::exit(EXIT_DEGRADED),
+                Health::Broken => std::process::exit(EXIT_BROKEN),
+            }
+            Ok(())
+        }
+        Command::Completions(args) => tracer::cmd::manual::completions(args).context("completions"),
+        Command::Man => tracer::cmd::manual::man().context("man"),
         Command::Vm(args) => {
             let status = tracer::cmd::vm::run(args).context("vm")?;
             std::process::exit(status);

@@ -78,7 +78,7 @@ pub struct Document {
     pub schema_version: u32,
     /// Who wrote it.
     pub tool: Tool,
-    /// The command that wrote it: `probe`, `trace`, `inspect` or `validate`.
+    /// The command that wrote it: `probe`, `trace`, `inspect`, `validate` or `doctor`.
     pub command: String,
     /// The running kernel's release (`uname -r`).
     pub kernel: String,
@@ -103,6 +103,9 @@ pub struct Document {
     /// existed read as such.
     #[serde(default)]
     pub vm: Option<VmRun>,
+    /// What `doctor` found (absent in other commands' reports and in reports written before it).
+    #[serde(default)]
+    pub doctor: Option<crate::report::doctor::Diagnosis>,
 }
 
 /// How a report's run happened in a virtual machine.
@@ -157,6 +160,7 @@ impl Document {
             conntrack_delta: None,
             validate: None,
             vm: None,
+            doctor: None,
         })
     }
 
