@@ -441,6 +441,7 @@ fn help_names_every_exit_code() {
         "3 `compare` found a regression",
         "4 a `validate` scenario failed",
         "5 missing privileges",
+        "6 `doctor` found the node degraded, 7 broken",
     ] {
         assert!(help.contains(code), "{code:?} in:\n{help}");
     }

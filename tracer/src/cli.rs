@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Every command's exit codes (README: "Exit codes").
-pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN).";
+pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN); 6 `doctor` found the node degraded, 7 broken.";
 
 /// The longest time a flag takes, in seconds (a year): more overflows time arithmetic.
 const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
@@ -45,6 +45,56 @@ pub enum Command {
     /// Boot another kernel (Debian's 5.10, 6.1, 6.12, a .deb or a directory) under qemu with this
     /// machine's root filesystem and run one command in it.
     Vm(VmArgs),
+    /// Diagnose DNS on this node in one run: the read-only checks, a short traced probe through
+    /// the Service IP from a pod, then one page: verdict, ranked causes with evidence and fix,
+    /// every check (exit code 0 healthy, 6 degraded, 7 broken).
+    Doctor(DoctorArgs),
+    /// Print shell completions for SHELL on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    Man,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tracer doctor --lab\n  tracer doctor --netns cni-1234 --output json\n  tracer doctor --server 10.96.0.10 --report doctor.json\n\nExit codes: 0 healthy, 6 degraded (a few queries lost, or a problem on the node), 7 broken (10 % or more lost), 1 an error, 2 bad usage."
+)]
+pub struct DoctorArgs {
+    /// Diagnose the lab: send from its client0 pod, read its node namespace.
+    #[arg(long, conflicts_with = "netns")]
+    pub lab: bool,
+    /// The lab `--lab` uses.
+    #[arg(long, env = "TRACER_LAB_PREFIX", default_value = "trl")]
+    pub prefix: String,
+    /// Send from this pod network namespace (`ip netns` name); default: the first in /run/netns
+    /// with a veth `eth0` and no DNS server.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// The DNS Service, `IP[:PORT]` (default: the lab's, else the kube-dns Service in the rules).
+    #[arg(long, value_parser = parse_ip_port)]
+    pub server: Option<(IpAddr, Option<u16>)>,
+    /// Lookups the probe sends.
+    #[arg(long, default_value_t = 40)]
+    pub count: u32,
+    /// Lookups per second.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
+    /// Seconds the probe waits for each answer (over 3 s: the kernel's neighbour resolution of a
+    /// pod gone silent takes that long to give up, and the tracer then names it).
+    #[arg(long, default_value_t = 3.5)]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub out: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tracer completions bash > /etc/bash_completion.d/tracer\n  tracer completions zsh > ~/.zfunc/_tracer"
+)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where a command that reports writes its results (trace, probe, inspect, validate).
@@ -121,6 +171,9 @@ pub struct TraceArgs {
     /// Stop after this many seconds (default: at Ctrl-C).
     #[arg(long, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub duration: Option<f64>,
+    /// Print the whole hook plan (every program, attached or why not) instead of its one line.
+    #[arg(short, long)]
+    pub verbose: bool,
     #[command(flatten)]
     pub out: Output,
 }

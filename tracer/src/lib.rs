@@ -6,6 +6,8 @@
 //! - `cmd`: one file per command: arguments -> domain call -> rendering (`main` maps the results
 //!   to exit codes).
 //! - `cli`: every command-line type (clap only).
+//! - `doctor`: the checks and a traced probe from a pod, judged: verdict, ranked causes with
+//!   evidence and fix, one line per check.
 //! - `validate`: the lab's scenarios, each on a fresh lab, checked for detection and attribution.
 //! - `trace`: a running trace (hooks -> records -> correlator -> per-query records -> summary),
 //!   and DNS batches sent while it watches.
@@ -30,6 +32,7 @@
 //!   time) on what it leaves in the kernel, told apart from a killed run's.
 pub mod cli;
 pub mod cmd;
+pub mod doctor;
 pub mod flow;
 pub mod kernel;
 pub mod lab;

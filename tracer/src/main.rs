@@ -1,6 +1,9 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use tracer::cli::{Cli, Command};
+use tracer::{
+    cli::{Cli, Command},
+    report::doctor::Health,
+};
 
 /// Any error: one line on stderr, `error: <command>: <what failed>: <why>`.
 const EXIT_ERROR: i32 = 1;
@@ -11,6 +14,10 @@ const EXIT_REGRESSION: i32 = 3;
 const EXIT_SCENARIO_FAILED: i32 = 4;
 /// Not root, or without the capabilities the command needs, or a kernel lockdown that forbids it.
 const EXIT_PRIVILEGES: i32 = 5;
+/// `tracer doctor`: DNS works but the node has a problem, or a few queries were lost.
+const EXIT_DEGRADED: i32 = 6;
+/// `tracer doctor`: DNS queries are failing (10 % or more lost).
+const EXIT_BROKEN: i32 = 7;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -60,6 +67,17 @@ fn run(command: Command) -> anyhow::Result<i32> {
                 return Ok(EXIT_SCENARIO_FAILED);
             }
         }
+        Command::Doctor(args) => {
+            return Ok(match tracer::cmd::doctor::run(args).context("doctor")? {
+                Health::Healthy => 0,
+                Health::Degraded => EXIT_DEGRADED,
+                Health::Broken => EXIT_BROKEN,
+            });
+        }
+        Command::Completions(args) => {
+            tracer::cmd::manual::completions(args).context("completions")?
+        }
+        Command::Man => tracer::cmd::manual::man().context("man")?,
         Command::Vm(args) => return tracer::cmd::vm::run(args).context("vm"),
     }
     Ok(0)

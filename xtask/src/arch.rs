@@ -24,6 +24,7 @@ pub const LAYERS: &[&str] = &[
     "main",
     "cmd",
     "cli",
+    "doctor",
     "validate",
     "trace",
     "report",

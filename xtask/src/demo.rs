@@ -1,12 +1,14 @@
-//! The README's main job on the lab: healthy DNS, one fault, where the queries died, teardown.
+//! The README's main job on the lab: `tracer doctor` on a healthy node, then on two faults (each
+//! page under a screen), teardown. The whole output fits in three screens of 50 lines.
 
-use std::{process::Command, thread::sleep, time::Duration};
+use std::process::Command;
 
 use anyhow::Context as _;
 
 use crate::sh;
 
-/// The demo's own lab, so that it never touches a lab someone else has up.
+/// The demo's own lab, so that it never touches a lab someone else has up
+/// (`TRACER_DEMO_PREFIX` names another).
 const PREFIX: &str = "trdemo";
 
 fn tracer() -> Command {
@@ -14,7 +16,8 @@ fn tracer() -> Command {
         env!("CARGO_MANIFEST_DIR"),
         "/../target/release/tracer"
     ));
-    c.env("TRACER_LAB_PREFIX", PREFIX);
+    let prefix = std::env::var("TRACER_DEMO_PREFIX").unwrap_or_else(|_| PREFIX.to_owned());
+    c.env("TRACER_LAB_PREFIX", prefix);
     c
 }
 
@@ -31,36 +34,41 @@ fn step(title: &str) {
     println!("\n=== {title}");
 }
 
-/// Traces the lab while the client pod sends `count` queries to the Service IP.
-fn trace_while_probing(count: &str) -> anyhow::Result<()> {
-    let mut trace = tracer()
-        .args(["trace", "--lab", "--duration", "4", "--timeout", "1.5"])
-        .spawn()
-        .context("failed to start tracer trace")?;
-    // Attaching takes well under a second; give it one before the first query.
-    sleep(Duration::from_secs(1));
-    // The probe only counts (it can trace too): the trace above says where each lost query died.
-    let probe = sh(tracer().args(["probe", "--lab", "--no-trace", "--count", count]));
-    let traced = trace.wait().context("failed to wait for tracer trace")?;
-    probe?;
-    anyhow::ensure!(traced.success(), "tracer trace failed: {traced}");
+/// `tracer doctor --lab`, which must exit with `expected` (0 healthy, 7 broken).
+fn doctor(expected: i32) -> anyhow::Result<()> {
+    let status = tracer()
+        .args(["doctor", "--lab", "--count", "20", "--rate", "40"])
+        .status()
+        .context("failed to start tracer doctor")?;
+    anyhow::ensure!(
+        status.code() == Some(expected),
+        "tracer doctor exited with {status}, expected {expected}"
+    );
     Ok(())
 }
 
 pub fn run() -> anyhow::Result<()> {
     sh(crate::cargo().args(["build", "--release", "-p", "tracer"]))?;
     step("lab up: a node with kube-proxy's rules (iptables-nft), two CoreDNS pods, one client pod");
-    sh(tracer().args(["lab", "up"]))?;
+    sh(tracer()
+        .args(["lab", "up"])
+        .stdout(std::process::Stdio::null()))?;
     let _guard = LabGuard;
-    step("healthy: 20 queries from the client pod to the Service IP, traced");
-    trace_while_probing("20")?;
-    step("fault: a DROP in filter FORWARD for DNS to CoreDNS pod dns0");
-    sh(tracer().args(["lab", "fault", "filter-drop", "--pod", "0"]))?;
-    trace_while_probing("20")?;
-    step("fault: kube-proxy's REJECT for a Service without endpoints");
-    sh(tracer().args(["lab", "fault", "clear"]))?;
-    sh(tracer().args(["lab", "fault", "no-endpoints"]))?;
-    trace_while_probing("10")?;
+    step("healthy: `tracer doctor --lab` (exit code 0)");
+    doctor(0)?;
+    step("fault filter-drop: a DROP in filter FORWARD for DNS to the CoreDNS pods (exit code 7)");
+    sh(tracer()
+        .args(["lab", "fault", "filter-drop"])
+        .stdout(std::process::Stdio::null()))?;
+    doctor(7)?;
+    step("fault pod-down: the DNS server in pod dns0 stopped (exit code 7)");
+    sh(tracer()
+        .args(["lab", "fault", "clear"])
+        .stdout(std::process::Stdio::null()))?;
+    sh(tracer()
+        .args(["lab", "fault", "pod-down"])
+        .stdout(std::process::Stdio::null()))?;
+    doctor(7)?;
     step("lab down");
     Ok(())
 }

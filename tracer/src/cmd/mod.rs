@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //! - `compare`: two reports side by side, exit code 3 on a regression.
+//! - `doctor`: the checks and a traced probe from a pod, one page: verdict, causes, checks.
 //! - `hooks`: every program loaded (none attached), the tier this kernel gives.
 //! - `inspect`: the node's state without eBPF, as findings.
+//! - `manual`: shell completions and the man page, from the clap definitions.
 //! - `lab`: the simulated node up, down, its status and faults.
 //! - `privileges`: what each command needs (capabilities, lockdown), checked first; exit code 5.
 //! - `probe`: DNS queries at a fixed rate through the Service, optionally traced.
@@ -11,9 +13,11 @@
 //! - `validate`: the lab's scenarios on this kernel or one booted in a VM.
 //! - `vm`: another kernel under qemu, one command run in it.
 pub mod compare;
+pub mod doctor;
 pub mod hooks;
 pub mod inspect;
 pub mod lab;
+pub mod manual;
 pub mod privileges;
 pub mod probe;
 pub mod trace;
@@ -51,6 +55,8 @@ pub enum Error {
     Measure(#[from] crate::measure::Error),
     #[error(transparent)]
     Validate(#[from] crate::validate::Error),
+    #[error(transparent)]
+    Doctor(#[from] crate::doctor::Error),
     #[error(transparent)]
     Vm(#[from] crate::vm::Error),
     #[error(transparent)]

@@ -37,7 +37,7 @@ const EBPF: &[Cap] = &[Cap::Bpf, Cap::Perfmon, Cap::NetAdmin, Cap::SysAdmin];
 /// The capabilities `command` needs, and whether it loads eBPF.
 fn needs(command: &Command) -> (&'static [Cap], bool) {
     match command {
-        Command::Trace(_) => (EBPF, true),
+        Command::Trace(_) | Command::Doctor(_) => (EBPF, true),
         Command::Hooks(_) => (&[Cap::Bpf, Cap::Perfmon, Cap::NetAdmin], true),
         Command::Probe(a) if !a.no_trace => (EBPF, true),
         Command::Probe(a) if a.lab || a.netns.is_some() => (&[Cap::SysAdmin], false),

@@ -101,7 +101,7 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
             },
         )?;
     } else {
-        header(&mut stdout, &target, &tracer, args.slow_ms)?;
+        header(&mut stdout, &target, &tracer, &args)?;
     }
     stdout.flush()?;
     let write = |out: &mut dyn Write, r: &QueryRecord| -> Result<(), Error> {
@@ -156,8 +156,9 @@ fn header(
     out: &mut dyn Write,
     target: &Target,
     tracer: &Tracer,
-    slow_ms: u64,
+    args: &TraceArgs,
 ) -> Result<(), Error> {
+    let slow_ms = args.slow_ms;
     writeln!(
         out,
         "tracing DNS to {} (pod links in {}), {:.0} ms to attach",
@@ -169,7 +170,11 @@ fn header(
             .unwrap_or("this namespace"),
         tracer.attach_time().as_secs_f64() * 1000.0
     )?;
-    write!(out, "{}", tracer.plan())?;
+    if args.verbose {
+        write!(out, "{}", tracer.plan())?;
+    } else {
+        writeln!(out, "{}", tracer.plan().one_line())?;
+    }
     let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
     let tier = (tracer.plan().tier, "as attached by this trace".to_owned());
     match node::inspect_with_tier(links, Some(tier)) {

@@ -292,6 +292,10 @@ pub struct ModeEvidence {
     pub nft_kube_proxy_table: bool,
     /// `KUBE-SVC-*` chains in a nat table of either backend.
     pub svc_chains: usize,
+    /// A `KUBE-SERVICES` chain in a nat or filter table of either backend: iptables mode even
+    /// when no Service has endpoints (kube-proxy then writes no `KUBE-SVC-*` chain, only its
+    /// REJECT rules).
+    pub kube_services: bool,
 }
 
 /// The mode the evidence points to (nftables before ipvs before iptables: newer modes leave the
@@ -301,7 +305,7 @@ pub fn mode(e: &ModeEvidence) -> ProxyMode {
         ProxyMode::Nftables
     } else if e.kube_ipvs0 || e.kube_ipsets {
         ProxyMode::Ipvs
-    } else if e.svc_chains > 0 {
+    } else if e.svc_chains > 0 || e.kube_services {
         ProxyMode::Iptables
     } else {
         ProxyMode::Unknown
@@ -325,6 +329,10 @@ pub fn mode_evidence<'a>(
         e.kube_ipsets |= save
             .rules()
             .any(|(_, r)| r.text.contains("--match-set KUBE-"));
+        e.kube_services |= ["nat", "filter"].iter().any(|name| {
+            save.table(name)
+                .is_some_and(|t| t.chains.iter().any(|c| c == "KUBE-SERVICES"))
+        });
         e.svc_chains += save.table("nat").map_or(0, |t| {
             t.chains
                 .iter()
@@ -624,6 +632,11 @@ mod tests {
         let text = "*filter\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment \"kube-system/kube-dns:dns has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
         let svc = dns_service(&parse_save(text).unwrap()).unwrap();
         assert!(svc.rejects && svc.endpoints.is_empty() && svc.svc_chain.is_none());
+        // No KUBE-SVC- chain is left, but kube-proxy's KUBE-SERVICES says iptables mode.
+        assert_eq!(
+            mode(&mode_evidence([&parse_save(text).unwrap()], false, &[])),
+            ProxyMode::Iptables
+        );
         assert_eq!(
             (svc.name.as_str(), svc.ip),
             (DNS_PORT_NAME, IpAddr::from([10, 96, 0, 10]))

@@ -8,6 +8,8 @@
 //! - `facts`: kernel and OS release, BTF and hook tier, br_netfilter, rp_filter, UDP timeouts.
 //! - `findings`: one rule function per area (backend, kube-proxy, conntrack, kernel), each
 //!   returning findings with typed evidence.
+//! - `host`: what doctor reads beside inspect: netfilter modules, `xtables-multi`, kube-proxy's
+//!   process and config, the kernel log's conntrack-full lines.
 //! - `inspect`: the report (facts, backends, DNS Service, conntrack, findings); the DNS Service and
 //!   its rule counters for `tracer trace`.
 //! - `ipvs`: IPVS virtual services and real servers over generic netlink (read here, written by
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod conntrack;
 pub mod facts;
 pub mod findings;
+pub mod host;
 pub mod inspect;
 pub mod ipv6;
 pub mod ipvs;

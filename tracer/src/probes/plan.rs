@@ -143,6 +143,51 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The plan in one line: `hooks: tracepoint tier — TC on 3 pod links, kfree_skb, icmp_send;
+    /// deep hooks off: no kprobes, no fentry`. The whole plan is its `Display`.
+    pub fn one_line(&self) -> String {
+        let mut on: Vec<String> = Vec::new();
+        for o in &self.outcomes {
+            let Fate::Attached { to } = &o.fate else {
+                continue;
+            };
+            let what = match o.hook {
+                Hook::TcIngress | Hook::TcEgress => {
+                    let n = to.split(' ').next().unwrap_or("0");
+                    format!("TC on {n} pod link{}", if n == "1" { "" } else { "s" })
+                }
+                _ => to.rsplit(['/', ':']).next().unwrap_or(to).to_owned(),
+            };
+            if !on.contains(&what) {
+                on.push(what);
+            }
+        }
+        let skipped = |hooks: &[Hook]| {
+            self.outcomes
+                .iter()
+                .any(|o| hooks.contains(&o.hook) && !matches!(o.fate, Fate::Attached { .. }))
+        };
+        let mut off = Vec::new();
+        if self.tier == Tier::Tracepoint && skipped(&[Hook::Kprobe, Hook::Kretprobe]) {
+            off.push("no kprobes");
+        }
+        if self.tier != Tier::Fentry && skipped(&[Hook::Fexit]) {
+            off.push("no fentry");
+        }
+        let off = if off.is_empty() {
+            String::new()
+        } else {
+            format!("; deep hooks off: {}", off.join(", "))
+        };
+        format!(
+            "hooks: {} tier — {}{off} (-v: every program)",
+            self.tier,
+            on.join(", ")
+        )
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hook tier: {}", self.tier)?;
@@ -202,5 +247,37 @@ mod tests {
             Tier::Tracepoint,
             "a verify-only plan attached nothing"
         );
+    }
+
+    #[test]
+    fn one_line_names_the_tier_the_attached_hooks_and_what_is_off() {
+        let outcomes = PROBES
+            .iter()
+            .map(|p| {
+                let fate = match p.hook {
+                    Hook::TcIngress | Hook::TcEgress => Fate::Attached {
+                        to: "3 links: c0 d0 d1".into(),
+                    },
+                    Hook::Tracepoint => Fate::Attached {
+                        to: format!("tracepoint skb/{}", p.program),
+                    },
+                    _ => Fate::Skipped {
+                        reason: "no kprobe PMU".into(),
+                    },
+                };
+                Outcome::new(p, fate)
+            })
+            .collect();
+        let line = Plan::from_outcomes(outcomes).one_line();
+        assert!(
+            line.starts_with("hooks: tracepoint tier — TC on 3 pod links, "),
+            "{line}"
+        );
+        assert_eq!(line.matches("TC on").count(), 1, "{line}");
+        assert!(
+            line.contains("deep hooks off: no kprobes, no fentry"),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1);
     }
 }

@@ -216,13 +216,17 @@ impl TraceSummary {
                 self.retried_over_tcp, self.truncated_answers
             );
         }
-        let mut t = Table::new();
-        t.load_style(UTF8_BORDERS_ONLY)
-            .set_header(vec!["verdict", "queries"]);
-        for (v, n) in &self.by_verdict {
-            t.add_row(vec![v.to_string(), n.to_string()]);
+        // Only failed and slow queries have records (every query with --all): a healthy trace
+        // has none, and no table.
+        if !self.by_verdict.is_empty() {
+            let mut t = Table::new();
+            t.load_style(UTF8_BORDERS_ONLY)
+                .set_header(vec!["verdict", "queries"]);
+            for (v, n) in &self.by_verdict {
+                t.add_row(vec![v.to_string(), n.to_string()]);
+            }
+            let _ = writeln!(s, "{t}");
         }
-        let _ = writeln!(s, "{t}");
         if !self.by_cause.is_empty() {
             let mut t = Table::new();
             t.load_style(UTF8_BORDERS_ONLY)

@@ -31,7 +31,7 @@ use vm::vm_columns;
 
 /// The test binaries the matrix runs in the guests, with the smallest `Suites` that runs each:
 /// `hooks` (with `TRACER_EXPECT_TIER`), then the scenario suites (with `TRACER_TEST_TIER`).
-const BINARIES: [(&str, Suites); 17] = [
+const BINARIES: [(&str, Suites); 18] = [
     ("hooks", Suites::Core),
     ("trace", Suites::Core),
     ("tcp", Suites::Paths),
@@ -49,6 +49,7 @@ const BINARIES: [(&str, Suites); 17] = [
     ("malformed", Suites::All),
     ("lifecycle", Suites::All),
     ("privileges", Suites::All),
+    ("doctor", Suites::All),
 ];
 
 /// A test binary of the matrix and the tests it must run (its `--list`, filtered).

@@ -247,8 +247,8 @@ impl fmt::Display for Evidence {
             ),
             Evidence::ProxyMode(e) => write!(
                 f,
-                "KUBE-SVC-* chains: {}, KUBE-* ipsets in rules: {}, kube-ipvs0: {}, nftables table kube-proxy: {}",
-                e.svc_chains, e.kube_ipsets, e.kube_ipvs0, e.nft_kube_proxy_table
+                "KUBE-SVC-* chains: {}, KUBE-SERVICES chain: {}, KUBE-* ipsets in rules: {}, kube-ipvs0: {}, nftables table kube-proxy: {}",
+                e.svc_chains, e.kube_services, e.kube_ipsets, e.kube_ipvs0, e.nft_kube_proxy_table
             ),
             Evidence::NoEndpointsReject(name) => write!(
                 f,

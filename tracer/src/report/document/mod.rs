@@ -80,7 +80,7 @@ pub struct Document {
     pub schema_version: u32,
     /// Who wrote it.
     pub tool: Tool,
-    /// The command that wrote it: `probe`, `trace`, `inspect` or `validate`.
+    /// The command that wrote it: `probe`, `trace`, `inspect`, `validate` or `doctor`.
     pub command: String,
     /// The running kernel's release (`uname -r`).
     pub kernel: String,
@@ -105,6 +105,9 @@ pub struct Document {
     /// existed read as such.
     #[serde(default)]
     pub vm: Option<VmRun>,
+    /// What `doctor` found (absent in other commands' reports and in reports written before it).
+    #[serde(default)]
+    pub doctor: Option<crate::report::doctor::Diagnosis>,
 }
 
 /// How a report's run happened in a virtual machine.
@@ -159,6 +162,7 @@ impl Document {
             conntrack_delta: None,
             validate: None,
             vm: None,
+            doctor: None,
         })
     }
 
@@ -612,6 +616,9 @@ impl ProbeReport {
             ),
             ("lost queries sent to", by_endpoint.collect()),
         ] {
+            if rows.is_empty() {
+                continue;
+            }
             let mut t = Table::new();
             t.load_style(UTF8_BORDERS_ONLY)
                 .set_header(vec![title, "queries", "share"]);
