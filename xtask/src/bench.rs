@@ -19,13 +19,14 @@ mod report;
 mod traced;
 mod vm;
 
+pub use traced::ChildGuard;
 pub use vm::{GuestArgs, GuestPlan, guest as vm_guest};
 
 use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     thread::sleep,
     time::{Duration, Instant},
@@ -135,40 +136,6 @@ fn catch_signals() -> anyhow::Result<()> {
         unsafe { sigaction(sig, &action) }.with_context(|| format!("failed to catch {sig}"))?;
     }
     Ok(())
-}
-
-/// A child process stopped (SIGINT, then SIGKILL after 5 s) and reaped when dropped.
-pub struct ChildGuard {
-    name: &'static str,
-    /// The process.
-    pub child: Child,
-}
-
-impl ChildGuard {
-    /// Owns `child`.
-    pub fn new(name: &'static str, child: Child) -> Self {
-        Self { name, child }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        eprintln!("bench: {} ignored SIGINT for 5 s, killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Tears the bench's lab down however the bench ends.
@@ -419,6 +386,31 @@ impl Bench {
         Ok(run)
     }
 
+    /// Every round: each mode once, the order rotated each round so that no mode always runs
+    /// first or last.
+    fn rounds(&self, plan: &Plan, load: Load) -> anyhow::Result<Vec<Run>> {
+        let all: Vec<Mode> = Mode::ALL
+            .into_iter()
+            .filter(|m| *m != Mode::Baseline || self.baseline.is_some())
+            .collect();
+        let n = all.len();
+        let mut runs = Vec::new();
+        for round in 1..=plan.rounds {
+            for mode in (0..n).map(|i| all[(i + round as usize - 1) % n]) {
+                let r = self.run(round, mode, load, plan.seconds)?;
+                println!(
+                    "bench: round {round} {:<13} {:>8.0} qps {:>7.0} us avg, {} lost",
+                    mode.name(),
+                    r.dns.qps,
+                    r.dns.latency_us,
+                    r.dns.lost
+                );
+                runs.push(r);
+            }
+        }
+        Ok(runs)
+    }
+
     /// The highest-rate load that lost nothing (else the one that lost least).
     fn calibrate(&self, plan: &Plan) -> anyhow::Result<(Load, Vec<(Load, dnsperf::Outcome)>)> {
         let mut tried = Vec::new();
@@ -581,14 +573,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     check_interrupted()?;
     let target = target_dir(&root);
     let tracer = target.join("release/tracer");
-    let baseline = match opts.baseline.as_deref() {
-        Some("none") => None,
-        Some(rev) => Some(rev),
-        None if !plan.quick && opts.vm.is_none() => Some(baseline::REFERENCE),
-        None => None,
-    }
-    .map(|rev| baseline::build(&root, &target, rev))
-    .transpose()?;
+    let default = !plan.quick && opts.vm.is_none();
+    let baseline = baseline::chosen(opts.baseline.as_deref(), default)
+        .map(|rev| baseline::build(&root, &target, rev))
+        .transpose()?;
     check_interrupted()?;
     if let Some(kernel) = &opts.vm {
         let md = run_vm(&root, &target, &tracer, kernel, &opts)?;
@@ -634,27 +622,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     );
     let stats = measure::BpfStats::enable()?;
     let progs_before = measure::progs()?;
-    let mut runs = Vec::new();
-    for round in 1..=plan.rounds {
-        // Rotate the order each round, so that no mode always runs first or last.
-        let all: Vec<Mode> = Mode::ALL
-            .into_iter()
-            .filter(|m| *m != Mode::Baseline || bench.baseline.is_some())
-            .collect();
-        let n = all.len();
-        let modes: Vec<Mode> = (0..n).map(|i| all[(i + round as usize - 1) % n]).collect();
-        for mode in modes {
-            let r = bench.run(round, mode, load, plan.seconds)?;
-            println!(
-                "bench: round {round} {:<13} {:>8.0} qps {:>7.0} us avg, {} lost",
-                mode.name(),
-                r.dns.qps,
-                r.dns.latency_us,
-                r.dns.lost
-            );
-            runs.push(r);
-        }
-    }
+    let runs = bench.rounds(&plan, load)?;
     let ours: Vec<u32> = runs
         .iter()
         .flat_map(|r: &Run| r.prog_ids.iter().copied())

@@ -188,15 +188,13 @@ fn tcp4<R: Fn(usize) -> Option<[u8; TCP_MESSAGE_START]>>(
     tcp(addrs, &t, l4_len, read, syns)
 }
 
-/// Bytes after the DNS header by the UDP length; `None` when the datagram is shorter than the UDP
-/// and DNS headers, or longer than the IP packet says follows its header (`l4_len`): malformed.
+/// Bytes after the DNS header by the UDP length; `None` (malformed) outside [headers, `l4_len`].
 #[inline(always)]
 fn question_avail(udp: &UdpHdr, l4_len: usize) -> Option<usize> {
     let len = u16::from_be_bytes(udp.len) as usize;
-    if len > l4_len {
-        return None;
-    }
-    len.checked_sub(UdpHdr::LEN + DNS_HEADER_LEN)
+    (len <= l4_len)
+        .then_some(len)?
+        .checked_sub(UdpHdr::LEN + DNS_HEADER_LEN)
 }
 
 /// The bytes an IPv4 packet says follow its header (`tot_len` less the header).
@@ -205,9 +203,8 @@ fn l4_len4(ip: &Ipv4Hdr, ihl: usize) -> usize {
     (u16::from_be_bytes(ip.tot_len) as usize).saturating_sub(ihl)
 }
 
-/// A query must ask exactly one question (RFC 1035 allows more, no server answers them): one
-/// that asks none or several is not read as a query. Answers are left alone (an error answer
-/// may carry no question).
+/// A query asks exactly one question (RFC 1035 allows more; no server answers them). Answers are
+/// left alone: an error answer may carry no question.
 #[inline(always)]
 fn one_question(dns: &[u8; DNS_HEADER_LEN]) -> bool {
     dns[2] & 0x80 != 0 || u16::from_be_bytes([dns[4], dns[5]]) == 1

@@ -14,6 +14,16 @@ use anyhow::{Context as _, bail};
 /// may not cost more than 10 % more than it did there).
 pub const REFERENCE: &str = "e073dc2";
 
+/// The revision to build: the one asked for (`none`: no baseline), else `REFERENCE` when
+/// `default`.
+pub fn chosen(asked: Option<&str>, default: bool) -> Option<&str> {
+    match asked {
+        Some("none") => None,
+        Some(rev) => Some(rev),
+        None => default.then_some(REFERENCE),
+    }
+}
+
 /// A built baseline.
 #[derive(Debug, Clone)]
 pub struct Baseline {

@@ -6,7 +6,7 @@ use std::{
     collections::VecDeque,
     io::{BufRead as _, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{ChildGuard, Mode, check_interrupted};
+use super::{Mode, check_interrupted};
 
 /// Lines kept from the end of the output (the summary); the lines before the attach marker are
 /// all kept, the ones between are only counted (with `--all` there is one per query).
@@ -365,6 +365,40 @@ pub fn bpftrace_packets(cap: &Captured) -> u64 {
                 .and_then(|(_, n)| n.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// A child process stopped (SIGINT, then SIGKILL after 5 s) and reaped when dropped.
+pub struct ChildGuard {
+    name: &'static str,
+    /// The process.
+    pub child: Child,
+}
+
+impl ChildGuard {
+    /// Owns `child`.
+    pub fn new(name: &'static str, child: Child) -> Self {
+        Self { name, child }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: {} ignored SIGINT for 5 s, killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]
