@@ -139,6 +139,10 @@ fn out_of_range_numbers_are_usage_errors() {
         (&["probe", "--timeout", "0"], "out of range"),
         (&["probe", "--duration", "nan"], "out of range"),
         (&["probe", "--type", "BOGUS"], "unknown query type"),
+        (&["doctor", "--count", "0"], "--count"),
+        (&["doctor", "--rate", "-1"], "out of range"),
+        (&["doctor", "--timeout", "inf"], "out of range"),
+        (&["doctor", "--server", "10.96.0.300"], "--server"),
         (
             &["compare", "--max-loss-increase", "nan", "a", "b"],
             "out of range",

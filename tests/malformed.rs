@@ -128,6 +128,27 @@ fn send_raw(
 }
 
 /// Starts the tracer on the lab (every query recorded), sends, waits out the timeout, stops.
+/// Each of `cases` (client port, what it is, the packet) was counted as unparseable at least
+/// once (at the client's link), and no record claims its port.
+fn assert_counted_never_a_query(
+    records: &[QueryRecord],
+    summary: &TraceSummary,
+    cases: &[(u16, &str, Vec<u8>)],
+) {
+    assert!(
+        summary.counters.parse_errors >= cases.len() as u64,
+        "each unreadable packet is counted at least once: {:?}",
+        summary.counters
+    );
+    for (port, what, _) in cases {
+        let claimed: Vec<_> = records
+            .iter()
+            .filter(|r| r.client.port() == *port)
+            .collect();
+        assert!(claimed.is_empty(), "{what} is no query: {claimed:?}");
+    }
+}
+
 fn traced(
     lab: &LabGuard,
     send: impl FnOnce() -> (usize, Vec<UdpSocket>),
@@ -223,18 +244,7 @@ fn unreadable_packets_are_counted_and_never_a_query() {
         )
     });
     assert_eq!(sent, all.len(), "the kernel took every packet");
-    assert!(
-        summary.counters.parse_errors >= bad.len() as u64,
-        "each unreadable packet is counted at least once (at the client's link): {:?}",
-        summary.counters
-    );
-    for (port, what, _) in &bad {
-        let claimed: Vec<_> = records
-            .iter()
-            .filter(|r| r.client.port() == *port)
-            .collect();
-        assert!(claimed.is_empty(), "{what} is no query: {claimed:?}");
-    }
+    assert_counted_never_a_query(&records, &summary, &bad);
     let with_options: Vec<_> = records
         .iter()
         .filter(|r| r.client.port() == 41010)
@@ -288,16 +298,5 @@ fn bad_counts_and_lying_lengths_are_counted_and_never_a_query() {
         )
     });
     assert_eq!(sent, all.len(), "the kernel took every packet");
-    assert!(
-        summary.counters.parse_errors >= cases.len() as u64,
-        "{:?}",
-        summary.counters
-    );
-    for (port, what, _) in &cases {
-        let claimed: Vec<_> = records
-            .iter()
-            .filter(|r| r.client.port() == *port)
-            .collect();
-        assert!(claimed.is_empty(), "{what} is no query: {claimed:?}");
-    }
+    assert_counted_never_a_query(&records, &summary, &cases);
 }

@@ -74,14 +74,14 @@ pub struct DoctorArgs {
     #[arg(long, value_parser = parse_ip_port)]
     pub server: Option<(IpAddr, Option<u16>)>,
     /// Lookups the probe sends.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
-    /// Lookups per second.
-    #[arg(long, default_value_t = 40.0)]
+    /// Lookups per second (0.01 to 1000000).
+    #[arg(long, default_value_t = 40.0, value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: f64,
     /// Seconds the probe waits for each answer (over 3 s: the kernel's neighbour resolution of a
     /// pod gone silent takes that long to give up, and the tracer then names it).
-    #[arg(long, default_value_t = 3.5)]
+    #[arg(long, default_value_t = 3.5, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: f64,
     #[command(flatten)]
     pub out: Output,
