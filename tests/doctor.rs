@@ -121,6 +121,18 @@ fn expectations(prefix: &str, backend: Backend) -> Vec<Expect> {
             "conntrack -D -p udp",
         ),
         e(
+            FaultName::PolicyDrop,
+            "blocking-rule",
+            "cali-tw-",
+            &format!("{iptables} -t filter -D cali-tw-"),
+        ),
+        e(
+            FaultName::ThrottledServer,
+            "conntrack-expired",
+            "nf_conntrack_udp_timeout: 1 s",
+            "net.netfilter.nf_conntrack_udp_timeout=30",
+        ),
+        e(
             FaultName::MixedBackend,
             "stale-rules",
             "sent to: 10.244.0.99",

@@ -401,8 +401,10 @@ fn a_local_query_dropped_in_output_names_the_output_rule() {
     assert_eq!(path.steps.len(), 1, "{path:#?}");
 }
 
-// Scenario: a trace is killed (forgotten: its Drop never runs) and leaves its table; the next
-// start removes it first, and that trace's drop leaves the ruleset as it was before either.
+// Scenario: a trace's Drop never runs (forgotten) and its table stays. While its process lives
+// the table is its owner's and the next start is refused; once the owner is a process that is gone
+// (the table a killed run leaves, its comment naming a reaped child), the next start removes it
+// first, and that trace's drop leaves the ruleset as it was before either.
 #[test]
 fn a_killed_traces_table_is_removed_by_the_next_start() {
     let _ns = NsPair::up();
@@ -415,6 +417,28 @@ fn a_killed_traces_table_is_removed_by_the_next_start() {
     });
     assert_eq!(leftovers_b(), ["nft table inet tracer_rules"]);
     assert_ne!(ns_run(B, "nft", &["list", "ruleset"]), before);
+    let busy = in_ns(B, || RuleTrace::start(Options::default()).err());
+    assert!(
+        matches!(busy, Some(ruletrace::Error::Busy { pid }) if pid == std::process::id()),
+        "a live owner's table is not taken: {busy:?}"
+    );
+
+    // The same table as a killed run leaves it: owned by a process that has exited.
+    let mut gone = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead = gone.id();
+    gone.wait().expect("reap true");
+    let listing = ns_run(B, "nft", &["list", "table", "inet", "tracer_rules"]);
+    let owned = listing.replace(
+        &format!("pid={}", std::process::id()),
+        &format!("pid={dead}"),
+    );
+    assert_ne!(owned, listing, "the table names its owner: {listing}");
+    let script = std::env::temp_dir().join(format!("hr-rt-killed-{}.nft", std::process::id()));
+    std::fs::write(&script, format!("delete table inet tracer_rules\n{owned}")).expect("write");
+    ns_run(B, "nft", &["-f", &script.to_string_lossy()]);
+    std::fs::remove_file(&script).expect("remove the script");
 
     let trace = in_ns(B, || {
         let trace = RuleTrace::start(Options::default()).expect("start the second trace");

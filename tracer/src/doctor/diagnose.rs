@@ -9,7 +9,7 @@ use std::{
 
 use super::checks::HostFacts;
 use crate::{
-    flow::record::{QueryRecord, Stage},
+    flow::record::{Leg, QueryRecord, Stage},
     node::{Backend, RuleCounter, inspect::Report, inspect::Severity},
     report::{doctor::Cause, trace::TraceSummary},
 };
@@ -35,6 +35,9 @@ enum Kind {
     StaleConntrack,
     /// Dropped at conntrack (a full table).
     ConntrackFull,
+    /// The answer came after its query's conntrack entry expired (from this pod): the DNAT could
+    /// not be undone and the client refused it.
+    ExpiredEntry(Option<IpAddr>),
     /// DNATed to an address that is no endpoint of the Service: stale rules.
     StaleRules(IpAddr),
     /// The Service has no endpoints: kube-proxy's REJECT.
@@ -95,7 +98,12 @@ fn classify(r: &QueryRecord, j: &Judge) -> Kind {
     if r.endpoint.is_some_and(|e| j.stale_entries_to.contains(&e)) {
         return Kind::StaleConntrack;
     }
+    // On the answer leg, the conntrack stage is an entry that expired before its answer came
+    // (trace/expiry.rs); a full table refuses the query's new flow.
     if stage == Some(Stage::Conntrack) {
+        if r.drop.as_ref().is_some_and(|d| d.leg == Leg::Answer) {
+            return Kind::ExpiredEntry(r.endpoint);
+        }
         return Kind::ConntrackFull;
     }
     if let Some(ip) = target {
@@ -256,6 +264,7 @@ fn cause(ctx: &Context, kind: &Kind, records: &[&QueryRecord]) -> Cause {
     let (id, title, fix) = match kind {
         Kind::StaleConntrack => stale_conntrack(ctx, records, &mut evidence),
         Kind::ConntrackFull => conntrack_full(ctx, &mut evidence),
+        Kind::ExpiredEntry(ip) => expired_entry(ctx, *ip, &mut evidence),
         Kind::StaleRules(ip) => stale_rules(ctx, *ip, &mut evidence),
         Kind::NoEndpoints => {
             let svc = ctx.report.dns_service.as_ref();
@@ -399,6 +408,29 @@ fn stale_conntrack(
             pod.map_or("?".to_owned(), |i| i.to_string())
         ),
         fix,
+    )
+}
+
+fn expired_entry(
+    ctx: &Context,
+    ip: Option<IpAddr>,
+    evidence: &mut Vec<String>,
+) -> (&'static str, String, Option<String>) {
+    let timeout = ctx.report.facts.udp_timeout;
+    evidence.push(format!(
+        "nf_conntrack_udp_timeout: {} s (the kernel's default is 30 s)",
+        timeout.map_or("?".to_owned(), |t| t.to_string())
+    ));
+    let pod = ip.map_or("the DNS pod".to_owned(), |i| i.to_string());
+    (
+        "conntrack-expired",
+        format!(
+            "answers from {pod} came after their conntrack entry expired: the node could not undo the DNAT and the clients refused them"
+        ),
+        Some(format!(
+            "{}sysctl -w net.netfilter.nf_conntrack_udp_timeout=30   (and find why {pod} answers so slowly: CPU throttling, an overloaded upstream)",
+            ctx.fix_prefix
+        )),
     )
 }
 
