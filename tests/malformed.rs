@@ -128,6 +128,25 @@ fn send_raw(
 }
 
 /// Starts the tracer on the lab (every query recorded), sends, waits out the timeout, stops.
+/// Sends `packets` (from `ports`) from the lab's client pod while the tracer runs; every one the
+/// kernel took.
+fn sent_traced(
+    lab: &LabGuard,
+    packets: &[Vec<u8>],
+    ports: &[u16],
+) -> (Vec<QueryRecord>, TraceSummary) {
+    let (records, summary, sent) = traced(lab, || {
+        send_raw(
+            &lab.info.clients[0].netns,
+            lab.info.service_ip,
+            packets,
+            ports,
+        )
+    });
+    assert_eq!(sent, packets.len(), "the kernel took every packet");
+    (records, summary)
+}
+
 /// Each of `cases` (client port, what it is, the packet) was counted as unparseable at least
 /// once (at the client's link), and no record claims its port.
 fn assert_counted_never_a_query(
@@ -235,15 +254,7 @@ fn unreadable_packets_are_counted_and_never_a_query() {
     all.push(options);
     let mut ports: Vec<u16> = bad.iter().map(|(p, _, _)| *p).collect();
     ports.push(41010);
-    let (records, summary, sent) = traced(&lab, || {
-        send_raw(
-            &lab.info.clients[0].netns,
-            lab.info.service_ip,
-            &all,
-            &ports,
-        )
-    });
-    assert_eq!(sent, all.len(), "the kernel took every packet");
+    let (records, summary) = sent_traced(&lab, &all, &ports);
     assert_counted_never_a_query(&records, &summary, &bad);
     let with_options: Vec<_> = records
         .iter()
@@ -289,14 +300,6 @@ fn bad_counts_and_lying_lengths_are_counted_and_never_a_query() {
     ];
     let all: Vec<Vec<u8>> = cases.iter().map(|(_, _, p)| p.clone()).collect();
     let ports: Vec<u16> = cases.iter().map(|(p, _, _)| *p).collect();
-    let (records, summary, sent) = traced(&lab, || {
-        send_raw(
-            &lab.info.clients[0].netns,
-            lab.info.service_ip,
-            &all,
-            &ports,
-        )
-    });
-    assert_eq!(sent, all.len(), "the kernel took every packet");
+    let (records, summary) = sent_traced(&lab, &all, &ports);
     assert_counted_never_a_query(&records, &summary, &cases);
 }
