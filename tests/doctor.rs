@@ -127,10 +127,10 @@ fn expectations(prefix: &str, backend: Backend) -> Vec<Expect> {
             &format!("{iptables} -t filter -D cali-tw-"),
         ),
         e(
-            FaultName::ThrottledServer,
-            "conntrack-expired",
-            "nf_conntrack_udp_timeout: 1 s",
-            "net.netfilter.nf_conntrack_udp_timeout=30",
+            FaultName::ServerOverload,
+            "server-overloaded",
+            "receive queue",
+            "scale deployment/coredns",
         ),
         e(
             FaultName::MixedBackend,

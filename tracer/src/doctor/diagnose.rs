@@ -9,7 +9,10 @@ use std::{
 
 use super::checks::HostFacts;
 use crate::{
-    flow::record::{Leg, QueryRecord, Stage},
+    flow::{
+        cause::Cause as LossCause,
+        record::{Leg, QueryRecord, Stage},
+    },
     node::{Backend, RuleCounter, inspect::Report, inspect::Severity},
     report::{doctor::Cause, trace::TraceSummary},
 };
@@ -44,6 +47,9 @@ enum Kind {
     NoEndpoints,
     /// A netfilter rule dropped it (after DNAT: to this pod).
     BlockingRule,
+    /// The DNS server in this pod could not keep up: its socket's receive queue was full (the
+    /// query refused there, or queued and never read).
+    Overloaded(Option<IpAddr>),
     /// Nothing listens in the pod it was sent to.
     NotListening(Option<IpAddr>),
     /// The pod did not answer the node's neighbour resolution.
@@ -112,6 +118,12 @@ fn classify(r: &QueryRecord, j: &Judge) -> Kind {
     if stage == Some(Stage::Neighbour) || icmp.is_some_and(|w| w.contains("host unreachable")) {
         return Kind::PodUnreachable(r.endpoint);
     }
+    let full_queue = r.drop.as_ref().is_some_and(|d| {
+        d.stage == Stage::Socket && (d.socket.is_some() || d.reason == "SOCKET_RCVBUFF")
+    });
+    if full_queue || matches!(LossCause::of(r), LossCause::Queued { .. }) {
+        return Kind::Overloaded(r.endpoint);
+    }
     if stage == Some(Stage::Socket) || (r.endpoint.is_some() && icmp.is_some()) {
         return Kind::NotListening(r.endpoint);
     }
@@ -121,7 +133,7 @@ fn classify(r: &QueryRecord, j: &Judge) -> Kind {
     if stage == Some(Stage::Netfilter) {
         return Kind::BlockingRule;
     }
-    Kind::Other(crate::flow::cause::Cause::of(r).to_string())
+    Kind::Other(LossCause::of(r).to_string())
 }
 
 /// The address a query was DNATed to that is no endpoint of the Service: its endpoint, or the
@@ -220,7 +232,7 @@ fn how(records: &[&QueryRecord]) -> String {
             d.stage, d.reason, d.location, d.at, d.why
         ),
         (None, Some(i)) => format!("ICMP {} from {}", i.what, i.by),
-        (None, None) => crate::flow::cause::Cause::of(r).to_string(),
+        (None, None) => LossCause::of(r).to_string(),
     }
 }
 
@@ -265,6 +277,7 @@ fn cause(ctx: &Context, kind: &Kind, records: &[&QueryRecord]) -> Cause {
         Kind::StaleConntrack => stale_conntrack(ctx, records, &mut evidence),
         Kind::ConntrackFull => conntrack_full(ctx, &mut evidence),
         Kind::ExpiredEntry(ip) => expired_entry(ctx, *ip, &mut evidence),
+        Kind::Overloaded(ip) => overloaded(*ip),
         Kind::StaleRules(ip) => stale_rules(ctx, *ip, &mut evidence),
         Kind::NoEndpoints => {
             let svc = ctx.report.dns_service.as_ref();
@@ -408,6 +421,17 @@ fn stale_conntrack(
             pod.map_or("?".to_owned(), |i| i.to_string())
         ),
         fix,
+    )
+}
+
+fn overloaded(ip: Option<IpAddr>) -> (&'static str, String, Option<String>) {
+    let pod = ip.map_or("the DNS pod".to_owned(), |i| i.to_string());
+    (
+        "server-overloaded",
+        format!("the DNS server in {pod} cannot keep up: its socket's receive queue was full"),
+        Some(format!(
+            "kubectl -n kube-system scale deployment/coredns --replicas=$(( $(kubectl -n kube-system get deployment coredns -o jsonpath='{{.spec.replicas}}') + 1 ))   (and see what slows {pod}: its CPU limit, its upstream)"
+        )),
     )
 }
 
