@@ -3,7 +3,8 @@
 //! SIGINT and SIGTERM must end it with the summary and exit 0; after every cycle, killed ones
 //! included, nothing of the tracer may stay in the kernel: programs, links, TC filters and
 //! qdiscs, pinned objects, its nftrace table and TRACE rules. And two tracers at once: each keeps
-//! its own results, and a second rule trace in one namespace is refused, not stolen.
+//! its own results, and a second rule trace in one namespace is refused, not stolen. And `lab up`,
+//! `validate` and `doctor` stopped by a signal: a distinct exit code, no lab, no program left.
 //! Run as root, one test at a time.
 
 mod common;
@@ -585,4 +586,99 @@ fn probe_stops_on_a_signal_with_its_table() {
     }
     drop(lab);
     assert!(leftovers(PREFIX).is_empty());
+}
+
+/// Runs `tracer ARGS`, sends `signal` after `after`, and waits: (status, stderr). A command that
+/// ended before the signal is returned as it ended.
+fn signalled(args: &[&str], signal: Signal, after: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(TRACER)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracer");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut guard = ChildGuard(Some(child));
+    thread::sleep(after);
+    // An exited child is reaped by `wait` only: a signal to its pid still reaches the zombie.
+    kill(guard.pid(), signal).expect("signal the command");
+    let status = guard.wait(Duration::from_secs(120));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).expect("read stderr");
+    (status, err)
+}
+
+/// Whether a command stopped by a signal said so and exited 130.
+fn interrupted(status: ExitStatus, err: &str, signal: Signal) -> bool {
+    status.code() == Some(130) && err.contains(&format!("interrupted by {signal}"))
+}
+
+/// Scenario: `lab up`, `validate` and `doctor` stopped by SIGINT or SIGTERM at several moments
+/// (bringing the lab up, attaching, probing): each exits 130 with one line saying it was
+/// interrupted (or 0, having finished first), and leaves no lab and no tracer program.
+#[test]
+fn lab_up_validate_and_doctor_stop_on_a_signal_and_leave_nothing() {
+    const LAB: &str = "hl6";
+    const VALIDATED: &str = "hl7";
+    let mut stopped = 0;
+    for (i, ms) in [40u64, 100, 160].into_iter().enumerate() {
+        let signal = [Signal::SIGINT, Signal::SIGTERM][i % 2];
+        let args = ["lab", "up", "--prefix", LAB, "--backend", "nft"];
+        let (status, err) = signalled(&args, signal, Duration::from_millis(ms));
+        if interrupted(status, &err, signal) {
+            stopped += 1;
+        } else {
+            assert!(
+                status.success(),
+                "lab up, {signal} at {ms} ms: {status:?}\n{err}"
+            );
+            Command::new(TRACER)
+                .args(["lab", "down", "--prefix", LAB])
+                .status()
+                .expect("lab down");
+        }
+        let left = leftovers(LAB);
+        assert!(left.is_empty(), "lab up, {signal} at {ms} ms left {left:?}");
+    }
+    assert!(stopped >= 2, "lab up was interrupted {stopped} times of 3");
+    // Seconds in: the lab coming up, the tracer attaching, the probe's 2000 queries at 200/s.
+    for (i, secs) in [1.0, 4.0, 7.0].into_iter().enumerate() {
+        let signal = [Signal::SIGTERM, Signal::SIGINT][i % 2];
+        let args = [
+            "validate",
+            "--prefix",
+            VALIDATED,
+            "--backend",
+            "nft",
+            "--scenario",
+            "healthy",
+            "--healthy-count",
+            "2000",
+        ];
+        let (status, err) = signalled(&args, signal, Duration::from_secs_f64(secs));
+        assert!(
+            interrupted(status, &err, signal),
+            "validate, {signal} at {secs} s: {status:?}\n{err}"
+        );
+        let left = leftovers(VALIDATED);
+        assert!(left.is_empty(), "validate at {secs} s left {left:?}");
+        // The lab's node namespace is gone: what is left to find is orphan programs and pins.
+        let left = tracer_leftovers(VALIDATED);
+        assert!(left.is_empty(), "validate at {secs} s left {left:?}");
+    }
+    let lab = LabGuard::up(LAB, Backend::Nft);
+    let node = lab.info.node_netns.clone();
+    for (i, ms) in [300u64, 3000].into_iter().enumerate() {
+        let signal = [Signal::SIGINT, Signal::SIGTERM][i % 2];
+        let args = ["doctor", "--lab", "--prefix", LAB, "--count", "400"];
+        let (status, err) = signalled(&args, signal, Duration::from_millis(ms));
+        assert!(
+            interrupted(status, &err, signal),
+            "doctor, {signal} at {ms} ms: {status:?}\n{err}"
+        );
+        let left = tracer_leftovers(&node);
+        assert!(left.is_empty(), "doctor at {ms} ms left {left:?}");
+    }
+    drop(lab);
+    assert!(leftovers(LAB).is_empty());
 }

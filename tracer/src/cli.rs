@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Every command's exit codes (README: "Exit codes").
-pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN); 6 `doctor` found the node degraded, 7 broken.";
+pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN); 6 `doctor` found the node degraded, 7 broken; 130 `lab up`, `validate`, `doctor` or `vm run` stopped by SIGINT or SIGTERM (what it made is removed; `trace` and `probe` stop with their summary and exit 0).";
 
 /// The longest time a flag takes, in seconds (a year): more overflows time arithmetic.
 const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;

@@ -18,13 +18,28 @@ const EXIT_PRIVILEGES: i32 = 5;
 const EXIT_DEGRADED: i32 = 6;
 /// `tracer doctor`: DNS queries are failing (10 % or more lost).
 const EXIT_BROKEN: i32 = 7;
+/// `lab up`, `validate`, `doctor` or `vm run` stopped by SIGINT or SIGTERM (128 + SIGINT, as a
+/// shell reports it), after removing what they made.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// The commands that make something a signal must not leave behind (programs attached, a lab,
+/// a guest): SIGINT and SIGTERM ask them to stop and clean up. The others (read-only, or done
+/// in an instant) keep the default: the signal ends them.
+fn stops_on_signals(command: &Command) -> bool {
+    match command {
+        Command::Trace(_) | Command::Probe(_) | Command::Doctor(_) | Command::Validate(_) => true,
+        Command::Lab(args) => matches!(args.action, tracer::cli::LabAction::Up { .. }),
+        Command::Vm(args) => matches!(args.action, tracer::cli::VmAction::Run(_)),
+        _ => false,
+    }
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Trace(_) | Command::Probe(_)) {
+    if stops_on_signals(&cli.command) {
         // Before anything else: a SIGINT or SIGTERM while loading and attaching stops the
-        // command after it, with everything removed and the summary printed.
+        // command after it, with everything removed (trace and probe print their summary).
         if let Err(e) = tracer::process::stop_on_signals() {
             eprintln!("error: {}", one_line(&e.into()));
             std::process::exit(EXIT_ERROR);
@@ -37,7 +52,11 @@ fn main() {
     }
     let code = run(cli.command).unwrap_or_else(|e| {
         eprintln!("error: {}", one_line(&e));
-        EXIT_ERROR
+        if tracer::process::stop_requested() {
+            EXIT_INTERRUPTED
+        } else {
+            EXIT_ERROR
+        }
     });
     std::process::exit(code);
 }

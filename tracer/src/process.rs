@@ -3,7 +3,7 @@
 //! tag it writes on what it leaves in the kernel outside its own file descriptors (pid and start
 //! time), so that a later run can tell a killed run's leftovers from a live tracer's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// What failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +15,11 @@ pub enum Error {
     },
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that asked to stop (0: none yet).
+static STOP: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+extern "C" fn request_stop(signal: libc::c_int) {
+    STOP.store(signal, Ordering::SeqCst);
 }
 
 /// From now on SIGINT and SIGTERM only ask the running command to stop (see [`stop_requested`]),
@@ -43,7 +44,16 @@ pub fn stop_on_signals() -> Result<(), Error> {
 
 /// Whether SIGINT or SIGTERM came since [`stop_on_signals`].
 pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
+    stop_signal().is_some()
+}
+
+/// The signal that asked to stop, named (`SIGINT`, `SIGTERM`), if one came.
+pub fn stop_signal() -> Option<&'static str> {
+    match STOP.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGINT => Some("SIGINT"),
+        _ => Some("SIGTERM"),
+    }
 }
 
 /// The owner tag of this process, `pid=N start=T` (T: its start time in clock ticks since boot,

@@ -108,7 +108,6 @@ fn run_in_vm(spec: &str, args: &ValidateArgs) -> Result<bool, Error> {
         "validate: booting kernel {} ({spec}) in a VM (qemu {VM_ACCEL}, {} vCPU, timeout {} s); the output comes when it ends",
         kernel.release, opts.cpus, args.vm_timeout
     );
-    vm::stop_on_interrupt();
     let (done, ticks) = std::sync::mpsc::channel::<()>();
     let release = kernel.release.clone();
     let heartbeat = std::thread::spawn(move || {

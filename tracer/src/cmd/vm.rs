@@ -50,7 +50,6 @@ pub fn run(args: VmArgs) -> Result<i32, Error> {
                 env: a.env,
                 workdir: a.workdir,
             };
-            vm::stop_on_interrupt();
             let guest = vm::run(&kernel, &a.command, &opts)?;
             log::debug!("vm: console:\n{}", guest.console);
             print!("{}", guest.stdout);

@@ -26,6 +26,10 @@ use crate::{
 /// What failed (a lost query is a result, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "interrupted by {signal} during the probe: nothing judged, everything attached removed"
+    )]
+    Interrupted { signal: &'static str },
     #[error("failed to inspect the node: {0}")]
     Inspect(#[from] node::inspect::Error),
     #[error("failed to probe the DNS Service with the tracer attached: {0}")]
@@ -188,6 +192,10 @@ pub fn run(o: &Options) -> Result<Found, Error> {
         Some((o.target.clone(), settings)),
         &bar,
     )?;
+    // SIGINT or SIGTERM stopped the probe early: its figures would judge a half-sent probe.
+    if let Some(signal) = crate::process::stop_signal() {
+        return Err(Error::Interrupted { signal });
+    }
     let node_probe = if traced.result.lost > 0 {
         Some(probe_from_node(o, service)?)
     } else {

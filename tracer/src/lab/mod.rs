@@ -72,6 +72,11 @@ const MAX_CLIENTS: u8 = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("interrupted by {signal} while lab {prefix} came up: everything it made is removed")]
+    Interrupted {
+        signal: &'static str,
+        prefix: String,
+    },
     #[error(
         "invalid lab prefix {prefix:?}: use 1 to {MAX_PREFIX} lowercase letters and digits, starting with a letter"
     )]
@@ -419,7 +424,17 @@ pub fn up_with(prefix: &str, shape: &Shape) -> Result<LabInfo, Error> {
         ip_family,
         nodelocal,
     };
-    if let Err(e) = build(prefix, &state) {
+    let built = build(prefix, &state);
+    // SIGINT or SIGTERM while it came up (`main` made them a stop request; the terminal's also
+    // reached the commands it ran, which then failed): a half-made lab is taken down, not kept.
+    let built = match crate::process::stop_signal() {
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            prefix: prefix.to_owned(),
+        }),
+        None => built,
+    };
+    if let Err(e) = built {
         let _ = down(prefix);
         return Err(e);
     }

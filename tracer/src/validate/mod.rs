@@ -52,6 +52,14 @@ pub enum Error {
         scenario: String,
         source: Box<trace::Error>,
     },
+    #[error(
+        "interrupted by {signal} after {done} of {total} scenarios; the scenario's lab was brought down"
+    )]
+    Interrupted {
+        signal: &'static str,
+        done: usize,
+        total: usize,
+    },
     #[error("unknown scenario {name:?}: say healthy or a fault name ({known})")]
     UnknownScenario { name: String, known: String },
 }
@@ -301,13 +309,25 @@ pub fn validate(
         backends
     };
     let start = Instant::now();
+    let chosen: Vec<&Scenario> = all
+        .iter()
+        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
+        .collect();
+    let total = chosen.len() * backends.len();
     let mut results = Vec::new();
     for &backend in backends {
-        for sc in all
-            .iter()
-            .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
-        {
-            let r = run_scenario(prefix, backend, sc)?;
+        for sc in &chosen {
+            // SIGINT or SIGTERM (`main` made them a stop request): a scenario cut short proves
+            // nothing, so none is judged after it; its lab went down with `run_scenario`.
+            let r = run_scenario(prefix, backend, sc);
+            if let Some(signal) = crate::process::stop_signal() {
+                return Err(Error::Interrupted {
+                    signal,
+                    done: results.len(),
+                    total,
+                });
+            }
+            let r = r?;
             each(&r);
             results.push(r);
         }

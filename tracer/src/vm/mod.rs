@@ -21,7 +21,7 @@ use std::{
 };
 
 pub use fetch::{cache_dir, cached, prepare};
-pub use qemu::{interrupt, run, stop_on_interrupt};
+pub use qemu::run;
 
 /// The Debian kernels the aliases stand for. Pinned so that CI boots the same kernel every run: each
 /// is the newest `-amd64` image of its suite's main component (not -security, whose packages are

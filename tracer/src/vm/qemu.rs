@@ -3,7 +3,8 @@
 //! The share holds `cmd.sh` (argv and env, quoted), and after the run `stdout`, `stderr`, `status`
 //! and `out/` (the guest's `$TRACER_VM_OUT`). qemu is owned by a guard that kills it on every exit
 //! path; it also gets SIGKILL from the kernel when this process dies (PR_SET_PDEATHSIG), and sits in
-//! its own process group so a terminal's Ctrl-C reaches only us (`interrupt` then stops the run).
+//! its own process group so a terminal's Ctrl-C reaches only us (`main` makes it a stop request,
+//! `process::stop_requested`, which stops the run).
 
 use std::{
     fs,
@@ -11,7 +12,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -24,34 +25,6 @@ const GUEST_SHARE: &str = "/run/tracer-vm";
 const CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init";
 /// How many lines of the console an error carries.
 const CONSOLE_TAIL: usize = 25;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Stops every running guest (and every later one) with `Error::Interrupted`. Async-signal-safe:
-/// call it from a SIGINT handler.
-pub fn interrupt() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-extern "C" fn interrupt_on_signal(_: libc::c_int) {
-    interrupt();
-}
-
-/// From now on Ctrl-C or SIGTERM stop the running guest (its guard kills qemu, temp dirs are
-/// removed) instead of killing this process outright.
-pub fn stop_on_interrupt() {
-    use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
-
-    let action = SigAction::new(
-        SigHandler::Handler(interrupt_on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        let _ = unsafe { signal::sigaction(sig, &action) };
-    }
-}
 
 /// Boots `kernel` and runs `argv` in it as root, in this machine's root filesystem (read-only
 /// underneath, writable in memory), with module autoloading, bpffs, tracefs and debugfs mounted.
@@ -225,10 +198,8 @@ fn boot(
         if started.is_none() && contains(&console_path, initramfs::STARTED) {
             started = Some(Instant::now());
         }
-        let (timed_out, interrupted) = (
-            Instant::now() >= deadline,
-            INTERRUPTED.load(Ordering::SeqCst),
-        );
+        let (timed_out, interrupted) =
+            (Instant::now() >= deadline, crate::process::stop_requested());
         if done.is_some() || timed_out || interrupted {
             drop(guard);
             return Ok(Boot {
