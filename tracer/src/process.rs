@@ -1,7 +1,8 @@
 //! This process: SIGINT and SIGTERM turned into a stop request from `main` on (so a signal that
 //! comes while the programs load and attach is not lost, and is not fatal either), and the owner
 //! tag it writes on what it leaves in the kernel outside its own file descriptors (pid and start
-//! time), so that a later run can tell a killed run's leftovers from a live tracer's.
+//! time), so that a later run can tell a killed run's leftovers from a live tracer's; the BPF
+//! programs processes hold, which tells a killed run's TC filters from a live tracer's.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -88,6 +89,30 @@ fn start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces: count after its end.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The BPF programs some process holds a file descriptor of (`prog_id:` in
+/// `/proc/PID/fdinfo/FD`; a link's fd names its program too). A running tracer holds its own; a
+/// program attached without an fd (a netlink TC filter, before 6.6) that no process holds was
+/// left by a killed one.
+pub fn held_bpf_programs() -> std::collections::HashSet<u32> {
+    let mut held = std::collections::HashSet::new();
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    for fd in procs.flat_map(|p| {
+        std::fs::read_dir(p.path().join("fdinfo"))
+            .into_iter()
+            .flatten()
+            .flatten()
+    }) {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        held.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok()),
+        );
+    }
+    held
 }
 
 #[cfg(test)]

@@ -26,3 +26,9 @@ impl Features {
         }
     }
 }
+
+/// Whether this kernel has TCX (6.6): aya attaches TC programs as links, owned by a file
+/// descriptor and without a clsact qdisc; before it, as netlink filters that outlive the process.
+pub fn has_tcx() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}

@@ -31,9 +31,10 @@ use vm::vm_columns;
 
 /// The test binaries the matrix runs in the guests, with the smallest `Suites` that runs each:
 /// `hooks` (with `TRACER_EXPECT_TIER`), then the scenario suites (with `TRACER_TEST_TIER`).
-const BINARIES: [(&str, Suites); 18] = [
+const BINARIES: [(&str, Suites); 19] = [
     ("hooks", Suites::Core),
     ("trace", Suites::Core),
+    ("cleanup", Suites::Paths),
     ("tcp", Suites::Paths),
     ("ipvs", Suites::Paths),
     ("policy", Suites::All),

@@ -44,9 +44,9 @@ const KERNELS: &[Kernel] = &[
 pub enum Suites {
     /// The hooks test and the trace scenarios.
     Core,
-    /// Core, and the DNS paths whose kernel side differs by kernel: DNS over TCP (its parser
-    /// and connection drops) and kube-proxy's IPVS mode (ip_vs is a module there, not on the
-    /// host).
+    /// Core, and what differs by kernel besides the hooks: DNS over TCP (its parser and
+    /// connection drops), kube-proxy's IPVS mode (ip_vs is a module there, not on the host) and
+    /// the netlink TC filters a killed trace leaves before 6.6 (`cleanup`).
     Paths,
     /// Every suite of the matrix (`BINARIES`): policy, rules, ruletrace, live, causes and names
     /// too.

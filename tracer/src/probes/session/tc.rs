@@ -1,5 +1,5 @@
-//! TC programs on the pod links: which interfaces of the links' namespace get them, and the
-//! clsact qdiscs kernels before 6.6 need for them.
+//! TC programs on the pod links: which interfaces of the links' namespace get them, the clsact
+//! qdiscs kernels before 6.6 need for them, and what a killed tracer left there before 6.6.
 
 use std::path::PathBuf;
 
@@ -70,7 +70,7 @@ pub(super) fn attach_links(
     kind: TcAttachType,
     netns_path: Option<&PathBuf>,
 ) -> Result<Attached, Error> {
-    let tcx = has_tcx();
+    let tcx = crate::kernel::features::has_tcx();
     let mut work = move || {
         let mut ok = Vec::new();
         let mut failed = Vec::new();
@@ -96,6 +96,9 @@ pub(super) fn attach_links(
             targets = all;
         }
         for Link { name, index, .. } in targets {
+            if !tcx {
+                remove_orphans(&name);
+            }
             if add_clsact(&name, tcx) {
                 added.push(name.clone());
             }
@@ -121,9 +124,82 @@ pub(super) fn attach_links(
     })
 }
 
-/// Whether this kernel has TCX (6.6): aya attaches TC programs as links, without a clsact qdisc.
-fn has_tcx() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+/// The prefix of the tracer's TC programs' names (`device_tc_ingress`, `device_tc_egress`), as
+/// the filters aya adds carry them (`bpf_name`).
+const PROGRAM_PREFIX: &str = "device_tc_";
+
+/// One TC filter of `tc -j filter show`: a header line per priority has no options.
+#[derive(serde::Deserialize)]
+struct Filter {
+    pref: u32,
+    kind: String,
+    options: Option<FilterOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct FilterOptions {
+    handle: Option<String>,
+    bpf_name: Option<String>,
+    prog: Option<FilterProgram>,
+}
+
+#[derive(serde::Deserialize)]
+struct FilterProgram {
+    id: u32,
+}
+
+/// Before TCX a TC program hangs on its link as a netlink filter that outlives a killed tracer
+/// (and so does the clsact qdisc it added): removes the filters of the tracer's programs on link
+/// `name` that no process holds (a running tracer holds its own), and the clsact qdisc when
+/// nothing else is left on it. Best effort, with iproute2's `tc` (aya 0.14 lists no filters).
+fn remove_orphans(name: &str) {
+    let show = |dir: &str| -> Vec<Filter> {
+        std::process::Command::new("tc")
+            .args(["-j", "filter", "show", "dev", name, dir])
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default()
+    };
+    let held = crate::process::held_bpf_programs();
+    let mut removed = 0;
+    for dir in ["ingress", "egress"] {
+        for f in show(dir) {
+            let Some(FilterOptions {
+                handle: Some(handle),
+                bpf_name: Some(program),
+                prog: Some(FilterProgram { id }),
+            }) = f.options
+            else {
+                continue;
+            };
+            if f.kind != "bpf" || !program.starts_with(PROGRAM_PREFIX) || held.contains(&id) {
+                continue;
+            }
+            let pref = f.pref.to_string();
+            let args = ["filter", "del", "dev", name, dir, "pref", &pref];
+            let deleted = std::process::Command::new("tc")
+                .args(args)
+                .args(["handle", &handle, "bpf"])
+                .status();
+            if deleted.is_ok_and(|s| s.success()) {
+                removed += 1;
+            }
+        }
+    }
+    if removed == 0 {
+        return;
+    }
+    let bare = show("ingress").is_empty() && show("egress").is_empty();
+    if bare {
+        let _ = std::process::Command::new("tc")
+            .args(["qdisc", "del", "dev", name, "clsact"])
+            .status();
+    }
+    log::warn!(
+        "removed {removed} TC filter(s){} a killed tracer left on {name}",
+        if bare { " and the clsact qdisc" } else { "" }
+    );
 }
 
 /// Before TCX, adds the clsact qdisc link `name` needs; true when this call added it. An existing
@@ -148,7 +224,7 @@ pub(super) fn attach_link(
     name: &str,
     netns_path: Option<&PathBuf>,
 ) -> Result<AttachedOne, Error> {
-    let tcx = has_tcx();
+    let tcx = crate::kernel::features::has_tcx();
     let mut work = move || {
         let clsact_added = add_clsact(name, tcx);
         let id = tc
