@@ -465,4 +465,12 @@ fn a_kernel_spec_that_is_no_kernel_is_a_one_line_error() {
         ERROR,
         "is not a kernel: no lib/modules/",
     );
+    // Neither an alias nor a kernel package: refused before apt looks it up in Debian's archive.
+    for spec in ["9.99", "5.1O", "bash"] {
+        refused(
+            &["vm", "prepare", "--kernel", spec],
+            ERROR,
+            "is no kernel: give an alias (5.10",
+        );
+    }
 }

@@ -76,7 +76,14 @@ pub fn cached() -> Vec<(String, Kernel)> {
 }
 
 /// Apt package names are `[a-z0-9][a-z0-9+.-]+`; anything else must not reach a command line or a path.
+/// A name that is no kernel package (`9.99`, a mistyped alias) is refused here, before apt
+/// refreshes its lists to look for it (half a minute or more).
 fn validate_package_name(package: &str) -> Result<(), Error> {
+    if !package.starts_with("linux-image-") {
+        return Err(Error::UnknownKernel {
+            spec: package.to_owned(),
+        });
+    }
     let ok = package.len() > 1
         && package
             .bytes()

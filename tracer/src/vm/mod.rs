@@ -48,6 +48,11 @@ pub enum Error {
         aliases()
     )]
     PackageNotFound { package: String },
+    #[error(
+        "{spec:?} is no kernel: give an alias ({}), a Debian kernel package (linux-image-...), a .deb file or an unpacked directory",
+        aliases()
+    )]
+    UnknownKernel { spec: String },
     #[error("failed to run {command}: {detail}")]
     Command { command: String, detail: String },
     #[error("failed to {action} {path}: {source}")]
