@@ -25,6 +25,7 @@ use tracer::{
         event::KernelEvent,
         names::Names,
     },
+    kernel::btf::KernelBtf,
     links::Link,
     node::{conntrack, kubeproxy, nft},
     report::document::Document,
@@ -256,6 +257,21 @@ fn ring_buffer(b: &[u8]) {
     let _ = c.flush(e.ts.saturating_add(60_000_000_000), true);
 }
 
+/// vmlinux's BTF, and every question the tracer asks it at start (offsets, drop reasons, a
+/// tracepoint's and a function's prototypes). Seeds: the eBPF object's own .BTF section (rustc's
+/// BTF, 110 types) and a hand-encoded subset of a kernel's (the structs, enum and prototypes
+/// those questions walk).
+fn btf(b: &[u8]) {
+    let Ok(k) = KernelBtf::from_bytes(b) else {
+        return;
+    };
+    let _ = k.offsets();
+    let _ = k.drop_reasons();
+    let _ = k.tracepoint_args("kfree_skb");
+    let _ = k.skb_param("ipt_do_table");
+    let _ = k.has_function("nf_nat_manip_pkt");
+}
+
 /// A report file as `compare` reads it.
 fn report(b: &[u8]) {
     let _ = Document::parse(Path::new("fuzz.json"), &String::from_utf8_lossy(b));
@@ -276,7 +292,7 @@ fn correlator() -> Correlator {
 
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 7] = [
+const TARGETS: [Target; 8] = [
     ("dns", dns_question),
     ("iptables_save", iptables_save),
     ("nft_json", nft_json),
@@ -284,6 +300,7 @@ const TARGETS: [Target; 7] = [
     ("rtnetlink", rtnetlink),
     ("ring_buffer", ring_buffer),
     ("report", report),
+    ("btf", btf),
 ];
 
 // --- seeds ---
@@ -456,4 +473,18 @@ fn the_allocation_bound_catches_a_parser_that_trusts_a_length() {
     let input = 0x0400_0000u32.to_be_bytes();
     assert!(peak_of(|| trusting(&input)) > ALLOC_SLACK + 64 * input.len());
     assert!(peak_of(|| dns_question(&input)) < ALLOC_SLACK);
+}
+
+#[test]
+fn the_btf_seed_walks_every_question_the_tracer_asks() {
+    // The hand-encoded seed must take the target through the code it fuzzes, not stop at
+    // "no such struct": offsets, drop reasons and both prototypes resolve.
+    let bytes = std::fs::read(corpus_dir("btf").join("kernel-subset.btf")).expect("seed");
+    let k = KernelBtf::from_bytes(&bytes).expect("the seed parses");
+    let o = k.offsets().expect("every offset resolves");
+    assert_eq!((o.skb_head, o.dev_net, o.sk_rmem_alloc), (200, 240, 192));
+    assert_eq!(k.drop_reasons().len(), 6);
+    let args = k.tracepoint_args("kfree_skb").expect("prototype");
+    assert_eq!(args.map(|a| a.len()), Some(3));
+    assert_eq!(k.skb_param("ipt_do_table").expect("function"), Some(1));
 }

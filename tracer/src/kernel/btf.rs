@@ -107,15 +107,70 @@ fn points_to(btf: &Btf, t: &Type, name: &str) -> Result<bool, Error> {
     Ok(matches!(&pointee, Type::Struct(s) if btf.resolve_name(s).unwrap_or_default() == name))
 }
 
+/// Checks that the sections a BTF header announces lie inside `bytes`: btf-rs allocates what
+/// the header says before it reads (the fuzz target found 34 MB asked for by 1269 bytes).
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    let word = |at: usize| -> Option<u64> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        // The magic (0xeB9F) says the byte order.
+        Some(u64::from(if bytes.starts_with(&[0x9f, 0xeb]) {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }))
+    };
+    let (Some(hdr_len), Some(type_off), Some(type_len), Some(str_off), Some(str_len)) =
+        (word(4), word(8), word(12), word(16), word(20))
+    else {
+        return Err(format!("{} bytes hold no BTF header", bytes.len()));
+    };
+    let len = bytes.len() as u64;
+    let inside = |off: u64, n: u64| hdr_len + off + n <= len;
+    if hdr_len < 24 || !inside(type_off, type_len) || !inside(str_off, str_len) {
+        return Err(format!(
+            "BTF header announces sections past its {len} bytes (header {hdr_len}, types {type_off}+{type_len}, strings {str_off}+{str_len})"
+        ));
+    }
+    Ok(())
+}
+
 impl KernelBtf {
     /// Maps vmlinux's BTF and parses what is asked for on demand (a full parse costs about 0.4 s
     /// and 20 MB); where the file cannot be mapped, parses it whole. Adds the BTF of every
     /// loaded netfilter module (one that cannot be read is left out: its probes are then skipped
     /// for want of their function).
     pub fn load() -> Result<Self, Error> {
-        let vmlinux = Btf::from_file_with_backend(VMLINUX, Backend::Mmap)
-            .or_else(|_| Btf::from_file(VMLINUX))
-            .map_err(|source| Error::Read { source })?;
+        let vmlinux = match Btf::from_file_with_backend(VMLINUX, Backend::Mmap) {
+            Ok(btf) => btf,
+            Err(_) => {
+                let bytes = std::fs::read(VMLINUX).map_err(|e| Error::Read {
+                    source: btf_rs::Error::from(e),
+                })?;
+                return Self::from_bytes(&bytes).map(Self::with_modules);
+            }
+        };
+        Ok(Self::with_modules(Self {
+            vmlinux,
+            modules: Vec::new(),
+        }))
+    }
+
+    /// vmlinux's BTF from its bytes, whole, without modules: `load` where the file cannot be
+    /// mapped, and the fuzz target (`tests/fuzz.rs`, `btf`) for BTF that lies.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        check_header(bytes).map_err(|what| Error::Read {
+            source: btf_rs::Error::Format(what),
+        })?;
+        let vmlinux = Btf::from_bytes(bytes).map_err(|source| Error::Read { source })?;
+        Ok(Self {
+            vmlinux,
+            modules: Vec::new(),
+        })
+    }
+
+    /// Adds the loaded netfilter modules' BTF (split on vmlinux's).
+    fn with_modules(self) -> Self {
+        let vmlinux = self.vmlinux;
         let modules = NETFILTER_MODULES
             .iter()
             .filter_map(|m| {
@@ -123,7 +178,7 @@ impl KernelBtf {
                 Some(((*m).to_owned(), btf))
             })
             .collect();
-        Ok(Self { vmlinux, modules })
+        Self { vmlinux, modules }
     }
 
     /// vmlinux, then the modules, with the module's name.
