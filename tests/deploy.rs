@@ -16,8 +16,8 @@ use serde_json::Value;
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
 
-/// The metric names `tracer trace --metrics` exports (the metrics contract: README, "Running it
-/// on a real node and on a cluster"); the rules may use no other `tracer_` name.
+/// The metric names `tracer trace --metrics` exports (the metrics contract the exporter and these
+/// rules share); the rules may use no other `tracer_` name.
 const METRICS: &[&str] = &[
     "tracer_dns_queries_total",
     "tracer_dns_answered_total",
