@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the lab's ipvs mode: kube-proxy's KUBE-CLUSTER-IP and KUBE-LOOP-BACK sets",
     ),
     ("dnsutils", "dig, for the README's manual checks"),
+    (
+        "prometheus",
+        "promtool: tests/deploy.rs checks and unit-tests deploy/alerts.yaml",
+    ),
     ("bpftrace", "the bench's reference tracer"),
     (
         "bpftool",
