@@ -1,5 +1,21 @@
 use super::*;
 
+impl VmRun {
+    /// A 6.1 guest run, for tests of the reports that carry one.
+    pub(crate) fn sample() -> Self {
+        Self {
+            spec: "6.1".into(),
+            release: "6.1.0-50-amd64".into(),
+            host_kernel: "6.18.0".into(),
+            accel: "tcg".into(),
+            cpus: 1,
+            memory_mib: 2048,
+            boot_s: 4.0,
+            wall_s: 240.0,
+        }
+    }
+}
+
 fn doc() -> Document {
     Document::new("probe").unwrap()
 }
