@@ -45,6 +45,19 @@ fn vm_field_is_optional_within_version_1() {
     assert_eq!(back.schema_version, 1);
 }
 
+/// `hostname` is an optional field added within schema version 1: a report written before it
+/// reads with none; a new one names this machine.
+#[test]
+fn hostname_field_is_optional_within_version_1() {
+    let d = doc();
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_eq!(d.hostname.as_deref(), host.nodename().to_str());
+    let mut v = serde_json::to_value(&d).unwrap();
+    v.as_object_mut().unwrap().remove("hostname");
+    let back = Document::parse(Path::new("old.json"), &v.to_string()).unwrap();
+    assert_eq!(back.hostname, None);
+}
+
 /// `lost_by_cause` is keyed by each cause's text, as before causes were typed; a report
 /// whose "no drop seen" key names the point by its Rust name (written before `Seen` had a
 /// name) still reads, as the same cause.

@@ -240,7 +240,7 @@ fn tally<T: Ord + Clone>(values: &[Option<T>]) -> Vec<(T, usize)> {
         *counts.entry(v.clone()).or_default() += 1;
     }
     let mut out: Vec<(T, usize)> = counts.into_iter().collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|v| std::cmp::Reverse(v.1));
     out
 }
 
