@@ -405,6 +405,61 @@ fn unreadable_truncated_malformed_and_foreign_reports_are_refused_by_compare() {
 }
 
 #[test]
+fn missing_empty_and_foreign_node_reports_are_refused_by_fleet() {
+    let dir = Scratch::new("fleet");
+    let good_text = valid_report();
+    let good = dir.file("good.json", good_text.as_bytes());
+    let other_version = good_text.replacen(
+        &format!("\"schema_version\": {SCHEMA_VERSION}"),
+        "\"schema_version\": 999",
+        1,
+    );
+    let empty = Scratch::new("fleet-empty");
+    let empty_dir = empty.0.to_string_lossy().into_owned();
+    // A directory without *.json files is as empty as one without files.
+    let other = Scratch::new("fleet-other");
+    other.file("notes.txt", b"not a report");
+    let other_dir = other.0.to_string_lossy().into_owned();
+    for (bad, expect) in [
+        (
+            "/nonexistent/report.json".to_owned(),
+            "failed to read the report /nonexistent/report.json",
+        ),
+        (empty_dir.clone(), "holds no report (no *.json file)"),
+        (other_dir, "holds no report (no *.json file)"),
+        (
+            dir.file("array.json", b"[1, 2, 3]"),
+            "has no schema_version",
+        ),
+        (
+            dir.file(
+                "truncated.json",
+                &good_text.as_bytes()[..good_text.len() / 2],
+            ),
+            "is not a tracer report",
+        ),
+        (
+            dir.file("other.json", other_version.as_bytes()),
+            "has report schema version 999",
+        ),
+    ] {
+        refused(&["fleet", &good, &bad], ERROR, expect);
+    }
+    // A directory holding one bad report is refused for it.
+    let dir_path = dir.0.to_string_lossy().into_owned();
+    refused(&["fleet", &dir_path], ERROR, "has no schema_version");
+    refused(&["fleet"], USAGE, "required arguments were not provided");
+    // One good report is a fleet that agrees: the refusals above are about the files.
+    let out = tracer(&["fleet", &good, &good]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn reports_are_written_0644_whatever_the_umask_and_an_unwritable_path_is_an_error() {
     let dir = Scratch::new("mode");
     // A file already there, world-writable: the report replaces its content and its mode.
@@ -446,6 +501,8 @@ fn help_names_every_exit_code() {
         "4 a `validate` scenario failed",
         "5 missing privileges",
         "6 `doctor` found the node degraded, 7 broken",
+        "8 `fleet` found an odd node out",
+        "130 `lab up`, `validate`, `doctor` or `vm run` stopped by SIGINT or SIGTERM",
     ] {
         assert!(help.contains(code), "{code:?} in:\n{help}");
     }

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Every command's exit codes (README: "Exit codes").
-pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN); 6 `doctor` found the node degraded, 7 broken; 130 `lab up`, `validate`, `doctor` or `vm run` stopped by SIGINT or SIGTERM (what it made is removed; `trace` and `probe` stop with their summary and exit 0).";
+pub const EXIT_CODES: &str = "Exit codes: 0 ok; 1 an error (one line on stderr: `error: COMMAND: what failed: why`); 2 bad usage (an unknown flag, a malformed or out-of-range value); 3 `compare` found a regression; 4 a `validate` scenario failed; 5 missing privileges (root or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN); 6 `doctor` found the node degraded, 7 broken; 8 `fleet` found an odd node out; 130 `lab up`, `validate`, `doctor` or `vm run` stopped by SIGINT or SIGTERM (what it made is removed; `trace` and `probe` stop with their summary and exit 0).";
 
 /// The longest time a flag takes, in seconds (a year): more overflows time arithmetic.
 const MAX_SECONDS: f64 = 366.0 * 24.0 * 3600.0;
@@ -40,6 +40,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Put two reports side by side and flag regressions (exit code 3 when there is one).
     Compare(CompareArgs),
+    /// Put node reports side by side, one row per node, and flag the nodes that differ from the
+    /// rest (exit code 8 when one does).
+    Fleet(FleetArgs),
     /// Run the lab's scenarios on this kernel with the tracer and check each is caught and placed.
     Validate(ValidateArgs),
     /// Boot another kernel (Debian's 5.10, 6.1, 6.12, a .deb or a directory) under qemu with this
@@ -354,6 +357,20 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 0)]
     pub max_conntrack_drop_increase: u64,
     /// Output format: a side-by-side table, or one JSON object.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  tracer fleet reports/\n  tracer fleet node-a.json node-b.json node-c.json --output json\n\nCollect the reports with `tracer inspect --report FILE` or `tracer probe --report FILE` on each node.\n\nExit codes: 0 the nodes agree, 8 a node is odd out (its backend, kube-proxy mode, kernel with its DNS loss, conntrack usage, UDP timeouts or br_netfilter differ), 1 an error, 2 bad usage."
+)]
+pub struct FleetArgs {
+    /// Node reports (`--report` of inspect or probe, one per node), or directories whose *.json
+    /// files are.
+    #[arg(required = true, value_name = "REPORT|DIR")]
+    pub reports: Vec<std::path::PathBuf>,
+    /// Output format: a table and the findings, or one JSON object.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }

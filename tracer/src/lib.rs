@@ -12,7 +12,7 @@
 //! - `trace`: a running trace (hooks -> records -> correlator -> per-query records -> summary),
 //!   and DNS batches sent while it watches.
 //! - `report`: the data models of results (the versioned report, the trace summary and its JSON
-//!   lines, validation, compare), each rendered as text or JSON.
+//!   lines, validation, compare, fleet), each rendered as text or JSON.
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
 //! - `flow`: kernel records to one record per query (correlation across NAT, typed causes, DNS

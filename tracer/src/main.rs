@@ -33,6 +33,8 @@ fn stops_on_signals(command: &Command) -> bool {
         _ => false,
     }
 }
+/// `tracer fleet`: a node differs from the rest.
+const EXIT_ODD_NODE: i32 = 8;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -78,6 +80,18 @@ fn run(command: Command) -> anyhow::Result<i32> {
                     c.regressed().join(", ")
                 );
                 return Ok(EXIT_REGRESSION);
+            }
+        }
+        Command::Fleet(args) => {
+            let f = tracer::cmd::fleet::run(args).context("fleet")?;
+            if !f.agrees {
+                eprintln!(
+                    "fleet: {} of {} nodes odd out: {}",
+                    f.odd_nodes().len(),
+                    f.rows.len(),
+                    f.odd_nodes().join(", ")
+                );
+                return Ok(EXIT_ODD_NODE);
             }
         }
         Command::Validate(args) => {

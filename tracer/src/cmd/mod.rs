@@ -3,6 +3,7 @@
 //! # Layout
 //! - `compare`: two reports side by side, exit code 3 on a regression.
 //! - `doctor`: the checks and a traced probe from a pod, one page: verdict, causes, checks.
+//! - `fleet`: node reports side by side, exit code 8 when a node is odd out.
 //! - `hooks`: every program loaded (none attached), the tier this kernel gives.
 //! - `inspect`: the node's state without eBPF, as findings.
 //! - `manual`: shell completions and the man page, from the clap definitions.
@@ -14,6 +15,7 @@
 //! - `vm`: another kernel under qemu, one command run in it.
 pub mod compare;
 pub mod doctor;
+pub mod fleet;
 pub mod hooks;
 pub mod inspect;
 pub mod lab;

@@ -108,6 +108,10 @@ pub struct Document {
     /// What `doctor` found (absent in other commands' reports and in reports written before it).
     #[serde(default)]
     pub doctor: Option<crate::report::doctor::Diagnosis>,
+    /// The host name of the machine that wrote it (`uname -n`), which `fleet` names the node by;
+    /// absent from reports written before it existed.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// How a report's run happened in a virtual machine.
@@ -153,6 +157,7 @@ impl Document {
             },
             command: command.to_owned(),
             kernel: uname.release().to_string_lossy().into_owned(),
+            hostname: Some(uname.nodename().to_string_lossy().into_owned()),
             created: jiff::Timestamp::now().to_string(),
             tier: None,
             node: None,
@@ -672,23 +677,6 @@ fn lost(q: &SentQuery, trace: Option<&TraceRecord>) -> LostQuery {
             Outcome::Answered { .. } => "answered".to_owned(),
         },
         trace: trace.cloned(),
-    }
-}
-
-#[cfg(test)]
-impl VmRun {
-    /// A 6.1 guest run, for tests of the reports that carry one.
-    pub(crate) fn sample() -> Self {
-        Self {
-            spec: "6.1".into(),
-            release: "6.1.0-50-amd64".into(),
-            host_kernel: "6.18.0".into(),
-            accel: "tcg".into(),
-            cpus: 1,
-            memory_mib: 2048,
-            boot_s: 4.0,
-            wall_s: 240.0,
-        }
     }
 }
 

@@ -1,5 +1,21 @@
 use super::*;
 
+impl VmRun {
+    /// A 6.1 guest run, for tests of the reports that carry one.
+    pub(crate) fn sample() -> Self {
+        Self {
+            spec: "6.1".into(),
+            release: "6.1.0-50-amd64".into(),
+            host_kernel: "6.18.0".into(),
+            accel: "tcg".into(),
+            cpus: 1,
+            memory_mib: 2048,
+            boot_s: 4.0,
+            wall_s: 240.0,
+        }
+    }
+}
+
 fn doc() -> Document {
     Document::new("probe").unwrap()
 }
@@ -27,6 +43,19 @@ fn vm_field_is_optional_within_version_1() {
     let back = Document::parse(Path::new("vm.json"), &text).unwrap();
     assert_eq!(back.vm, d.vm);
     assert_eq!(back.schema_version, 1);
+}
+
+/// `hostname` is an optional field added within schema version 1: a report written before it
+/// reads with none; a new one names this machine.
+#[test]
+fn hostname_field_is_optional_within_version_1() {
+    let d = doc();
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_eq!(d.hostname.as_deref(), host.nodename().to_str());
+    let mut v = serde_json::to_value(&d).unwrap();
+    v.as_object_mut().unwrap().remove("hostname");
+    let back = Document::parse(Path::new("old.json"), &v.to_string()).unwrap();
+    assert_eq!(back.hostname, None);
 }
 
 /// `lost_by_cause` is keyed by each cause's text, as before causes were typed; a report
