@@ -387,6 +387,44 @@ fn budget() -> (u64, Option<Duration>) {
     }
 }
 
+/// The input running now, since when, and its name (what the watchdog saves when it hangs).
+type Running = (Instant, String, Vec<u8>);
+static RUNNING: std::sync::Mutex<Option<Running>> = std::sync::Mutex::new(None);
+
+/// An input that runs this long hangs the parser (a loop in the types it follows, say).
+const HANG: Duration = Duration::from_secs(10);
+
+/// Marks `input` as running, and starts the watchdog once: an input still running after `HANG`
+/// is saved under target/fuzz-crashes and the process aborts naming it (a hang cannot be caught
+/// as a panic is; without this it only shows as a test that never ends).
+fn watch(name: &str, what: &str, input: &[u8]) {
+    static WATCHDOG: std::sync::Once = std::sync::Once::new();
+    WATCHDOG.call_once(|| {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((since, label, input)) = running.as_ref()
+                    && since.elapsed() > HANG
+                {
+                    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../target/fuzz-crashes")
+                        .join(label.replace(' ', "-"));
+                    let _ = std::fs::create_dir_all(file.parent().expect("a directory"));
+                    let _ = std::fs::write(&file, input);
+                    eprintln!(
+                        "fuzz {label}: still running after {HANG:?}, a hang; saved to {}",
+                        file.display()
+                    );
+                    std::process::abort();
+                }
+            }
+        });
+    });
+    *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((Instant::now(), format!("{name} {what}"), input.to_vec()));
+}
+
 /// Replays the corpus, then mutates it; panics naming the first input that panicked or allocated
 /// past the bound (after saving it under target/fuzz-crashes).
 fn fuzz(name: &str, f: fn(&[u8])) {
@@ -402,7 +440,9 @@ fn fuzz(name: &str, f: fn(&[u8])) {
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let check = |input: &[u8], what: &str| {
+        watch(name, what, input);
         let peak = std::panic::catch_unwind(|| peak_of(|| f(input)));
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let failure = match peak {
             Err(_) => Some("panicked".to_owned()),
             Ok(p) if p > ALLOC_SLACK + 64 * input.len() => {

@@ -29,6 +29,8 @@ pub enum Error {
          --no-trace` work without it"
     )]
     Read { source: btf_rs::Error },
+    #[error("kernel BTF: a {what} deeper than {MAX_DEPTH} types (a loop?)")]
+    TooDeep { what: &'static str },
     #[error("kernel BTF has no {kind} named {name}")]
     Missing { kind: &'static str, name: String },
     #[error("kernel BTF: {what}: {source}")]
@@ -41,6 +43,10 @@ pub struct KernelBtf {
     modules: Vec<(String, Btf)>,
 }
 
+/// The longest chain of types followed (typedefs and qualifiers, nested anonymous members): the
+/// kernel's own limit (`MAX_RESOLVE_DEPTH`). BTF that loops (a typedef of itself) ends there.
+const MAX_DEPTH: usize = 32;
+
 fn parse<T>(what: impl FnOnce() -> String, r: btf_rs::Result<T>) -> Result<T, Error> {
     r.map_err(|source| Error::Parse {
         what: what(),
@@ -50,7 +56,7 @@ fn parse<T>(what: impl FnOnce() -> String, r: btf_rs::Result<T>) -> Result<T, Er
 
 /// Follows typedefs and qualifiers to the underlying type.
 fn resolve(btf: &Btf, mut t: Type) -> Result<Type, Error> {
-    loop {
+    for _ in 0..MAX_DEPTH {
         t = match t {
             Type::Typedef(ref x) => parse(|| "typedef".into(), btf.resolve_chained_type(x))?,
             Type::Const(ref x) | Type::Volatile(ref x) | Type::Restrict(ref x) => {
@@ -60,10 +66,28 @@ fn resolve(btf: &Btf, mut t: Type) -> Result<Type, Error> {
             other => return Ok(other),
         }
     }
+    Err(Error::TooDeep {
+        what: "typedef and qualifier chain",
+    })
 }
 
 /// Byte offset of `field` in `s`, looking through anonymous structs and unions.
 fn field_in(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>, Error> {
+    field_at(btf, s, field, 0)
+}
+
+/// `field_in`, `depth` anonymous members down.
+fn field_at(
+    btf: &Btf,
+    s: &btf_rs::Struct,
+    field: &str,
+    depth: usize,
+) -> Result<Option<(u32, Type)>, Error> {
+    if depth >= MAX_DEPTH {
+        return Err(Error::TooDeep {
+            what: "nesting of anonymous members",
+        });
+    }
     for m in &s.members {
         let name = btf.resolve_name(m).unwrap_or_default();
         let ty = parse(|| format!("member {field}"), btf.resolve_chained_type(m))?;
@@ -72,7 +96,7 @@ fn field_in(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Result<Option<(u32, T
         }
         if name.is_empty()
             && let Type::Struct(inner) | Type::Union(inner) = resolve(btf, ty)?
-            && let Some((off, t)) = field_in(btf, &inner, field)?
+            && let Some((off, t)) = field_at(btf, &inner, field, depth + 1)?
         {
             return Ok(Some((m.bit_offset() / 8 + off, t)));
         }
