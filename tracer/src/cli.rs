@@ -456,6 +456,9 @@ pub struct VmRunArgs {
     /// The command's working directory in the guest (default /).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<std::path::PathBuf>,
+    /// Boot with this kernel lockdown mode (`lockdown=`), as Secure Boot or a hardened node does.
+    #[arg(long, value_enum)]
+    pub lockdown: Option<crate::vm::Lockdown>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -123,7 +123,7 @@ pub fn check(name: &str, command: &Command) -> Result<(), Error> {
     if ebpf && lockdown().as_deref() == Some("confidentiality") {
         return Err(Error::Privileges {
             reason: format!(
-                "tracer {name} cannot trace under kernel lockdown=confidentiality (/sys/kernel/security/lockdown): it forbids eBPF reads of kernel memory (bpf_probe_read_kernel), kprobes, tracefs and perf events; boot with lockdown=integrity or none"
+                "tracer {name} cannot trace under kernel lockdown=confidentiality (/sys/kernel/security/lockdown): it forbids eBPF reads of kernel memory (bpf_probe_read_kernel), kprobes, tracefs and perf events; boot with lockdown=integrity or none (`inspect` and `probe --no-trace` work as they are)"
             ),
         });
     }

@@ -49,6 +49,7 @@ pub fn run(args: VmArgs) -> Result<i32, Error> {
                 memory_mib: a.memory,
                 env: a.env,
                 workdir: a.workdir,
+                lockdown: a.lockdown,
             };
             let guest = vm::run(&kernel, &a.command, &opts)?;
             log::debug!("vm: console:\n{}", guest.console);

@@ -166,6 +166,18 @@ pub struct RunOptions {
     pub env: Vec<(String, String)>,
     /// The command's working directory in the guest (default `/`).
     pub workdir: Option<PathBuf>,
+    /// The kernel lockdown mode to boot with (`lockdown=` on its command line), as a node with
+    /// Secure Boot or a hardened profile runs; `None`: the kernel's default (none).
+    pub lockdown: Option<Lockdown>,
+}
+
+/// A kernel lockdown mode (`Documentation/admin-guide/kernel-parameters.txt`, `lockdown=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lockdown {
+    /// Blocks changes to the running kernel (unsigned modules, /dev/mem, kexec ...).
+    Integrity,
+    /// Integrity, and reads of kernel memory too: eBPF's, kprobes, tracefs, perf.
+    Confidentiality,
 }
 
 impl Default for RunOptions {
@@ -176,6 +188,7 @@ impl Default for RunOptions {
             memory_mib: 2048,
             env: Vec::new(),
             workdir: None,
+            lockdown: None,
         }
     }
 }

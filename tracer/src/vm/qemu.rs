@@ -155,7 +155,15 @@ fn boot(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", CMDLINE])
+        .arg("-append")
+        .arg(match opts.lockdown {
+            None => CMDLINE.to_owned(),
+            Some(mode) => format!(
+                "{CMDLINE} lockdown={}",
+                clap::ValueEnum::to_possible_value(&mode)
+                    .map_or_else(String::new, |v| v.get_name().to_owned())
+            ),
+        })
         .arg("-virtfs")
         // The host's `/` spans devices (/proc and /sys roots are both inode 1): without remapping,
         // 9p gives them one qid, the guest aliases the directories, and /proc mounts land on /sys.
