@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the lab's ipvs mode: kube-proxy's KUBE-CLUSTER-IP and KUBE-LOOP-BACK sets",
     ),
     ("dnsutils", "dig, for the README's manual checks"),
+    (
+        "prometheus",
+        "tests/metrics.rs scrapes `trace --metrics` with a real Prometheus (its own process); promtool checks alert rules",
+    ),
     ("bpftrace", "the bench's reference tracer"),
     (
         "bpftool",
