@@ -329,9 +329,16 @@ fn a_metrics_address_that_cannot_be_bound_is_a_one_line_error_before_attaching()
     for (metrics, expect) in [
         (addr.as_str(), "failed to listen for metrics on"),
         // An address this machine does not have (TEST-NET-1).
-        ("192.0.2.1:9745", "failed to listen for metrics on 192.0.2.1:9745"),
+        (
+            "192.0.2.1:9745",
+            "failed to listen for metrics on 192.0.2.1:9745",
+        ),
     ] {
-        let line = refused(&[&args[..], &["--metrics", metrics]].concat(), ERROR, expect);
+        let line = refused(
+            &[&args[..], &["--metrics", metrics]].concat(),
+            ERROR,
+            expect,
+        );
         assert!(!line.contains("attach"), "{line}");
     }
 }

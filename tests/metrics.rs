@@ -187,7 +187,10 @@ fn a_scrape_has_every_contract_family_and_the_port_closes_at_the_end() {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
     assert!(!text.contains("tracer_dns_lost"), "nothing lost: {text}");
-    let queries = sample(&text, "tracer_dns_queries_total{family=\"ipv4\",transport=\"udp\"}");
+    let queries = sample(
+        &text,
+        "tracer_dns_queries_total{family=\"ipv4\",transport=\"udp\"}",
+    );
     assert!(queries >= Some(answered * 0.9), "{text}");
     let by_endpoint: f64 = text
         .lines()
@@ -200,7 +203,11 @@ fn a_scrape_has_every_contract_family_and_the_port_closes_at_the_end() {
         text.contains("iptables_backend=\"nft\",kube_proxy_mode=\"iptables\""),
         "{text}"
     );
-    assert_eq!(sample(&text, "tracer_events_lost_total"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "tracer_events_lost_total"),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(get(addr, "/").map(|(c, _)| c).ok(), Some(404));
     assert!(traced.interrupt().success());
     assert_refused(addr);
@@ -232,7 +239,10 @@ impl Prometheus {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -76,10 +76,7 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
 /// Runs the command.
 pub fn run(args: TraceArgs) -> Result<(), Error> {
     // Bound first: a port in use or an address not ours fails before anything is attached.
-    let listener = args
-        .metrics
-        .map(metrics::Listener::bind)
-        .transpose()?;
+    let listener = args.metrics.map(metrics::Listener::bind).transpose()?;
     let target = target(&args)?;
     let settings = Settings {
         tier: args.hooks,
@@ -128,8 +125,11 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         None => None,
     };
     let slow_us = args.slow_ms.saturating_mul(1000);
+    // Only where --metrics asked the kernel for every record: without it, what it hands over
+    // is what is printed.
+    let filtered = !args.all && args.metrics.is_some();
     let write = |out: &mut dyn Write, r: &QueryRecord| -> Result<(), Error> {
-        if !args.all && !reported_without_all(r, slow_us) {
+        if filtered && !reported_without_all(r, slow_us) {
             Ok(())
         } else if json {
             write_json(out, &TraceLine::Query(r))

@@ -96,30 +96,31 @@ pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
         for n in names {
             cmd.args(["--name", n]);
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         Ok(ChildGuard::new("tracer probe", child))
     };
     let _load = probe(&["kubernetes.default.svc.cluster.local", "nx.soak.invalid"])?;
     let started = Instant::now();
-    // (seconds since the start, RSS bytes, queries counted)
-    let mut samples: Vec<(f64, u64, f64)> = Vec::new();
+    // (seconds since the start, RSS bytes, anonymous RSS bytes, queries counted)
+    let mut samples: Vec<(f64, u64, u64, f64)> = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         check_interrupted()?;
         sleep(EVERY);
         let rss = status_kb(pid, "VmRSS").context("the tracer exited")?;
+        // The heap alone: VmRSS also holds the ring buffer's pages as the kernel first fills
+        // them, and the binary's pages as they are first run (both bounded).
+        let anon = status_kb(pid, "RssAnon").unwrap_or(0);
         let text = scrape(addr)?;
         let queries = total(&text, "tracer_dns_queries_total");
         let t = started.elapsed().as_secs_f64();
-        if samples.len() % 12 == 0 {
+        if samples.len().is_multiple_of(12) {
             println!(
-                "soak: {t:>6.0} s  RSS {:>6.1} MiB  {queries:.0} queries counted",
-                mib(rss)
+                "soak: {t:>6.0} s  RSS {:>6.1} MiB (anonymous {:>6.1} MiB)  {queries:.0} queries counted",
+                mib(rss),
+                mib(anon)
             );
         }
-        samples.push((t, rss, queries));
+        samples.push((t, rss, anon, queries));
     }
     drop(traced);
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
@@ -130,13 +131,13 @@ pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
     let from = samples.iter().find(|s| s.0 >= warm).unwrap_or(first);
     let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let hours = (last.0 - from.0) / 3600.0;
-    let growth = (last.1 as f64 - from.1 as f64) / hours.max(1e-9);
+    let per_hour = |a: u64, b: u64| (b as f64 - a as f64) / hours.max(1e-9) / f64::from(1u32 << 20);
     println!(
         "soak: {} samples over {:.0} s, {:.0} queries counted ({:.0}/s)",
         samples.len(),
         last.0,
-        last.2,
-        last.2 / last.0
+        last.3,
+        last.3 / last.0
     );
     println!(
         "soak: RSS start {:.1} MiB, after warm-up ({:.0} s) {:.1} MiB, end {:.1} MiB, max {:.1} MiB; growth after warm-up {:.2} MiB/hour",
@@ -145,7 +146,13 @@ pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
         mib(from.1),
         mib(last.1),
         mib(max),
-        growth / f64::from(1u32 << 20)
+        per_hour(from.1, last.1)
+    );
+    println!(
+        "soak: anonymous RSS after warm-up {:.1} MiB, end {:.1} MiB; growth {:.2} MiB/hour",
+        mib(from.2),
+        mib(last.2),
+        per_hour(from.2, last.2)
     );
     Ok(())
 }
