@@ -112,6 +112,9 @@ fn malformed_addresses_and_ports_are_usage_errors() {
         (&["trace", "--service", "kube-dns:53"], "bad address"),
         (&["trace", "--service", ""], "bad address"),
         (&["trace", "--pod-ip", "10.244.0.300"], "--pod-ip"),
+        (&["trace", "--metrics", "127.0.0.1"], "--metrics"),
+        (&["trace", "--metrics", "localhost:9745"], "--metrics"),
+        (&["trace", "--metrics", "127.0.0.1:99999"], "--metrics"),
         (&["probe", "--server", "10.96.0.10:dns"], "bad port"),
         (&["probe", "--source-port", "0"], "--source-port"),
         (&["probe", "--source-port", "65536"], "--source-port"),
@@ -314,6 +317,29 @@ fn unknown_namespaces_pods_and_labs_are_one_line_errors() {
         ),
     ] {
         refused(args, ERROR, expect);
+    }
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_bound_is_a_one_line_error_before_attaching() {
+    // Held by this test: the port is in use.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = held.local_addr().expect("its address").to_string();
+    let args = ["trace", "--service", "10.96.0.10", "--duration", "1"];
+    for (metrics, expect) in [
+        (addr.as_str(), "failed to listen for metrics on"),
+        // An address this machine does not have (TEST-NET-1).
+        (
+            "192.0.2.1:9745",
+            "failed to listen for metrics on 192.0.2.1:9745",
+        ),
+    ] {
+        let line = refused(
+            &[&args[..], &["--metrics", metrics]].concat(),
+            ERROR,
+            expect,
+        );
+        assert!(!line.contains("attach"), "{line}");
     }
 }
 

@@ -129,7 +129,7 @@ pub struct HooksArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  tracer trace --lab\n  tracer trace --service 10.96.0.10 --duration 60\n  tracer trace --lab --all --output json\n  tracer trace --lab --hooks tracepoint --slow-ms 20"
+    after_help = "Examples:\n  tracer trace --lab\n  tracer trace --service 10.96.0.10 --duration 60\n  tracer trace --lab --all --output json\n  tracer trace --lab --hooks tracepoint --slow-ms 20\n  tracer trace --lab --metrics\n  tracer trace --metrics 10.0.0.5:9745"
 )]
 pub struct TraceArgs {
     /// Trace the lab: its node namespace, Service IP, endpoints and pods.
@@ -177,6 +177,11 @@ pub struct TraceArgs {
     /// Print the whole hook plan (every program, attached or why not) instead of its one line.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while tracing (default ADDR:
+    /// 127.0.0.1:9745, loopback). Every query is counted, answered ones too: the kernel hands
+    /// over a record per query, as with --all, but only the lines --all would add are left out.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9745")]
+    pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub out: Output,
 }

@@ -9,10 +9,11 @@
 //! - `doctor`: the checks and a traced probe from a pod, judged: verdict, ranked causes with
 //!   evidence and fix, one line per check.
 //! - `validate`: the lab's scenarios, each on a fresh lab, checked for detection and attribution.
-//! - `trace`: a running trace (hooks -> records -> correlator -> per-query records -> summary),
-//!   and DNS batches sent while it watches.
+//! - `trace`: a running trace (hooks -> records -> correlator -> per-query records -> summary |
+//!   metrics), its `/metrics` endpoint, and DNS batches sent while it watches.
 //! - `report`: the data models of results (the versioned report, the trace summary and its JSON
-//!   lines, validation, compare, fleet), each rendered as text or JSON.
+//!   lines, the Prometheus metrics, validation, compare, fleet), each rendered as text or JSON
+//!   (the metrics as OpenMetrics text).
 //! - `lab`: the simulated node (namespaces, bridge, kube-proxy rules, DNS pods) and its faults.
 //! - `measure`: active DNS queries at a fixed rate, with loss and latency.
 //! - `flow`: kernel records to one record per query (correlation across NAT, typed causes, DNS

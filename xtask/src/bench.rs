@@ -10,12 +10,14 @@
 //! - `report`: figures over the rounds, targets met or missed, the Markdown written and printed.
 //! - `vm`: the deep tier (kprobe, fentry) inside a Debian kernel under qemu, in ratios.
 //! - `baseline`: an earlier commit's tracer, built to run in the same rounds as this one's.
+//! - `soak`: `trace --metrics` for a long while under load, its RSS sampled (`--soak`).
 
 mod baseline;
 mod dnsperf;
 mod measure;
 mod memory;
 mod report;
+mod soak;
 mod traced;
 mod vm;
 
@@ -55,6 +57,8 @@ pub struct Options {
     /// The commit whose tracer runs in the same rounds as a baseline (`none`: no baseline;
     /// default: `baseline::REFERENCE` for the full bench, none for the quick one).
     pub baseline: Option<String>,
+    /// Only the soak: `trace --metrics` this many seconds under load, on lab `soak_prefix`.
+    pub soak: Option<(u64, String)>,
 }
 
 /// The kernel of the full bench's VM part: Debian 12's, the one most nodes of its age run.
@@ -573,6 +577,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     check_interrupted()?;
     let target = target_dir(&root);
     let tracer = target.join("release/tracer");
+    if let Some((seconds, prefix)) = &opts.soak {
+        return soak::run(&tracer, prefix, *seconds);
+    }
     let default = !plan.quick && opts.vm.is_none();
     let baseline = baseline::chosen(opts.baseline.as_deref(), default)
         .map(|rev| baseline::build(&root, &target, rev))

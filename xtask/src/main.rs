@@ -78,6 +78,14 @@ enum Task {
         /// measured before IPv6 and TCP; `none`: no baseline). Built once, kept in target/bench.
         #[arg(long, value_name = "REV")]
         baseline: Option<String>,
+        /// Only the soak: `tracer trace --lab --metrics` this many seconds under DNS load, its
+        /// RSS sampled and /metrics scraped every 5 s; prints start, end and max RSS and the
+        /// growth per hour.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["vm", "quick"])]
+        soak: Option<u64>,
+        /// The lab prefix of --soak.
+        #[arg(long, default_value = "trs", requires = "soak")]
+        soak_prefix: String,
     },
     /// The VM part's guest side (run by `bench` inside the guest, not by hand).
     #[command(hide = true)]
@@ -139,6 +147,8 @@ fn main() -> anyhow::Result<()> {
             seconds,
             vm,
             baseline,
+            soak,
+            soak_prefix,
         } => {
             setup::run()?;
             bench::run(bench::Options {
@@ -147,6 +157,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 vm,
                 baseline,
+                soak: soak.map(|s| (s, soak_prefix)),
             })
         }
         Task::BenchVmGuest {

@@ -28,7 +28,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsutils", "dig, for the README's manual checks"),
     (
         "prometheus",
-        "promtool: tests/deploy.rs checks and unit-tests deploy/alerts.yaml",
+        "tests/metrics.rs scrapes `trace --metrics` with a real Prometheus (its own process); tests/deploy.rs runs promtool on deploy/alerts.yaml",
     ),
     ("bpftrace", "the bench's reference tracer"),
     (

@@ -1,5 +1,6 @@
 //! `tracer trace`: every DNS query followed until Ctrl-C or `--duration`; one line (or JSON
-//! object) per failed or slow query, then the summary.
+//! object) per failed or slow query, then the summary; with `--metrics`, every query counted
+//! for Prometheus while it runs.
 
 use std::{
     io::Write,
@@ -14,9 +15,10 @@ use crate::{
     lab, netns, node, process,
     report::{
         document,
-        trace::{TraceLine, line},
+        metrics::NodeInfo,
+        trace::{TraceLine, line, reported_without_all},
     },
-    trace::{Settings, Target, Tracer, attribute_backends},
+    trace::{Settings, Target, Tracer, attribute_backends, metrics},
 };
 
 /// What to trace, from the command line (the lab fills what is not given when it is up).
@@ -73,10 +75,13 @@ fn target(args: &TraceArgs) -> Result<Target, Error> {
 
 /// Runs the command.
 pub fn run(args: TraceArgs) -> Result<(), Error> {
+    // Bound first: a port in use or an address not ours fails before anything is attached.
+    let listener = args.metrics.map(metrics::Listener::bind).transpose()?;
     let target = target(&args)?;
     let settings = Settings {
         tier: args.hooks,
-        all: args.all,
+        // The metrics count every query: the kernel hands over a record for each.
+        all: args.all || listener.is_some(),
         slow: Duration::from_millis(args.slow_ms),
         timeout: Duration::from_secs_f64(args.timeout.max(0.05)),
         pod_ip: args.pod_ip,
@@ -86,11 +91,18 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     // loading and attaching is seen by the first poll, and everything attached is removed.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .build()?;
     let mut tracer = Tracer::start(target.clone(), &settings)?;
     let json = args.out.format == OutputFormat::Json;
     // Buffered and flushed once per poll: with --all, a flush per line cost more than tracing.
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
+    // The node's state, for the header and the metrics' node info.
+    let inspected = (!json || listener.is_some()).then(|| {
+        let tier = (tracer.plan().tier, "as attached by this trace".to_owned());
+        node::inspect_with_tier(links, Some(tier))
+    });
     if json {
         let attach_ms = tracer.attach_time().as_secs_f64() * 1000.0;
         write_json(
@@ -101,11 +113,25 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
             },
         )?;
     } else {
-        header(&mut stdout, &target, &tracer, &args)?;
+        header(&mut stdout, &target, &tracer, &args, inspected.as_ref())?;
     }
     stdout.flush()?;
+    let mut exporter = match listener {
+        Some(l) => {
+            let report = inspected.as_ref().and_then(|r| r.as_ref().ok());
+            let node = NodeInfo::new(report, tracer.plan());
+            Some(metrics::Exporter::start(&rt, l, node)?)
+        }
+        None => None,
+    };
+    let slow_us = args.slow_ms.saturating_mul(1000);
+    // Only where --metrics asked the kernel for every record: without it, what it hands over
+    // is what is printed.
+    let filtered = !args.all && args.metrics.is_some();
     let write = |out: &mut dyn Write, r: &QueryRecord| -> Result<(), Error> {
-        if json {
+        if filtered && !reported_without_all(r, slow_us) {
+            Ok(())
+        } else if json {
             write_json(out, &TraceLine::Query(r))
         } else {
             Ok(writeln!(out, "{}", line(r))?)
@@ -117,7 +143,10 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     // With --report, the failed records are kept for it.
     let keep = args.out.report.is_some();
     let mut kept = Vec::new();
-    follow(&rt, &mut tracer, deadline, |records| {
+    follow(&rt, &mut tracer, deadline, |tracer, records| {
+        if let Some(e) = exporter.as_mut() {
+            e.update(tracer, &records)?;
+        }
         for r in records {
             write(&mut stdout, &r)?;
             if keep && r.verdict != Verdict::Answered {
@@ -126,6 +155,10 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
         }
         Ok(stdout.flush()?)
     })?;
+    // Nothing listens once the trace stops.
+    if let Some(e) = exporter {
+        e.stop(&rt);
+    }
     let (rest, summary) = tracer.finish()?;
     for r in &rest {
         write(&mut stdout, r)?;
@@ -139,7 +172,6 @@ pub fn run(args: TraceArgs) -> Result<(), Error> {
     if let Some(path) = &args.out.report {
         kept.extend(rest);
         attribute_backends(&mut kept, &summary.rule_counters);
-        let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
         document::write_trace_report(path, links, summary, &kept)?;
     }
     Ok(())
@@ -157,6 +189,7 @@ fn header(
     target: &Target,
     tracer: &Tracer,
     args: &TraceArgs,
+    inspected: Option<&Result<node::inspect::Report, node::inspect::Error>>,
 ) -> Result<(), Error> {
     let slow_ms = args.slow_ms;
     writeln!(
@@ -175,15 +208,17 @@ fn header(
     } else {
         writeln!(out, "{}", tracer.plan().one_line())?;
     }
-    let links = target.links_netns.as_ref().map(|(_, p)| p.as_path());
-    let tier = (tracer.plan().tier, "as attached by this trace".to_owned());
-    match node::inspect_with_tier(links, Some(tier)) {
-        Ok(report) => {
+    match inspected {
+        Some(Ok(report)) => {
             for l in report.summary() {
                 writeln!(out, "{l}")?;
             }
         }
-        Err(e) => writeln!(out, "node inspection failed: {e}")?,
+        Some(Err(e)) => writeln!(out, "node inspection failed: {e}")?,
+        None => {}
+    }
+    if let Some(addr) = args.metrics {
+        writeln!(out, "metrics at http://{addr}/metrics")?;
     }
     writeln!(
         out,
@@ -198,13 +233,14 @@ fn follow(
     rt: &tokio::runtime::Runtime,
     tracer: &mut Tracer,
     deadline: Option<Instant>,
-    mut each: impl FnMut(Vec<QueryRecord>) -> Result<(), Error>,
+    mut each: impl FnMut(&Tracer, Vec<QueryRecord>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tick.tick().await;
-            each(tracer.poll()?)?;
+            let records = tracer.poll()?;
+            each(tracer, records)?;
             if process::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }

@@ -7,6 +7,8 @@
 //! - `compare`: two reports side by side, with regressions flagged against thresholds.
 //! - `fleet`: many nodes' reports side by side, with the nodes that differ from the rest
 //!   flagged.
+//! - `metrics`: the Prometheus metrics of `trace --metrics` (every query record, the kernel's
+//!   counters, conntrack, what the node is), rendered as OpenMetrics text.
 //! - `trace`: the trace summary (counts by verdict, stage, reason and endpoint, latency, what
 //!   was lost or skipped), the per-query line and the JSON lines of `trace --output json`.
 //! - `validation`: what `validate` found, scenario by scenario.
@@ -14,5 +16,6 @@ pub mod compare;
 pub mod doctor;
 pub mod document;
 pub mod fleet;
+pub mod metrics;
 pub mod trace;
 pub mod validation;

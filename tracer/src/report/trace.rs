@@ -383,6 +383,18 @@ fn ep(e: Option<IpAddr>, link: &Option<String>) -> String {
     }
 }
 
+/// Whether the kernel hands over `r` without `--all`: a failed query, an answer slower than
+/// `slow_us`, one with a drop or ICMP error on its path, a truncated answer, TCP, a retry.
+pub fn reported_without_all(r: &QueryRecord, slow_us: u64) -> bool {
+    r.verdict != Verdict::Answered
+        || r.latency_us.is_some_and(|us| us > slow_us)
+        || r.drop.is_some()
+        || r.icmp.is_some()
+        || r.truncated
+        || r.transport == Transport::Tcp
+        || r.retry_of.is_some()
+}
+
 /// One line for a query.
 pub fn line(r: &QueryRecord) -> String {
     let secs = r.time_us / 1_000_000;

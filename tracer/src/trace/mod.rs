@@ -3,6 +3,7 @@
 //! # Layout
 //! - `Tracer` (here): a running trace of one Service; `poll` returns the completed queries.
 //! - `batch`: a batch of DNS queries sent while the tracer watches.
+//! - `metrics`: the `/metrics` endpoint of `trace --metrics`, fed from the completed queries.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,6 +16,7 @@ use tracer_common::{config::Config, flow::flag};
 
 mod batch;
 mod expiry;
+pub mod metrics;
 mod rules;
 mod service;
 pub use batch::{Traced, progress_bar, traced_batch};
@@ -62,6 +64,11 @@ pub enum Error {
     Rules(#[from] node::inspect::Error),
     #[error("failed to trace the netfilter rules (--rules): {0}")]
     RuleTrace(#[from] crate::ruletrace::Error),
+    #[error("failed to listen for metrics on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What to trace.
@@ -382,6 +389,21 @@ impl Tracer {
     /// (as of the last poll).
     pub fn links_changed(&self) -> (u64, u64) {
         (self.session.links_added, self.session.links_removed)
+    }
+
+    /// The kernel side's counters so far (every query, lost records, unparsed packets).
+    pub fn counters(&self) -> Result<crate::probes::session::Counters, Error> {
+        Ok(self.session.counters()?)
+    }
+
+    /// Conntrack's table and per-CPU statistics (summed) in the pod links' namespace, each
+    /// `None`, logged, when it cannot be read.
+    pub fn conntrack(&self) -> (Option<conntrack::Table>, Option<CpuStats>) {
+        let links = self.target.links_netns.as_ref().map(|(_, p)| p);
+        let table = in_netns(links, conntrack::table)
+            .inspect_err(|e| log::debug!("conntrack table: {e}"))
+            .ok();
+        (table, self.ct_stats())
     }
 
     /// How long loading and attaching took.
