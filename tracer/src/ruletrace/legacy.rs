@@ -181,13 +181,19 @@ impl LegacyTrace {
 
     /// See [`RuleTrace::flush`](super::RuleTrace::flush).
     pub fn flush(&mut self) -> Result<Vec<PacketPath>, Error> {
-        self.read()?;
+        for _ in 0..super::FLUSH_ROUNDS {
+            if self.read()? < super::READ_BUDGET {
+                break;
+            }
+        }
         Ok(self.paths.all())
     }
 
-    fn read(&mut self) -> Result<(), Error> {
+    fn read(&mut self) -> Result<usize, Error> {
         let mut batch = Vec::new();
-        loop {
+        let mut datagrams = 0;
+        for _ in 0..super::READ_BUDGET {
+            datagrams += 1;
             let now = monotonic_ns();
             let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => n,
@@ -213,7 +219,7 @@ impl LegacyTrace {
         for (msg, now) in batch {
             self.handle(msg, now);
         }
-        Ok(())
+        Ok(datagrams)
     }
 
     fn handle(&mut self, msg: LogMessage, now: u64) {

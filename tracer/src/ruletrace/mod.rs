@@ -91,6 +91,15 @@ pub enum Error {
     Busy { pid: u32 },
 }
 
+/// The most datagrams one read takes off a trace socket. A loaded node can trace packets faster
+/// than a starved tracer reads them: an unbounded drain never returned, so the trace never saw
+/// its stop request (a lifecycle cycle hung past 60 s under load). The rest waits for the next
+/// poll, and what overflows the socket is counted as lost.
+pub(crate) const READ_BUDGET: usize = 1024;
+/// At the end (`flush`), at most this many budgets are read: what a stopping trace still finds
+/// waiting, without letting a flood keep it from stopping.
+const FLUSH_ROUNDS: usize = 16;
+
 /// What to trace and how paths complete.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -257,14 +266,20 @@ impl RuleTrace {
 
     /// Reads every waiting message and hands out every path, complete or not.
     pub fn flush(&mut self) -> Result<Vec<PacketPath>, Error> {
-        self.read()?;
+        for _ in 0..FLUSH_ROUNDS {
+            if self.read()? < READ_BUDGET {
+                break;
+            }
+        }
         Ok(self.paths.all())
     }
 
-    /// Reads the socket until it is empty.
-    fn read(&mut self) -> Result<(), Error> {
+    /// Reads the socket until it is empty, or `READ_BUDGET` datagrams.
+    fn read(&mut self) -> Result<usize, Error> {
         let mut batch = Vec::new();
-        loop {
+        let mut datagrams = 0;
+        for _ in 0..READ_BUDGET {
+            datagrams += 1;
             let now = monotonic_ns();
             match self.socket.recv()? {
                 Received::Empty => break,
@@ -286,7 +301,7 @@ impl RuleTrace {
         for (msg, now) in batch {
             self.handle(msg, now);
         }
-        Ok(())
+        Ok(datagrams)
     }
 
     fn handle(&mut self, msg: TraceMessage, now: u64) {

@@ -420,7 +420,10 @@ impl Tracer {
         let Some(ev) = self.ct_events.as_mut() else {
             return;
         };
-        while let Ok(batch) = ev.recv() {
+        // Bounded as the rule trace's reads are (`ruletrace::READ_BUDGET`): a drain that never
+        // empties under load would keep the trace from its stop request.
+        for _ in 0..crate::ruletrace::READ_BUDGET {
+            let Ok(batch) = ev.recv() else { break };
             if batch.is_empty() {
                 break;
             }
