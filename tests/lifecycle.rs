@@ -12,13 +12,13 @@ mod common;
 use std::{
     collections::HashSet,
     io::{BufRead as _, BufReader},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{LabGuard, leftovers};
+use common::{ChildGuard, LabGuard, leftovers};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -65,41 +65,6 @@ const MAPS: [&str; 7] = [
 const ATTACHED: &str = "ms to attach";
 /// The summary's first line.
 const SUMMARY: &str = "== summary:";
-
-/// A child process ended with SIGKILL (and reaped) when the guard drops, unless it exited.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.as_ref().expect("child").id() as i32)
-    }
-
-    /// Waits for the child to exit (at most `bound`: a hang is a failure, not a wait forever).
-    fn wait(&mut self, bound: Duration) -> ExitStatus {
-        let deadline = Instant::now() + bound;
-        let child = self.0.as_mut().expect("child");
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the tracer") {
-                self.0 = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the tracer did not exit within {bound:?} of its signal"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// DNS load on the lab: `tracer probe --no-trace` from client0, for at most ten minutes.
 fn load(prefix: &str, rate: u32) -> ChildGuard {

@@ -14,16 +14,13 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{LabGuard, batch, leftovers};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use common::{ChildGuard, LabGuard, batch, leftovers};
+use nix::sys::signal::{Signal, kill};
 use tracer::{lab::FaultName, measure::Outcome, node::Backend};
 
 const TRACER: &str = env!("CARGO_BIN_EXE_tracer");
@@ -44,39 +41,6 @@ const FAMILIES: [&str; 11] = [
     "tracer_probes_skipped",
     "tracer_dns_latency_seconds_bucket{le=\"0.0005\"}",
 ];
-
-/// A child process killed (and reaped) when the guard drops, unless it exited.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.as_ref().expect("child").id() as i32)
-    }
-
-    /// SIGINT, then the exit status (a hang past a minute is a failure).
-    fn interrupt(&mut self) -> ExitStatus {
-        kill(self.pid(), Signal::SIGINT).expect("signal the tracer");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let child = self.0.as_mut().expect("child");
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                self.0 = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the tracer did not exit");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A free loopback port (bound, read and released).
 fn free_port() -> u16 {
@@ -209,7 +173,8 @@ fn a_scrape_has_every_contract_family_and_the_port_closes_at_the_end() {
         "{text}"
     );
     assert_eq!(get(addr, "/").map(|(c, _)| c).ok(), Some(404));
-    assert!(traced.interrupt().success());
+    kill(traced.pid(), Signal::SIGINT).expect("signal the tracer");
+    assert!(traced.wait(Duration::from_secs(60)).success());
     assert_refused(addr);
     drop(lab);
     assert!(leftovers(prefix).is_empty(), "{:?}", leftovers(prefix));
@@ -352,7 +317,8 @@ fn losses_rise_and_fall_in_prometheus(prefix: &str, backend: Backend) {
     assert!(after > before, "latency count {before} -> {after}");
     assert!(prom.value("sum(tracer_dns_lost_total)") > 0.0);
 
-    assert!(traced.interrupt().success());
+    kill(traced.pid(), Signal::SIGINT).expect("signal the tracer");
+    assert!(traced.wait(Duration::from_secs(60)).success());
     assert_refused(addr);
     drop(prom);
     drop(lab);

@@ -173,3 +173,38 @@ pub fn in_node(lab: &LabGuard, args: &[&str]) -> String {
     assert!(out.status.success(), "{args:?}: {out:?}");
     String::from_utf8(out.stdout).expect("utf-8")
 }
+
+/// A child process ended with SIGKILL (and reaped) when the guard drops, unless it exited.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.as_ref().expect("child").id() as i32)
+    }
+
+    /// Waits for the child to exit (at most `bound`: a hang is a failure, not a wait forever).
+    pub fn wait(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + bound;
+        let child = self.0.as_mut().expect("child");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the tracer") {
+                self.0 = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tracer did not exit within {bound:?} of its signal"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
