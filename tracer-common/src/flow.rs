@@ -95,6 +95,12 @@ pub mod flag {
     pub const CONFIRMED: u16 = 4;
     /// NAT rewrote the query's destination (kprobe/fentry tier): `nat_ip`/`nat_port` hold it.
     pub const NATTED: u16 = 8;
+    /// The query reached its endpoint's link: `endpoint_ticks` holds when.
+    pub const AT_ENDPOINT: u16 = 16;
+    /// The endpoint's answer left it: `reply_ticks` holds when.
+    pub const REPLIED: u16 = 32;
+    /// The node sent the query (no client link): the endpoint's answer ends it.
+    pub const FROM_NODE: u16 = 64;
     /// Flags that mean the query's failure evidence was exported.
     pub const EVIDENCE: u16 = DROPPED | ICMP;
 }
@@ -102,70 +108,148 @@ pub mod flag {
 /// One query in flight, kept in the kernel from the moment the client sends it until its answer
 /// reaches the client. Indexed by a hash of (client address, client port, DNS id); matched on
 /// those and the transport.
+///
+/// Laid out for the cache: the table is page-aligned (`BPF_F_MMAPABLE`) and a slot is 6 cache
+/// lines, so the first 64 bytes are one line, and they hold all that the programs after the
+/// query's first touch (the key, state and flags, the endpoint, the times). The query's first
+/// program writes the rest: its destination, client link and question.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
-    /// The query as the client sent it (destination: the Service IP, or a pod IP).
-    pub query: Packet,
+    /// The client's address (IPv4-mapped for IPv4): part of the key.
+    pub saddr: Addr,
+    /// The client's port: part of the key.
+    pub sport: u16,
+    /// The DNS transaction id: part of the key.
+    pub dns_id: u16,
     /// `state::*`.
     pub state: u16,
     /// `flag::*`.
     pub flags: u16,
+    /// `proto::UDP` or `proto::TCP`: part of the key.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: u8,
     /// Times the client sent the same query again (same socket and id) before an answer.
     pub retries: u16,
-    /// Bytes of `question` this query wrote (the rest is left from earlier queries).
-    pub question_len: u16,
-    /// Interface index of the client's node-side link.
-    pub client_ifindex: u32,
-    /// Interface index of the endpoint's node-side link.
+    /// Interface index of the endpoint's node-side link (with `flag::AT_ENDPOINT`).
     pub endpoint_ifindex: u32,
-    /// The endpoint (pod IP) the query was delivered to after DNAT, zero until seen.
+    /// The endpoint (pod IP) the query was delivered to after DNAT (with `flag::AT_ENDPOINT`).
     pub endpoint_ip: Addr,
-    /// The destination NAT rewrote the query to (kprobe/fentry tier), zero until seen.
-    pub nat_ip: Addr,
-    /// The destination port NAT rewrote the query to, network order, 0 until seen.
-    pub nat_port: u16,
-    /// Explicit padding.
-    pub _pad: u16,
     /// When the query left the client (bpf_ktime_get_ns).
     pub t_query: u64,
-    /// When it reached the endpoint's link, 0 until seen.
-    pub t_endpoint: u64,
-    /// When the endpoint's answer left it, 0 until seen.
-    pub t_reply: u64,
+    /// Ticks (`TICK_SHIFT`) after `t_query` the query reached the endpoint's link
+    /// (`flag::AT_ENDPOINT`).
+    pub endpoint_ticks: u32,
+    /// Ticks (`TICK_SHIFT`) after `t_query` the endpoint's answer left it (`flag::REPLIED`).
+    pub reply_ticks: u32,
+    // The second cache line: written by the query's first program, read by userspace.
+    /// The query's destination (the Service IP, or a pod IP).
+    pub daddr: Addr,
+    /// The query's destination port.
+    pub dport: u16,
+    /// The query's DNS flags (see `Packet::dns_flags`).
+    pub dns_flags: u16,
+    /// Interface index of the client's node-side link (0: the node sent the query).
+    pub client_ifindex: u32,
+    /// The destination NAT rewrote the query to (kprobe/fentry tier, `flag::NATTED`).
+    pub nat_ip: Addr,
+    /// The destination port NAT rewrote the query to, network order (`flag::NATTED`).
+    pub nat_port: u16,
+    /// Bytes of `question` this query wrote (the rest is left from earlier queries).
+    pub question_len: u16,
+    /// Explicit padding.
+    pub _pad2: u32,
     /// The question, raw: the wire-format name, then type and class; zero padded.
     pub question: [u8; QUESTION_LEN],
+    /// Explicit padding to a whole number of cache lines.
+    pub _pad_end: u64,
 }
 
 impl Slot {
     /// An empty slot (also the array map's initial value).
     pub const EMPTY: Slot = Slot {
-        query: Packet {
-            saddr: [0; 4],
-            daddr: [0; 4],
-            sport: 0,
-            dport: 0,
-            dns_id: 0,
-            dns_flags: 0,
-            proto: 0,
-            syn: 0,
-            _pad: 0,
-        },
+        saddr: [0; 4],
+        sport: 0,
+        dns_id: 0,
         state: state::FREE,
         flags: 0,
+        proto: 0,
+        _pad: 0,
         retries: 0,
-        question_len: 0,
-        client_ifindex: 0,
         endpoint_ifindex: 0,
         endpoint_ip: [0; 4],
+        t_query: 0,
+        endpoint_ticks: 0,
+        reply_ticks: 0,
+        daddr: [0; 4],
+        dport: 0,
+        dns_flags: 0,
+        client_ifindex: 0,
         nat_ip: [0; 4],
         nat_port: 0,
-        _pad: 0,
-        t_query: 0,
-        t_endpoint: 0,
-        t_reply: 0,
+        question_len: 0,
+        _pad2: 0,
         question: [0; QUESTION_LEN],
+        _pad_end: 0,
     };
+
+    /// The query as the client sent it.
+    pub const fn query(&self) -> Packet {
+        Packet {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            dns_id: self.dns_id,
+            dns_flags: self.dns_flags,
+            proto: self.proto,
+            syn: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Whether this slot holds the query (client address, client port, DNS id, transport).
+    #[inline(always)]
+    pub fn holds(&self, client_ip: &Addr, client_port: u16, dns_id: u16, proto: u8) -> bool {
+        self.saddr == *client_ip
+            && self.sport == client_port
+            && self.dns_id == dns_id
+            && self.proto == proto
+    }
+
+    /// When the query reached its endpoint's link (bpf_ktime_get_ns), 0 until seen.
+    pub const fn t_endpoint(&self) -> u64 {
+        self.t_after(flag::AT_ENDPOINT, self.endpoint_ticks)
+    }
+
+    /// When the endpoint's answer left it (bpf_ktime_get_ns), 0 until seen.
+    pub const fn t_reply(&self) -> u64 {
+        self.t_after(flag::REPLIED, self.reply_ticks)
+    }
+
+    const fn t_after(&self, seen: u16, ticks: u32) -> u64 {
+        if self.flags & seen == 0 {
+            0
+        } else {
+            self.t_query + ((ticks as u64) << TICK_SHIFT)
+        }
+    }
+}
+
+/// A slot's later times are kept as ticks of 2^10 ns (1.024 µs) after its query, in 32 bits (73
+/// minutes): a shift, where microseconds would cost the programs a 64-bit division each.
+pub const TICK_SHIFT: u32 = 10;
+
+/// Ticks from `t0` to `t` (nanoseconds), as a slot keeps them (saturating).
+#[inline(always)]
+pub fn ticks_after(t0: u64, t: u64) -> u32 {
+    let ticks = t.saturating_sub(t0) >> TICK_SHIFT;
+    if ticks > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        ticks as u32
+    }
 }
 
 /// The slot index of a query: FNV-1a over (client address folded to one word, client port, DNS
@@ -196,12 +280,12 @@ mod tests {
     #[test]
     fn sizes_are_pinned() {
         assert_eq!(core::mem::size_of::<Packet>(), 44);
-        assert_eq!(
-            core::mem::size_of::<Slot>(),
-            44 + 16 + 32 + 4 + 24 + QUESTION_LEN
-        );
-        // The slot table is SLOTS of these: 384 bytes each, 1.5 MiB in all.
+        // The slot table is SLOTS of these: 384 bytes (6 cache lines) each, 1.5 MiB in all.
         assert_eq!(core::mem::size_of::<Slot>(), 384);
+        // What the programs after a query's first touch is in its first cache line.
+        assert_eq!(core::mem::offset_of!(Slot, reply_ticks), 60);
+        assert_eq!(core::mem::offset_of!(Slot, daddr), 64);
+        assert_eq!(core::mem::offset_of!(Slot, question), 112);
     }
 
     #[test]

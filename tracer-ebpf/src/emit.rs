@@ -48,6 +48,23 @@ pub fn copy_packet(dst: &mut Packet, src: &Packet) {
     }
 }
 
+/// Writes a new query's packet into its slot, field by field as `copy_packet` does.
+#[inline(always)]
+pub fn set_query(dst: &mut Slot, src: &Packet) {
+    // SAFETY: every pointer is a field of a valid Slot.
+    unsafe {
+        for i in 0..4 {
+            core::ptr::write_volatile(&mut dst.saddr[i], src.saddr[i]);
+            core::ptr::write_volatile(&mut dst.daddr[i], src.daddr[i]);
+        }
+        core::ptr::write_volatile(&mut dst.sport, src.sport);
+        core::ptr::write_volatile(&mut dst.dport, src.dport);
+        core::ptr::write_volatile(&mut dst.dns_id, src.dns_id);
+        core::ptr::write_volatile(&mut dst.dns_flags, src.dns_flags);
+        core::ptr::write_volatile(&mut dst.proto, src.proto);
+    }
+}
+
 /// Zeroes `dst` eight bytes at a time (see `copy_words`).
 #[inline(always)]
 pub fn zero_words<T: Copy>(dst: &mut T) {
@@ -101,8 +118,7 @@ pub fn slot_of(
     // SAFETY: array map value, valid for the program's lifetime; races between CPUs on one
     // slot only blur that one query's times, which userspace tolerates.
     let slot = unsafe { &mut *slot };
-    let q = &slot.query;
-    if q.saddr == *client_ip && q.sport == client_port && q.dns_id == dns_id && q.proto == proto {
+    if slot.holds(client_ip, client_port, dns_id, proto) {
         Some((index, slot))
     } else {
         None

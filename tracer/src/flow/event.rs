@@ -47,7 +47,7 @@ pub struct Point {
 /// What the kernel knew of a failure record's query when it wrote the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotMatch {
-    /// The query's slot, still pending: its path so far (boxed: a slot is 336 bytes, most of
+    /// The query's slot, still pending: its path so far (boxed: a slot is 384 bytes, most of
     /// them the question).
     Pending(Box<Slot>),
     /// No pending slot matched the packet: only the packet's own DNS question bytes (wire format).
@@ -357,8 +357,14 @@ mod tests {
 
     /// A pending slot for `packet()`'s query.
     fn pending() -> Slot {
+        let p = packet();
         Slot {
-            query: packet(),
+            saddr: p.saddr,
+            daddr: p.daddr,
+            sport: p.sport,
+            dport: p.dport,
+            dns_id: p.dns_id,
+            proto: p.proto,
             state: state::PENDING,
             t_query: 7,
             ..Slot::EMPTY

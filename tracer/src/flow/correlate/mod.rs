@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use tracer_common::flow::{Addr, Packet, Slot, flag, is_truncated, is_unset, proto};
+use tracer_common::flow::{Addr, Packet, Slot, flag, is_truncated, proto};
 
 use super::{
     dns,
@@ -187,7 +187,7 @@ impl Correlator {
     /// A record from what the kernel knew: the query's slot when one matched, else the packet.
     fn base(&mut self, ts: u64, known: Known<'_>, links_netns: u32) -> QueryRecord {
         let (q, question, s) = match known {
-            Known::Slot(s) => (s.query, question_of(s), Some(s)),
+            Known::Slot(s) => (s.query(), question_of(s), Some(s)),
             Known::Packet(p, question) => (query_of(p, self.ctx.dns_port), question, None),
         };
         let raw = question;
@@ -197,8 +197,8 @@ impl Correlator {
         }
         let seen = match s {
             None => Seen::Nowhere,
-            Some(s) if s.t_reply != 0 => Seen::AnsweredByEndpoint,
-            Some(s) if s.t_endpoint != 0 => Seen::AtEndpoint,
+            Some(s) if s.t_reply() != 0 => Seen::AnsweredByEndpoint,
+            Some(s) if s.t_endpoint() != 0 => Seen::AtEndpoint,
             Some(_) => Seen::Sent,
         };
         let first = s.map(|s| s.t_query).filter(|t| *t != 0).unwrap_or(ts);
@@ -215,7 +215,7 @@ impl Correlator {
             qtype: question.qtype,
             verdict: Verdict::Unanswered,
             endpoint: s
-                .filter(|s| !is_unset(&s.endpoint_ip))
+                .filter(|s| s.flags & flag::AT_ENDPOINT != 0)
                 .map(|s| addr(s.endpoint_ip)),
             nat: s
                 .filter(|s| s.flags & flag::NATTED != 0)
@@ -226,7 +226,7 @@ impl Correlator {
                 .filter(|s| s.client_ifindex != 0)
                 .map(|s| self.names.link(links_netns, s.client_ifindex)),
             endpoint_link: s
-                .filter(|s| s.endpoint_ifindex != 0)
+                .filter(|s| s.flags & flag::AT_ENDPOINT != 0 && s.endpoint_ifindex != 0)
                 .map(|s| self.names.link(links_netns, s.endpoint_ifindex)),
             latency_us: None,
             stages: StageTimes::default(),
@@ -248,17 +248,17 @@ impl Correlator {
         let mut out = Vec::new();
         match e {
             KernelEvent::Answered { at, slot: s } => {
-                let key = key_of(&s.query);
+                let key = key_of(&s.query());
                 let mut r = self.base(at.ts, Known::Slot(s), links_netns);
                 r.verdict = Verdict::Answered;
                 r.last_seen = Seen::Delivered;
-                r.truncated = s.query.proto == proto::UDP && is_truncated(&at.packet);
+                r.truncated = s.proto == proto::UDP && is_truncated(&at.packet);
                 r.latency_us = Some(at.ts.saturating_sub(s.t_query) / 1000);
                 let us = |a: u64, b: u64| (a != 0 && b != 0 && b >= a).then(|| (b - a) / 1000);
                 r.stages = StageTimes {
-                    to_endpoint_us: us(s.t_query, s.t_endpoint),
-                    in_endpoint_us: us(s.t_endpoint, s.t_reply),
-                    back_us: us(s.t_reply, at.ts),
+                    to_endpoint_us: us(s.t_query, s.t_endpoint()),
+                    in_endpoint_us: us(s.t_endpoint(), s.t_reply()),
+                    back_us: us(s.t_reply(), at.ts),
                 };
                 if let Some(h) = self.held.remove(&key) {
                     r.drop = h.record.drop;
@@ -268,7 +268,7 @@ impl Correlator {
                 // An answer from another address than the one the client asked was not
                 // un-DNATed (its conntrack entry was gone): a connected client socket refuses it.
                 // Held like failure evidence, so that the client's drop ends it.
-                if at.packet.saddr != s.query.daddr && r.drop.is_none() && r.icmp.is_none() {
+                if at.packet.saddr != s.daddr && r.drop.is_none() && r.icmp.is_none() {
                     let held = Held {
                         first_ns: at.ts,
                         t_query: s.t_query,
@@ -281,7 +281,7 @@ impl Correlator {
                 out.push(r);
             }
             KernelEvent::Evicted { at, slot: s } => {
-                let key = key_of(&s.query);
+                let key = key_of(&s.query());
                 // A slot flagged with a drop or ICMP error was reported through that evidence.
                 if s.flags & flag::EVIDENCE != 0
                     || self.reported.contains(&(key, s.t_query))
@@ -543,7 +543,7 @@ impl Correlator {
     pub fn scan(&mut self, pending: &[Slot], now_ns: u64, links_netns: u32) -> Vec<QueryRecord> {
         let mut out = Vec::new();
         for s in pending {
-            let key = key_of(&s.query);
+            let key = key_of(&s.query());
             if now_ns.saturating_sub(s.t_query) < self.ctx.timeout_ns
                 || s.flags & flag::EVIDENCE != 0
                 || self.reported.contains(&(key, s.t_query))

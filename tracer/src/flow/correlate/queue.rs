@@ -95,7 +95,7 @@ impl Overflows {
     /// For an unanswered query `r` (slot `s`) delivered to its endpoint and never answered: the
     /// endpoint's socket, when it overflowed within one query timeout of the delivery.
     pub(super) fn queued(&self, r: &QueryRecord, s: &Slot, ctx: &Context) -> Option<Queued> {
-        if r.last_seen != Seen::AtEndpoint || s.t_endpoint == 0 {
+        if r.last_seen != Seen::AtEndpoint || s.t_endpoint() == 0 {
             return None;
         }
         let dport = if s.flags & flag::NATTED != 0 {
@@ -107,7 +107,7 @@ impl Overflows {
         };
         let endpoint = SocketAddr::new(r.endpoint?, dport);
         let o = self.0.get(&endpoint)?;
-        let t = s.t_endpoint;
+        let t = s.t_endpoint();
         let around = t.saturating_add(ctx.timeout_ns) >= o.first_ns
             && t <= o.last_ns.saturating_add(ctx.timeout_ns);
         around.then_some(Queued {

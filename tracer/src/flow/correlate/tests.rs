@@ -68,17 +68,38 @@ fn answer_from(from: IpAddr) -> Packet {
 
 /// The query's slot as the kernel keeps it: sent at 1 s, at the pod at `endpoint_ns`.
 fn slot(endpoint_ns: u64, flags: u16) -> Slot {
-    Slot {
-        query: query(SERVICE),
+    let mut s = Slot {
         state: state::PENDING,
         flags,
-        endpoint_ip: if endpoint_ns != 0 { raw(POD) } else { [0; 4] },
         t_query: SECOND,
-        t_endpoint: endpoint_ns,
         nat_ip: raw(POD),
         nat_port: be(53),
         ..Slot::EMPTY
+    };
+    set_query(&mut s, query(SERVICE));
+    if endpoint_ns != 0 {
+        s.endpoint_ip = raw(POD);
+        at_endpoint(&mut s, endpoint_ns);
     }
+    s
+}
+
+/// Writes `p` into `s` as the kernel writes a new query.
+fn set_query(s: &mut Slot, p: Packet) {
+    (s.saddr, s.daddr, s.sport, s.dport) = (p.saddr, p.daddr, p.sport, p.dport);
+    (s.dns_id, s.dns_flags, s.proto) = (p.dns_id, p.dns_flags, p.proto);
+}
+
+/// Marks `s`'s query seen at its endpoint at `t`, as the kernel does.
+fn at_endpoint(s: &mut Slot, t: u64) {
+    s.endpoint_ticks = tracer_common::flow::ticks_after(s.t_query, t);
+    s.flags |= flag::AT_ENDPOINT;
+}
+
+/// Marks `s`'s answer sent by its endpoint at `t`, as the kernel does.
+fn replied(s: &mut Slot, t: u64) {
+    s.reply_ticks = tracer_common::flow::ticks_after(s.t_query, t);
+    s.flags |= flag::REPLIED;
 }
 
 /// Where the kernel saw `packet`, at `ts`.
@@ -396,11 +417,11 @@ fn a_full_receive_queue_names_its_drops_and_the_queries_stuck_in_it() {
         d.why
     );
     let mut stuck = slot(SECOND + 500, 0);
-    stuck.query.sport = be(40001);
+    stuck.sport = be(40001);
     let mut late = slot(SECOND + 500, 0);
-    late.query.sport = be(40002);
-    late.t_endpoint = 60 * SECOND;
+    late.sport = be(40002);
     late.t_query = 60 * SECOND;
+    at_endpoint(&mut late, 60 * SECOND);
     let out = c.scan(&[stuck, late], 70 * SECOND, 0);
     assert_eq!(out.len(), 2);
     let queued = out[0]
@@ -601,7 +622,7 @@ fn conntrack_drops_place_as_many_nf_hook_slow_drops_as_the_statistic_rose() {
         let mut packet = query(SERVICE);
         packet.sport = be(port);
         let mut s = slot(0, flag::DROPPED);
-        s.query = packet;
+        set_query(&mut s, packet);
         KernelEvent::Drop {
             at: point(ts, packet),
             slot: matched(s),
@@ -633,7 +654,7 @@ fn conntrack_drops_place_as_many_nf_hook_slow_drops_as_the_statistic_rose() {
 fn an_answer_not_un_dnated_waits_for_the_client_to_take_or_refuse_it() {
     let mut c = correlator();
     let mut s = slot(SECOND + 100, 0);
-    s.t_reply = 3 * SECOND;
+    replied(&mut s, 3 * SECOND);
     let q = query(POD);
     let answer = Packet {
         saddr: q.daddr,
@@ -667,7 +688,7 @@ fn an_answer_not_un_dnated_waits_for_the_client_to_take_or_refuse_it() {
         )
     );
     let mut other = s;
-    other.query.sport = be(40001);
+    other.sport = be(40001);
     let mut answer2 = answer;
     answer2.dport = be(40001);
     c.push(
@@ -696,22 +717,19 @@ fn ipv6_query_is_keyed_and_printed_as_ipv6() {
     let svc: IpAddr = "fd00:10:96::a".parse().unwrap();
     let client: IpAddr = "fd00:10:244::14".parse().unwrap();
     let mut c = correlator();
-    let s = Slot {
-        query: Packet {
-            saddr: raw(client),
-            daddr: raw(svc),
-            sport: be(40000),
-            dport: be(53),
-            dns_id: be(7),
-            dns_flags: 0,
-            proto: tracer_common::flow::proto::UDP,
-            syn: 0,
-            _pad: 0,
-        },
+    let mut s = Slot {
         state: state::PENDING,
         t_query: SECOND,
         ..Slot::EMPTY
     };
+    set_query(
+        &mut s,
+        Packet {
+            saddr: raw(client),
+            daddr: raw(svc),
+            ..query(SERVICE)
+        },
+    );
     let record = c.base(SECOND, Known::Slot(&s), 0);
     assert_eq!(record.client.to_string(), "[fd00:10:244::14]:40000");
     assert_eq!(record.server.to_string(), "[fd00:10:96::a]:53");
@@ -724,10 +742,7 @@ fn udp_and_tcp_queries_with_one_key_do_not_merge() {
     let mut c = correlator();
     let udp = slot(0, 0);
     let tcp = Slot {
-        query: Packet {
-            proto: tracer_common::flow::proto::TCP,
-            ..query(SERVICE)
-        },
+        proto: tracer_common::flow::proto::TCP,
         ..udp
     };
     c.push(&netfilter_drop(2 * SECOND, query(POD), udp), 0);
@@ -752,7 +767,7 @@ fn udp_and_tcp_queries_with_one_key_do_not_merge() {
 fn a_dropped_syn_is_one_connection_record_linked_to_the_truncated_answer() {
     let mut c = correlator();
     let mut s = slot(SECOND + 100, 0);
-    s.t_reply = SECOND + 200;
+    replied(&mut s, SECOND + 200);
     let mut answer = answer_from(SERVICE);
     // The TC bit: the first flags byte's bit 1, as the kernel reads the wire.
     answer.dns_flags = u16::from_ne_bytes([0x82, 0x80]);
