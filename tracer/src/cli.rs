@@ -86,6 +86,11 @@ pub struct DoctorArgs {
     /// pod gone silent takes that long to give up, and the tracer then names it).
     #[arg(long, default_value_t = 3.5, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: f64,
+    /// Send one query (A) per lookup, as resolv.conf's `options single-request` makes glibc do;
+    /// by default each lookup sends A and AAAA at once from one socket, as glibc pods do (the
+    /// pattern that races in conntrack).
+    #[arg(long)]
+    pub single_request: bool,
     #[command(flatten)]
     pub out: Output,
 }

@@ -11,7 +11,6 @@ use super::{Error, lab_info};
 use crate::{
     cli::{DoctorArgs, OutputFormat},
     doctor::{self, Options},
-    lab::FaultName,
     measure::{BatchSpec, server_addr},
     node,
     report::{
@@ -25,6 +24,9 @@ use crate::{
 /// last word on it (a neighbour failure, a late drop) comes in that time.
 const TRACE_GRACE: Duration = Duration::from_millis(500);
 
+/// Lookups over TCP beside the UDP probe: a TCP leg dropped (a policy allowing only UDP) shows.
+const TCP_QUERIES: u32 = 4;
+
 /// The probe and what the tracer follows: the lab's, or this node's.
 fn options(args: &DoctorArgs, spec: BatchSpec) -> Result<Options, Error> {
     let trace_timeout = spec.timeout + TRACE_GRACE;
@@ -34,9 +36,8 @@ fn options(args: &DoctorArgs, spec: BatchSpec) -> Result<Options, Error> {
             prefix: args.prefix.clone(),
         })?;
         let mut spec = spec;
-        // The lab's faults that need their own traffic to show (as `probe --lab` sends it).
+        // stale-conntrack's entry is one flow's: its source port shows it (as `probe --lab`).
         spec.source_port = spec.source_port.or(info.stale_source_port);
-        spec.parallel_a_aaaa |= info.faults.contains(&FaultName::ConntrackRace);
         let mut target = Target::lab(&info)?;
         if let Some((ip, port)) = args.server {
             target.service = server_addr(ip, port);
@@ -46,6 +47,7 @@ fn options(args: &DoctorArgs, spec: BatchSpec) -> Result<Options, Error> {
             node_netns: Some(info.node_netns.clone()),
             target,
             spec,
+            tcp_queries: TCP_QUERIES,
             trace_timeout,
         });
     }
@@ -71,6 +73,7 @@ fn options(args: &DoctorArgs, spec: BatchSpec) -> Result<Options, Error> {
             cache: None,
         },
         spec,
+        tcp_queries: TCP_QUERIES,
         trace_timeout,
     })
 }
@@ -91,6 +94,8 @@ pub fn run(args: DoctorArgs) -> Result<Health, Error> {
         count: args.count,
         rate: args.rate,
         timeout: Duration::from_secs_f64(args.timeout),
+        // A and AAAA at once from one socket, as glibc pods send them (unless single-request).
+        parallel_a_aaaa: !args.single_request,
         ..BatchSpec::default()
     };
     let o = options(&args, spec)?;

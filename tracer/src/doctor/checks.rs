@@ -2,16 +2,18 @@
 //! alternatives and `xtables-multi`, `iptables -V`, the modules, `/proc/net/ip_tables_names`,
 //! KUBE-* rule counts in both saves, the kubelet's hint chains), kube-proxy's mode, the DNS
 //! Service, conntrack (count and max, the kernel log's table-full lines, UDP timeouts), the
-//! Service IP against the pod IPs, the node's own queries, kernel and OS.
+//! Service IP against the pod IPs, the probe's parallel A and AAAA (conntrack's clashes) and its
+//! lookups over TCP, the node's own queries, kernel and OS.
 
 use std::path::PathBuf;
 
-use super::NodeProbe;
+use super::{NodeProbe, diagnose::Context};
 use crate::{
     flow::record::clock,
     node::{
         Backend,
         backend::{Kind, Side},
+        conntrack::CpuStats,
         host::{self, ConntrackFullLog, KubeProxyProcess, ModuleState},
         inspect::Report,
         kubeproxy::ProxyMode,
@@ -247,14 +249,61 @@ fn conntrack_checks(r: &Report, f: &HostFacts) -> Vec<Check> {
     ]
 }
 
+/// The probe's A and AAAA sent at once, as glibc sends them: did they race in conntrack, and
+/// could it resolve every clash?
+fn race(p: &ProbeFigures, delta: Option<&CpuStats>) -> Check {
+    const NAME: &str = "parallel A and AAAA";
+    if !p.parallel_a_aaaa {
+        return Check::new(
+            NAME,
+            Status::Info,
+            "not sent (--single-request): one query per lookup",
+        );
+    }
+    let Some(d) = delta else {
+        return Check::new(
+            NAME,
+            Status::Info,
+            "sent from one socket at once, as glibc does; conntrack statistics unread",
+        );
+    };
+    let (status, verdict) = if d.insert_failed > 0 {
+        (Status::Fail, "unresolved clashes drop one of the pair")
+    } else if d.clash_resolve > 0 {
+        (Status::Ok, "the kernel resolved every clash")
+    } else {
+        (Status::Ok, "no clash")
+    };
+    Check::new(
+        NAME,
+        status,
+        format!(
+            "sent from one socket at once, as glibc does; during the probe conntrack clash_resolve +{}, insert_failed +{}: {verdict}",
+            d.clash_resolve, d.insert_failed
+        ),
+    )
+}
+
+/// The probe's lookups over TCP (what a truncated answer's retry takes).
+fn over_tcp(p: &ProbeFigures) -> Check {
+    let status = if p.tcp_answered < p.tcp_sent {
+        Status::Fail
+    } else {
+        Status::Ok
+    };
+    Check::new(
+        "DNS over TCP",
+        status,
+        format!(
+            "{} of {} lookups over TCP to {} answered (the retry of a truncated answer)",
+            p.tcp_answered, p.tcp_sent, p.service
+        ),
+    )
+}
+
 /// Every check, one line each.
-pub fn checks(
-    r: &Report,
-    f: &HostFacts,
-    p: &ProbeFigures,
-    node: Option<NodeProbe>,
-    down_links: &[String],
-) -> Vec<Check> {
+pub fn checks(ctx: &Context, p: &ProbeFigures, node: Option<NodeProbe>) -> Vec<Check> {
+    let (r, f, down_links) = (ctx.report, ctx.facts, ctx.down_links.as_slice());
     let mut out = backend_checks(r, f);
     out.push(kube_proxy(r, f));
     out.push(match &r.dns_service {
@@ -291,6 +340,8 @@ pub fn checks(
             p.seen_from_pod
         ),
     ));
+    out.push(race(p, ctx.summary.conntrack_delta.as_ref()));
+    out.push(over_tcp(p));
     out.push(Check::new(
         "pod links",
         if down_links.is_empty() {

@@ -11,7 +11,8 @@ use super::checks::HostFacts;
 use crate::{
     flow::{
         cause::Cause as LossCause,
-        record::{Leg, QueryRecord, Stage},
+        record::{CONFIRM_FAILED, Leg, QueryRecord, Stage},
+        transport::Transport,
     },
     node::{Backend, RuleCounter, inspect::Report, inspect::Severity},
     report::{doctor::Cause, trace::TraceSummary},
@@ -38,6 +39,9 @@ enum Kind {
     StaleConntrack,
     /// Dropped at conntrack (a full table).
     ConntrackFull,
+    /// conntrack could not insert the query's entry: A and AAAA sent at once from one socket
+    /// clashed and the kernel could not resolve it.
+    ConntrackRace,
     /// The answer came after its query's conntrack entry expired (from this pod): the DNAT could
     /// not be undone and the client refused it.
     ExpiredEntry(Option<IpAddr>),
@@ -45,8 +49,8 @@ enum Kind {
     StaleRules(IpAddr),
     /// The Service has no endpoints: kube-proxy's REJECT.
     NoEndpoints,
-    /// A netfilter rule dropped it (after DNAT: to this pod).
-    BlockingRule,
+    /// A netfilter rule dropped it (after DNAT: to this pod), over UDP or TCP.
+    BlockingRule(Transport),
     /// The DNS server in this pod could not keep up: its socket's receive queue was full (the
     /// query refused there, or queued and never read).
     Overloaded(Option<IpAddr>),
@@ -63,6 +67,7 @@ fn explains(kind: &Kind) -> &'static [&'static str] {
     match kind {
         Kind::StaleConntrack => &["conntrack-stale-dns"],
         Kind::ConntrackFull => &["conntrack-full", "conntrack-nearly-full", "conntrack-drops"],
+        Kind::ConntrackRace => &["conntrack-drops"],
         Kind::StaleRules(_) => &[
             "iptables-mixed",
             "iptables-stale",
@@ -74,7 +79,7 @@ fn explains(kind: &Kind) -> &'static [&'static str] {
             "dns6-no-endpoints",
             "conntrack-stale-dns",
         ],
-        Kind::BlockingRule => &["dns-blocking-rule"],
+        Kind::BlockingRule(_) => &["dns-blocking-rule"],
         _ => &[],
     }
 }
@@ -110,6 +115,9 @@ fn classify(r: &QueryRecord, j: &Judge) -> Kind {
         if r.drop.as_ref().is_some_and(|d| d.leg == Leg::Answer) {
             return Kind::ExpiredEntry(r.endpoint);
         }
+        if r.drop.as_ref().is_some_and(|d| d.reason == CONFIRM_FAILED) {
+            return Kind::ConntrackRace;
+        }
         return Kind::ConntrackFull;
     }
     if let Some(ip) = target {
@@ -131,7 +139,7 @@ fn classify(r: &QueryRecord, j: &Judge) -> Kind {
         return Kind::NoEndpoints;
     }
     if stage == Some(Stage::Netfilter) {
-        return Kind::BlockingRule;
+        return Kind::BlockingRule(r.transport);
     }
     Kind::Other(LossCause::of(r).to_string())
 }
@@ -245,13 +253,15 @@ fn iptables(b: Backend) -> &'static str {
 }
 
 /// The DROP and REJECT rules on the DNS path whose counters moved during the probe (not
-/// kube-proxy's no-endpoints REJECT).
-fn moved_blocking(s: &TraceSummary) -> Vec<&RuleCounter> {
+/// kube-proxy's no-endpoints REJECT), that match `transport` (a rule naming no protocol is a
+/// UDP query's).
+fn moved_blocking(s: &TraceSummary, transport: Transport) -> Vec<&RuleCounter> {
     s.rule_counters
         .iter()
         .filter(|r| {
             (r.rule.contains("-j DROP") || r.rule.contains("-j REJECT"))
                 && !r.rule.contains("has no endpoints")
+                && r.rule.contains("-p tcp") == (transport == Transport::Tcp)
         })
         .collect()
 }
@@ -307,32 +317,8 @@ fn cause(ctx: &Context, kind: &Kind, records: &[&QueryRecord]) -> Cause {
                 Some("kubectl -n kube-system get endpointslices -l kubernetes.io/service-name=kube-dns; kubectl -n kube-system rollout restart deployment/coredns".to_owned()),
             )
         }
-        Kind::BlockingRule => {
-            let moved = moved_blocking(ctx.summary);
-            evidence.extend(moved.iter().map(|r| {
-                format!(
-                    "rule: {} {}: {} (+{} packets during the probe)",
-                    r.backend, r.table, r.rule, r.packets
-                )
-            }));
-            let fix: Vec<String> = moved
-                .iter()
-                .map(|r| {
-                    let rule = r.rule.strip_prefix("-A ").unwrap_or(&r.rule);
-                    format!("{p}{} -t {} -D {rule}", iptables(r.backend), r.table)
-                })
-                .collect();
-            (
-                "blocking-rule",
-                "a netfilter rule drops DNS queries on their way to the CoreDNS pods".to_owned(),
-                Some(if fix.is_empty() {
-                    "tracer trace --rules --duration 30   (names the rule; no counter moved)"
-                        .to_owned()
-                } else {
-                    fix.join("; ")
-                }),
-            )
-        }
+        Kind::ConntrackRace => conntrack_race(ctx, &mut evidence),
+        Kind::BlockingRule(transport) => blocking_rule(ctx, *transport, &mut evidence),
         Kind::NotListening(ip) => (
             "pod-not-listening",
             format!(
@@ -380,6 +366,47 @@ fn cause(ctx: &Context, kind: &Kind, records: &[&QueryRecord]) -> Cause {
         evidence,
         fix,
     }
+}
+
+fn blocking_rule(
+    ctx: &Context,
+    transport: Transport,
+    evidence: &mut Vec<String>,
+) -> (&'static str, String, Option<String>) {
+    let moved = moved_blocking(ctx.summary, transport);
+    evidence.extend(moved.iter().map(|r| {
+        format!(
+            "rule: {} {}: {} (+{} packets during the probe)",
+            r.backend, r.table, r.rule, r.packets
+        )
+    }));
+    let fix: Vec<String> = moved
+        .iter()
+        .map(|r| {
+            let rule = r.rule.strip_prefix("-A ").unwrap_or(&r.rule);
+            let p = &ctx.fix_prefix;
+            format!("{p}{} -t {} -D {rule}", iptables(r.backend), r.table)
+        })
+        .collect();
+    let (id, title) = match transport {
+        Transport::Udp => (
+            "blocking-rule",
+            "a netfilter rule drops DNS queries on their way to the CoreDNS pods",
+        ),
+        Transport::Tcp => (
+            "tcp-blocked",
+            "a netfilter rule drops DNS over TCP to the CoreDNS pods: lookups whose UDP answer is truncated (large answers) get nothing",
+        ),
+    };
+    (
+        id,
+        title.to_owned(),
+        Some(if fix.is_empty() {
+            "tracer trace --rules --duration 30   (names the rule; no counter moved)".to_owned()
+        } else {
+            fix.join("; ")
+        }),
+    )
 }
 
 fn stale_conntrack(
@@ -458,6 +485,26 @@ fn expired_entry(
     )
 }
 
+fn conntrack_race(
+    ctx: &Context,
+    evidence: &mut Vec<String>,
+) -> (&'static str, String, Option<String>) {
+    if let Some(d) = &ctx.summary.conntrack_delta {
+        evidence.push(format!(
+            "conntrack statistics during the probe: insert_failed +{}, drop +{}, clash_resolve +{}",
+            d.insert_failed, d.drop, d.clash_resolve
+        ));
+    }
+    (
+        "conntrack-race",
+        "A and AAAA sent at once from one socket (glibc) race in conntrack: the clash drops one of the pair"
+            .to_owned(),
+        // The pods' resolver option (their resolv.conf, from the pod spec), or a cache on the
+        // node that takes the pods' queries before conntrack's DNAT.
+        Some("set options single-request-reopen in the pods' resolv.conf (spec.dnsConfig.options: [{name: single-request-reopen}]), or run NodeLocal DNSCache".to_owned()),
+    )
+}
+
 fn conntrack_full(
     ctx: &Context,
     evidence: &mut Vec<String>,
@@ -531,4 +578,73 @@ fn stale_rules(
         ),
         fix,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lab's Service: two endpoints, nothing stale.
+    fn judge() -> Judge {
+        Judge {
+            endpoints: vec![
+                "10.244.0.10".parse().unwrap(),
+                "10.244.0.11".parse().unwrap(),
+            ],
+            rejects: false,
+            stale_entries_to: Vec::new(),
+            elsewhere: Vec::new(),
+        }
+    }
+
+    // A query conntrack could not insert (the tracer's CONFIRM_FAILED: an unresolved A/AAAA
+    // clash) is the race; any other drop at conntrack on the query's way is a full table.
+    #[test]
+    fn a_failed_conntrack_insert_is_the_race_not_a_full_table() {
+        let mut r = QueryRecord::dropped(1, Stage::Conntrack);
+        assert_eq!(classify(&r, &judge()), Kind::ConntrackFull);
+        if let Some(d) = r.drop.as_mut() {
+            d.reason = CONFIRM_FAILED.to_owned();
+        }
+        assert_eq!(classify(&r, &judge()), Kind::ConntrackRace);
+    }
+
+    // A netfilter drop of a TCP query is the TCP leg's rule, told apart from a UDP one, and each
+    // takes only its own protocol's moved rules as evidence.
+    #[test]
+    fn a_netfilter_drop_names_its_transport_and_its_rules() {
+        let mut r = QueryRecord::dropped(1, Stage::Netfilter);
+        assert_eq!(classify(&r, &judge()), Kind::BlockingRule(Transport::Udp));
+        r.transport = Transport::Tcp;
+        assert_eq!(classify(&r, &judge()), Kind::BlockingRule(Transport::Tcp));
+        let rule = |text: &str| RuleCounter {
+            backend: Backend::Nft,
+            table: "filter".to_owned(),
+            rule: text.to_owned(),
+            packets: 3,
+            bytes: 180,
+        };
+        let summary = TraceSummary {
+            rule_counters: vec![
+                rule("-A FORWARD -d 10.244.0.10/32 -p udp -m udp --dport 53 -j DROP"),
+                rule("-A FORWARD -d 10.244.0.10/32 -p tcp -m tcp --dport 53 -j DROP"),
+                rule("-A KUBE-SEP-X -p udp -j DNAT --to-destination 10.244.0.10:53"),
+            ],
+            ..TraceSummary::default()
+        };
+        let on = |t| -> Vec<&str> {
+            moved_blocking(&summary, t)
+                .iter()
+                .map(|r| r.rule.as_str())
+                .collect()
+        };
+        assert_eq!(
+            on(Transport::Udp),
+            ["-A FORWARD -d 10.244.0.10/32 -p udp -m udp --dport 53 -j DROP"]
+        );
+        assert_eq!(
+            on(Transport::Tcp),
+            ["-A FORWARD -d 10.244.0.10/32 -p tcp -m tcp --dport 53 -j DROP"]
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! `tracer doctor`: the on-call playbook in one run. The node's read-only checks (inspect's, and
 //! what [`crate::node::host`] adds), a short probe through the Service IP from a pod's network
 //! namespace with the tracer attached (a pod's query crosses FORWARD, a host-network one only
-//! OUTPUT), a few queries from the node itself when the pod's were lost (does it hit host-network
+//! OUTPUT; A and AAAA at once from one socket as glibc sends them, and a few lookups over TCP),
+//! a few queries from the node itself when the pod's were lost (does it hit host-network
 //! pods too?), then one [`Diagnosis`]: the verdict, the causes ranked with their evidence and
 //! fix (never run), and one line per check.
 //!
@@ -15,12 +16,18 @@ pub mod diagnose;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    flow::record::{QueryRecord, Verdict},
+    flow::{
+        record::{QueryRecord, Verdict},
+        transport::Transport,
+    },
     links::{self, LinkKind},
-    measure::{self, BatchResult, BatchSpec},
+    measure::{
+        self, BatchResult, BatchSpec,
+        tcp::{self, TcpResult},
+    },
     netns, node,
     report::doctor::{BROKEN_LOSS_PERCENT, Diagnosis, Health, ProbeFigures},
-    trace::{Settings, Target, traced_batch},
+    trace::{Settings, Target, traced_traffic},
 };
 
 /// What failed (a lost query is a result, not an error).
@@ -57,8 +64,10 @@ pub struct Options {
     pub node_netns: Option<String>,
     /// What the tracer follows (the Service, pod links, namespace filter, the Service's rules).
     pub target: Target,
-    /// The probe.
+    /// The probe over UDP.
     pub spec: BatchSpec,
+    /// Lookups sent over TCP beside it, each on a connection of its own.
+    pub tcp_queries: u32,
     /// How long the tracer waits for an answer before judging a query (longer than the kernel's
     /// 3 s of neighbour resolution, so that an unreachable pod is named).
     pub trace_timeout: Duration,
@@ -179,34 +188,35 @@ pub fn run(o: &Options) -> Result<Found, Error> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_micros() as u64);
     let facts = checks::HostFacts::read(inode, made_us);
+    // Every query's record: a TCP connection the kernel retried to success is told apart.
     let settings = Settings {
         timeout: o.trace_timeout,
+        all: true,
         ..Settings::default()
     };
     let service = o.target.service;
     let bar = indicatif::ProgressBar::hidden();
-    let traced = traced_batch(
-        Some(&o.client_netns),
-        service,
-        &o.spec,
-        Some((o.target.clone(), settings)),
-        &bar,
-    )?;
+    let netns = Some(o.client_netns.as_str());
+    let name = o.spec.names.first().map_or("", String::as_str);
+    // The UDP probe, then the TCP leg (sent at once with it, a TCP connection's neighbour
+    // resolution and the UDP queries' lost count disagreed on pod-link-down).
+    let ((udp, tcp), records, summary) =
+        traced_traffic(&o.spec, Some((o.target.clone(), settings)), &bar, || {
+            let udp = measure::query_batch(netns, service, &o.spec)?;
+            let tcp = tcp::queries(netns, service, name, o.tcp_queries, o.spec.timeout)?;
+            Ok((udp, tcp))
+        })?;
     // SIGINT or SIGTERM stopped the probe early: its figures would judge a half-sent probe.
     if let Some(signal) = crate::process::stop_signal() {
         return Err(Error::Interrupted { signal });
     }
-    let node_probe = if traced.result.lost > 0 {
+    let node_probe = if udp.lost > 0 || tcp.answered < tcp.sent {
         Some(probe_from_node(o, service)?)
     } else {
         None
     };
-    let failed: Vec<QueryRecord> = traced
-        .records
-        .into_iter()
-        .filter(|r| r.verdict != Verdict::Answered)
-        .collect();
-    let summary = traced.summary.unwrap_or_default();
+    let failed = lost_queries(records);
+    let summary = summary.unwrap_or_default();
     let ctx = diagnose::Context {
         report: &report,
         summary: &summary,
@@ -215,13 +225,13 @@ pub fn run(o: &Options) -> Result<Found, Error> {
         down_links: down_pod_links(o)?,
     };
     let causes = diagnose::causes(&ctx, &failed.iter().collect::<Vec<_>>());
-    let probe = figures(o, &traced.result, &summary);
-    let checks = checks::checks(&report, &facts, &probe, node_probe, &ctx.down_links);
+    let probe = figures(o, &udp, tcp, &summary);
+    let checks = checks::checks(&ctx, &probe, node_probe);
     // The causes that explain no lost query are the node's errors and warnings.
     let node_problem = causes.iter().any(|c| c.queries == 0);
     let health = if probe.loss_percent >= BROKEN_LOSS_PERCENT {
         Health::Broken
-    } else if traced.result.lost > 0 || node_problem {
+    } else if probe.answered < probe.sent || node_problem {
         Health::Degraded
     } else {
         Health::Healthy
@@ -237,6 +247,22 @@ pub fn run(o: &Options) -> Result<Found, Error> {
         summary,
         failed,
     })
+}
+
+/// The records of the queries that were lost. A TCP connection whose first SYN died (to a pod
+/// gone silent) can be retried by the kernel from the same socket and answered: its failed
+/// attempt lost nothing.
+fn lost_queries(records: Vec<QueryRecord>) -> Vec<QueryRecord> {
+    let answered_tcp: Vec<SocketAddr> = records
+        .iter()
+        .filter(|r| r.transport == Transport::Tcp && r.verdict == Verdict::Answered)
+        .map(|r| r.client)
+        .collect();
+    records
+        .into_iter()
+        .filter(|r| r.verdict != Verdict::Answered)
+        .filter(|r| !(r.transport == Transport::Tcp && answered_tcp.contains(&r.client)))
+        .collect()
 }
 
 /// A few queries from the node's own namespace.
@@ -257,18 +283,27 @@ fn probe_from_node(o: &Options, service: SocketAddr) -> Result<NodeProbe, Error>
 }
 
 /// The probe's figures with the tracer's counters.
-fn figures(o: &Options, r: &BatchResult, s: &crate::report::trace::TraceSummary) -> ProbeFigures {
+fn figures(
+    o: &Options,
+    r: &BatchResult,
+    tcp: TcpResult,
+    s: &crate::report::trace::TraceSummary,
+) -> ProbeFigures {
     let c = &s.counters;
+    let (sent, answered) = (r.sent + tcp.sent, r.answered + tcp.answered);
     ProbeFigures {
         from: o.client_netns.clone(),
         service: o.target.service,
-        sent: r.sent,
-        answered: r.answered,
-        loss_percent: if r.sent == 0 {
+        sent,
+        answered,
+        loss_percent: if sent == 0 {
             0.0
         } else {
-            f64::from(r.lost) * 100.0 / f64::from(r.sent)
+            f64::from(sent - answered) * 100.0 / f64::from(sent)
         },
+        parallel_a_aaaa: o.spec.parallel_a_aaaa,
+        tcp_sent: tcp.sent,
+        tcp_answered: tcp.answered,
         seen_to_service: c.queries,
         seen_at_pod: c.at_endpoint,
         seen_from_pod: c.from_endpoint,

@@ -260,6 +260,9 @@ impl std::fmt::Display for BackendEvidence {
     }
 }
 
+/// The reason of a conntrack drop whose entry could not be inserted (a clash it could not resolve).
+pub const CONFIRM_FAILED: &str = "CONFIRM_FAILED";
+
 /// A drop: stage, kernel reason and code location, and what tells the netfilter backend.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Drop {

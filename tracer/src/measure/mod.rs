@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - this file: [`query_batch`] (the sender), its [`BatchSpec`] and [`BatchResult`].
-//! - `probe`: the `tracer probe` command.
+//! - `tcp`: [`tcp::queries`], a few lookups over TCP, each on a connection of its own.
 //!
 //! Each lookup gets a fresh UDP socket (a fresh source port, as a stub resolver does), so every
 //! lookup is a new conntrack flow that kube-proxy's rules balance on its own; a fixed source port
@@ -252,6 +252,19 @@ fn fqdn(name: &str) -> Result<Name, Error> {
     })
 }
 
+/// A recursive query for `name` and `qtype`: its id and wire bytes.
+fn encode(name: &str, qtype: RecordType) -> Result<(u16, Vec<u8>), Error> {
+    let mut msg = Message::query();
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(fqdn(name)?, qtype));
+    let bytes = msg.to_vec().map_err(|source| Error::Encode {
+        name: name.to_owned(),
+        qtype,
+        source,
+    })?;
+    Ok((msg.metadata.id, bytes))
+}
+
 /// An open socket and the queries waiting on it.
 struct Flow {
     socket: UdpSocket,
@@ -429,18 +442,6 @@ impl Batch<'_> {
         Ok(socket)
     }
 
-    fn encode(&self, name: &str, qtype: RecordType) -> Result<(u16, Vec<u8>), Error> {
-        let mut msg = Message::query();
-        msg.metadata.recursion_desired = true;
-        msg.add_query(Query::query(fqdn(name)?, qtype));
-        let bytes = msg.to_vec().map_err(|source| Error::Encode {
-            name: name.to_owned(),
-            qtype,
-            source,
-        })?;
-        Ok((msg.metadata.id, bytes))
-    }
-
     fn send_lookup(&mut self, n: u32) -> Result<(), Error> {
         let name = &self.spec.names[n as usize % self.spec.names.len()];
         let qtypes = if self.spec.parallel_a_aaaa {
@@ -464,7 +465,7 @@ impl Batch<'_> {
         };
         let mut messages = Vec::new();
         for qtype in &qtypes {
-            messages.push((*qtype, self.encode(name, *qtype)?));
+            messages.push((*qtype, encode(name, *qtype)?));
         }
         let socket = &self.flows[flow].socket;
         // Latency counts from just before the send: on veths, send(2) itself carries the query
@@ -617,5 +618,6 @@ pub fn server_addr(ip: IpAddr, port: Option<u16>) -> SocketAddr {
     SocketAddr::new(ip, port.unwrap_or(53))
 }
 
+pub mod tcp;
 #[cfg(test)]
 mod tests;

@@ -112,12 +112,21 @@ pub struct ProbeFigures {
     pub from: String,
     /// The DNS Service.
     pub service: SocketAddr,
-    /// Queries sent.
+    /// Queries sent, over UDP and TCP.
     pub sent: u32,
     /// Answered.
     pub answered: u32,
     /// Lost, in percent of those sent.
     pub loss_percent: f64,
+    /// Each UDP lookup sent A and AAAA at once from one socket (glibc's default); else one query.
+    #[serde(default)]
+    pub parallel_a_aaaa: bool,
+    /// Of `sent`, the lookups sent over TCP (each on a connection of its own).
+    #[serde(default)]
+    pub tcp_sent: u32,
+    /// Of `answered`, those over TCP.
+    #[serde(default)]
+    pub tcp_answered: u32,
     /// Queries to the Service IP the tracer saw leave a pod (kernel counter).
     pub seen_to_service: u64,
     /// Queries it saw reach a DNS pod's link after DNAT (to the pod IP).
@@ -149,6 +158,10 @@ impl Diagnosis {
     pub fn verdict_line(&self) -> String {
         let p = &self.probe;
         let lost = p.sent.saturating_sub(p.answered);
+        let tcp = match p.tcp_sent {
+            0 => String::new(),
+            n => format!("; {} of {n} over TCP", n.saturating_sub(p.tcp_answered)),
+        };
         let what = match (self.health, lost) {
             (Health::Healthy, _) => format!("all {} DNS queries answered", p.sent),
             (_, 0) => format!(
@@ -157,7 +170,7 @@ impl Diagnosis {
                 self.causes.len()
             ),
             _ => format!(
-                "{lost} of {} DNS queries lost ({:.1} %)",
+                "{lost} of {} DNS queries lost ({:.1} %{tcp})",
                 p.sent, p.loss_percent
             ),
         };

@@ -35,14 +35,34 @@ pub fn traced_batch(
     trace: Option<(Target, Settings)>,
     progress: &ProgressBar,
 ) -> Result<Traced, Error> {
+    let (result, records, summary) =
+        traced_traffic(spec, trace, progress, || query_batch(netns, server, spec))?;
+    Ok(Traced {
+        result,
+        records,
+        summary,
+    })
+}
+
+/// The tracer's records and summary of some traffic, and what `traffic` returned.
+pub type TracedTraffic<T> = (T, Vec<TraceRecord>, Option<TraceSummary>);
+
+/// Runs `traffic` (a batch like `spec`, and whatever else is sent with it) while the tracer
+/// (when `trace` is given) follows every query, as [`traced_batch`] does.
+pub fn traced_traffic<T: Send>(
+    spec: &BatchSpec,
+    trace: Option<(Target, Settings)>,
+    progress: &ProgressBar,
+    traffic: impl FnOnce() -> Result<T, crate::measure::Error> + Send,
+) -> Result<TracedTraffic<T>, Error> {
     let mut tracer = match trace {
         Some((target, settings)) => Some(Tracer::start(target, &settings)?),
         None => None,
     };
     let mut records = Vec::new();
     let start = Instant::now();
-    let result = std::thread::scope(|scope| -> Result<BatchResult, Error> {
-        let sender = scope.spawn(|| query_batch(netns, server, spec));
+    let result = std::thread::scope(|scope| -> Result<T, Error> {
+        let sender = scope.spawn(traffic);
         while !sender.is_finished() {
             if let Some(t) = tracer.as_mut() {
                 records.extend(t.poll()?);
@@ -70,11 +90,7 @@ pub fn traced_batch(
         }
         None => None,
     };
-    Ok(Traced {
-        result,
-        records,
-        summary,
-    })
+    Ok((result, records, summary))
 }
 
 /// A progress bar on stderr for `count` lookups; hidden when stderr is not a terminal (or when

@@ -19,7 +19,7 @@ mod expiry;
 pub mod metrics;
 mod rules;
 mod service;
-pub use batch::{Traced, progress_bar, traced_batch};
+pub use batch::{Traced, TracedTraffic, progress_bar, traced_batch, traced_traffic};
 use expiry::Expiries;
 use rules::RuleTraces;
 use service::{CreatedEntry, Endpoints};

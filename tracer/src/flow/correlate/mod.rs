@@ -18,8 +18,8 @@ use super::{
     event::{IcmpSeen, KernelEvent, Point, SlotMatch, question_of},
     names::Names,
     record::{
-        BackendEvidence, Drop, Icmp, Leg, NatBy, NetfilterBackend, QueryRecord, Seen, Stage,
-        StageTimes, Verdict,
+        BackendEvidence, CONFIRM_FAILED, Drop, Icmp, Leg, NatBy, NetfilterBackend, QueryRecord,
+        Seen, Stage, StageTimes, Verdict,
     },
     transport::{Retries, Transport},
 };
@@ -420,7 +420,7 @@ impl Correlator {
             KernelEvent::Confirm { .. } if r.drop.is_none() => {
                 r.drop = Some(Drop {
                     stage: Stage::Conntrack,
-                    reason: "CONFIRM_FAILED".to_owned(),
+                    reason: CONFIRM_FAILED.to_owned(),
                     location: "__nf_conntrack_confirm".to_owned(),
                     backend: None,
                     backend_from: None,
