@@ -362,7 +362,9 @@ fn event_seeds() -> Vec<Vec<u8>> {
             e.packet.dport = 53;
             e.packet.dns_id = 0x1234;
             e.packet.proto = proto::UDP;
-            e.slot.query = e.packet;
+            (e.slot.saddr, e.slot.daddr) = (e.packet.saddr, e.packet.daddr);
+            (e.slot.sport, e.slot.dport) = (e.packet.sport, e.packet.dport);
+            (e.slot.dns_id, e.slot.proto) = (e.packet.dns_id, e.packet.proto);
             e.slot.state = s;
             let n = question.len().min(e.slot.question.len());
             e.slot.question[..n].copy_from_slice(&question[..n]);
