@@ -27,42 +27,43 @@ pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
     }
 }
 
-/// Copies a packet summary field by field: volatile stores (so that no memcpy call comes back),
-/// plain loads (so that a summary still in registers, as a parsed one is, is stored from there
-/// instead of going through the stack first).
+/// Stores the packet fields of `$src` (a `Packet`) into the fields of the same names of `$dst` (a
+/// `Packet` or a `Slot`): volatile stores (so that no memcpy call comes back), plain loads (so
+/// that a summary still in registers, as a parsed one is, is stored from there instead of going
+/// through the stack first).
+macro_rules! store_packet_fields {
+    ($dst:expr, $src:expr) => {{
+        let (d, s) = ($dst, $src);
+        // SAFETY: every pointer is a field of a valid value.
+        unsafe {
+            for i in 0..4 {
+                core::ptr::write_volatile(&mut d.saddr[i], s.saddr[i]);
+                core::ptr::write_volatile(&mut d.daddr[i], s.daddr[i]);
+            }
+            core::ptr::write_volatile(&mut d.sport, s.sport);
+            core::ptr::write_volatile(&mut d.dport, s.dport);
+            core::ptr::write_volatile(&mut d.dns_id, s.dns_id);
+            core::ptr::write_volatile(&mut d.dns_flags, s.dns_flags);
+            core::ptr::write_volatile(&mut d.proto, s.proto);
+        }
+    }};
+}
+
+/// Copies a packet summary field by field (see `store_packet_fields`).
 #[inline(always)]
 pub fn copy_packet(dst: &mut Packet, src: &Packet) {
-    // SAFETY: every pointer is a field of a valid Packet.
+    store_packet_fields!(&mut *dst, src);
+    // SAFETY: fields of a valid Packet.
     unsafe {
-        for i in 0..4 {
-            core::ptr::write_volatile(&mut dst.saddr[i], src.saddr[i]);
-            core::ptr::write_volatile(&mut dst.daddr[i], src.daddr[i]);
-        }
-        core::ptr::write_volatile(&mut dst.sport, src.sport);
-        core::ptr::write_volatile(&mut dst.dport, src.dport);
-        core::ptr::write_volatile(&mut dst.dns_id, src.dns_id);
-        core::ptr::write_volatile(&mut dst.dns_flags, src.dns_flags);
-        core::ptr::write_volatile(&mut dst.proto, src.proto);
         core::ptr::write_volatile(&mut dst.syn, src.syn);
         core::ptr::write_volatile(&mut dst._pad, 0);
     }
 }
 
-/// Writes a new query's packet into its slot, field by field as `copy_packet` does.
+/// Writes a new query's packet into its slot (see `store_packet_fields`).
 #[inline(always)]
 pub fn set_query(dst: &mut Slot, src: &Packet) {
-    // SAFETY: every pointer is a field of a valid Slot.
-    unsafe {
-        for i in 0..4 {
-            core::ptr::write_volatile(&mut dst.saddr[i], src.saddr[i]);
-            core::ptr::write_volatile(&mut dst.daddr[i], src.daddr[i]);
-        }
-        core::ptr::write_volatile(&mut dst.sport, src.sport);
-        core::ptr::write_volatile(&mut dst.dport, src.dport);
-        core::ptr::write_volatile(&mut dst.dns_id, src.dns_id);
-        core::ptr::write_volatile(&mut dst.dns_flags, src.dns_flags);
-        core::ptr::write_volatile(&mut dst.proto, src.proto);
-    }
+    store_packet_fields!(dst, src);
 }
 
 /// Zeroes `dst` eight bytes at a time (see `copy_words`).
