@@ -3,13 +3,13 @@
 //! (`NO_SOCKET`). The drop alone says "nothing listens there"; the entry's DESTROY event and the
 //! node's `nf_conntrack_udp_timeout` say what happened.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::{
-    flow::record::{Drop, Leg, QueryRecord, Stage},
+    flow::{
+        recent::Recent,
+        record::{Drop, Leg, QueryRecord, Stage},
+    },
     kernel::symbols,
 };
 
@@ -30,12 +30,11 @@ struct Destroyed {
 }
 
 /// The DNATed DNS entries destroyed lately, by client socket.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Expiries {
     /// `nf_conntrack_udp_timeout` of the node at trace start (seconds).
     pub udp_timeout_s: Option<u32>,
-    destroyed: HashMap<SocketAddr, Destroyed>,
-    order: VecDeque<SocketAddr>,
+    destroyed: Recent<SocketAddr, Destroyed>,
 }
 
 /// `hh:mm:ss` (UTC) of a Unix time in microseconds.
@@ -56,7 +55,7 @@ impl Expiries {
     pub fn new(udp_timeout_s: Option<u32>) -> Self {
         Self {
             udp_timeout_s,
-            ..Self::default()
+            destroyed: Recent::new(REMEMBERED),
         }
     }
 
@@ -73,14 +72,7 @@ impl Expiries {
             service,
             endpoint,
         };
-        if self.destroyed.insert(client, d).is_none() {
-            self.order.push_back(client);
-            if self.order.len() > REMEMBERED
-                && let Some(old) = self.order.pop_front()
-            {
-                self.destroyed.remove(&old);
-            }
-        }
+        self.destroyed.insert(client, d);
     }
 
     /// Names an answer the client refused because its entry was gone: the drop moves to the

@@ -6,7 +6,7 @@
 //! - `metrics`: the `/metrics` endpoint of `trace --metrics`, fed from the completed queries.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
@@ -30,6 +30,7 @@ use crate::{
         correlate::{Context, Correlator},
         event::KernelEvent,
         names::Names,
+        recent::Recent,
         record::{BackendEvidence, NetfilterBackend, QueryRecord, Stage, Verdict},
     },
     lab,
@@ -184,8 +185,7 @@ pub struct Tracer {
     started: Instant,
     last_scan: Instant,
     ct_events: Option<conntrack::Events>,
-    ct_entries: HashMap<SocketAddr, CreatedEntry>,
-    ct_order: VecDeque<SocketAddr>,
+    ct_entries: Recent<SocketAddr, CreatedEntry>,
     ct_start: Option<CpuStats>,
     rules_start: Vec<RuleCounter>,
     rule_traces: Option<RuleTraces>,
@@ -332,8 +332,7 @@ impl Tracer {
             started: Instant::now(),
             last_scan: Instant::now(),
             ct_events,
-            ct_entries: HashMap::new(),
-            ct_order: VecDeque::new(),
+            ct_entries: Recent::new(CONNTRACK_REMEMBERED),
             ct_start,
             rules_start,
             rule_traces,
@@ -465,14 +464,7 @@ impl Tracer {
                     at_us: unix_now_us(),
                     dnat,
                 };
-                if self.ct_entries.insert(client, created).is_none() {
-                    self.ct_order.push_back(client);
-                    if self.ct_order.len() > CONNTRACK_REMEMBERED
-                        && let Some(old) = self.ct_order.pop_front()
-                    {
-                        self.ct_entries.remove(&old);
-                    }
-                }
+                self.ct_entries.insert(client, created);
             }
         }
     }

@@ -2,15 +2,11 @@
 //! legacy xtables), kept per client socket so that a failed query's record names the chains it
 //! went through and the rule that decided its fate.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    path::Path,
-};
+use std::{net::SocketAddr, path::Path};
 
 use super::Error;
 use crate::{
-    flow::record::RulePath,
+    flow::{recent::Recent, record::RulePath},
     netns,
     node::{Backend, RuleCounter},
     ruletrace::{self, Counters, LegacyTrace, Options, PacketPath, RuleTrace},
@@ -30,8 +26,7 @@ pub struct RuleTraces {
     legacy: Option<LegacyTrace>,
     /// Why a side did not run.
     notes: Vec<String>,
-    paths: HashMap<SocketAddr, RulePath>,
-    order: VecDeque<SocketAddr>,
+    paths: Recent<SocketAddr, RulePath>,
 }
 
 impl RuleTraces {
@@ -67,8 +62,7 @@ impl RuleTraces {
             nft,
             legacy,
             notes,
-            paths: HashMap::new(),
-            order: VecDeque::new(),
+            paths: Recent::new(REMEMBERED),
         })
     }
 
@@ -101,14 +95,7 @@ impl RuleTraces {
         {
             return;
         }
-        if self.paths.insert(client, path).is_none() {
-            self.order.push_back(client);
-            if self.order.len() > REMEMBERED
-                && let Some(old) = self.order.pop_front()
-            {
-                self.paths.remove(&old);
-            }
-        }
+        self.paths.insert(client, path);
     }
 
     /// Hands out every open path (the trace is ending: no message is coming to complete them).

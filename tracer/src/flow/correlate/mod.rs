@@ -7,7 +7,7 @@
 //! verdict; an answer ends a query at once.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
 };
 
@@ -17,6 +17,7 @@ use super::{
     dns,
     event::{IcmpSeen, KernelEvent, Point, SlotMatch, question_of},
     names::Names,
+    recent::Recent,
     record::{
         BackendEvidence, CONFIRM_FAILED, Drop, Icmp, Leg, NatBy, NetfilterBackend, QueryRecord,
         Seen, Stage, StageTimes, Verdict,
@@ -87,8 +88,7 @@ pub struct Correlator {
     names: Names,
     symbols: Symbolizer,
     held: HashMap<Key, Held>,
-    reported: HashSet<(Key, u64)>,
-    order: VecDeque<(Key, u64)>,
+    reported: Recent<(Key, u64), ()>,
     /// Set by the caller: how much conntrack's `drop` statistic rose since the trace began. While
     /// it exceeds the drops already placed at conntrack, a NETFILTER_DROP at `nf_hook_slow` is the
     /// full table refusing a new flow. (A count, not a "rising now" flag: the statistic rises
@@ -135,8 +135,7 @@ impl Correlator {
             names,
             symbols: Symbolizer::default(),
             held: HashMap::new(),
-            reported: HashSet::new(),
-            order: VecDeque::new(),
+            reported: Recent::new(REMEMBERED),
             conntrack_drops: 0,
             conntrack_placed: 0,
             tally: Tally::default(),
@@ -160,14 +159,7 @@ impl Correlator {
     }
 
     fn remember(&mut self, key: Key, t_query: u64) {
-        if self.reported.insert((key, t_query)) {
-            self.order.push_back((key, t_query));
-            if self.order.len() > REMEMBERED
-                && let Some(old) = self.order.pop_front()
-            {
-                self.reported.remove(&old);
-            }
-        }
+        self.reported.insert((key, t_query), ());
     }
 
     fn is_service(&self, ip: IpAddr) -> bool {
