@@ -21,6 +21,7 @@ mod soak;
 mod traced;
 mod vm;
 
+pub use soak::Soak;
 pub use traced::ChildGuard;
 pub use vm::{GuestArgs, GuestPlan, guest as vm_guest};
 
@@ -57,8 +58,8 @@ pub struct Options {
     /// The commit whose tracer runs in the same rounds as a baseline (`none`: no baseline;
     /// default: `baseline::REFERENCE` for the full bench, none for the quick one).
     pub baseline: Option<String>,
-    /// Only the soak: `trace --metrics` this many seconds under load, on lab `soak_prefix`.
-    pub soak: Option<(u64, String)>,
+    /// Only the soak.
+    pub soak: Option<Soak>,
 }
 
 /// The kernel of the full bench's VM part: Debian 12's, the one most nodes of its age run.
@@ -577,8 +578,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     check_interrupted()?;
     let target = target_dir(&root);
     let tracer = target.join("release/tracer");
-    if let Some((seconds, prefix)) = &opts.soak {
-        return soak::run(&tracer, prefix, *seconds);
+    if let Some(s) = &opts.soak {
+        return soak::run(&tracer, s);
     }
     let default = !plan.quick && opts.vm.is_none();
     let baseline = baseline::chosen(opts.baseline.as_deref(), default)

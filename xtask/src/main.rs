@@ -86,6 +86,10 @@ enum Task {
         /// The lab prefix of --soak.
         #[arg(long, default_value = "trs", requires = "soak")]
         soak_prefix: String,
+        /// A lab fault held through --soak (its arguments as `tracer lab fault` takes them, such
+        /// as "filter-drop --pod 1"): the failure side's tables fill too.
+        #[arg(long, value_name = "FAULT", requires = "soak")]
+        soak_fault: Option<String>,
     },
     /// The VM part's guest side (run by `bench` inside the guest, not by hand).
     #[command(hide = true)]
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             baseline,
             soak,
             soak_prefix,
+            soak_fault,
         } => {
             setup::run()?;
             bench::run(bench::Options {
@@ -157,7 +162,11 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 vm,
                 baseline,
-                soak: soak.map(|s| (s, soak_prefix)),
+                soak: soak.map(|seconds| bench::Soak {
+                    seconds,
+                    prefix: soak_prefix,
+                    fault: soak_fault,
+                }),
             })
         }
         Task::BenchVmGuest {

@@ -1,13 +1,13 @@
 //! `cargo xtask bench --soak SECONDS`: whether `tracer trace --lab --metrics` holds its memory
 //! flat over time. DNS load runs through the lab's Service (`tracer probe`, two names) while the
 //! tracer's VmRSS is sampled every
-//! [`EVERY`] and its `/metrics` scraped at the same time; prints the start, end and largest RSS
-//! and the growth per hour after the warm-up. Not part of `cargo xtask test`, nor of the full
-//! bench.
+//! [`EVERY`] and its `/metrics` scraped at the same time, optionally with a lab fault held
+//! throughout; prints the start, end and largest RSS and the growth per hour after the warm-up
+//! and over the second half. Not part of `cargo xtask test`, nor of the full bench.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread::sleep,
@@ -20,10 +20,24 @@ use super::{ChildGuard, check_interrupted, measure::status_kb};
 
 /// How often RSS is sampled and the metrics scraped.
 const EVERY: Duration = Duration::from_secs(5);
-/// The metrics port (loopback).
-const PORT: u16 = 9746;
 /// Lookups per second of the load.
 const RATE: &str = "200";
+
+/// Seconds since the start, RSS bytes, anonymous RSS bytes, queries counted.
+type Sample = (f64, u64, u64, f64);
+/// One of a sample's byte counts.
+type Bytes = fn(&Sample) -> u64;
+
+/// What `--soak` runs.
+#[derive(Debug, Clone)]
+pub struct Soak {
+    /// How long the load runs.
+    pub seconds: u64,
+    /// The lab's prefix.
+    pub prefix: String,
+    /// `tracer lab fault` arguments held through the soak.
+    pub fault: Option<String>,
+}
 
 /// Tears the soak's lab down however the soak ends.
 struct Lab {
@@ -63,15 +77,25 @@ fn total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Runs the soak for `seconds` on lab `prefix`.
-pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
+/// Runs the soak.
+pub fn run(tracer: &Path, soak: &Soak) -> anyhow::Result<()> {
+    let (prefix, seconds) = (soak.prefix.as_str(), soak.seconds);
     println!("soak: lab up (prefix {prefix}), {seconds} s under {RATE} lookups/s");
     let _lab = Lab {
         tracer: tracer.to_owned(),
         prefix: prefix.to_owned(),
     };
     crate::sh(Command::new(tracer).args(["lab", "up", "--prefix", prefix]))?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+    if let Some(fault) = &soak.fault {
+        println!("soak: fault {fault}");
+        crate::sh(
+            Command::new(tracer)
+                .args(["lab", "fault", "--prefix", prefix])
+                .args(fault.split_whitespace()),
+        )?;
+    }
+    // A free loopback port, so that soaks of two labs can run side by side.
+    let addr = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?;
     let traced = Command::new(tracer)
         .args(["trace", "--lab", "--prefix", prefix])
         .args(["--metrics", &addr.to_string()])
@@ -101,8 +125,7 @@ pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
     };
     let _load = probe(&["kubernetes.default.svc.cluster.local", "nx.soak.invalid"])?;
     let started = Instant::now();
-    // (seconds since the start, RSS bytes, anonymous RSS bytes, queries counted)
-    let mut samples: Vec<(f64, u64, u64, f64)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         check_interrupted()?;
         sleep(EVERY);
@@ -123,15 +146,29 @@ pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
         samples.push((t, rss, anon, queries));
     }
     drop(traced);
+    summarize(&samples, seconds)
+}
+
+/// Prints what the samples show: RSS at the start, after the warm-up, at half time and at the
+/// end, and its growth per hour after the warm-up and over the second half.
+fn summarize(samples: &[Sample], seconds: u64) -> anyhow::Result<()> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         bail!("no samples");
     };
     // After the warm-up (a fifth of the run, at most a minute): BTF parsing and the first maps.
     let warm = (seconds as f64 / 5.0).min(60.0);
     let from = samples.iter().find(|s| s.0 >= warm).unwrap_or(first);
+    // The second half: the bounded tables are full long before it on any run of minutes.
+    let half = samples
+        .iter()
+        .find(|s| s.0 >= last.0 / 2.0)
+        .unwrap_or(first);
     let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
-    let hours = (last.0 - from.0) / 3600.0;
-    let per_hour = |a: u64, b: u64| (b as f64 - a as f64) / hours.max(1e-9) / f64::from(1u32 << 20);
+    let per_hour = |a: &Sample, b: &Sample, bytes: Bytes| {
+        let hours = ((b.0 - a.0) / 3600.0).max(1e-9);
+        (bytes(b) as f64 - bytes(a) as f64) / hours / f64::from(1u32 << 20)
+    };
+    let (rss, anon): (Bytes, Bytes) = (|s| s.1, |s| s.2);
     println!(
         "soak: {} samples over {:.0} s, {:.0} queries counted ({:.0}/s)",
         samples.len(),
@@ -140,19 +177,26 @@ pub fn run(tracer: &Path, prefix: &str, seconds: u64) -> anyhow::Result<()> {
         last.3 / last.0
     );
     println!(
-        "soak: RSS start {:.1} MiB, after warm-up ({:.0} s) {:.1} MiB, end {:.1} MiB, max {:.1} MiB; growth after warm-up {:.2} MiB/hour",
+        "soak: RSS start {:.1} MiB, after warm-up ({:.0} s) {:.1} MiB, at half time ({:.0} s) {:.1} MiB, end {:.1} MiB, max {:.1} MiB",
         mib(first.1),
         from.0,
         mib(from.1),
+        half.0,
+        mib(half.1),
         mib(last.1),
         mib(max),
-        per_hour(from.1, last.1)
     );
     println!(
-        "soak: anonymous RSS after warm-up {:.1} MiB, end {:.1} MiB; growth {:.2} MiB/hour",
+        "soak: RSS growth after warm-up {:.2} MiB/hour, over the second half {:.2} MiB/hour",
+        per_hour(from, last, rss),
+        per_hour(half, last, rss)
+    );
+    println!(
+        "soak: anonymous RSS after warm-up {:.1} MiB, at half time {:.1} MiB, end {:.1} MiB; growth over the second half {:.2} MiB/hour",
         mib(from.2),
+        mib(half.2),
         mib(last.2),
-        per_hour(from.2, last.2)
+        per_hour(half, last, anon)
     );
     Ok(())
 }
