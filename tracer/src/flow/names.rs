@@ -1,22 +1,30 @@
 //! Names for the numbers in kernel records: network namespaces (by inode) and interfaces (by
 //! index within a namespace). Namespaces are found in `/run/netns` (named ones: the lab's pods,
-//! CNI's `cni-…`) and are resolved lazily, with the answers cached.
+//! CNI's `cni-…`) and are resolved lazily, with the answers cached. The caches keep the last
+//! [`REMEMBERED`] names each: a node's pods come and go, and a name forgotten while still in use
+//! is only looked up again.
 
 use std::{collections::HashMap, path::PathBuf};
 
+use super::recent::Recent;
 use crate::netns;
 
+/// How many namespace names, and how many interface names, are cached.
+const REMEMBERED: usize = 1024;
+
 /// Resolves and caches names.
-#[derive(Default)]
 pub struct Names {
-    netns: HashMap<u32, (String, Option<PathBuf>)>,
-    links: HashMap<(u32, u32), String>,
+    netns: Recent<u32, (String, Option<PathBuf>)>,
+    links: Recent<(u32, u32), String>,
 }
 
 impl Names {
     /// Starts with the interfaces already known in the pod links' namespace.
     pub fn new(links_netns: u32, links: &HashMap<u32, String>) -> Self {
-        let mut n = Self::default();
+        let mut n = Self {
+            netns: Recent::new(REMEMBERED),
+            links: Recent::new(REMEMBERED),
+        };
         for (idx, l) in links {
             n.links.insert((links_netns, *idx), l.clone());
         }
@@ -36,9 +44,11 @@ impl Names {
         };
         for entry in dir.flatten() {
             let path = entry.path();
-            if let Ok(inum) = netns::inode(&path) {
+            if let Ok(inum) = netns::inode(&path)
+                && !self.netns.contains(&inum)
+            {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                self.netns.entry(inum).or_insert((name, Some(path)));
+                self.netns.insert(inum, (name, Some(path)));
             }
         }
     }
@@ -48,7 +58,7 @@ impl Names {
         if inum == 0 {
             return "?".to_owned();
         }
-        if !self.netns.contains_key(&inum) {
+        if !self.netns.contains(&inum) {
             self.scan_netns();
         }
         match self.netns.get(&inum) {
@@ -96,5 +106,23 @@ impl Names {
             .get(&(inum, ifindex))
             .cloned()
             .unwrap_or_else(|| format!("if{ifindex}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_whose_pods_come_and_go_keeps_the_last_names() {
+        // No namespace has this inode: a forgotten name cannot be found again.
+        let (inum, last) = (u32::MAX, REMEMBERED as u32 + 1);
+        let mut n = Names::new(inum, &HashMap::from([(1, "veth-first".to_owned())]));
+        for index in 2..=last {
+            n.learn_link(inum, index, &format!("veth{index}"));
+        }
+        assert_eq!(n.link(inum, last), format!("veth{last}"));
+        assert_eq!(n.link(inum, 2), "veth2");
+        assert_eq!(n.link(inum, 1), "if1");
     }
 }
