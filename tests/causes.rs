@@ -19,7 +19,7 @@ use tracer::{
     lab::FaultName,
     measure::{BatchResult, BatchSpec, Outcome},
     report::trace::TraceSummary,
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
@@ -37,8 +37,7 @@ fn traced(lab: &LabGuard, spec: &BatchSpec, settings: Settings, extra: Duration)
         tier: tier(),
         ..settings
     };
-    let mut tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let mut tracer = common::trace_lab(&lab.info, &settings);
     let mut records = Vec::new();
     let result = std::thread::scope(|s| {
         let sender = s.spawn(|| lab.probe(spec));

@@ -17,7 +17,7 @@ use tracer::{
     measure::{self, BatchSpec},
     netns,
     node::{self, Backend, inspect::Severity},
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 /// A lab of one family, down when dropped (also on panic).
@@ -85,8 +85,7 @@ fn traced(lab: &Lab6, servers: &[IpAddr], spec: &BatchSpec, all: bool) -> Traced
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     let client = &lab.info.clients[0].netns;
     let sent_lost = servers
         .iter()

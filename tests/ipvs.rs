@@ -20,7 +20,7 @@ use tracer::{
     measure::BatchSpec,
     netns,
     node::{self, Backend, ipvs::Forward, kubeproxy},
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
@@ -62,8 +62,7 @@ fn traced(lab: &LabGuard, spec: &BatchSpec, all: bool) -> Traced {
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     let result = lab.probe(spec);
     std::thread::sleep(settings.timeout + Duration::from_millis(500));
     let (records, _summary) = tracer.finish().expect("finish");

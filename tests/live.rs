@@ -17,7 +17,7 @@ use tracer::{
     lab::{self, FaultName, REPLACEMENT_IPS},
     measure::{BatchResult, BatchSpec, query_batch},
     node::Backend,
-    trace::{Settings, Target, Tracer},
+    trace::{Settings, Tracer},
 };
 
 const PREFIX: &str = "tlv";
@@ -56,8 +56,7 @@ fn a_pod_added_after_the_start_is_traced_and_let_go() {
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let mut tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let mut tracer = common::trace_lab(&lab.info, &settings);
     let mut records = Vec::new();
     records.extend(tracer.poll().expect("poll"));
     assert_eq!(tracer.links_changed(), (0, 0));
@@ -170,8 +169,7 @@ fn endpoint_churn_names_the_stale_entry_and_when_its_endpoint_went() {
             timeout: Duration::from_secs(5),
             ..Settings::default()
         };
-        let mut tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-            .expect("start the tracer");
+        let mut tracer = common::trace_lab(&lab.info, &settings);
         let mut records = Vec::new();
         let pinned = BatchSpec {
             source_port: Some(PORT),

@@ -16,7 +16,7 @@ use tracer::{
     netns,
     node::Backend,
     report::trace::TraceSummary,
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 /// The name every packet asks for (the lab answers it).
@@ -178,8 +178,7 @@ fn traced(
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     let (sent, listeners) = send();
     std::thread::sleep(Duration::from_millis(1500));
     let (records, summary) = tracer.finish().expect("finish");

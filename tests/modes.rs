@@ -18,7 +18,7 @@ use tracer::{
     measure::BatchSpec,
     netns,
     node::{self, Backend, kubeproxy},
-    trace::{Settings, Target, Tracer},
+    trace::{Settings, Tracer},
 };
 
 const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
@@ -49,8 +49,7 @@ fn traced(lab: &LabGuard, spec: &BatchSpec, all: bool) -> Traced {
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     let result = lab.probe(spec);
     std::thread::sleep(settings.timeout + Duration::from_millis(500));
     let (records, _summary) = tracer.finish().expect("finish");
@@ -259,8 +258,7 @@ fn endpoint_churn_in_nftables_mode_is_followed_from_the_table() {
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let mut tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let mut tracer = common::trace_lab(&lab.info, &settings);
     let mut records = Vec::new();
     lab.fault(FaultName::EndpointChurn, Some(0));
     poll_for(&mut tracer, &mut records, Duration::from_secs(1));

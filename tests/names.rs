@@ -16,7 +16,7 @@ use tracer::{
     lab::{FaultName, LONG_NAME, LONG_NAME_IP},
     measure::{self, BatchResult, BatchSpec, RecordType},
     report::trace::TraceSummary,
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 /// Queries per batch.
@@ -48,8 +48,7 @@ fn traced(
         tier: tier(),
         ..settings
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     if let Some(t) = settings.tier {
         assert_eq!(
             tracer.plan().tier,

@@ -22,7 +22,7 @@ use tracer::{
     measure::{self, BatchSpec, Outcome, RecordType, ResponseCode},
     node::Backend,
     report::trace::TraceSummary,
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 /// Lab `prefix` with the cache and one client pod.
@@ -180,8 +180,7 @@ fn traced(lab: &LabGuard, send: impl FnOnce()) -> (Vec<QueryRecord>, TraceSummar
         timeout: Duration::from_secs(1),
         ..Settings::default()
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     send();
     std::thread::sleep(Duration::from_millis(2500));
     tracer.finish().expect("finish")

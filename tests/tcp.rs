@@ -20,7 +20,7 @@ use tracer::{
     },
     lab::{self, FaultName},
     report::trace::TraceSummary,
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
@@ -57,8 +57,7 @@ fn traced<T: Send>(
         timeout: Duration::from_secs(3),
         ..Settings::default()
     };
-    let mut tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let mut tracer = common::trace_lab(&lab.info, &settings);
     let mut records = Vec::new();
     let out = std::thread::scope(|s| {
         let sender = s.spawn(traffic);

@@ -17,7 +17,7 @@ use tracer::{
     node::Backend,
     probes::plan::{Fate, Tier},
     report::trace::TraceSummary,
-    trace::{Settings, Target, Tracer},
+    trace::Settings,
 };
 
 const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
@@ -95,8 +95,7 @@ fn traced(lab: &LabGuard, spec: &BatchSpec, settings: Settings) -> Traced {
         tier: tier(),
         ..settings
     };
-    let tracer = Tracer::start(Target::lab(&lab.info).expect("lab target"), &settings)
-        .expect("start the tracer");
+    let tracer = common::trace_lab(&lab.info, &settings);
     if let Some(t) = settings.tier {
         assert_eq!(
             tracer.plan().tier,

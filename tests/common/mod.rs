@@ -13,7 +13,8 @@ use tracer::{
         Backend,
         conntrack::{self, CpuStats},
     },
-    probes::plan::Tier,
+    probes::plan::{Fate, Tier},
+    trace::{Settings, Target, Tracer},
 };
 
 /// Both iptables backends, as the scenario tests run each of them.
@@ -38,6 +39,26 @@ pub fn has_drop_reasons() -> bool {
         .expect("kernel BTF")
         .drop_reasons()
         .is_empty()
+}
+
+/// Starts the tracer on the lab, and checks that both TC programs hang on every pod link: without
+/// them no record has its device stages, and a scenario could pass on the other hooks' evidence
+/// alone.
+pub fn trace_lab(info: &LabInfo, settings: &Settings) -> Tracer {
+    let tracer =
+        Tracer::start(Target::lab(info).expect("lab target"), settings).expect("start the tracer");
+    for program in ["device_tc_ingress", "device_tc_egress"] {
+        let outcomes = &tracer.plan().outcomes;
+        let fate = outcomes
+            .iter()
+            .find(|o| o.program == program)
+            .map(|o| &o.fate);
+        assert!(
+            matches!(fate, Some(Fate::Attached { to }) if !to.contains("failed on")),
+            "{program} on every pod link: {fate:?}"
+        );
+    }
+    tracer
 }
 
 /// A lab brought up for one test and brought down when the guard drops (also on panic).
