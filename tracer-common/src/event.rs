@@ -55,6 +55,11 @@ pub const NO_HOOK: u32 = u32::MAX;
 /// Bytes of a netfilter table or chain name carried by `VERDICT` records.
 pub const NAME_LEN: usize = 32;
 
+/// The ring buffer's size (bytes).
+pub const EVENTS_BYTES: u32 = 2 << 20;
+/// How many records fit in the ring buffer at once (each behind an 8-byte header): 3799.
+pub const EVENTS_CAPACITY: usize = EVENTS_BYTES as usize / (core::mem::size_of::<Event>() + 8);
+
 /// One exported record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -120,5 +125,6 @@ mod tests {
             8 + 16 + 8 + 4 + 44 + core::mem::size_of::<Slot>() + 2 * NAME_LEN + 16
         );
         assert_eq!(core::mem::size_of::<Event>(), 544);
+        assert_eq!(EVENTS_CAPACITY, 3799);
     }
 }

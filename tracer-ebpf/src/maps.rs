@@ -8,6 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     config::{Config, KernelOffsets},
     counter,
+    event::EVENTS_BYTES,
     flow::{SLOTS, Slot},
 };
 
@@ -58,10 +59,10 @@ pub fn config() -> &'static Config {
 
 /// Records for userspace: failed, slow or asked-for queries. Submitted without wakeup; the
 /// loader drains it on a timer (a wakeup per record costs 36-45 % of DNS throughput here).
-/// 2 MiB holds about 3800 records (544 bytes each, 8 of header): with `--all` at 30 k queries/s,
-/// 125 ms between drains (the loader drains every 50 ms); a full buffer is counted as lost events.
+/// 2 MiB holds 3799 records (544 bytes each, 8 of header): with `--all` at 30 k queries/s, 125 ms
+/// between drains (the loader drains every 50 ms); a full buffer is counted as lost events.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Per-query state, indexed by `flow::slot_index`. Mmapable only for its placement: the kernel
 /// then puts the values at a page boundary, so that each slot's first 64 bytes are one cache

@@ -7,7 +7,7 @@ use aya::{
 };
 use tracer_common::{
     counter,
-    event::Event,
+    event::{EVENTS_CAPACITY, Event},
     flow::{SLOTS, Slot},
 };
 
@@ -93,12 +93,18 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error
 }
 
 impl Session {
-    /// Hands every record waiting in the ring buffer to `f`; returns how many it took. A record
-    /// shorter than an `Event`, or one `f` refuses (returns `Err`: it could not decode it), is
-    /// counted in `malformed_records`.
+    /// Hands the records waiting in the ring buffer to `f`, at most a full buffer's worth
+    /// ([`EVENTS_CAPACITY`]); returns how many it took. A record shorter than an `Event`, or one
+    /// `f` refuses (returns `Err`: it could not decode it), is counted in `malformed_records`.
+    /// The bound keeps a kernel writing faster than this reader from holding it here, and its
+    /// batch growing, for ever: the rest waits for the next call, and what the full buffer
+    /// refuses meanwhile is counted as lost events.
     pub fn drain<E>(&mut self, mut f: impl FnMut(Event) -> Result<(), E>) -> usize {
         let mut n = 0;
-        while let Some(item) = self.maps.events.next() {
+        for _ in 0..EVENTS_CAPACITY {
+            let Some(item) = self.maps.events.next() else {
+                break;
+            };
             if item.len() < std::mem::size_of::<Event>() {
                 self.malformed_records += 1;
                 continue;
