@@ -175,7 +175,9 @@ impl Session {
             name: "PENDING",
             source,
         })?;
-        let mut out = Vec::new();
+        // Sized once: a Vec grown slot by slot every scan (a thousand slots and more with a
+        // lossy node) reallocated through every power of two, and fragmented the heap.
+        let mut out = Vec::with_capacity(marks.iter().filter(|m| **m != 0).count());
         for i in (0..SLOTS).filter(|i| marks[*i as usize] != 0) {
             let s = self.maps.slots.get(&i, 0).map_err(|source| Error::Map {
                 name: "QUERY_SLOTS",
