@@ -175,6 +175,19 @@ impl Default for Settings {
 }
 
 const CONNTRACK_REMEMBERED: usize = 4096;
+/// How often the allocator is asked to give its free memory back (see [`trim_heap`]).
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Gives the allocator's free pages back to the kernel. A trace starved of CPU drains bigger
+/// batches (up to a full ring buffer of records); glibc keeps the heap they grew into, and the
+/// tracer's RSS would climb to the largest burst it ever saw and stay there.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer and may run at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// A running trace.
 pub struct Tracer {
@@ -184,6 +197,7 @@ pub struct Tracer {
     links_inode: u32,
     started: Instant,
     last_scan: Instant,
+    last_trim: Instant,
     ct_events: Option<conntrack::Events>,
     ct_entries: Recent<SocketAddr, CreatedEntry>,
     ct_start: Option<CpuStats>,
@@ -331,6 +345,7 @@ impl Tracer {
             links_inode,
             started: Instant::now(),
             last_scan: Instant::now(),
+            last_trim: Instant::now(),
             ct_events,
             ct_entries: Recent::new(CONNTRACK_REMEMBERED),
             ct_start,
@@ -534,6 +549,10 @@ impl Tracer {
             self.last_scan = Instant::now();
             let pending = self.session.pending()?;
             out.extend(self.corr.scan(&pending, now, self.links_inode));
+        }
+        if self.last_trim.elapsed() >= TRIM_EVERY {
+            self.last_trim = Instant::now();
+            trim_heap();
         }
         let out = out.into_iter().map(|r| self.finish_record(r)).collect();
         Ok(self.link_cache(out, false))
