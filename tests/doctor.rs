@@ -156,7 +156,7 @@ fn expectations(prefix: &str, backend: Backend) -> Vec<Expect> {
             FaultName::StaleConntrack,
             "stale-conntrack",
             "10.244.0.10",
-            "conntrack -D -p udp",
+            &format!("ip netns exec {prefix}-node conntrack -D -p udp"),
         ),
         e(
             FaultName::PolicyDrop,
@@ -337,7 +337,7 @@ fn assert_churn(backend: Backend, prefix: &str) {
     assert_eq!(
         (d.probe.sent, d.probe.answered),
         (QUERIES, QUERIES),
-        "{backend:?}"
+        "{backend:?}: {d:#?}"
     );
     let first = &d.causes[0];
     assert_eq!(

@@ -155,7 +155,7 @@ fn send_polling(
 // the Service, the old one gone, the UDP conntrack entry left). The tracer sees the endpoints
 // change, and names the socket's next queries, which the entry sends to the old address, a stale
 // conntrack entry: created during the trace, endpoint removed at the change, `conntrack -D` to
-// clear it. A new socket is answered by the replacement.
+// clear it, which clears it when run as printed. A new socket is answered by the replacement.
 #[test]
 fn endpoint_churn_names_the_stale_entry_and_when_its_endpoint_went() {
     const PORT: u16 = 45053;
@@ -258,5 +258,25 @@ fn endpoint_churn_names_the_stale_entry_and_when_its_endpoint_went() {
             "{text}"
         );
         assert!(text.contains("lost to a stale conntrack entry"), "{text}");
+
+        // The command it names, run as printed, clears the entry: the socket's next queries
+        // reach the replacement.
+        let command = summary.stale_entries[0].entry.clear_command();
+        let node = format!("ip netns exec {} conntrack -D ", lab.info.node_netns);
+        assert!(command.starts_with(&node), "{command}");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cleared = lab.probe(&pinned);
+        assert_eq!(
+            cleared.lost, 0,
+            "{backend:?}: answered once `{command}` ran"
+        );
     }
 }

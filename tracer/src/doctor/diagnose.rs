@@ -434,7 +434,7 @@ fn stale_conntrack(
             .map(|e| format!("conntrack entry: {}", crate::node::findings::entry_line(e))),
     );
     let fix = match (stale, entries.first()) {
-        (Some(s), _) => Some(format!("{p}{}", s.clear_command())),
+        (Some(s), _) => Some(s.clear_command()),
         (None, Some(e)) => Some(format!(
             "{p}conntrack -D -p udp --orig-dst {} --reply-src {}",
             e.orig.dst, e.reply.src

@@ -10,8 +10,8 @@
 //! - `rulepath`: the netfilter chains and deciding rule of a failed query (`trace --rules`).
 //! - `transport`: UDP or TCP, and the link from a truncated UDP answer to its TCP retry.
 //! - `cause`: where and why a failed query died as one value, the key of the counts by cause.
-//! - `recent`: the last N keys inserted (reported queries, conntrack entries, rule paths), in a
-//!   table allocated once that never grows.
+//! - `recent`: the last N keys inserted (reported queries, conntrack entries, rule paths,
+//!   namespace and link names), in a table allocated once that never grows.
 //! - `correlate`: merges the records of one query (drop, ICMP, eviction, answer) across NAT,
 //!   holding each briefly so evidence arriving in any order ends up in one verdict.
 //! - `cache`: NodeLocal DNSCache: a client's query to the node's cache and the cache's query

@@ -1,5 +1,5 @@
 //! A table of the last N keys inserted: what the trace remembers of recent queries, conntrack
-//! entries and rule paths.
+//! entries, rule paths and the names of namespaces and links.
 //!
 //! Its hash table is allocated once, at twice its bound, and never grows. A table held at its bound
 //! by forgetting one old key per new one fills with tombstones; when they use up its free space,

@@ -442,13 +442,21 @@ pub struct StaleEntry {
     /// When the tracer saw the endpoint leave the Service's rules (Unix µs); `None`: it was
     /// already gone when the trace started.
     pub removed_us: Option<u64>,
+    /// The named network namespace the entry lives in (the lab's node); `None`: the tracer's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 impl StaleEntry {
-    /// The command that deletes the entry (the client's next query then makes a fresh one).
+    /// The command that deletes the entry (the client's next query then makes a fresh one), run
+    /// in the entry's namespace.
     pub fn clear_command(&self) -> String {
+        let netns = self
+            .netns
+            .as_ref()
+            .map_or(String::new(), |n| format!("ip netns exec {n} "));
         format!(
-            "conntrack -D -p udp --orig-src {} --sport {} --orig-dst {} --dport {}",
+            "{netns}conntrack -D -p udp --orig-src {} --sport {} --orig-dst {} --dport {}",
             self.client.ip(),
             self.client.port(),
             self.service.ip(),

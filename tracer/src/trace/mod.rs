@@ -324,7 +324,7 @@ impl Tracer {
         };
         let endpoints = Endpoints::start(
             target.service,
-            links.as_deref(),
+            target.links_netns.as_ref(),
             target.rules.as_ref(),
             existing,
             unix_now_us(),

@@ -13,7 +13,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::PathBuf,
     time::Instant,
 };
 
@@ -55,24 +55,26 @@ pub(super) struct Endpoints {
     /// The DNATed DNS entries in the table at the start: client socket -> where they send it.
     existing: HashMap<SocketAddr, IpAddr>,
     watch: Option<Watch>,
+    /// The named namespace the rules and entries live in; `None`: ours.
+    netns: Option<String>,
     epochs: Vec<Epoch>,
     /// Unix µs minus `Instant` time, to date the watch's readings.
     started: (Instant, u64),
 }
 
 impl Endpoints {
-    /// Starts following the rules of `netns` (`None`: ours) from `current`, read at `now_us`,
-    /// with the DNATed DNS entries `existing` then. Without rules to follow (no Service found),
-    /// nothing is ever named stale.
+    /// Starts following the rules of `netns` (its name and path; `None`: ours) from `current`,
+    /// read at `now_us`, with the DNATed DNS entries `existing` then. Without rules to follow (no
+    /// Service found), nothing is ever named stale.
     pub(super) fn start(
         service: SocketAddr,
-        netns: Option<&Path>,
+        netns: Option<&(String, PathBuf)>,
         current: Option<&DnsService>,
         existing: HashMap<SocketAddr, IpAddr>,
         now_us: u64,
     ) -> Self {
         let watch = current.and_then(|svc| {
-            Watch::start(netns, Some(svc.clone()))
+            Watch::start(netns.map(|(_, p)| p.as_path()), Some(svc.clone()))
                 .inspect_err(|e| log::warn!("the Service's endpoints will not be followed: {e}"))
                 .ok()
         });
@@ -81,6 +83,7 @@ impl Endpoints {
             known: current.is_some(),
             existing,
             watch,
+            netns: netns.map(|(n, _)| n.clone()),
             epochs: vec![Epoch {
                 after_us: 0,
                 noticed_us: now_us,
@@ -173,6 +176,7 @@ impl Endpoints {
             endpoint,
             created_us,
             removed_us,
+            netns: self.netns.clone(),
         })
     }
 
@@ -235,6 +239,7 @@ mod tests {
             known: true,
             existing: HashMap::from([(lost_at(0).client, OLD)]),
             watch: None,
+            netns: Some("node".to_owned()),
             epochs: vec![
                 Epoch {
                     after_us: 0,
@@ -277,7 +282,7 @@ mod tests {
             (OLD, Some(2000), Some(7000))
         );
         assert!(s.to_string().contains(
-            "`conntrack -D -p udp --orig-src 10.244.0.20 --sport 1001 --orig-dst 10.96.0.10 --dport 53` clears it"
+            "`ip netns exec node conntrack -D -p udp --orig-src 10.244.0.20 --sport 1001 --orig-dst 10.96.0.10 --dport 53` clears it"
         ));
         // Made before the trace: created is unknown.
         let s = e.stale(&lost_at(8000), None).expect("stale");
