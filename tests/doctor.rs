@@ -224,7 +224,7 @@ fn assert_healthy(backend: Backend, prefix: &str, probe: Probe) -> Diagnosis {
                 "{backend:?}: {d:#?}"
             );
             assert!(d.causes.is_empty(), "{backend:?}: {:#?}", d.causes);
-            assert!(failing.is_empty(), "{backend:?}: {failing:?}");
+            assert!(failing.is_empty(), "{backend:?}: {failing:?}: {d:#?}");
         }
         // This machine's `iptables` is iptables-nft while the legacy lab's rules are legacy:
         // every query answered, and that warning the only cause.
@@ -354,7 +354,9 @@ fn assert_churn(backend: Backend, prefix: &str) {
     );
     let fix = first.fix.as_deref().unwrap_or_default();
     assert!(
-        fix.contains("conntrack -D -p udp --orig-dst 10.96.0.10 --reply-src 10.244.0.10"),
+        fix.contains(&format!(
+            "ip netns exec {prefix}-node conntrack -D -p udp --orig-dst 10.96.0.10 --reply-src 10.244.0.10"
+        )),
         "{backend:?}: {fix}"
     );
 }

@@ -33,6 +33,20 @@ pub fn named(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
+/// What a command printed for people is prefixed with to run in `netns` (`None`: ours):
+/// `ip netns exec NAME ` for a named namespace, `nsenter --net=PATH ` for any other.
+pub fn exec_prefix(netns: Option<&Path>) -> String {
+    match netns {
+        None => String::new(),
+        Some(p) => match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) if dir == Path::new(NETNS_DIR) => {
+                format!("ip netns exec {} ", name.to_string_lossy())
+            }
+            _ => format!("nsenter --net={} ", p.display()),
+        },
+    }
+}
+
 /// The namespace's inode number: the id the kernel reports as `net->ns.inum`.
 pub fn inode(path: &Path) -> Result<u32, Error> {
     let meta = std::fs::metadata(path).map_err(|source| Error::Open {
@@ -66,4 +80,22 @@ where
             path: path.to_owned(),
         })?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_runs_in_the_namespace_it_was_read_from() {
+        assert_eq!(exec_prefix(None), "");
+        assert_eq!(
+            exec_prefix(Some(&named("tl-node"))),
+            "ip netns exec tl-node "
+        );
+        assert_eq!(
+            exec_prefix(Some(Path::new("/proc/4242/ns/net"))),
+            "nsenter --net=/proc/4242/ns/net "
+        );
+    }
 }

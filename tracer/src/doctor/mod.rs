@@ -81,9 +81,7 @@ impl Options {
 
     /// What every fix command is prefixed with: the node's namespace, where it is not ours.
     pub fn fix_prefix(&self) -> String {
-        self.node_netns
-            .as_ref()
-            .map_or(String::new(), |n| format!("ip netns exec {n} "))
+        netns::exec_prefix(self.node_path().as_deref())
     }
 }
 

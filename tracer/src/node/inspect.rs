@@ -238,12 +238,13 @@ pub fn inspect_with_tier(
     netns: Option<&Path>,
     tier: Option<(Tier, String)>,
 ) -> Result<Report, Error> {
-    let mut report = in_netns(netns, move || collect(tier))??;
-    report.netns = netns.map(Path::to_owned);
-    Ok(report)
+    let path = netns.map(Path::to_owned);
+    in_netns(netns, move || collect(tier, path))?
 }
 
-fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
+/// The report of the namespace the calling thread is in, `netns` (the findings' commands run
+/// there).
+fn collect(tier: Option<(Tier, String)>, netns: Option<PathBuf>) -> Result<Report, Error> {
     let facts = facts::collect(tier).map_err(|source| Error::Facts { source })?;
     let mut backends = backend::detect().map_err(|source| Error::Backend { source })?;
     let kube_ipvs0 = facts.links.iter().any(|l| l.kind == LinkKind::KubeIpvs);
@@ -307,7 +308,7 @@ fn collect(tier: Option<(Tier, String)>) -> Result<Report, Error> {
         dns_stale,
     };
     let mut report = Report {
-        netns: None,
+        netns,
         facts,
         backends,
         proxy_mode,

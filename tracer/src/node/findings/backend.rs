@@ -2,7 +2,10 @@
 //! whether `iptables` and kube-proxy's iptables-wrapper point at it.
 
 use super::{Evidence, Finding, Severity};
-use crate::node::{Backend, backend::Kind, inspect::Report, kubeproxy::ProxyMode};
+use crate::{
+    netns,
+    node::{Backend, backend::Kind, inspect::Report, kubeproxy::ProxyMode},
+};
 
 /// The backend findings of `r`.
 pub(super) fn findings(r: &Report) -> Vec<Finding> {
@@ -87,6 +90,7 @@ fn mixed(r: &Report, mut evidence: Vec<Evidence>) -> Finding {
         .stale
         .map(Backend::name)
         .unwrap_or("the one kube-proxy does not use");
+    let run = netns::exec_prefix(r.netns.as_deref());
     Finding {
         severity: Severity::Error,
         id: "iptables-mixed",
@@ -97,10 +101,10 @@ fn mixed(r: &Report, mut evidence: Vec<Evidence>) -> Finding {
              last runs first and its DNAT wins, so DNS queries to the Service IP go wherever the \
              stale rules say (a gone pod, or a DROP/REJECT), and conntrack then pins the client's \
              flow there until its UDP timeout. Remove the rules from the {stale} backend \
-             (`iptables-{stale}-save` to review, then flush its nat/filter/mangle KUBE-* chains), make \
+             (`{run}iptables-{stale}-save` to review, then flush its nat/filter/mangle KUBE-* chains), make \
              kube-proxy, the kubelet and the CNI use one backend (iptables-wrapper, matching \
              /etc/alternatives), then delete the UDP/53 conntrack entries \
-             (`conntrack -D -p udp --dport 53`)."
+             (`{run}conntrack -D -p udp --dport 53`)."
         )),
     }
 }
@@ -118,7 +122,8 @@ fn stale_chains(r: &Report, stale: Backend) -> Finding {
         title: format!("the {} backend holds leftover KUBE-* chains", stale.name()),
         evidence: vec![Evidence::Side(stale, side.clone())],
         action: Some(format!(
-            "Harmless while they hold no rules; delete them (`iptables-{}` -X on the empty KUBE-* chains) so no tool counts them as a sign of that backend.",
+            "Harmless while they hold no rules; delete them (`{}iptables-{}` -X on the empty KUBE-* chains) so no tool counts them as a sign of that backend.",
+            netns::exec_prefix(r.netns.as_deref()),
             stale.name()
         )),
     }

@@ -4,9 +4,12 @@
 use std::net::IpAddr;
 
 use super::{Evidence, Finding, Severity, usage_percent};
-use crate::node::{
-    inspect::{ConntrackReport, Report},
-    kubeproxy::DnsService,
+use crate::{
+    netns,
+    node::{
+        inspect::{ConntrackReport, Report},
+        kubeproxy::DnsService,
+    },
 };
 
 /// The conntrack findings of `r`.
@@ -14,7 +17,7 @@ pub(super) fn findings(r: &Report) -> Vec<Finding> {
     let c = &r.conntrack;
     let mut out: Vec<Finding> = [size(c), drops(c)].into_iter().flatten().collect();
     if let Some(s) = &r.dns_service {
-        out.extend(stale_dns(c, s));
+        out.extend(stale_dns(c, s, &netns::exec_prefix(r.netns.as_deref())));
         out.push(Finding {
             severity: if c.dns_entries > 0 && c.dns_unreplied * 2 > c.dns_entries {
                 Severity::Warning
@@ -97,8 +100,9 @@ fn drops(c: &ConntrackReport) -> Option<Finding> {
     })
 }
 
-/// DNS entries whose reply comes from an address that is no endpoint any more.
-fn stale_dns(c: &ConntrackReport, s: &DnsService) -> Option<Finding> {
+/// DNS entries whose reply comes from an address that is no endpoint any more; `run` prefixes
+/// the commands that delete them (the node's namespace).
+fn stale_dns(c: &ConntrackReport, s: &DnsService, run: &str) -> Option<Finding> {
     if c.dns_stale.is_empty() {
         return None;
     }
@@ -113,7 +117,12 @@ fn stale_dns(c: &ConntrackReport, s: &DnsService) -> Option<Finding> {
     let gone_text: Vec<String> = gone.iter().map(ToString::to_string).collect();
     let deletes: Vec<String> = gone
         .iter()
-        .map(|ip| format!("`conntrack -D -p udp --orig-dst {} --reply-src {ip}`", s.ip))
+        .map(|ip| {
+            format!(
+                "`{run}conntrack -D -p udp --orig-dst {} --reply-src {ip}`",
+                s.ip
+            )
+        })
         .collect();
     Some(Finding {
         severity: Severity::Error,

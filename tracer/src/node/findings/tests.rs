@@ -288,6 +288,21 @@ fn full_table_stale_entries_bridge_and_rp_filter_findings() {
             .starts_with("1 UDP conntrack entry sends DNS clients to 10.244.0.12"),
         "{stale:?}"
     );
+    let delete = "conntrack -D -p udp --orig-dst 10.96.0.10 --reply-src 10.244.0.12`";
+    let action = stale.action.as_deref().unwrap_or_default();
+    assert!(action.contains(&format!("`{delete}")), "{action}");
+    // Inspected in a named namespace (the lab's node): the command runs there.
+    let mut in_lab = r.clone();
+    in_lab.netns = Some(PathBuf::from("/run/netns/lab-node"));
+    let stale = findings(&in_lab)
+        .into_iter()
+        .find(|f| f.id == "conntrack-stale-dns")
+        .unwrap();
+    let action = stale.action.unwrap_or_default();
+    assert!(
+        action.contains(&format!("`ip netns exec lab-node {delete}")),
+        "{action}"
+    );
     let rp = r
         .findings
         .iter()
