@@ -16,6 +16,12 @@ use crate::{
     probes::{plan::Plan, session::Counters},
 };
 
+/// The endpoint changes a summary lists: the last ones (a continuous trace on a cluster whose
+/// CoreDNS pods scale keeps a bounded list).
+pub const KEPT_ENDPOINT_CHANGES: usize = 256;
+/// The stale conntrack entries a summary lists: the first ones.
+pub const KEPT_STALE_ENTRIES: usize = 256;
+
 /// Latency percentiles from the kernel's log2 histogram: upper bounds of the buckets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
@@ -122,12 +128,20 @@ pub struct TraceSummary {
     /// Pod links with the TC programs that went away during the trace.
     #[serde(default)]
     pub links_removed: u64,
-    /// The DNS Service's endpoints as they changed during the trace.
+    /// The DNS Service's endpoints as they changed during the trace: the last
+    /// [`KEPT_ENDPOINT_CHANGES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint_changes: Vec<EndpointChange>,
-    /// Conntrack entries that sent queries to a gone endpoint, with the queries each lost.
+    /// Earlier changes, not kept.
+    #[serde(default)]
+    pub endpoint_changes_not_kept: u64,
+    /// Conntrack entries that sent queries to a gone endpoint, with the queries each lost: the
+    /// first [`KEPT_STALE_ENTRIES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale_entries: Vec<StaleLoss>,
+    /// Queries lost to stale entries past those listed.
+    #[serde(default)]
+    pub stale_queries_unlisted: u64,
     /// With a node-local DNS cache: lookups by hit, miss, unanswered (records only: every
     /// lookup with `--all`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,16 +186,18 @@ impl TraceSummary {
         *self.by_cause.entry(Cause::of(r)).or_default() += 1;
         *self.by_endpoint.entry(endpoint_key(r)).or_default() += 1;
         if let Some(stale) = &r.stale {
+            let kept = self.stale_entries.len();
             match self
                 .stale_entries
                 .iter_mut()
                 .find(|l| l.entry.client == stale.client && l.entry.endpoint == stale.endpoint)
             {
                 Some(loss) => loss.queries += 1,
-                None => self.stale_entries.push(StaleLoss {
+                None if kept < KEPT_STALE_ENTRIES => self.stale_entries.push(StaleLoss {
                     entry: stale.clone(),
                     queries: 1,
                 }),
+                None => self.stale_queries_unlisted += 1,
             }
         }
     }
@@ -319,11 +335,25 @@ impl TraceSummary {
                 list(&c.added)
             );
         }
+        if self.endpoint_changes_not_kept > 0 {
+            let _ = writeln!(
+                s,
+                "({} earlier changes not kept)",
+                self.endpoint_changes_not_kept
+            );
+        }
         for l in &self.stale_entries {
             let _ = writeln!(
                 s,
                 "{} queries from {} lost to a {}",
                 l.queries, l.entry.client, l.entry
+            );
+        }
+        if self.stale_queries_unlisted > 0 {
+            let _ = writeln!(
+                s,
+                "{} more queries lost to stale entries past the {KEPT_STALE_ENTRIES} listed",
+                self.stale_queries_unlisted
             );
         }
     }
@@ -554,6 +584,42 @@ mod tests {
         assert!(
             s.text()
                 .contains("pod links during the trace: 2 added, 1 removed")
+        );
+    }
+
+    /// Stale entries past the listed ones are counted, not listed; an entry listed keeps
+    /// counting its queries.
+    #[test]
+    fn stale_entries_are_listed_up_to_the_bound() {
+        use std::net::SocketAddr;
+        let mut s = TraceSummary::default();
+        let stale = |port: u16| {
+            let mut r = QueryRecord::dropped(port, Stage::Neighbour);
+            r.stale = Some(StaleEntry {
+                client: SocketAddr::from(([10, 244, 0, 20], port)),
+                service: SocketAddr::from(([10, 96, 0, 10], 53)),
+                endpoint: IpAddr::from([10, 244, 0, 10]),
+                created_us: None,
+                removed_us: None,
+                netns: None,
+            });
+            r
+        };
+        let sockets = KEPT_STALE_ENTRIES as u16 + 3;
+        for port in 1000..1000 + sockets {
+            s.add(&stale(port));
+        }
+        s.add(&stale(1000));
+        assert_eq!(
+            (s.stale_entries.len(), s.stale_queries_unlisted),
+            (KEPT_STALE_ENTRIES, 3)
+        );
+        assert_eq!(s.stale_entries[0].queries, 2);
+        assert!(
+            s.text()
+                .contains("3 more queries lost to stale entries past the 256 listed"),
+            "{}",
+            s.text()
         );
     }
 

@@ -603,7 +603,7 @@ impl Tracer {
             s.rule_trace_legacy = legacy;
             s.rule_trace_notes = rt.notes().to_vec();
         }
-        s.endpoint_changes = self.endpoints.changes();
+        (s.endpoint_changes, s.endpoint_changes_not_kept) = self.endpoints.changes();
         s.malformed_records = self.session.malformed_records;
         s.conntrack_events_lost = self.ct_events.as_ref().map(|e| e.lost()).unwrap_or(0);
         s.conntrack_delta = match (self.ct_start, end) {

@@ -23,7 +23,7 @@ use crate::{
         DnsService,
         watch::{Changed, Watch},
     },
-    report::trace::EndpointChange,
+    report::trace::{EndpointChange, KEPT_ENDPOINT_CHANGES},
 };
 
 /// A conntrack entry the trace saw created (ctnetlink NEW event).
@@ -57,7 +57,12 @@ pub(super) struct Endpoints {
     watch: Option<Watch>,
     /// The named namespace the rules and entries live in; `None`: ours.
     netns: Option<String>,
+    /// The set at the start and after each change, the last [`KEPT_ENDPOINT_CHANGES`] changes
+    /// (a query is judged within seconds of being sent; an endpoint whose removal was forgotten
+    /// is named gone before the trace).
     epochs: Vec<Epoch>,
+    /// Changes no longer kept.
+    forgotten: u64,
     /// Unix µs minus `Instant` time, to date the watch's readings.
     started: (Instant, u64),
 }
@@ -84,6 +89,7 @@ impl Endpoints {
             existing,
             watch,
             netns: netns.map(|(n, _)| n.clone()),
+            forgotten: 0,
             epochs: vec![Epoch {
                 after_us: 0,
                 noticed_us: now_us,
@@ -114,8 +120,17 @@ impl Endpoints {
             self.current(),
             endpoints
         );
-        self.epochs.push(epoch);
+        self.record(epoch);
         Some(endpoints)
+    }
+
+    /// Keeps `epoch` as the set now, forgetting the oldest change past the bound.
+    fn record(&mut self, epoch: Epoch) {
+        self.epochs.push(epoch);
+        if self.epochs.len() > KEPT_ENDPOINT_CHANGES + 1 {
+            self.epochs.remove(0);
+            self.forgotten += 1;
+        }
     }
 
     /// The endpoints now.
@@ -123,8 +138,13 @@ impl Endpoints {
         self.epochs.last().map_or(&[], |e| &e.endpoints)
     }
 
-    /// Every change during the trace: what was added and removed, and when it was noticed.
-    pub(super) fn changes(&self) -> Vec<EndpointChange> {
+    /// The changes kept and how many earlier ones were not.
+    pub(super) fn changes(&self) -> (Vec<EndpointChange>, u64) {
+        (self.kept_changes(), self.forgotten)
+    }
+
+    /// The changes kept: what was added and removed, and when it was noticed.
+    fn kept_changes(&self) -> Vec<EndpointChange> {
         self.epochs
             .windows(2)
             .map(|w| EndpointChange {
@@ -240,6 +260,7 @@ mod tests {
             existing: HashMap::from([(lost_at(0).client, OLD)]),
             watch: None,
             netns: Some("node".to_owned()),
+            forgotten: 0,
             epochs: vec![
                 Epoch {
                     after_us: 0,
@@ -338,9 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn a_service_whose_pods_keep_changing_keeps_its_last_changes() {
+        let mut e = churned();
+        for i in 0..300u64 {
+            let t = 10_000 + 1000 * i;
+            e.record(Epoch {
+                after_us: t,
+                noticed_us: t + 500,
+                endpoints: if i % 2 == 0 { vec![NEW] } else { vec![OTHER] },
+            });
+        }
+        let (c, forgotten) = e.changes();
+        assert_eq!((c.len(), forgotten), (KEPT_ENDPOINT_CHANGES, 301 - 256));
+        assert!(e.epochs.capacity() <= 2 * (KEPT_ENDPOINT_CHANGES + 1));
+        assert_eq!(c.last().map(|c| c.noticed_us), Some(10_000 + 299_000 + 500));
+        assert_eq!(e.current(), &[OTHER]);
+        // The last change still judges a query after it.
+        let mut to_new = lost_at(400_000);
+        to_new.endpoint = Some(NEW);
+        assert!(e.stale(&to_new, Some(&entry(10_000, NEW))).is_some());
+    }
+
+    #[test]
     fn changes_name_what_was_added_and_removed() {
-        let c = churned().changes();
-        assert_eq!(c.len(), 1);
+        let (c, forgotten) = churned().changes();
+        assert_eq!((c.len(), forgotten), (1, 0));
         assert_eq!(
             (c[0].added.clone(), c[0].removed.clone()),
             (vec![NEW], vec![OLD])
