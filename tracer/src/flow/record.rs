@@ -451,12 +451,10 @@ impl StaleEntry {
     /// The command that deletes the entry (the client's next query then makes a fresh one), run
     /// in the entry's namespace.
     pub fn clear_command(&self) -> String {
-        let netns = self
-            .netns
-            .as_ref()
-            .map_or(String::new(), |n| format!("ip netns exec {n} "));
+        let run =
+            crate::netns::exec_prefix(self.netns.as_deref().map(crate::netns::named).as_deref());
         format!(
-            "{netns}conntrack -D -p udp --orig-src {} --sport {} --orig-dst {} --dport {}",
+            "{run}conntrack -D -p udp --orig-src {} --sport {} --orig-dst {} --dport {}",
             self.client.ip(),
             self.client.port(),
             self.service.ip(),
