@@ -435,9 +435,10 @@ fn stale_conntrack(
     );
     let fix = match (stale, entries.first()) {
         (Some(s), _) => Some(s.clear_command()),
-        (None, Some(e)) => Some(format!(
-            "{p}conntrack -D -p udp --orig-dst {} --reply-src {}",
-            e.orig.dst, e.reply.src
+        (None, Some(e)) => Some(crate::node::findings::delete_entries_command(
+            p,
+            e.orig.dst,
+            e.reply.src,
         )),
         (None, None) => None,
     };

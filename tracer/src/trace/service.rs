@@ -138,21 +138,19 @@ impl Endpoints {
         self.epochs.last().map_or(&[], |e| &e.endpoints)
     }
 
-    /// The changes kept and how many earlier ones were not.
+    /// The changes kept (what was added and removed, and when it was noticed) and how many
+    /// earlier ones were not.
     pub(super) fn changes(&self) -> (Vec<EndpointChange>, u64) {
-        (self.kept_changes(), self.forgotten)
-    }
-
-    /// The changes kept: what was added and removed, and when it was noticed.
-    fn kept_changes(&self) -> Vec<EndpointChange> {
-        self.epochs
+        let kept = self
+            .epochs
             .windows(2)
             .map(|w| EndpointChange {
                 noticed_us: w[1].noticed_us,
                 added: diff(&w[1].endpoints, &w[0].endpoints),
                 removed: diff(&w[0].endpoints, &w[1].endpoints),
             })
-            .collect()
+            .collect();
+        (kept, self.forgotten)
     }
 
     /// The stale entry that sent failed query `r` to a gone endpoint, if that is what happened;

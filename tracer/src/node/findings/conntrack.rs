@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{Evidence, Finding, Severity, usage_percent};
+use super::{Evidence, Finding, Severity, delete_entries_command, usage_percent};
 use crate::{
     netns,
     node::{
@@ -117,12 +117,7 @@ fn stale_dns(c: &ConntrackReport, s: &DnsService, run: &str) -> Option<Finding> 
     let gone_text: Vec<String> = gone.iter().map(ToString::to_string).collect();
     let deletes: Vec<String> = gone
         .iter()
-        .map(|ip| {
-            format!(
-                "`{run}conntrack -D -p udp --orig-dst {} --reply-src {ip}`",
-                s.ip
-            )
-        })
+        .map(|ip| format!("`{}`", delete_entries_command(run, s.ip, *ip)))
         .collect();
     Some(Finding {
         severity: Severity::Error,

@@ -200,6 +200,12 @@ fn side_line(f: &mut fmt::Formatter<'_>, b: Backend, side: &Side) -> fmt::Result
     )
 }
 
+/// The command, prefixed with `run` (the node's namespace), that deletes the UDP entries to
+/// Service address `service` whose replies come from `reply_src` (a gone pod).
+pub(crate) fn delete_entries_command(run: &str, service: IpAddr, reply_src: IpAddr) -> String {
+    format!("{run}conntrack -D -p udp --orig-dst {service} --reply-src {reply_src}")
+}
+
 /// A conntrack entry on one line, with its flags.
 pub(crate) fn entry_line(e: &Entry) -> String {
     format!(
