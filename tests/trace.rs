@@ -4,21 +4,29 @@
 mod common;
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    sync::Barrier,
     time::Duration,
 };
 
 use common::{BACKENDS, LabGuard, batch, has_drop_reasons, tier};
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RecordType},
+};
 use tracer::{
     flow::record::{BackendEvidence, Drop, Leg, NetfilterBackend, QueryRecord, Stage, Verdict},
     kernel::symbols,
     lab::FaultName,
     measure::BatchSpec,
+    netns,
     node::Backend,
     probes::plan::{Fate, Tier},
     report::trace::TraceSummary,
     trace::Settings,
 };
+use tracer_common::flow::{slot_index, v4_mapped};
 
 const DNS0: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10));
 const DNS1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 11));
@@ -486,4 +494,100 @@ fn mixed_backend_sends_queries_to_a_stale_rules_target() {
         }
         assert!(t.summary.stale_entries.is_empty(), "{backend:?}");
     }
+}
+
+// Scenario: a lookup's A and AAAA sent at once from two threads of one socket, with ids that put
+// both in one set of the tracer's slot table (as one lookup in 2048 lands): each is followed on
+// its own to its pod and back, none evicted, none taken for a query the node sent.
+#[test]
+fn a_lookup_whose_queries_share_a_slot_set_is_followed_query_by_query() {
+    const PAIRS: u16 = 40;
+    let lab = LabGuard::up("trts", Backend::Nft);
+    let client = &lab.info.clients[0];
+    let server = SocketAddr::from((lab.info.service_ip, lab.info.dns_port));
+    let socket = netns::run_in(&netns::named(&client.netns), || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(server)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        Ok::<_, std::io::Error>(s)
+    })
+    .expect("enter the client pod")
+    .expect("client socket");
+    let port = socket.local_addr().expect("local address").port();
+    let pairs = sharing_pairs(client.ip, port, PAIRS);
+    let settings = Settings {
+        all: true,
+        tier: tier(),
+        ..quick()
+    };
+    let tracer = common::trace_lab(&lab.info, &settings);
+    let mut answered = HashSet::new();
+    for &(a, aaaa) in &pairs {
+        let barrier = Barrier::new(2);
+        std::thread::scope(|s| {
+            for (id, qtype) in [(a, RecordType::A), (aaaa, RecordType::AAAA)] {
+                let (socket, barrier) = (&socket, &barrier);
+                s.spawn(move || {
+                    let bytes = query(id, qtype);
+                    barrier.wait();
+                    socket.send(&bytes).expect("send");
+                });
+            }
+        });
+        let mut buf = [0u8; 512];
+        for _ in 0..2 {
+            let n = socket.recv(&mut buf).expect("an answer within 1 s");
+            assert!(n >= 12, "a DNS header: {n} bytes");
+            answered.insert(u16::from_be_bytes([buf[0], buf[1]]));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (records, summary) = tracer.finish().expect("finish");
+    let sent: HashSet<u16> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    assert_eq!(answered, sent, "the lab answers every query");
+    let c = &summary.counters;
+    let all = u64::from(2 * PAIRS);
+    assert_eq!(
+        (c.queries, c.at_endpoint, c.answered, c.evicted, c.unmatched),
+        (all, all, all, 0, 0),
+        "{c:?}"
+    );
+    let followed: HashSet<u16> = records
+        .iter()
+        .filter(|r| r.verdict == Verdict::Answered && r.client.port() == port)
+        .inspect(|r| assert_eq!(r.client_link.as_deref(), Some("trtsc0"), "{r:?}"))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(followed, sent, "one answered record per query");
+    assert_eq!(records.len(), sent.len(), "{records:#?}");
+}
+
+/// `count` (A, AAAA) id pairs whose queries from `ip`:`port` share a set of the slot table, as
+/// the programs key it (the words and ports as read off the wire).
+fn sharing_pairs(ip: Ipv4Addr, port: u16, count: u16) -> Vec<(u16, u16)> {
+    let addr = v4_mapped(u32::from_ne_bytes(ip.octets()));
+    let port = u16::from_ne_bytes(port.to_be_bytes());
+    let set = |id: u16| slot_index(&addr, port, u16::from_ne_bytes(id.to_be_bytes()));
+    let pairs: Vec<(u16, u16)> = (0..count)
+        .map(|i| {
+            let a = i.wrapping_mul(1543).wrapping_add(7);
+            let b = (1..=u16::MAX)
+                .map(|d| a.wrapping_add(d))
+                .find(|&b| set(b) == set(a))
+                .expect("65535 ids cover every set");
+            (a, b)
+        })
+        .collect();
+    assert_eq!(pairs.len(), usize::from(count));
+    pairs
+}
+
+/// A recursive query for kubernetes.default with `id`.
+fn query(id: u16, qtype: RecordType) -> Vec<u8> {
+    let mut msg = Message::query();
+    msg.metadata.id = id;
+    msg.metadata.recursion_desired = true;
+    let name = Name::from_ascii("kubernetes.default.svc.cluster.local.").expect("name");
+    msg.add_query(Query::query(name, qtype));
+    msg.to_vec().expect("encode")
 }

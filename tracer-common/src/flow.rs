@@ -10,6 +10,12 @@ const _: () = assert!(QUESTION_LEN >= 255 + 4 && QUESTION_LEN.is_multiple_of(8))
 /// Slots in the per-query table; a power of two (the index is a masked hash).
 pub const SLOTS: u32 = 4096;
 
+/// Slots a query may take: the table is two-way set-associative. With one slot per query, the A
+/// and AAAA sent at once from one socket shared a slot once in 4096 lookups; the second took it
+/// before the first reached its DNS pod, where the first then looked sent by the node. In two
+/// ways both are kept, and two CPUs claiming a set at once each take their own way.
+pub const WAYS: u32 = 2;
+
 /// An IP address as the kernel side carries it: 16 bytes in network order, as four words read
 /// from the wire (`u32::from_ne_bytes` of each 4-byte group). IPv6 as is; IPv4 as an IPv4-mapped
 /// IPv6 address (`::ffff:a.b.c.d`), so that both families share one layout and one compare.
@@ -252,8 +258,9 @@ pub fn ticks_after(t0: u64, t: u64) -> u32 {
     }
 }
 
-/// The slot index of a query: FNV-1a over (client address folded to one word, client port, DNS
-/// id), masked. The fold (three XORs) keeps IPv4's cost what it was with a 4-byte address.
+/// The first slot of a query's set (its `WAYS` slots follow): FNV-1a over (client address folded
+/// to one word, client port, DNS id), masked. The fold (three XORs) keeps IPv4's cost what it was
+/// with a 4-byte address.
 #[inline(always)]
 pub fn slot_index(client_ip: &Addr, client_port: u16, dns_id: u16) -> u32 {
     let folded = client_ip[0] ^ client_ip[1] ^ client_ip[2] ^ client_ip[3];
@@ -267,7 +274,7 @@ pub fn slot_index(client_ip: &Addr, client_port: u16, dns_id: u16) -> u32 {
     for b in dns_id.to_ne_bytes() {
         h = (h ^ b as u32).wrapping_mul(0x0100_0193);
     }
-    h & (SLOTS - 1)
+    h & (SLOTS - 1) & !(WAYS - 1)
 }
 
 #[cfg(feature = "user")]
@@ -294,6 +301,7 @@ mod tests {
         let b = slot_index(&v4_mapped(0x0a_f4_00_05), 40000, 2);
         assert!(a < SLOTS && b < SLOTS);
         assert_ne!(a, b);
+        assert_eq!((a % WAYS, b % WAYS), (0, 0), "the first slot of a set");
         let c = slot_index(&[0xfd, 0, 0, 5], 40000, 1);
         assert!(c < SLOTS);
     }

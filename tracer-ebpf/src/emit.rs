@@ -1,10 +1,14 @@
 //! Writing records to the ring buffer, and the per-query slot table.
 
-use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, helpers::bpf_ktime_get_ns, maps::PerCpuArray};
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    maps::PerCpuArray,
+};
 use tracer_common::{
     counter,
     event::Event,
-    flow::{Addr, Packet, SLOTS, Slot, slot_index},
+    flow::{Addr, Packet, SLOTS, Slot, WAYS, slot_index, state},
 };
 
 use crate::maps::{EVENTS, PENDING, QUERY_SLOTS, count};
@@ -105,8 +109,8 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The slot of the query (client address, client port, DNS id, transport), with its index, if it
-/// is still that query's.
+/// The slot of the query (client address, client port, DNS id, transport), with its index, if one
+/// of its set still holds it.
 #[inline(always)]
 pub fn slot_of(
     client_ip: &Addr,
@@ -114,16 +118,17 @@ pub fn slot_of(
     dns_id: u16,
     proto: u8,
 ) -> Option<(u32, &'static mut Slot)> {
-    let index = slot_index(client_ip, client_port, dns_id);
-    let slot = QUERY_SLOTS.get_ptr_mut(index)?;
-    // SAFETY: array map value, valid for the program's lifetime; races between CPUs on one
-    // slot only blur that one query's times, which userspace tolerates.
-    let slot = unsafe { &mut *slot };
-    if slot.holds(client_ip, client_port, dns_id, proto) {
-        Some((index, slot))
-    } else {
-        None
+    let set = slot_index(client_ip, client_port, dns_id);
+    for index in set..set + WAYS {
+        let slot = QUERY_SLOTS.get_ptr_mut(index)?;
+        // SAFETY: array map value, valid for the program's lifetime; races between CPUs on one
+        // slot only blur that one query's times, which userspace tolerates.
+        let slot = unsafe { &mut *slot };
+        if slot.holds(client_ip, client_port, dns_id, proto) {
+            return Some((index, slot));
+        }
     }
+    None
 }
 
 /// Marks a slot as waiting for an answer, or not, in `PENDING` (a byte store: no lost updates
@@ -137,15 +142,41 @@ pub fn mark_pending(index: u32, pending: bool) {
     }
 }
 
-/// The raw slot for a new query (whatever it holds now), with its index.
+/// The slot for a new query, with its index: the one of its set holding that query already (a
+/// retry, or the same packet on another link), else a free one, else the one whose query has
+/// waited longest (the caller evicts it). Of two free ways this CPU's own is taken: two CPUs
+/// claiming one set at once (a lookup's A and AAAA sent from two threads) then take a way each,
+/// where nothing else would keep them apart (an atomic compare-and-swap needs 5.12).
 #[inline(always)]
 pub fn slot_for_new(
     client_ip: &Addr,
     client_port: u16,
     dns_id: u16,
+    proto: u8,
 ) -> Option<(u32, &'static mut Slot)> {
-    let index = slot_index(client_ip, client_port, dns_id);
-    let slot = QUERY_SLOTS.get_ptr_mut(index)?;
+    const { assert!(WAYS == 2) };
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let own = slot_index(client_ip, client_port, dns_id) | (cpu & 1);
+    let other = own ^ 1;
     // SAFETY: as in slot_of.
-    Some((index, unsafe { &mut *slot }))
+    let first = unsafe { &mut *QUERY_SLOTS.get_ptr_mut(own)? };
+    // SAFETY: as in slot_of.
+    let second = unsafe { &mut *QUERY_SLOTS.get_ptr_mut(other)? };
+    let take_other = if first.holds(client_ip, client_port, dns_id, proto) {
+        false
+    } else if second.holds(client_ip, client_port, dns_id, proto) {
+        true
+    } else if first.state != state::PENDING {
+        false
+    } else if second.state != state::PENDING {
+        true
+    } else {
+        second.t_query < first.t_query
+    };
+    Some(if take_other {
+        (other, second)
+    } else {
+        (own, first)
+    })
 }

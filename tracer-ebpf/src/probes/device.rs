@@ -86,7 +86,9 @@ fn on_parsed(ctx: &TcContext, ingress: bool, parsed: Parsed) {
 /// slot. A pending query found there is reported first.
 #[inline(always)]
 fn query_sent(ctx: &TcContext, packet: &Packet, question: QuestionAt, from_node: bool) {
-    let Some((index, slot)) = slot_for_new(&packet.saddr, packet.sport, packet.dns_id) else {
+    let Some((index, slot)) =
+        slot_for_new(&packet.saddr, packet.sport, packet.dns_id, packet.proto)
+    else {
         return;
     };
     let same = slot.holds(&packet.saddr, packet.sport, packet.dns_id, packet.proto);
