@@ -237,7 +237,7 @@ fn assert_healthy(backend: Backend, prefix: &str, probe: Probe) -> Diagnosis {
             let ids: Vec<&str> = d.causes.iter().map(|c| c.id.as_str()).collect();
             assert_eq!(ids, ["iptables-default-differs"], "{backend:?}");
             assert_eq!(d.causes[0].queries, 0);
-            assert_eq!(failing, ["iptables -V"], "{backend:?}");
+            assert_eq!(failing, ["iptables -V"], "{backend:?}: {d:#?}");
         }
     }
     let p = &d.probe;
