@@ -32,6 +32,9 @@ pub use classify::{Classified, classify};
 pub const HOLD_NS: u64 = 200_000_000;
 /// How many reported queries are remembered, so a later eviction or scan does not report one twice.
 const REMEMBERED: usize = 8192;
+/// Held queries the table keeps room for after a burst of failures is judged (a burst grows it;
+/// room for more than four times what it holds, and this, is given back).
+const HELD_ROOM: usize = 256;
 
 type Key = (Addr, u16, u16, u8);
 
@@ -526,6 +529,10 @@ impl Correlator {
             };
             self.remember(key, h.t_query);
             out.push(r);
+        }
+        let room = self.held.len().max(HELD_ROOM);
+        if self.held.capacity() > 4 * room {
+            self.held.shrink_to(2 * room);
         }
         out.sort_by_key(|r| r.time_us);
         self.link(out)

@@ -591,6 +591,36 @@ fn a_drop_with_no_slot_is_built_from_the_packet() {
     );
 }
 
+/// A burst of failures grows the held table; once they are judged, its room is given back.
+#[test]
+fn the_held_table_gives_back_a_bursts_room() {
+    let mut c = correlator();
+    for id in 0..5000u16 {
+        let drop = KernelEvent::Drop {
+            at: point(
+                2 * SECOND,
+                Packet {
+                    dns_id: id.to_be(),
+                    ..query(POD)
+                },
+            ),
+            slot: SlotMatch::Unmatched { question: vec![] },
+            reason: 2,
+            location: None,
+        };
+        c.push(&drop, 0);
+    }
+    assert!(c.held.capacity() >= 5000, "{}", c.held.capacity());
+    assert_eq!(
+        c.flush(2 * SECOND + HOLD_NS - 1, false).len(),
+        0,
+        "not yet due"
+    );
+    assert!(c.held.capacity() >= 5000, "held queries keep their room");
+    assert_eq!(c.flush(2 * SECOND + HOLD_NS, false).len(), 5000);
+    assert!(c.held.capacity() <= 4 * HELD_ROOM, "{}", c.held.capacity());
+}
+
 /// An answer arriving after a drop of one copy of its query ends it as answered, keeping the
 /// drop it merged.
 #[test]
