@@ -21,6 +21,11 @@ use crate::{
 pub const KEPT_ENDPOINT_CHANGES: usize = 256;
 /// The stale conntrack entries a summary lists: the first ones.
 pub const KEPT_STALE_ENTRIES: usize = 256;
+/// The endpoints a summary counts failed queries by: the first ones, then [`OTHER_ENDPOINTS`]
+/// (a continuous trace outlives many CoreDNS pod addresses).
+pub const KEPT_ENDPOINTS: usize = 256;
+/// The key of the failed queries sent to endpoints past the first [`KEPT_ENDPOINTS`].
+pub const OTHER_ENDPOINTS: &str = "other endpoints";
 
 /// Latency percentiles from the kernel's log2 histogram: upper bounds of the buckets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -99,7 +104,8 @@ pub struct TraceSummary {
     /// Failed queries by where and why they died (in JSON, keyed by the cause's text:
     /// `stage: reason @ function`, `icmp: what`, `no drop seen (last seen: how far)`).
     pub by_cause: BTreeMap<Cause, u64>,
-    /// Failed queries by endpoint they were sent to (or `before DNAT`).
+    /// Failed queries by endpoint they were sent to (or `before DNAT`): the first
+    /// [`KEPT_ENDPOINTS`], the rest under [`OTHER_ENDPOINTS`].
     pub by_endpoint: BTreeMap<String, u64>,
     /// Queries still pending when the trace ended, younger than the timeout: not judged.
     pub in_flight_at_end: u64,
@@ -184,7 +190,14 @@ impl TraceSummary {
             return;
         }
         *self.by_cause.entry(Cause::of(r)).or_default() += 1;
-        *self.by_endpoint.entry(endpoint_key(r)).or_default() += 1;
+        let key = endpoint_key(r);
+        let key = if self.by_endpoint.len() < KEPT_ENDPOINTS || self.by_endpoint.contains_key(&key)
+        {
+            key
+        } else {
+            OTHER_ENDPOINTS.to_owned()
+        };
+        *self.by_endpoint.entry(key).or_default() += 1;
         if let Some(stale) = &r.stale {
             let kept = self.stale_entries.len();
             match self
@@ -585,6 +598,25 @@ mod tests {
             s.text()
                 .contains("pod links during the trace: 2 added, 1 removed")
         );
+    }
+
+    /// Failed queries to endpoints past the first ones counted are counted under one key; an
+    /// endpoint counted keeps counting.
+    #[test]
+    fn failed_queries_are_counted_by_endpoint_up_to_the_bound() {
+        let mut s = TraceSummary::default();
+        let to = |i: usize| {
+            let mut r = QueryRecord::dropped(1000, Stage::Neighbour);
+            r.endpoint = Some(IpAddr::from([10, 244, (i / 250) as u8, (i % 250) as u8]));
+            r
+        };
+        for i in 0..KEPT_ENDPOINTS + 3 {
+            s.add(&to(i));
+        }
+        s.add(&to(0));
+        assert_eq!(s.by_endpoint.len(), KEPT_ENDPOINTS + 1);
+        assert_eq!(s.by_endpoint[OTHER_ENDPOINTS], 3);
+        assert_eq!(s.by_endpoint["10.244.0.0"], 2);
     }
 
     /// Stale entries past the listed ones are counted, not listed; an entry listed keeps
