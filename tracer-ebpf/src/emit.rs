@@ -136,7 +136,11 @@ pub fn slot_of(
 #[inline(always)]
 pub fn mark_pending(index: u32, pending: bool) {
     if let Some(p) = PENDING.get_ptr_mut(0) {
-        let i = (index & (SLOTS - 1)) as usize;
+        // The mask must be done here, on a value the verifier knows nothing of: LLVM drops it
+        // where it can prove the index in range (two ways of a set are), and keeps the index on
+        // the stack meanwhile, where 5.10's verifier forgets a scalar's bounds.
+        // SAFETY: a read of a local.
+        let i = (unsafe { core::ptr::read_volatile(&index) } & (SLOTS - 1)) as usize;
         // SAFETY: i < SLOTS, the array's length.
         unsafe { (*p)[i] = u8::from(pending) };
     }
