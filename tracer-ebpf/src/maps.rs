@@ -64,10 +64,10 @@ pub fn config() -> &'static Config {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-/// Per-query state, in sets of `flow::WAYS` slots from `flow::slot_index`. Mmapable only for its placement: the kernel
-/// then puts the values at a page boundary, so that each slot's first 64 bytes are one cache
-/// line (an ordinary array's values start 56 bytes into a line on 6.18, wherever `struct
-/// bpf_array` happens to end).
+/// Per-query state, in sets of `flow::WAYS` slots from `flow::slot_index`. Mmapable only for its
+/// placement: the kernel then puts the values at a page boundary, so that each slot's first 64
+/// bytes are one cache line (an ordinary array's values start 56 bytes into a line on 6.18,
+/// wherever `struct bpf_array` happens to end).
 #[map]
 pub static QUERY_SLOTS: Array<Slot> = Array::with_max_entries(SLOTS, BPF_F_MMAPABLE);
 
